@@ -1,0 +1,45 @@
+# Tollgate: two commands do everything — `make run` and `make test`.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PY := .venv/bin/python
+PROTO_OUT := libs/tollgate-proto/src
+PROTOS := $(shell find proto -name '*.proto' | sort)
+
+.PHONY: install proto run test test-unit test-e2e bench lint clean
+
+# uv itself comes from PyPI with pip when it is not on PATH (only Python 3.11+ and make are assumed).
+.tools/bin/uv:
+	python3 -m pip install --quiet --target .tools/uvpkg uv==0.13.9
+	mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
+
+.venv/.installed: pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) | $(UV)
+	$(UV) sync --frozen --all-packages
+	touch $@
+
+install: .venv/.installed $(PROTO_OUT)/tollgate/.generated
+
+proto: $(PROTO_OUT)/tollgate/.generated
+
+# Generated code is never committed nor hand-edited: proto/ is the one source of truth.
+$(PROTO_OUT)/tollgate/.generated: $(PROTOS) .venv/.installed
+	find $(PROTO_OUT)/tollgate -mindepth 1 -not -path $(PROTO_OUT)/tollgate/__init__.py -delete
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+		--grpc_python_out=$(PROTO_OUT) $(PROTOS)
+	find $(PROTO_OUT)/tollgate -mindepth 1 -type d -exec touch {}/__init__.py \;
+	touch $@
+
+run: install
+	$(PY) -m tollgate_dev.run
+
+test: install
+	bash .ci/pytest.sh
+
+bench: install
+	$(PY) -m bench.run
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/mypy libs/tollgate-common/src services/*/src
+
+clean:
+	rm -rf .venv .tools var $(PROTO_OUT)/tollgate/.generated
