@@ -1,0 +1,187 @@
+"""Database plumbing shared by every service: async engines and the tables every service needs for messaging.
+
+Each service owns its own database (and, on PostgreSQL, its own schema); nobody reads another service's tables.
+The tables here are plumbing, defined per service on that service's own ``MetaData``:
+
+- ``outbox``: events written in the same transaction as the state change that caused them, published later.
+- ``processed_events``: (source, id) of every consumed event, for dedupe.
+- ``consumer_offsets``: the next Kafka offset per partition, stored in the same transaction as the effect.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from .events import Envelope
+
+__all__ = [
+    "MessagingTables",
+    "create_engine",
+    "create_schema",
+    "is_postgres",
+    "messaging_tables",
+    "normalize_url",
+    "session_maker",
+]
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``sqlite:///…`` / ``postgresql://…`` URLs and pick the async drivers."""
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_postgres(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def create_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -> AsyncEngine:
+    """An async engine; SQLite gets WAL and ``BEGIN IMMEDIATE`` so concurrent writers queue instead of deadlocking.
+
+    On PostgreSQL ``schema`` becomes the connection's ``search_path`` (one schema per service).
+    """
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema and parsed.drivername.startswith("postgresql"):
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args)
+
+
+async def create_schema(engine: AsyncEngine, metadata: MetaData, *, schema: str | None = None) -> None:
+    """Create the service's schema (PostgreSQL) and tables if missing. Idempotent."""
+    async with engine.begin() as conn:
+        if schema and is_postgres(engine):
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        await conn.run_sync(metadata.create_all)
+
+
+def session_maker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class MessagingTables:
+    outbox: Table
+    processed_events: Table
+    consumer_offsets: Table
+
+    # --- outbox -------------------------------------------------------------------------------------------------
+    async def add_to_outbox(self, conn: AsyncConnection | AsyncSession, topic: str, key: str, env: Envelope) -> None:
+        await conn.execute(
+            insert(self.outbox).values(
+                topic=topic,
+                key=key,
+                event_id=env.id,
+                headers=json.dumps([[k, v.decode()] for k, v in env.headers()]),
+                value=env.data,
+            )
+        )
+
+    # --- consumer side ------------------------------------------------------------------------------------------
+    async def seen(self, conn: AsyncConnection | AsyncSession, source: str, event_id: str) -> bool:
+        """Record (source, id); True if it was already there (the event is a duplicate)."""
+        found = await conn.execute(
+            select(self.processed_events.c.event_id).where(
+                self.processed_events.c.source == source, self.processed_events.c.event_id == event_id
+            )
+        )
+        if found.first() is not None:
+            return True
+        await conn.execute(insert(self.processed_events).values(source=source, event_id=event_id))
+        return False
+
+    async def load_offsets(self, conn: AsyncConnection | AsyncSession, group_id: str) -> dict[tuple[str, int], int]:
+        t = self.consumer_offsets
+        rows = await conn.execute(select(t.c.topic, t.c.partition, t.c.next_offset).where(t.c.group_id == group_id))
+        return {(r.topic, r.partition): r.next_offset for r in rows}
+
+    async def store_offset(
+        self, conn: AsyncConnection | AsyncSession, group_id: str, topic: str, partition: int, next_offset: int
+    ) -> None:
+        t = self.consumer_offsets
+        result = await conn.execute(
+            update(t)
+            .where(t.c.group_id == group_id, t.c.topic == topic, t.c.partition == partition)
+            .values(next_offset=next_offset)
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            await conn.execute(
+                insert(t).values(group_id=group_id, topic=topic, partition=partition, next_offset=next_offset)
+            )
+
+
+def messaging_tables(metadata: MetaData) -> MessagingTables:
+    outbox = Table(
+        "outbox",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(200), nullable=False),
+        Column("event_id", String(200), nullable=False),
+        Column("headers", Text, nullable=False),
+        Column("value", LargeBinary, nullable=False),
+        Column("published_at_unix_ms", BigInteger, nullable=True),
+    )
+    Index("ix_outbox_unpublished", outbox.c.published_at_unix_ms, outbox.c.id)
+    processed = Table(
+        "processed_events",
+        metadata,
+        Column("source", String(200), primary_key=True),
+        Column("event_id", String(200), primary_key=True),
+    )
+    offsets = Table(
+        "consumer_offsets",
+        metadata,
+        Column("group_id", String(200), primary_key=True),
+        Column("topic", String(200), primary_key=True),
+        Column("partition", Integer, primary_key=True),
+        Column("next_offset", BigInteger, nullable=False),
+    )
+    return MessagingTables(outbox=outbox, processed_events=processed, consumer_offsets=offsets)

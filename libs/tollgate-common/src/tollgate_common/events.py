@@ -1,0 +1,122 @@
+"""The event envelope: CloudEvents 1.0 in Kafka binary mode, protobuf payloads.
+
+Headers ``ce_specversion``, ``ce_id``, ``ce_source`` (``//tollgate/<service>``), ``ce_type``
+(``tollgate.<subsystem>.v1.<entity>.<past-tense-verb>``), ``ce_subject`` (account id), ``ce_time``, ``traceparent``;
+value = protobuf bytes of the message that ``ce_type`` names; key = account id (per-account order).
+Consumers dedupe on (source, id).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+from tollgate.events.v1 import billing_pb2, usage_pb2
+
+from .telemetry import current_traceparent
+
+__all__ = [
+    "EVENT_TYPES",
+    "Envelope",
+    "Topics",
+    "decode",
+    "envelope_for",
+]
+
+
+class Topics:
+    USAGE = "tollgate.usage.v1"
+    USAGE_RATED = "tollgate.usage.rated.v1"
+    BILLING = "tollgate.billing.v1"
+    POLICY = "tollgate.policy.v1"
+    ATTEMPTS = "tollgate.attempts.v1"
+    ALL = (USAGE, USAGE_RATED, BILLING, POLICY, ATTEMPTS)
+
+
+#: ce_type → protobuf message class. Old types stay here forever: a breaking change adds a new type.
+EVENT_TYPES: dict[str, type[Message]] = {
+    "tollgate.usage.v1.usage.recorded": usage_pb2.UsageRecorded,
+    "tollgate.usage.v1.usage.rated": usage_pb2.UsageRated,
+    "tollgate.billing.v1.account.created": billing_pb2.AccountCreated,
+    "tollgate.billing.v1.api_key.created": billing_pb2.ApiKeyCreated,
+    "tollgate.billing.v1.credits.added": billing_pb2.CreditsAdded,
+    "tollgate.billing.v1.hold.placed": billing_pb2.HoldPlaced,
+    "tollgate.billing.v1.hold.captured": billing_pb2.HoldCaptured,
+    "tollgate.billing.v1.hold.expired": billing_pb2.HoldExpired,
+    "tollgate.billing.v1.hold.reconciled": billing_pb2.HoldReconciled,
+}
+_TYPE_OF: dict[type[Message], str] = {cls: name for name, cls in EVENT_TYPES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: str
+    data: bytes
+    traceparent: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        headers = [
+            ("ce_specversion", b"1.0"),
+            ("ce_id", self.id.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_type", self.type.encode()),
+            ("ce_subject", self.subject.encode()),
+            ("ce_time", self.time.encode()),
+            ("content-type", b"application/protobuf"),
+        ]
+        if self.traceparent:
+            headers.append(("traceparent", self.traceparent.encode()))
+        return headers
+
+    @classmethod
+    def from_kafka(cls, headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...], value: bytes) -> Envelope:
+        h = {k: v.decode() for k, v in headers}
+        missing = [k for k in ("ce_id", "ce_source", "ce_type") if not h.get(k)]
+        if missing:
+            raise ValueError(f"not a CloudEvent: missing header(s) {', '.join(missing)}")
+        return cls(
+            id=h["ce_id"],
+            source=h["ce_source"],
+            type=h["ce_type"],
+            subject=h.get("ce_subject", ""),
+            time=h.get("ce_time", ""),
+            data=value,
+            traceparent=h.get("traceparent", ""),
+        )
+
+    def message(self) -> Message:
+        return decode(self.type, self.data)
+
+
+def decode(ce_type: str, data: bytes) -> Message:
+    cls = EVENT_TYPES.get(ce_type)
+    if cls is None:
+        raise ValueError(f"unknown event type {ce_type!r}")
+    msg = cls()
+    msg.ParseFromString(data)
+    return msg
+
+
+def envelope_for(message: Message, *, id: str, service: str, subject: str, at_unix_ms: int | None = None) -> Envelope:
+    """Wrap a protobuf event; its ce_type comes from :data:`EVENT_TYPES`, its trace from the current span."""
+    ce_type = _TYPE_OF.get(type(message))
+    if ce_type is None:
+        raise ValueError(f"{type(message).__name__} has no registered event type")
+    ms = at_unix_ms if at_unix_ms is not None else int(time.time() * 1000)
+    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return Envelope(
+        id=id,
+        source=f"//tollgate/{service}",
+        type=ce_type,
+        subject=subject,
+        time=stamp,
+        data=message.SerializeToString(),
+        traceparent=current_traceparent(),
+    )

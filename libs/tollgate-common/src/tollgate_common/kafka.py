@@ -1,0 +1,310 @@
+"""Kafka plumbing (aiokafka): producer, topic creation, the outbox relay, a consumer that keeps its offsets in the
+service's database, and a reader that replays a topic from the beginning for rebuilds.
+
+Correctness never rests on Kafka transactions or the idempotent producer (the embedded broker has neither):
+producers may publish twice, consumers dedupe on (source, id) and store offsets with their effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .db import MessagingTables
+from .events import Envelope
+
+__all__ = [
+    "BatchHandler",
+    "DbOffsetConsumer",
+    "OutboxRelay",
+    "ensure_topics",
+    "make_producer",
+    "replay_topics",
+]
+
+log = logging.getLogger(__name__)
+
+#: (session, envelope, record) → effect. Runs inside the consumer's transaction; must not commit.
+Handler = Callable[[AsyncSession, Envelope, ConsumerRecord], Awaitable[None]]
+BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
+
+
+def make_producer(bootstrap: str, *, client_id: str = "tollgate", linger_ms: int = 2) -> AIOKafkaProducer:
+    # enable_idempotence stays off: the embedded broker rejects InitProducerId, and consumers dedupe anyway.
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        linger_ms=linger_ms,
+        enable_idempotence=False,
+        request_timeout_ms=10_000,
+        retry_backoff_ms=200,
+    )
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[str], *, partitions: int = 3, replication_factor: int = 1, attempts: int = 30
+) -> None:
+    """Create topics that do not exist yet; waits for the broker to answer (up to ``attempts`` × 0.5 s)."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [t for t in topics if t not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(
+                        [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in missing]
+                    )
+                except TopicAlreadyExistsError:
+                    pass
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+    raise RuntimeError(f"Kafka at {bootstrap} did not answer: {last!r}")
+
+
+class OutboxRelay:
+    """Publishes a service's outbox rows in id order, then marks them published.
+
+    Rows are kept after publishing (``keep=True``): for billing they are its durable event log, which outlives an
+    embedded broker that forgets on restart. Publishing twice (crash between send and mark) is harmless.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        tables: MessagingTables,
+        producer: AIOKafkaProducer,
+        *,
+        batch: int = 500,
+        poll_seconds: float = 0.5,
+        keep: bool = True,
+    ) -> None:
+        self.sessions = sessions
+        self.tables = tables
+        self.producer = producer
+        self.batch = batch
+        self.poll_seconds = poll_seconds
+        self.keep = keep
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Call after committing outbox rows to publish them without waiting for the next poll."""
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        t = self.tables.outbox
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(t.c.id, t.c.topic, t.c.key, t.c.headers, t.c.value)
+                    .where(t.c.published_at_unix_ms.is_(None))
+                    .order_by(t.c.id)
+                    .limit(self.batch)
+                )
+            ).all()
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            headers = [(k, v.encode()) for k, v in json.loads(row.headers)]
+            futures.append(
+                await self.producer.send(row.topic, value=row.value, key=row.key.encode(), headers=headers)
+            )
+        await asyncio.gather(*futures)
+        ids = [row.id for row in rows]
+        async with self.sessions.begin() as session:
+            if self.keep:
+                await session.execute(
+                    update(t).where(t.c.id.in_(ids)).values(published_at_unix_ms=int(time.time() * 1000))
+                )
+            else:
+                await session.execute(t.delete().where(t.c.id.in_(ids)))
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                while await self.publish_pending() == self.batch:
+                    pass
+                backoff = 0.2
+            except Exception as exc:  # broker down or DB busy: keep rows, retry later
+                log.warning("outbox publish failed; will retry", extra={"error": repr(exc)})
+                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff)
+            if stop.is_set():
+                return
+            self._wake.clear()
+            wake = asyncio.create_task(self._wake.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({wake, stopped}, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            stopped.cancel()
+
+
+class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: DbOffsetConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.owner._seek_to_stored(assigned)
+
+
+class DbOffsetConsumer:
+    """Consumes topics in a group, applying each batch in ONE database transaction that also stores the offsets
+    and the (source, id) dedupe rows. Kafka's own committed offsets are only a courtesy for lag monitoring.
+
+    On an error the transaction rolls back and the batch is read again after a pause: nothing is skipped, nothing
+    applied twice. A message that is not a CloudEvent is logged and skipped (its offset advances).
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        sessions: async_sessionmaker[AsyncSession],
+        tables: MessagingTables,
+        handler: Handler,
+        after_commit: Callable[[], None] | None = None,
+        max_records: int = 500,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = list(topics)
+        self.group_id = group_id
+        self.sessions = sessions
+        self.tables = tables
+        self.handler = handler
+        self.after_commit = after_commit
+        self.max_records = max_records
+        self.consumer: AIOKafkaConsumer | None = None
+        self.applied = 0
+
+    async def _seek_to_stored(self, assigned: Iterable[TopicPartition]) -> None:
+        assert self.consumer is not None
+        async with self.sessions() as session:
+            stored = await self.tables.load_offsets(session, self.group_id)
+        for tp in assigned:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+            else:
+                await self.consumer.seek_to_beginning(tp)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        self.consumer.subscribe(self.topics, listener=_SeekToStored(self))
+        await self.consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                if not batches:
+                    continue
+                try:
+                    await self._apply(batches)
+                except Exception:
+                    log.exception("consumer batch failed; rolling back and reading it again")
+                    for tp, records in batches.items():
+                        self.consumer.seek(tp, records[0].offset)
+                    await asyncio.sleep(1.0)
+                    continue
+                if self.after_commit:
+                    self.after_commit()
+                try:
+                    await self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+                except KafkaError:
+                    pass  # the database holds the truth
+        finally:
+            await self.consumer.stop()
+
+    async def _apply(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        async with self.sessions.begin() as session:
+            for tp, records in batches.items():
+                for record in records:
+                    try:
+                        env = Envelope.from_kafka(record.headers, record.value)
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        log.error(
+                            "skipping a message that is not a Tollgate CloudEvent",
+                            extra={"topic": tp.topic, "partition": tp.partition, "offset": record.offset,
+                                   "error": str(exc)},
+                        )
+                        continue
+                    if await self.tables.seen(session, env.source, env.id):
+                        continue
+                    await self.handler(session, env, record)
+                    self.applied += 1
+                await self.tables.store_offset(session, self.group_id, tp.topic, tp.partition, records[-1].offset + 1)
+
+
+async def replay_topics(
+    bootstrap: str, topics: Sequence[str], on_batch: BatchHandler, *, max_records: int = 2000
+) -> int:
+    """Read every partition of ``topics`` from the beginning to the end offsets as they were when called.
+
+    No consumer group, nothing committed: a read-only pass for rebuilds and audits. Order is per partition, which
+    is per account (the message key). Returns the number of messages read.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    count = 0
+    try:
+        await consumer.topics()  # loads cluster metadata, so partitions_for_topic below is answered
+        partitions = [
+            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return 0
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if end[tp] > 0}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)
+            items: list[tuple[Envelope, ConsumerRecord]] = []
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset < end[tp]:
+                        try:
+                            items.append((Envelope.from_kafka(record.headers, record.value), record))
+                        except (ValueError, UnicodeDecodeError):
+                            log.error("replay skipped a non-CloudEvent message",
+                                      extra={"topic": tp.topic, "offset": record.offset})
+                if records and records[-1].offset + 1 >= end[tp]:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+            if items:
+                await on_batch(items)
+                count += len(items)
+    finally:
+        await consumer.stop()
+    return count
