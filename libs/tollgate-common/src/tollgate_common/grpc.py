@@ -50,7 +50,11 @@ class GrpcServer:
         self.service_names: list[str] = []
 
     def add(self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
-        """``register`` is the generated ``add_XServicer_to_server``; ``full_name`` e.g. ``tollgate.billing.v1.BillingService``."""
+        """Register a servicer and serve health for it.
+
+        ``register`` is the generated ``add_XServicer_to_server``; ``full_name`` e.g.
+        ``tollgate.billing.v1.BillingService``.
+        """
         register(servicer, self.server)
         self.service_names.append(full_name)
 

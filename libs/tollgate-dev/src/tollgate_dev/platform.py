@@ -25,7 +25,7 @@ from typing import IO
 from .broker import EmbeddedBroker
 from .ports import free_port, wait_for_port
 
-__all__ = ["SERVICES", "Platform", "PlatformConfig", "PROVIDER_KEY_VARS"]
+__all__ = ["PROVIDER_KEY_VARS", "SERVICES", "Platform", "PlatformConfig"]
 
 #: Start order: metering before billing (billing reads metering's price book), ingress last.
 SERVICES = ("metering", "billing", "policy", "router", "ingress")
@@ -224,7 +224,7 @@ class Platform:
             cwd=self.config.var_dir.parent if self.config.var_dir.name == "var" else None,
         )
         self.processes[name] = proc
-        log_file = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed by the pump thread
+        log_file = open(self.logs_dir / f"{name}.log", "ab")
         thread = threading.Thread(target=self._pump, args=(name, proc.stdout, log_file), daemon=True)
         thread.start()
         self._threads.append(thread)
