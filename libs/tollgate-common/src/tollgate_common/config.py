@@ -7,6 +7,7 @@ status 2 (the convention for "bad usage") instead of a traceback.
 
 from __future__ import annotations
 
+import builtins
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -31,19 +32,19 @@ class ConfigError(Exception):
 class EnvReader:
     """Reads ``<PREFIX>_<NAME>`` variables and records every problem instead of failing on the first."""
 
-    def __init__(self, prefix: str, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, prefix: builtins.str, environ: Mapping[str, str] | None = None) -> None:
         self.prefix = prefix.upper().rstrip("_") + "_"
         self.environ = os.environ if environ is None else environ
-        self.problems: list[str] = []
+        self.problems: list[builtins.str] = []
 
-    def name(self, key: str) -> str:
+    def name(self, key: builtins.str) -> builtins.str:
         return self.prefix + key
 
-    def raw(self, key: str) -> str | None:
+    def raw(self, key: builtins.str) -> builtins.str | None:
         value = self.environ.get(self.name(key))
         return None if value is None or value.strip() == "" else value.strip()
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+    def str(self, key: builtins.str, default: builtins.str | None = None, *, required: bool = False) -> builtins.str:
         value = self.raw(key)
         if value is None:
             if required:
@@ -51,7 +52,14 @@ class EnvReader:
             return default or ""
         return value
 
-    def int(self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def int(
+        self,
+        key: builtins.str,
+        default: builtins.int,
+        *,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
         value = self.raw(key)
         if value is None:
             return default
@@ -65,10 +73,12 @@ class EnvReader:
             return default
         return number
 
-    def port(self, key: str, default: int) -> int:
+    def port(self, key: builtins.str, default: builtins.int) -> builtins.int:
         return self.int(key, default, minimum=0, maximum=65535)
 
-    def float(self, key: str, default: float, *, minimum: float | None = None) -> float:
+    def float(
+        self, key: builtins.str, default: builtins.float, *, minimum: builtins.float | None = None
+    ) -> builtins.float:
         value = self.raw(key)
         if value is None:
             return default
@@ -82,7 +92,7 @@ class EnvReader:
             return default
         return number
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.raw(key)
         if value is None:
             return default
@@ -93,7 +103,7 @@ class EnvReader:
         self.problems.append(f"{self.name(key)}={value!r} is not a boolean (true/false)")
         return default
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, key: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
         value = self.raw(key) or default
         if value not in choices:
             self.problems.append(f"{self.name(key)}={value!r} must be one of {', '.join(choices)}")
