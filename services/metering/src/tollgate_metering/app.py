@@ -1,0 +1,115 @@
+"""The running service, startable in-process (tests, the e2e harness) and from ``__main__``.
+
+Start order: database (tables, price-book versions) → gRPC (health SERVING) → Kafka in the background. Kafka is
+not needed to answer ``GetPriceBook`` (billing's Authorize depends on it), so a broker that is down or late only
+delays rating: the consumer and the outbox relay retry until it answers, and nothing is lost meanwhile (offsets
+and unpublished ``UsageRated`` rows live in metering's database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tollgate.metering.v1 import metering_service_pb2_grpc as pb_grpc
+from tollgate_common.db import session_maker
+from tollgate_common.events import Topics
+from tollgate_common.grpc import GrpcServer
+from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
+
+from .application import Metering
+from .config import Settings
+from .consumer import make_consumer
+from .grpc_server import FULL_NAME, MeteringServicer
+from .repository import open_database
+from .tables import messaging
+
+__all__ = ["MeteringApp", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class MeteringApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine | None = None
+        self.metering: Metering | None = None
+        self.server: GrpcServer | None = None
+        self.consumer: DbOffsetConsumer | None = None
+        self.relay: OutboxRelay | None = None
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._kafka: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> int:
+        """Open the database, record the configured price book, serve gRPC, start Kafka work; returns the port.
+
+        Raises :class:`~tollgate_metering.errors.PriceBookConflict` when the configured book reuses a stored
+        version with different content (the service must not start with an ambiguous version).
+        """
+        s = self.settings
+        self.engine = await open_database(s.database_url, s.database_schema)
+        sessions = session_maker(self.engine)
+        self.metering = Metering(sessions)
+        await self.metering.load_price_books()
+        if await self.metering.register_price_book(s.price_book):
+            log.info("price book version recorded", extra={"price_book_version": s.price_book.version})
+        self.server = GrpcServer(s.grpc_host, s.grpc_port)
+        self.server.add(pb_grpc.add_MeteringServiceServicer_to_server, MeteringServicer(self.metering), FULL_NAME)
+        self.port = await self.server.start()
+        self._kafka = asyncio.create_task(self._run_kafka(), name="metering-kafka")
+        log.info("metering serving", extra={"port": self.port, "price_book_version": s.price_book.version})
+        return self.port
+
+    async def _run_kafka(self) -> None:
+        assert self.metering is not None
+        bootstrap = self.settings.kafka_bootstrap_servers
+        backoff = 0.5
+        while not self._stop.is_set():
+            producer = make_producer(bootstrap, client_id="tollgate-metering")
+            try:
+                await ensure_topics(bootstrap, [Topics.USAGE, Topics.USAGE_RATED], attempts=4)
+                await producer.start()
+                self.relay = OutboxRelay(self.metering.sessions, messaging, producer)
+                self.consumer = make_consumer(
+                    self.metering, self.metering.sessions, bootstrap, after_commit=self.relay.notify
+                )
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self.relay.run(self._stop))
+                    tasks.create_task(self.consumer.run(self._stop))
+                await self.relay.publish_pending()  # what the last batches committed before the stop
+                backoff = 0.5
+            except Exception as exc:
+                log.warning("Kafka unavailable; metering retries", extra={"error": repr(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Graceful: NOT_SERVING and drain in-flight calls, finish the consumer's batch, flush the outbox."""
+        self._stop.set()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self._kafka is not None:
+            await self._kafka
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set (SIGTERM/SIGINT in ``__main__``)."""
+    app = MeteringApp(settings)
+    try:
+        await app.start()
+        await stop.wait()
+    finally:
+        await app.stop()

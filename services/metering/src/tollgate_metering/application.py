@@ -1,0 +1,188 @@
+"""Metering's commands and queries: the one place that orchestrates the domain and the repository.
+
+``record_usage`` is THE projection: the live consumer and the rebuild both call it, so a rebuilt database can only
+differ from the live one if the inputs differ (or someone edited the live one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tollgate.events.v1 import usage_pb2
+from tollgate_common.events import Envelope, Topics, envelope_for
+
+from .domain import (
+    ChainProblem,
+    PriceBook,
+    RatedUsage,
+    chain_from,
+    effective_book,
+    rate,
+    verify_chain,
+)
+from .errors import InvalidRequest, InvalidUsage, PriceBookConflict, PriceBookError
+from .messages import usage_rated_message, usage_record
+from .repository import MeteringRepository, SummaryRow, aggregate_deltas, rated_row
+from .tables import messaging
+
+__all__ = ["SERVICE", "USAGE_RECORDED", "Metering", "RecordedBatch"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = "metering"
+USAGE_RECORDED = "tollgate.usage.v1.usage.recorded"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedBatch:
+    """What one call to :meth:`Metering.record_usage` did (for metrics and tests)."""
+
+    rated: list[RatedUsage]
+    archived: int
+    skipped: int
+
+
+class Metering:
+    """Price books, rating and usage queries over one database.
+
+    Price-book versions are few and immutable, so they are held in memory (load order kept) after
+    :meth:`load_price_books`; rating an event then needs no query for prices.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, clock: Callable[[], int] = _now_ms) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.books: list[PriceBook] = []
+
+    # --- price books --------------------------------------------------------------------------------------------
+    async def load_price_books(self) -> None:
+        async with self.sessions() as session:
+            self.books = [s.book for s in await MeteringRepository(session).price_books()]
+
+    async def register_price_book(self, book: PriceBook) -> bool:
+        """Store ``book`` as a version. True if it was new; the same content again is a no-op; different content
+        under an existing version raises :class:`PriceBookConflict` (rated rows name versions: a version must
+        never change its meaning)."""
+        async with self.sessions.begin() as session:
+            repo = MeteringRepository(session)
+            stored = await repo.price_book_sha(book.version)
+            if stored == book.content_sha256():
+                added = False
+            elif stored is not None:
+                raise PriceBookConflict(
+                    f"price book version {book.version!r} is already stored with different content; "
+                    "give the changed book a new version"
+                )
+            else:
+                await repo.add_price_book(book, self.clock())
+                added = True
+        await self.load_price_books()
+        return added
+
+    def current_price_book(self) -> PriceBook:
+        if not self.books:
+            raise PriceBookError("no price book is loaded")
+        return effective_book(self.books, self.clock())
+
+    def price_book_at(self, unix_ms: int) -> PriceBook:
+        return effective_book(self.books, unix_ms)
+
+    # --- the projection -----------------------------------------------------------------------------------------
+    async def record_usage(
+        self, session: AsyncSession, events: Sequence[Envelope], *, publish: bool
+    ) -> RecordedBatch:
+        """Rate, store, aggregate and archive already-deduplicated usage events inside the caller's transaction;
+        with ``publish`` also write each ``UsageRated`` to the outbox (never in a rebuild)."""
+        repo = MeteringRepository(session)
+        now = self.clock()
+        to_archive: dict[str, list[tuple[str, str, str, str, str, bytes]]] = {}
+        decoded = []
+        for env in events:
+            account = env.subject
+            if env.type == USAGE_RECORDED:
+                try:
+                    record = usage_record(usage_pb2.UsageRecorded.FromString(env.data))
+                    decoded.append((env, record))
+                    account = record.account_id or account
+                except DecodeError:
+                    log.error("usage event does not decode; archived, not rated",
+                              extra={"event_id": env.id, "event_source": env.source})
+            else:
+                log.warning("event type metering does not rate; archived only",
+                            extra={"event_id": env.id, "event_type": env.type})
+            to_archive.setdefault(account, []).append((env.id, env.type, env.source, env.subject, env.time, env.data))
+
+        done = await repo.rated_request_ids([r.request_id for _, r in decoded])
+        rated: list[tuple[Envelope, RatedUsage]] = []
+        for env, record in decoded:
+            ids = {"request_id": record.request_id, "account_id": record.account_id, "event_id": env.id}
+            if not record.request_id or not record.account_id:
+                log.error("usage event without request or account id; archived, not rated", extra=ids)
+                continue
+            if record.request_id in done:
+                log.warning("request already rated under another event id; not rated again", extra=ids)
+                continue
+            done.add(record.request_id)
+            book = self.price_book_at(record.occurred_at_unix_ms)
+            try:
+                rating = rate(book, record.model, record.usage)
+            except InvalidUsage as exc:
+                log.error("usage event cannot be rated; archived, not rated", extra=ids | {"error": str(exc)})
+                continue
+            if not rating.priced:
+                log.error(
+                    "model missing from the price book; rated at zero and marked unpriced",
+                    extra=ids | {"model": record.model, "price_book_version": book.version},
+                )
+            rated.append((env, RatedUsage(record, rating, now)))
+
+        await repo.add_rated([rated_row(r, env.source) for env, r in rated])
+        await repo.add_to_aggregates(aggregate_deltas(r for _, r in rated))
+        heads = await repo.archive_heads(to_archive)
+        chained = [ev for acct, items in to_archive.items() for ev in chain_from(acct, heads.get(acct), items)]
+        await repo.append_archive(chained, now)
+        if publish:
+            for _, r in rated:
+                out = envelope_for(usage_rated_message(r), id=r.record.request_id, service=SERVICE,
+                                   subject=r.record.account_id, at_unix_ms=now)
+                await messaging.add_to_outbox(session, Topics.USAGE_RATED, r.record.account_id, out)
+        return RecordedBatch(
+            rated=[r for _, r in rated], archived=len(chained), skipped=len(events) - len(rated)
+        )
+
+    async def replay_usage(self, events: Sequence[Envelope]) -> RecordedBatch:
+        """The rebuild's path: dedupe on (source, id) exactly as the live consumer does, then the same projection,
+        in one transaction, without publishing."""
+        async with self.sessions.begin() as session:
+            fresh = await MeteringRepository(session).mark_processed([(e.source, e.id) for e in events])
+            return await self.record_usage(
+                session, [e for e, new in zip(events, fresh, strict=True) if new], publish=False
+            )
+
+    # --- queries ------------------------------------------------------------------------------------------------
+    async def usage_summary(self, account_id: str) -> list[SummaryRow]:
+        if not account_id:
+            raise InvalidRequest("account_id is required")
+        async with self.sessions() as session:
+            return await MeteringRepository(session).usage_summary(account_id)
+
+    async def verify_archive(self, account_id: str | None = None) -> list[ChainProblem]:
+        """Recompute every hash of one account's chain (or all accounts'); an empty list means intact."""
+        problems: list[ChainProblem] = []
+        async with self.sessions() as session:
+            repo = MeteringRepository(session)
+            accounts = [account_id] if account_id is not None else await repo.archived_accounts()
+            heads = await repo.archive_heads(accounts)
+            for account in accounts:
+                events = [e async for e in repo.archived_events(account)]
+                problems.extend(verify_chain(account, events, heads.get(account)))
+        return problems

@@ -1,0 +1,82 @@
+"""Metering settings from ``METERING_*`` variables, validated at start (``load_or_exit`` → exit 2).
+
+The price book file is read and validated here too: a bad book is a configuration error the operator must see
+before the service takes any traffic, not a surprise on the first usage event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from tollgate_common.config import EnvReader
+
+from .domain import DEMO_PRICE_BOOK, PriceBook, parse_price_book
+from .errors import InvalidPriceBook
+
+__all__ = ["DEFAULT_SCHEMA", "Settings", "load_price_book_file"]
+
+#: On PostgreSQL metering's tables live in this schema (one schema per service).
+DEFAULT_SCHEMA = "metering"
+
+
+def load_price_book_file(path: Path) -> PriceBook:
+    """Read and validate a YAML price book; every problem ends up in one :class:`InvalidPriceBook`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidPriceBook([f"cannot read {path}: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidPriceBook([f"{path} is not valid YAML: {exc}"]) from None
+    try:
+        return parse_price_book(data)
+    except InvalidPriceBook as exc:
+        raise InvalidPriceBook([f"{path}: {p}" for p in exc.problems]) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    grpc_host: str
+    grpc_port: int
+    database_url: str
+    database_schema: str
+    kafka_bootstrap_servers: str
+    price_book_file: Path | None
+    price_book: PriceBook
+    metrics_port: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = EnvReader("METERING", environ)
+        book_path = env.raw("PRICE_BOOK_FILE")
+        book = DEMO_PRICE_BOOK
+        if book_path is not None:
+            try:
+                book = load_price_book_file(Path(book_path))
+            except InvalidPriceBook as exc:
+                env.problems.extend(f"{env.name('PRICE_BOOK_FILE')}: {p}" for p in exc.problems)
+        database_url = env.str("DATABASE_URL", "sqlite:///var/metering.db")
+        if not database_url.startswith(("sqlite", "postgresql", "postgres")):
+            env.problems.append(f"{env.name('DATABASE_URL')}={database_url!r} must be sqlite:///… or postgresql://…")
+        log_level = (env.raw("LOG_LEVEL") or "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            env.problems.append(f"{env.name('LOG_LEVEL')}={log_level!r} must be one of DEBUG, INFO, WARNING, ERROR")
+        settings = cls(
+            # Listens on every interface by default: in a pod the probes and peers come from outside localhost.
+            grpc_host=env.str("GRPC_HOST", "0.0.0.0"),
+            grpc_port=env.port("GRPC_PORT", 50054),
+            database_url=database_url,
+            database_schema=env.str("DATABASE_SCHEMA", DEFAULT_SCHEMA),
+            kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            price_book_file=Path(book_path) if book_path else None,
+            price_book=book,
+            metrics_port=env.port("METRICS_PORT", 0),
+            log_level=log_level,
+        )
+        env.check()
+        return settings

@@ -1,0 +1,467 @@
+"""Metering's pure core: price books, rating arithmetic and the audit hash chain. No I/O here.
+
+Money is integer nano-units (1 USD = 10**9) end to end; prices are per token in nano-units. Every division rounds
+UP (``ceil``), so the resale price of a request is never below its upstream cost and a hold computed from the
+rounded-up per-token resale prices is never below the rated price of the same request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from .errors import InvalidPriceBook, InvalidUsage
+
+__all__ = [
+    "BPS_DENOMINATOR",
+    "DEMO_PRICE_BOOK",
+    "GENESIS_HASH",
+    "INT64_MAX",
+    "ArchivedEvent",
+    "ChainProblem",
+    "ModelPrice",
+    "PriceBook",
+    "RatedUsage",
+    "Rating",
+    "UsageFacts",
+    "UsageRecord",
+    "apply_markup",
+    "canonical_bytes",
+    "chain_from",
+    "chain_hash",
+    "effective_book",
+    "parse_price_book",
+    "rate",
+    "unix_ms_to_iso",
+    "utc_day",
+    "verify_chain",
+]
+
+BPS_DENOMINATOR = 10_000
+INT64_MAX = 2**63 - 1
+#: No price above $1,000 per token: a larger number is a typo (e.g. a per-million price entered as per-token).
+MAX_PRICE_NANOS = 10**12
+#: A markup above 100x is a typo too; negative markups would sell below cost.
+MAX_MARKUP_BPS = 1_000_000
+GENESIS_HASH = "0" * 64
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_BOOK_KEYS = {"version", "currency", "markup_bps", "effective_from", "models"}
+_MODEL_KEYS = {"input_price_nanos", "output_price_nanos", "max_output_tokens"}
+
+
+def apply_markup(amount_nanos: int, markup_bps: int) -> int:
+    """``ceil(amount × (10000 + markup_bps) / 10000)`` in integers (floats would lose nanos on large amounts)."""
+    return -(-amount_nanos * (BPS_DENOMINATOR + markup_bps) // BPS_DENOMINATOR)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Upstream per-token prices for one model; the resale prices follow from the book's markup."""
+
+    model: str
+    input_price_nanos: int
+    output_price_nanos: int
+    max_output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBook:
+    """One version of the price book. A version string names exactly one content, forever, so a rated row's
+    ``price_book_version`` is enough to re-derive its amounts."""
+
+    version: str
+    currency: str
+    markup_bps: int
+    effective_from_unix_ms: int
+    models: Mapping[str, ModelPrice] = field(hash=False)
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        return self.models.get(model)
+
+    def resale_input_price(self, model: ModelPrice) -> int:
+        return apply_markup(model.input_price_nanos, self.markup_bps)
+
+    def resale_output_price(self, model: ModelPrice) -> int:
+        return apply_markup(model.output_price_nanos, self.markup_bps)
+
+    def content(self) -> dict[str, Any]:
+        """A plain, ordered form of everything that affects rating: what is stored and hashed per version."""
+        return {
+            "version": self.version,
+            "currency": self.currency,
+            "markup_bps": self.markup_bps,
+            "effective_from_unix_ms": self.effective_from_unix_ms,
+            "models": {
+                name: {
+                    "input_price_nanos": m.input_price_nanos,
+                    "output_price_nanos": m.output_price_nanos,
+                    "max_output_tokens": m.max_output_tokens,
+                }
+                for name, m in sorted(self.models.items())
+            },
+        }
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+
+    def content_sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @classmethod
+    def from_content(cls, content: Mapping[str, Any]) -> PriceBook:
+        """Inverse of :meth:`content` (for versions read back from the database)."""
+        return cls(
+            version=content["version"],
+            currency=content["currency"],
+            markup_bps=int(content["markup_bps"]),
+            effective_from_unix_ms=int(content["effective_from_unix_ms"]),
+            models={
+                name: ModelPrice(
+                    model=name,
+                    input_price_nanos=int(m["input_price_nanos"]),
+                    output_price_nanos=int(m["output_price_nanos"]),
+                    max_output_tokens=int(m["max_output_tokens"]),
+                )
+                for name, m in content["models"].items()
+            },
+        )
+
+
+# --- price book validation -------------------------------------------------------------------------------------
+
+
+def _int_field(problems: list[str], where: str, value: Any, *, minimum: int, maximum: int) -> int:
+    # bool is an int subclass and float prices would be ambiguous about rounding: both are refused.
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{where} must be an integer, got {value!r}")
+        return 0
+    if not minimum <= value <= maximum:
+        problems.append(f"{where}={value} is outside [{minimum}, {maximum}]")
+        return 0
+    return value
+
+
+def _effective_from(problems: list[str], value: Any) -> int:
+    if value is None:
+        return 0  # effective for every event, also those that happened before it was loaded
+    when: datetime | None = None
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    if when is None or when.tzinfo is None:
+        problems.append(
+            f"effective_from={value!r} must be an ISO time with a timezone, e.g. 2026-11-01T00:00:00Z"
+        )
+        return 0
+    return int(when.timestamp() * 1000)
+
+
+def parse_price_book(data: Any) -> PriceBook:
+    """Validate a price book given as plain data (parsed YAML); every problem is reported at once."""
+    if not isinstance(data, Mapping):
+        raise InvalidPriceBook(["the price book must be a mapping with version, currency, markup_bps and models"])
+    problems: list[str] = []
+    unknown = sorted(set(map(str, data)) - _BOOK_KEYS)
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_BOOK_KEYS))})")
+    version = data.get("version")
+    if isinstance(version, int | float) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not version.strip() or len(version) > 100:
+        problems.append(f"version must be a non-empty string of at most 100 characters, got {version!r}")
+        version = ""
+    currency = data.get("currency")
+    if not isinstance(currency, str) or not _CURRENCY.match(currency):
+        problems.append(f"currency must be an ISO 4217 code such as USD, got {currency!r}")
+        currency = ""
+    markup = _int_field(problems, "markup_bps", data.get("markup_bps"), minimum=0, maximum=MAX_MARKUP_BPS)
+    effective = _effective_from(problems, data.get("effective_from"))
+    models_data = data.get("models")
+    models: dict[str, ModelPrice] = {}
+    if not isinstance(models_data, Mapping) or not models_data:
+        problems.append("models must be a non-empty mapping of model name to prices")
+    else:
+        for name, prices in models_data.items():
+            where = f"models.{name}"
+            if not isinstance(name, str) or not name.strip():
+                problems.append(f"model names must be non-empty strings, got {name!r}")
+                continue
+            if not isinstance(prices, Mapping):
+                problems.append(f"{where} must be a mapping with {', '.join(sorted(_MODEL_KEYS))}")
+                continue
+            extra = sorted(set(map(str, prices)) - _MODEL_KEYS)
+            if extra:
+                problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
+            missing = sorted(_MODEL_KEYS - set(prices))
+            if missing:
+                problems.append(f"{where}: missing {', '.join(missing)}")
+                continue
+            models[name] = ModelPrice(
+                model=name,
+                input_price_nanos=_int_field(
+                    problems, f"{where}.input_price_nanos", prices["input_price_nanos"],
+                    minimum=0, maximum=MAX_PRICE_NANOS,
+                ),
+                output_price_nanos=_int_field(
+                    problems, f"{where}.output_price_nanos", prices["output_price_nanos"],
+                    minimum=0, maximum=MAX_PRICE_NANOS,
+                ),
+                max_output_tokens=_int_field(
+                    problems, f"{where}.max_output_tokens", prices["max_output_tokens"],
+                    minimum=1, maximum=2**31 - 1,
+                ),
+            )
+    if problems:
+        raise InvalidPriceBook(problems)
+    return PriceBook(
+        version=version, currency=currency, markup_bps=markup, effective_from_unix_ms=effective, models=models
+    )
+
+
+#: The book used when METERING_PRICE_BOOK_FILE is unset: list prices of late 2026, +20 % resale markup.
+DEMO_PRICE_BOOK = parse_price_book(
+    {
+        "version": "demo-2026-11",
+        "currency": "USD",
+        "markup_bps": 2000,
+        "models": {
+            "gpt-4o-mini": {"input_price_nanos": 150, "output_price_nanos": 600, "max_output_tokens": 16384},
+            "gpt-4o": {"input_price_nanos": 2500, "output_price_nanos": 10000, "max_output_tokens": 16384},
+            "deepseek-chat": {"input_price_nanos": 270, "output_price_nanos": 1100, "max_output_tokens": 8192},
+            "claude-3-5-haiku": {"input_price_nanos": 800, "output_price_nanos": 4000, "max_output_tokens": 8192},
+            "gemini-2.0-flash": {"input_price_nanos": 100, "output_price_nanos": 400, "max_output_tokens": 8192},
+        },
+    }
+)
+
+
+def effective_book(books: Sequence[PriceBook], at_unix_ms: int) -> PriceBook:
+    """The version in force at ``at_unix_ms``: the latest ``effective_from`` not after it.
+
+    ``books`` is in load order; among equal ``effective_from`` the later-loaded version wins. An event older than
+    every version is rated with the earliest one rather than at zero (charging nothing would be the worse error).
+    """
+    if not books:
+        raise LookupError("no price book loaded")
+    best: PriceBook | None = None
+    for book in books:
+        if book.effective_from_unix_ms <= at_unix_ms and (
+            best is None or book.effective_from_unix_ms >= best.effective_from_unix_ms
+        ):
+            best = book
+    if best is None:
+        best = min(books, key=lambda b: b.effective_from_unix_ms)
+    return best
+
+
+# --- rating -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFacts:
+    """The token counts of one request, as the upstream reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """What one request cost us and what we charge for it, with the prices that produced the numbers."""
+
+    price_book_version: str
+    currency: str
+    markup_bps: int
+    input_price_nanos: int
+    output_price_nanos: int
+    upstream_cost_nanos: int
+    resale_price_nanos: int
+    priced: bool
+
+
+def rate(book: PriceBook, model: str, usage: UsageFacts) -> Rating:
+    """Rate one request with ``book``.
+
+    Cached prompt tokens are priced as ordinary input tokens for now (they are included in ``prompt_tokens``);
+    reasoning tokens are included in ``completion_tokens`` and priced as output. A model missing from the book is
+    rated at zero and marked unpriced: the caller logs it, billing still closes the hold.
+    """
+    if usage.prompt_tokens < 0 or usage.completion_tokens < 0:
+        raise InvalidUsage(
+            f"negative token counts (prompt={usage.prompt_tokens}, completion={usage.completion_tokens})"
+        )
+    price = book.price_of(model)
+    if price is None:
+        return Rating(book.version, book.currency, book.markup_bps, 0, 0, 0, 0, priced=False)
+    cost = usage.prompt_tokens * price.input_price_nanos + usage.completion_tokens * price.output_price_nanos
+    resale = apply_markup(cost, book.markup_bps)
+    if resale > INT64_MAX:
+        raise InvalidUsage(f"rated amount {resale} does not fit a 64-bit integer")
+    return Rating(
+        price_book_version=book.version,
+        currency=book.currency,
+        markup_bps=book.markup_bps,
+        input_price_nanos=price.input_price_nanos,
+        output_price_nanos=price.output_price_nanos,
+        upstream_cost_nanos=cost,
+        resale_price_nanos=resale,
+        priced=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One request's usage as ingress recorded it (``UsageRecorded``), in domain terms."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    hold_id: str
+    model: str
+    provider: str
+    upstream_model: str
+    upstream_request_id: str
+    usage: UsageFacts
+    total_tokens: int
+    outcome: int
+    streamed: bool
+    occurred_at_unix_ms: int
+    team: str
+    project: str
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RatedUsage:
+    """A usage record with its rating: the row metering stores and the ``UsageRated`` it publishes."""
+
+    record: UsageRecord
+    rating: Rating
+    rated_at_unix_ms: int
+
+    @property
+    def day(self) -> str:
+        return utc_day(self.record.occurred_at_unix_ms)
+
+
+def utc_day(unix_ms: int) -> str:
+    """The UTC calendar day (``YYYY-MM-DD``) an event happened on: the aggregates' time bucket."""
+    if unix_ms <= 0:
+        return "1970-01-01"
+    return (date(1970, 1, 1) + timedelta(milliseconds=unix_ms)).isoformat()
+
+
+def unix_ms_to_iso(unix_ms: int) -> str:
+    return datetime.fromtimestamp(unix_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- the audit hash chain ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedEvent:
+    """One archived event of one account. ``hash`` covers every field but itself, plus the previous hash, so an
+    edit anywhere, a removed event or a reordering breaks the chain from that point on."""
+
+    account_id: str
+    seq: int
+    event_id: str
+    event_type: str
+    source: str
+    subject: str
+    event_time: str
+    data: bytes
+    prev_hash: str
+    hash: str
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_bytes(
+            self.account_id, self.seq, self.event_id, self.event_type, self.source, self.subject,
+            self.event_time, self.data,
+        )
+
+
+def canonical_bytes(
+    account_id: str, seq: int, event_id: str, event_type: str, source: str, subject: str, event_time: str,
+    data: bytes,
+) -> bytes:
+    """Length-prefixed fields: unambiguous (no separator can be smuggled into a field) and stable forever."""
+    parts = [
+        account_id.encode(), str(seq).encode(), event_id.encode(), event_type.encode(), source.encode(),
+        subject.encode(), event_time.encode(), data,
+    ]
+    return b"".join(struct.pack(">Q", len(p)) + p for p in parts)
+
+
+def chain_hash(prev_hash: str, canonical: bytes) -> str:
+    """``sha256(prev_hash + canonical bytes)``, hex; ``prev_hash`` is the previous event's hash in raw bytes."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProblem:
+    account_id: str
+    seq: int
+    kind: str  # "gap", "broken_link", "edited", "truncated"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.account_id} seq {self.seq}: {self.kind}: {self.detail}"
+
+
+def verify_chain(
+    account_id: str, events: Iterable[ArchivedEvent], head: tuple[int, str] | None = None
+) -> list[ChainProblem]:
+    """Check one account's events (in seq order). ``head`` is the recorded (last seq, last hash), when known,
+    which reveals events cut from the end (the chain alone cannot)."""
+    problems: list[ChainProblem] = []
+    expected_seq = 1
+    prev = GENESIS_HASH
+    for ev in events:
+        if ev.seq != expected_seq:
+            problems.append(ChainProblem(account_id, ev.seq, "gap", f"expected seq {expected_seq}, found {ev.seq}"))
+        if ev.prev_hash != prev:
+            problems.append(ChainProblem(account_id, ev.seq, "broken_link", "prev_hash is not the previous hash"))
+        if chain_hash(ev.prev_hash, ev.canonical_bytes()) != ev.hash:
+            problems.append(ChainProblem(account_id, ev.seq, "edited", "content does not match its hash"))
+        expected_seq = ev.seq + 1
+        prev = ev.hash
+    if head is not None:
+        last_seq, last_hash = head
+        if last_seq != expected_seq - 1 or last_hash != prev:
+            problems.append(
+                ChainProblem(account_id, last_seq, "truncated",
+                             f"recorded head is seq {last_seq}, the archive ends at seq {expected_seq - 1}")
+            )
+    return problems
+
+
+def chain_from(
+    account_id: str, head: tuple[int, str] | None, items: Sequence[tuple[str, str, str, str, str, bytes]]
+) -> list[ArchivedEvent]:
+    """Append ``items`` (event_id, type, source, subject, time, data) after ``head``: the archive's write path."""
+    seq, prev = head if head is not None else (0, GENESIS_HASH)
+    out: list[ArchivedEvent] = []
+    for event_id, event_type, source, subject, event_time, data in items:
+        seq += 1
+        digest = chain_hash(
+            prev, canonical_bytes(account_id, seq, event_id, event_type, source, subject, event_time, data)
+        )
+        out.append(ArchivedEvent(account_id, seq, event_id, event_type, source, subject, event_time, data,
+                                 prev, digest))
+        prev = digest
+    return out
+
