@@ -1,0 +1,132 @@
+"""``tollgate.router.v1.RouterService``: protobuf in and out of :class:`~tollgate_router.application.Router`.
+
+Nothing but mapping: messages to arguments, results to messages, and :mod:`tollgate_router.errors` to gRPC
+status codes, in the one table below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+from tollgate.router.v1 import router_service_pb2 as pb
+from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
+from tollgate_common.grpc import abort
+from tollgate_common.logs import request_id_var
+
+from .application import Router
+from .domain import Usage
+from .errors import (
+    InvalidRequest,
+    ModelNotFound,
+    RouterError,
+    UpstreamAuthFailed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+__all__ = ["SERVICE_NAME", "RouterServicer"]
+
+SERVICE_NAME = "tollgate.router.v1.RouterService"
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: dict[type[RouterError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    UpstreamRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    UpstreamRateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UpstreamAuthFailed: grpc.StatusCode.UNAVAILABLE,
+    UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
+    UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_code(error: RouterError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        code = STATUS_CODES.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: RouterError) -> NoReturn:
+    # The reason, not the message: an upstream's message may quote the caller's input.
+    log.warning("call failed", extra={"reason": error.reason, "status": status_code(error).name})
+    await abort(context, status_code(error), error.message, reason=error.reason, retry_after=error.retry_after)
+
+
+def _usage(usage: Usage) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
+class RouterServicer(pb_grpc.RouterServiceServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+        request_id_var.set(request.request_id)
+        try:
+            result = await self.router.complete(
+                request_id=request.request_id,
+                model=request.model,
+                body_json=request.body_json,
+                deadline=context.time_remaining(),
+            )
+        except RouterError as error:
+            await _abort(context, error)
+        return pb.CompleteResponse(
+            body_json=result.body_json,
+            usage=_usage(result.usage),
+            provider=result.provider,
+            upstream_model=result.upstream_model,
+            upstream_request_id=result.upstream_request_id,
+        )
+
+    async def StreamComplete(
+        self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamCompleteResponse]:
+        request_id_var.set(request.request_id)
+        try:
+            async for event in self.router.stream_complete(
+                request_id=request.request_id,
+                model=request.model,
+                body_json=request.body_json,
+                deadline=context.time_remaining(),
+            ):
+                if isinstance(event, bytes):
+                    yield pb.StreamCompleteResponse(chunk_json=event)
+                else:
+                    yield pb.StreamCompleteResponse(
+                        end=pb.StreamEnd(
+                            usage=_usage(event.usage),
+                            provider=event.provider,
+                            upstream_model=event.upstream_model,
+                            upstream_request_id=event.upstream_request_id,
+                        )
+                    )
+        except RouterError as error:
+            await _abort(context, error)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.Model(id=r.model, provider=r.provider.name, owned_by=r.owned_by) for r in self.router.list_models()
+            ]
+        )
+
+
+def register(servicer: object, server: grpc.aio.Server) -> None:
+    pb_grpc.add_RouterServiceServicer_to_server(servicer, server)
