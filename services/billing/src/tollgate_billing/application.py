@@ -1,0 +1,409 @@
+"""Billing's commands and queries: the only place that orchestrates the domain and the repository.
+
+Every command follows one shape: read what the decision needs, let :mod:`~tollgate_billing.domain` decide (an event,
+or an error), then ``repository.record`` the event — projection (guards on) plus outbox — in ONE transaction, and
+tell the relay there is something to publish. Queries read the tables the projections maintain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from tollgate.events.v1 import billing_pb2, usage_pb2
+from tollgate_common.ids import new_id
+
+from . import domain, repository
+from .domain import ApiKeyGrant, PriceBook, SlidingWindowLimiter
+from .errors import (
+    AccountNotFound,
+    ConcurrentUpdate,
+    CurrencyMismatch,
+    InvalidApiKey,
+    InvalidArgument,
+    PriceBookUnavailable,
+    RequestIdConflict,
+)
+from .repository import AccountRow, KeyRow, LedgerRow, WalletRow
+
+__all__ = [
+    "AddCreditsResult",
+    "AuthorizeResult",
+    "Billing",
+    "CreatedApiKey",
+    "KeyInfo",
+    "PriceSource",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEDGER_LIMIT = 100
+MAX_LEDGER_LIMIT = 1000
+SWEEP_BATCH = 200
+_KEY_CACHE_MAX = 100_000
+
+
+class PriceSource(Protocol):
+    """Where holds get their prices: billing's cached copy of metering's price book (None until first load)."""
+
+    def current(self) -> PriceBook | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeResult:
+    account_id: str
+    key_id: str
+    hold_id: str
+    hold_amount_nanos: int
+    currency: str
+    team: str
+    project: str
+    #: True when the hold already existed (a retried Authorize for the same request id).
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedApiKey:
+    key_id: str
+    #: The plaintext: returned exactly once, never stored.
+    api_key: str
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddCreditsResult:
+    transaction_id: str
+    balance_nanos: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key: KeyRow
+    wallet: WalletRow
+
+    @property
+    def balance_nanos(self) -> int:
+        """What the account can still spend: balance less open holds."""
+        return self.wallet.available_nanos
+
+    @property
+    def limit_remaining_nanos(self) -> int:
+        grant = self.key.grant
+        return max(0, grant.limit_nanos - self.key.usage_nanos - self.key.held_nanos) if grant.has_limit else 0
+
+
+class _KeyCache:
+    """key hash → grant for a few seconds: Authorize then needs no read before its one write transaction.
+
+    Only the static part of a key is cached (ids, allow-list, limit settings); balances and usage are always read
+    inside the guarded UPDATE. Unknown keys are not cached, so a new key works at once.
+    """
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float]) -> None:
+        self.ttl = ttl_seconds
+        self.clock = clock
+        self._entries: dict[str, tuple[float, ApiKeyGrant]] = {}
+
+    def get(self, key_hash: str) -> ApiKeyGrant | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock():
+            del self._entries[key_hash]
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, grant: ApiKeyGrant) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= _KEY_CACHE_MAX:
+            self._entries.clear()
+        self._entries[key_hash] = (self.clock() + self.ttl, grant)
+
+
+class Billing:
+    """The billing application service. One per process; transports (gRPC, the consumer) call into it."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        prices: PriceSource,
+        *,
+        hold_ttl_seconds: int = 600,
+        key_cache_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.prices = prices
+        self.hold_ttl_seconds = hold_ttl_seconds
+        self.clock = clock
+        self.monotonic = monotonic
+        #: Called after a transaction that wrote events commits (the outbox relay's ``notify``).
+        self.on_commit = on_commit
+        self.keys = _KeyCache(key_cache_seconds, monotonic)
+        self.limiter = SlidingWindowLimiter()
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _committed(self) -> None:
+        if self.on_commit is not None:
+            self.on_commit()
+
+    # --- the hot path -------------------------------------------------------------------------------------------
+
+    async def _grant(self, api_key: str) -> ApiKeyGrant:
+        if not api_key:
+            raise InvalidApiKey("an API key is required")
+        key_hash = domain.hash_api_key(api_key)
+        grant = self.keys.get(key_hash)
+        if grant is None:
+            async with self.engine.connect() as conn:
+                row = await repository.find_key(conn, key_hash=key_hash)
+            if row is None:
+                raise InvalidApiKey("invalid API key")
+            grant = row.grant
+            self.keys.put(key_hash, grant)
+        return grant
+
+    async def authorize(
+        self, api_key: str, request_id: str, model: str, prompt_tokens: int, max_output_tokens: int
+    ) -> AuthorizeResult:
+        """Resolve the key and place a hold for the request's maximum cost, atomically (one transaction)."""
+        grant = await self._grant(api_key)
+        if not request_id:
+            raise InvalidArgument("request_id is required")
+        if not model:
+            raise InvalidArgument("model is required")
+        grant.check_model(model)
+        book = self.prices.current()
+        if book is None:
+            raise PriceBookUnavailable("the price book has not been loaded from metering yet")
+        price = book.price_for(model)
+        if book.currency != grant.currency:
+            raise CurrencyMismatch(f"prices are in {book.currency}, the account in {grant.currency}")
+        amount = domain.hold_amount(price, prompt_tokens, max_output_tokens)
+        self.limiter.acquire(grant.key_id, grant.rate_limit_rpm, self.monotonic())
+        event = domain.hold_placed(grant, request_id, model, amount, self._now_ms(), self.hold_ttl_seconds)
+        try:
+            async with self.engine.begin() as conn:
+                await repository.record(conn, event)
+        except IntegrityError:
+            return await self._existing_hold(grant, request_id)
+        self._committed()
+        return AuthorizeResult(
+            account_id=grant.account_id,
+            key_id=grant.key_id,
+            hold_id=request_id,
+            hold_amount_nanos=amount,
+            currency=grant.currency,
+            team=grant.team,
+            project=grant.project,
+        )
+
+    async def _existing_hold(self, grant: ApiKeyGrant, hold_id: str) -> AuthorizeResult:
+        """A retried Authorize: the hold for this request id already exists (or a concurrent twin just made it)."""
+        async with self.engine.connect() as conn:
+            hold = await repository.find_hold(conn, hold_id)
+        if hold is None:
+            raise ConcurrentUpdate(f"hold {hold_id} could not be placed; retry")
+        if hold.key_id != grant.key_id:
+            raise RequestIdConflict("request_id already names another key's request")
+        return AuthorizeResult(
+            account_id=hold.account_id,
+            key_id=hold.key_id,
+            hold_id=hold.hold_id,
+            hold_amount_nanos=hold.amount_nanos,
+            currency=grant.currency,
+            team=grant.team,
+            project=grant.project,
+            replayed=True,
+        )
+
+    async def get_key_info(self, api_key: str) -> KeyInfo:
+        if not api_key:
+            raise InvalidApiKey("an API key is required")
+        async with self.engine.connect() as conn:
+            key = await repository.find_key(conn, key_hash=domain.hash_api_key(api_key))
+            if key is None:
+                raise InvalidApiKey("invalid API key")
+            wallet = await repository.get_wallet(conn, key.grant.account_id)
+        if wallet is None:
+            raise AccountNotFound(f"account {key.grant.account_id} has no wallet")
+        return KeyInfo(key=key, wallet=wallet)
+
+    # --- admin --------------------------------------------------------------------------------------------------
+
+    async def create_account(self, name: str, currency: str = "", account_id: str = "") -> tuple[AccountRow, bool]:
+        """Create an account and its wallet. With a client-chosen id the call is idempotent: (account, created)."""
+        event = domain.account_created(account_id or new_id("acct"), name, currency or "USD", self._now_ms())
+        existing: AccountRow | None = None
+        try:
+            async with self.engine.begin() as conn:
+                existing = await repository.get_account(conn, event.account_id)
+                if existing is None:
+                    await repository.record(conn, event)
+        except IntegrityError:
+            existing = await self._account(event.account_id)
+        if existing is not None:
+            return existing, False
+        self._committed()
+        return AccountRow(event.account_id, event.name, event.currency, event.created_at_unix_ms), True
+
+    async def _account(self, account_id: str) -> AccountRow:
+        async with self.engine.connect() as conn:
+            account = await repository.get_account(conn, account_id)
+        if account is None:
+            raise AccountNotFound(f"account {account_id} not found")
+        return account
+
+    async def create_api_key(
+        self,
+        account_id: str,
+        *,
+        label: str = "",
+        has_limit: bool = False,
+        limit_nanos: int = 0,
+        allowed_models: Iterable[str] = (),
+        team: str = "",
+        project: str = "",
+        rate_limit_rpm: int = 0,
+    ) -> CreatedApiKey:
+        plaintext, prefix = domain.new_api_key()
+        event = domain.api_key_created(
+            key_id=new_id("key"),
+            account_id=account_id,
+            key_hash=domain.hash_api_key(plaintext),
+            prefix=prefix,
+            label=label,
+            has_limit=has_limit,
+            limit_nanos=limit_nanos,
+            allowed_models=allowed_models,
+            team=team,
+            project=project,
+            rate_limit_rpm=rate_limit_rpm,
+            at_unix_ms=self._now_ms(),
+        )
+        async with self.engine.begin() as conn:
+            if await repository.get_account(conn, account_id) is None:
+                raise AccountNotFound(f"account {account_id} not found")
+            await repository.record(conn, event)
+        self._committed()
+        log.info("api key created", extra={"account_id": account_id, "key_id": event.key_id})
+        return CreatedApiKey(key_id=event.key_id, api_key=plaintext, prefix=prefix)
+
+    async def add_credits(
+        self, account_id: str, amount_nanos: int, idempotency_key: str = "", description: str = ""
+    ) -> AddCreditsResult:
+        """Prepay ``amount_nanos``; the same (account, idempotency key) never credits twice."""
+        transaction_id = new_id("txn")
+        event = domain.credits_added(
+            account_id, amount_nanos, idempotency_key or transaction_id, transaction_id, description, self._now_ms()
+        )
+        try:
+            async with self.engine.begin() as conn:
+                result = await self._add_credits(conn, event)
+        except IntegrityError:  # a concurrent twin with the same idempotency key committed first
+            async with self.engine.connect() as conn:
+                result = await self._add_credits(conn, event, replay_only=True)
+        if not result.replayed:
+            self._committed()
+        return result
+
+    async def _add_credits(
+        self, conn: AsyncConnection, event: billing_pb2.CreditsAdded, *, replay_only: bool = False
+    ) -> AddCreditsResult:
+        wallet = await repository.get_wallet(conn, event.account_id)
+        if wallet is None:
+            raise AccountNotFound(f"account {event.account_id} not found")
+        earlier = await repository.find_credit(conn, event.account_id, event.idempotency_key)
+        if earlier is not None:
+            return AddCreditsResult(transaction_id=earlier, balance_nanos=wallet.balance_nanos, replayed=True)
+        if replay_only:
+            raise ConcurrentUpdate("credit could not be applied; retry")
+        await repository.record(conn, event)
+        return AddCreditsResult(
+            transaction_id=event.transaction.transaction_id,
+            balance_nanos=wallet.balance_nanos + event.amount_nanos,
+            replayed=False,
+        )
+
+    async def get_balance(self, account_id: str) -> WalletRow:
+        async with self.engine.connect() as conn:
+            wallet = await repository.get_wallet(conn, account_id)
+        if wallet is None:
+            raise AccountNotFound(f"account {account_id} not found")
+        return wallet
+
+    async def list_ledger_entries(self, account_id: str, limit: int = 0) -> list[LedgerRow]:
+        if limit < 0:
+            raise InvalidArgument("limit must not be negative")
+        limit = min(limit or DEFAULT_LEDGER_LIMIT, MAX_LEDGER_LIMIT)
+        async with self.engine.connect() as conn:
+            if await repository.get_account(conn, account_id) is None:
+                raise AccountNotFound(f"account {account_id} not found")
+            return await repository.ledger_entries(conn, account_id, limit)
+
+    # --- usage (the consumer) -----------------------------------------------------------------------------------
+
+    async def settle_usage(self, session: AsyncSession, rated: usage_pb2.UsageRated, usage_event_id: str) -> None:
+        """Close the hold of a rated request, inside the consumer's transaction (which stores the offset too)."""
+        hold_id = rated.hold_id or rated.request_id
+        ids = {"hold_id": hold_id, "account_id": rated.account_id, "key_id": rated.key_id}
+        if not hold_id:
+            log.error("usage event without a request id; skipped", extra={"event_id": usage_event_id})
+            return
+        hold = await repository.find_hold(session, hold_id)
+        now = self._now_ms()
+        if hold is None:
+            if await repository.get_wallet(session, rated.account_id) is None:
+                log.error("usage for an unknown account and no hold; nothing to charge", extra=ids)
+                return
+            log.warning("usage without a hold; charging it without one", extra=ids)
+            await repository.record(
+                session, domain.unheld_capture(hold_id, rated.account_id, rated.key_id, rated, usage_event_id, now)
+            )
+            return
+        event = domain.settle_usage(hold, rated, usage_event_id, now)
+        if event is None:
+            log.warning("second usage event for a closed hold; ignored", extra={**ids, "status": hold.status.value})
+            return
+        if rated.resale_price_nanos > hold.amount_nanos and hold.status == domain.HoldStatus.OPEN:
+            log.warning("rated price above the hold; charging the rated price",
+                        extra={**ids, "hold_nanos": hold.amount_nanos, "rated_nanos": rated.resale_price_nanos})
+        await repository.record(session, event)
+
+    # --- holds past their TTL (the sweeper) ---------------------------------------------------------------------
+
+    async def expire_due_holds(self, now_unix_ms: int | None = None) -> int:
+        """Capture in full every open hold past its TTL (HoldExpired, flagged for reconciliation)."""
+        now = self._now_ms() if now_unix_ms is None else now_unix_ms
+        expired = 0
+        while True:
+            async with self.engine.connect() as conn:
+                due = await repository.due_holds(conn, now, SWEEP_BATCH)
+            for hold in due:
+                event = domain.hold_expired(hold, now)
+                if event is None:
+                    continue
+                try:
+                    async with self.engine.begin() as conn:
+                        await repository.record(conn, event)
+                except ConcurrentUpdate:
+                    continue  # its usage arrived first
+                expired += 1
+                log.warning("hold expired without usage; captured in full, flagged for reconciliation",
+                            extra={"hold_id": hold.hold_id, "account_id": hold.account_id,
+                                   "amount_nanos": hold.amount_nanos})
+            if expired:
+                self._committed()
+            if len(due) < SWEEP_BATCH:
+                return expired

@@ -1,0 +1,78 @@
+"""Billing's settings: ``BILLING_*`` environment variables only, validated at start (exit 2 on a bad value)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from tollgate_common.config import EnvReader
+
+__all__ = ["DEFAULT_SCHEMA", "Settings"]
+
+#: The PostgreSQL schema billing owns (SQLite has no schemas and ignores it).
+DEFAULT_SCHEMA = "billing"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything billing reads from its environment. Tests build it directly (``Settings(...)``)."""
+
+    database_url: str = "sqlite:///var/billing.db"
+    #: PostgreSQL schema; tests use a fresh one each.
+    database_schema: str = DEFAULT_SCHEMA
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50053
+    #: None runs without Kafka (in-process tests): events stay in the outbox, no usage is consumed.
+    kafka_bootstrap_servers: str | None = "127.0.0.1:9092"
+    metering_addr: str = "127.0.0.1:50054"
+    hold_ttl_seconds: int = 600
+    #: How often open holds are checked against their TTL.
+    hold_sweep_seconds: float = 5.0
+    #: How often metering's price book is fetched again (until the first load: every second).
+    price_book_refresh_seconds: float = 30.0
+    #: How long a resolved API key stays in the in-process cache (keys are never deleted, only added).
+    key_cache_seconds: float = 5.0
+    metrics_port: int = 0
+    log_level: str = "INFO"
+    #: Seconds in-flight calls get to finish on SIGTERM.
+    shutdown_grace_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = EnvReader("BILLING", environ)
+        database_url = env.str("DATABASE_URL", cls.database_url)
+        try:
+            driver = make_url(database_url).drivername
+            if not driver.startswith(("sqlite", "postgresql", "postgres")):
+                env.problems.append(f"BILLING_DATABASE_URL must be sqlite:///… or postgresql://…, not {driver}://")
+        except ArgumentError:
+            env.problems.append(f"BILLING_DATABASE_URL={database_url!r} is not a database URL")
+        settings = cls(
+            database_url=database_url,
+            database_schema=env.str("DATABASE_SCHEMA", DEFAULT_SCHEMA),
+            grpc_host=env.str("GRPC_HOST", cls.grpc_host),
+            grpc_port=env.port("GRPC_PORT", cls.grpc_port),
+            kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            metering_addr=env.str("METERING_ADDR", cls.metering_addr),
+            hold_ttl_seconds=env.int("HOLD_TTL_SECONDS", cls.hold_ttl_seconds, minimum=1),
+            hold_sweep_seconds=env.float("HOLD_SWEEP_SECONDS", cls.hold_sweep_seconds, minimum=0.05),
+            price_book_refresh_seconds=env.float(
+                "PRICE_BOOK_REFRESH_SECONDS", cls.price_book_refresh_seconds, minimum=0.1
+            ),
+            key_cache_seconds=env.float("KEY_CACHE_SECONDS", cls.key_cache_seconds, minimum=0.0),
+            metrics_port=env.port("METRICS_PORT", cls.metrics_port),
+            log_level=_log_level(env),
+            shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0.0),
+        )
+        env.check()
+        return settings
+
+
+def _log_level(env: EnvReader) -> str:
+    level = (env.raw("LOG_LEVEL") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        env.problems.append(f"BILLING_LOG_LEVEL={level!r} must be one of DEBUG, INFO, WARNING, ERROR")
+        return "INFO"
+    return level

@@ -1,0 +1,136 @@
+"""Billing's one exception hierarchy, mapped ONCE to gRPC status codes and stable reasons.
+
+Every error a caller can see is a :class:`BillingError`; the transport layer turns it into a gRPC status with
+trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and ingress maps that to HTTP::
+
+    BillingError
+    ├── InvalidArgument          INVALID_ARGUMENT     invalid_argument
+    │   └── RequestIdConflict    INVALID_ARGUMENT     request_id_conflict
+    ├── InvalidApiKey            UNAUTHENTICATED      invalid_api_key
+    ├── ModelNotAllowed          PERMISSION_DENIED    model_not_allowed
+    ├── NotFound                 NOT_FOUND            not_found
+    │   ├── AccountNotFound      NOT_FOUND            account_not_found
+    │   └── ModelNotFound        NOT_FOUND            model_not_found
+    ├── PaymentRequired          FAILED_PRECONDITION  (abstract: money is missing)
+    │   ├── InsufficientBalance  FAILED_PRECONDITION  insufficient_balance
+    │   ├── KeyLimitExceeded     FAILED_PRECONDITION  key_limit_exceeded
+    │   └── CurrencyMismatch     FAILED_PRECONDITION  currency_mismatch
+    ├── RateLimited              RESOURCE_EXHAUSTED   rate_limited (+ retry-after seconds)
+    ├── PriceBookUnavailable     UNAVAILABLE          price_book_unavailable
+    ├── ConcurrentUpdate         ABORTED              concurrent_update (retryable; the consumer retries the batch)
+    └── InconsistentEvent        INTERNAL             inconsistent_event (an event does not fit the stored state)
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "AccountNotFound",
+    "BillingError",
+    "ConcurrentUpdate",
+    "CurrencyMismatch",
+    "InconsistentEvent",
+    "InsufficientBalance",
+    "InvalidApiKey",
+    "InvalidArgument",
+    "KeyLimitExceeded",
+    "ModelNotAllowed",
+    "ModelNotFound",
+    "NotFound",
+    "PaymentRequired",
+    "PriceBookUnavailable",
+    "RateLimited",
+    "RequestIdConflict",
+]
+
+
+class BillingError(Exception):
+    """Base of every error billing reports to a caller. ``status`` and ``reason`` are the wire contract."""
+
+    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "internal"
+    retry_after: int | None = None
+
+
+class InvalidArgument(BillingError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
+
+class RequestIdConflict(InvalidArgument):
+    """A request id already names a hold of another key: ids must be unique per request."""
+
+    reason = "request_id_conflict"
+
+
+class InvalidApiKey(BillingError):
+    status = grpc.StatusCode.UNAUTHENTICATED
+    reason = "invalid_api_key"
+
+
+class ModelNotAllowed(BillingError):
+    status = grpc.StatusCode.PERMISSION_DENIED
+    reason = "model_not_allowed"
+
+
+class NotFound(BillingError):
+    status = grpc.StatusCode.NOT_FOUND
+    reason = "not_found"
+
+
+class AccountNotFound(NotFound):
+    reason = "account_not_found"
+
+
+class ModelNotFound(NotFound):
+    reason = "model_not_found"
+
+
+class PaymentRequired(BillingError):
+    """The money to cover the request is not there (ingress answers 402)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "payment_required"
+
+
+class InsufficientBalance(PaymentRequired):
+    reason = "insufficient_balance"
+
+
+class KeyLimitExceeded(PaymentRequired):
+    reason = "key_limit_exceeded"
+
+
+class CurrencyMismatch(PaymentRequired):
+    """The price book is in another currency than the account and billing holds no exchange rate for it."""
+
+    reason = "currency_mismatch"
+
+
+class RateLimited(BillingError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PriceBookUnavailable(BillingError):
+    status = grpc.StatusCode.UNAVAILABLE
+    reason = "price_book_unavailable"
+
+
+class ConcurrentUpdate(BillingError):
+    """A guarded write found the row changed under it (e.g. the sweeper expired a hold being captured)."""
+
+    status = grpc.StatusCode.ABORTED
+    reason = "concurrent_update"
+
+
+class InconsistentEvent(BillingError):
+    """An event names rows that are not there (or not in the state it expects): a broken log or a broken DB."""
+
+    status = grpc.StatusCode.INTERNAL
+    reason = "inconsistent_event"

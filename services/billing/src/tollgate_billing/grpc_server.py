@@ -1,0 +1,159 @@
+"""The gRPC transport: protobuf in, application call, protobuf out. Errors are mapped here, once, for every RPC."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from prometheus_client import Counter
+from tollgate.billing.v1 import billing_service_pb2 as pb
+from tollgate.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from tollgate_common.grpc import abort
+from tollgate_common.logs import request_id_var
+
+from .application import Billing
+from .errors import BillingError
+from .repository import AccountRow
+
+__all__ = ["SERVICE_NAME", "BillingServicer"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "tollgate.billing.v1.BillingService"
+
+AUTHORIZATIONS = Counter(
+    "tollgate_billing_authorizations_total", "Authorize calls by outcome (ok or the error reason)", ["outcome"]
+)
+
+R = TypeVar("R")
+Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def _mapped(method: Method[R]) -> Method[R]:
+    """Turn a :class:`BillingError` into its gRPC status + ``tollgate-reason`` (+ ``retry-after``)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except BillingError as exc:
+            if method.__name__ == "Authorize":
+                AUTHORIZATIONS.labels(exc.reason).inc()
+            await abort(context, exc.status, str(exc), reason=exc.reason, retry_after=exc.retry_after)
+
+    return wrapper
+
+
+def _account(row: AccountRow) -> pb.Account:
+    return pb.Account(
+        account_id=row.account_id, name=row.name, currency=row.currency, created_at_unix_ms=row.created_at_unix_ms
+    )
+
+
+class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
+    def __init__(self, billing: Billing) -> None:
+        self.billing = billing
+
+    @_mapped
+    async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:
+        request_id_var.set(request.request_id)
+        result = await self.billing.authorize(
+            request.api_key, request.request_id, request.model, request.prompt_tokens, request.max_output_tokens
+        )
+        AUTHORIZATIONS.labels("ok").inc()
+        return pb.AuthorizeResponse(
+            account_id=result.account_id,
+            key_id=result.key_id,
+            hold_id=result.hold_id,
+            hold_amount_nanos=result.hold_amount_nanos,
+            currency=result.currency,
+            team=result.team,
+            project=result.project,
+        )
+
+    @_mapped
+    async def GetKeyInfo(
+        self, request: pb.GetKeyInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetKeyInfoResponse:
+        info = await self.billing.get_key_info(request.api_key)
+        grant = info.key.grant
+        return pb.GetKeyInfoResponse(
+            key_id=grant.key_id,
+            account_id=grant.account_id,
+            label=info.key.label,
+            currency=grant.currency,
+            balance_nanos=info.balance_nanos,
+            usage_nanos=info.key.usage_nanos,
+            has_limit=grant.has_limit,
+            limit_nanos=grant.limit_nanos,
+            limit_remaining_nanos=info.limit_remaining_nanos,
+        )
+
+    @_mapped
+    async def CreateAccount(
+        self, request: pb.CreateAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateAccountResponse:
+        account, _created = await self.billing.create_account(request.name, request.currency, request.account_id)
+        return pb.CreateAccountResponse(account=_account(account))
+
+    @_mapped
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateApiKeyResponse:
+        created = await self.billing.create_api_key(
+            request.account_id,
+            label=request.label,
+            has_limit=request.has_limit,
+            limit_nanos=request.limit_nanos,
+            allowed_models=list(request.allowed_models),
+            team=request.team,
+            project=request.project,
+            rate_limit_rpm=request.rate_limit_rpm,
+        )
+        return pb.CreateApiKeyResponse(key_id=created.key_id, api_key=created.api_key, prefix=created.prefix)
+
+    @_mapped
+    async def AddCredits(
+        self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddCreditsResponse:
+        result = await self.billing.add_credits(
+            request.account_id, request.amount_nanos, request.idempotency_key, request.description
+        )
+        return pb.AddCreditsResponse(
+            transaction_id=result.transaction_id, balance_nanos=result.balance_nanos, replayed=result.replayed
+        )
+
+    @_mapped
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetBalanceResponse:
+        wallet = await self.billing.get_balance(request.account_id)
+        return pb.GetBalanceResponse(
+            account_id=wallet.account_id,
+            currency=wallet.currency,
+            balance_nanos=wallet.balance_nanos,
+            held_nanos=wallet.held_nanos,
+            available_nanos=wallet.available_nanos,
+        )
+
+    @_mapped
+    async def ListLedgerEntries(
+        self, request: pb.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLedgerEntriesResponse:
+        rows = await self.billing.list_ledger_entries(request.account_id, request.limit)
+        return pb.ListLedgerEntriesResponse(
+            entries=[
+                pb.LedgerEntry(
+                    transaction_id=r.transaction_id,
+                    kind=r.kind,
+                    ledger_account=r.ledger_account,
+                    amount_nanos=r.amount_nanos,
+                    reference=r.reference,
+                    created_at_unix_ms=r.created_at_unix_ms,
+                )
+                for r in rows
+            ]
+        )

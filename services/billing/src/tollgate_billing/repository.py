@@ -1,0 +1,243 @@
+"""Billing's storage: the queries the application needs, and ``record`` — the one way state changes live.
+
+``record`` applies an event with the projection code (guards on) and writes it to the outbox in the caller's
+transaction, so the state change and its event commit together or not at all. The outbox rows are kept after
+publishing: they are billing's durable event log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from sqlalchemy import func, select, update
+from tollgate.events.v1 import billing_pb2
+from tollgate_common.events import Envelope, Topics, envelope_for
+
+from . import projections
+from .domain import ApiKeyGrant, HoldStatus, HoldView
+from .projections import Executor
+from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, messaging, wallets
+
+__all__ = [
+    "SERVICE",
+    "AccountRow",
+    "KeyRow",
+    "LedgerRow",
+    "WalletRow",
+    "envelope",
+    "event_account",
+    "event_id",
+    "record",
+]
+
+SERVICE = "billing"
+
+
+def event_id(event: Message) -> str:
+    """Deterministic CloudEvent ids: the same fact always has the same id, so duplicates dedupe downstream."""
+    if isinstance(event, billing_pb2.AccountCreated):
+        return f"account.created:{event.account_id}"
+    if isinstance(event, billing_pb2.ApiKeyCreated):
+        return f"api_key.created:{event.key_id}"
+    if isinstance(event, billing_pb2.CreditsAdded):
+        return f"credits.added:{event.transaction.transaction_id}"
+    if isinstance(event, billing_pb2.HoldPlaced):
+        return f"hold.placed:{event.hold_id}"
+    if isinstance(event, billing_pb2.HoldCaptured):
+        return f"hold.captured:{event.hold_id}"
+    if isinstance(event, billing_pb2.HoldExpired):
+        return f"hold.expired:{event.hold_id}"
+    if isinstance(event, billing_pb2.HoldReconciled):
+        return f"hold.reconciled:{event.hold_id}"
+    raise ValueError(f"{type(event).__name__} is not a billing event")
+
+
+def event_account(event: Message) -> str:
+    """Every billing event belongs to one account: the Kafka key and ce_subject (per-account order)."""
+    return str(event.account_id)  # type: ignore[attr-defined]
+
+
+def envelope(event: Message, at_unix_ms: int | None = None) -> Envelope:
+    return envelope_for(event, id=event_id(event), service=SERVICE, subject=event_account(event), at_unix_ms=at_unix_ms)
+
+
+async def record(conn: Executor, event: Message) -> None:
+    """Apply ``event`` live (guards on) and append it to the outbox, in the caller's transaction."""
+    await projections.apply(conn, event, strict=True)
+    await messaging.add_to_outbox(conn, Topics.BILLING, event_account(event), envelope(event))
+
+
+# --- reads ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    account_id: str
+    name: str
+    currency: str
+    created_at_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WalletRow:
+    account_id: str
+    currency: str
+    balance_nanos: int
+    held_nanos: int
+
+    @property
+    def available_nanos(self) -> int:
+        return self.balance_nanos - self.held_nanos
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    grant: ApiKeyGrant
+    label: str
+    usage_nanos: int
+    held_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    transaction_id: str
+    kind: str
+    ledger_account: str
+    amount_nanos: int
+    reference: str
+    created_at_unix_ms: int
+
+
+async def get_account(conn: Executor, account_id: str) -> AccountRow | None:
+    row = (await conn.execute(select(accounts).where(accounts.c.account_id == account_id))).first()
+    if row is None:
+        return None
+    return AccountRow(row.account_id, row.name, row.currency, row.created_at_unix_ms)
+
+
+async def get_wallet(conn: Executor, account_id: str) -> WalletRow | None:
+    row = (await conn.execute(select(wallets).where(wallets.c.account_id == account_id))).first()
+    if row is None:
+        return None
+    return WalletRow(row.account_id, row.currency, row.balance_nanos, row.held_nanos)
+
+
+_KEY_COLUMNS = (
+    api_keys.c.key_id,
+    api_keys.c.account_id,
+    accounts.c.currency,
+    api_keys.c.allowed_models,
+    api_keys.c.has_limit,
+    api_keys.c.limit_nanos,
+    api_keys.c.team,
+    api_keys.c.project,
+    api_keys.c.rate_limit_rpm,
+    api_keys.c.label,
+    api_keys.c.usage_nanos,
+    api_keys.c.held_nanos,
+)
+
+
+async def find_key(conn: Executor, *, key_hash: str | None = None, key_id: str | None = None) -> KeyRow | None:
+    query = select(*_KEY_COLUMNS).join(accounts, accounts.c.account_id == api_keys.c.account_id)
+    query = query.where(api_keys.c.key_hash == key_hash) if key_hash is not None else query.where(
+        api_keys.c.key_id == key_id
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    grant = ApiKeyGrant(
+        key_id=row.key_id,
+        account_id=row.account_id,
+        currency=row.currency,
+        allowed_models=frozenset(json.loads(row.allowed_models)),
+        has_limit=bool(row.has_limit),
+        limit_nanos=row.limit_nanos,
+        team=row.team,
+        project=row.project,
+        rate_limit_rpm=row.rate_limit_rpm,
+    )
+    return KeyRow(grant=grant, label=row.label, usage_nanos=row.usage_nanos, held_nanos=row.held_nanos)
+
+
+def _hold_view(row: object) -> HoldView:
+    return HoldView(
+        hold_id=row.hold_id,  # type: ignore[attr-defined]
+        account_id=row.account_id,  # type: ignore[attr-defined]
+        key_id=row.key_id,  # type: ignore[attr-defined]
+        amount_nanos=row.amount_nanos,  # type: ignore[attr-defined]
+        status=HoldStatus(row.status),  # type: ignore[attr-defined]
+        captured_nanos=row.captured_nanos,  # type: ignore[attr-defined]
+        expires_at_unix_ms=row.expires_at_unix_ms,  # type: ignore[attr-defined]
+    )
+
+
+async def find_hold(conn: Executor, hold_id: str) -> HoldView | None:
+    row = (await conn.execute(select(holds).where(holds.c.hold_id == hold_id))).first()
+    return None if row is None else _hold_view(row)
+
+
+async def due_holds(conn: Executor, now_unix_ms: int, limit: int) -> list[HoldView]:
+    """Open holds whose TTL has passed, oldest first."""
+    rows = await conn.execute(
+        select(holds)
+        .where(holds.c.status == HoldStatus.OPEN.value, holds.c.expires_at_unix_ms <= now_unix_ms)
+        .order_by(holds.c.expires_at_unix_ms)
+        .limit(limit)
+    )
+    return [_hold_view(row) for row in rows]
+
+
+async def find_credit(conn: Executor, account_id: str, idempotency_key: str) -> str | None:
+    """The transaction id an earlier AddCredits with this idempotency key created, if any."""
+    row = (
+        await conn.execute(
+            select(credit_grants.c.transaction_id).where(
+                credit_grants.c.account_id == account_id, credit_grants.c.idempotency_key == idempotency_key
+            )
+        )
+    ).first()
+    return None if row is None else str(row.transaction_id)
+
+
+async def ledger_entries(conn: Executor, account_id: str, limit: int) -> list[LedgerRow]:
+    """Every posting of the transactions that belong to ``account_id`` (both legs), newest first."""
+    rows = await conn.execute(
+        select(
+            ledger_postings.c.transaction_id,
+            ledger_transactions.c.kind,
+            ledger_postings.c.ledger_account,
+            ledger_postings.c.amount_nanos,
+            ledger_transactions.c.reference,
+            ledger_transactions.c.created_at_unix_ms,
+        )
+        .join(ledger_transactions, ledger_transactions.c.transaction_id == ledger_postings.c.transaction_id)
+        .where(ledger_transactions.c.account_id == account_id)
+        .order_by(ledger_postings.c.id.desc())
+        .limit(limit)
+    )
+    return [LedgerRow(*row) for row in rows]
+
+
+# --- the log ----------------------------------------------------------------------------------------------------
+
+
+async def published_event_count(conn: Executor) -> int:
+    t = messaging.outbox
+    found = await conn.execute(
+        select(func.count()).select_from(t).where(t.c.topic == Topics.BILLING, t.c.published_at_unix_ms.is_not(None))
+    )
+    return int(found.scalar_one())
+
+
+async def mark_log_unpublished(conn: Executor) -> int:
+    """Queue the whole kept log for publishing again (the broker lost it, e.g. an embedded broker restarted)."""
+    t = messaging.outbox
+    result = await conn.execute(
+        update(t).where(t.c.topic == Topics.BILLING, t.c.published_at_unix_ms.is_not(None)).values(
+            published_at_unix_ms=None
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

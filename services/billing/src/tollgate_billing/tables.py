@@ -1,0 +1,138 @@
+"""Billing's tables: the read model the projections maintain, plus the messaging plumbing (outbox, dedupe, offsets).
+
+Every row here is derived from the events in ``tollgate.billing.v1`` by :mod:`tollgate_billing.projections`, so a
+fresh database replayed from the log holds the same rows (the outbox, kept after publishing, is the durable copy
+of that log). On PostgreSQL the tables live in the ``billing`` schema (the connection's search_path).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+from tollgate_common.db import messaging_tables
+
+__all__ = [
+    "accounts",
+    "api_keys",
+    "credit_grants",
+    "holds",
+    "ledger_postings",
+    "ledger_transactions",
+    "messaging",
+    "metadata",
+    "wallets",
+]
+
+metadata = MetaData()
+messaging = messaging_tables(metadata)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+)
+
+#: One prepaid balance per account. ``held_nanos`` is the sum of its open holds; available = balance − held.
+wallets = Table(
+    "wallets",
+    metadata,
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), primary_key=True),
+    Column("currency", String(3), nullable=False),
+    Column("balance_nanos", BigInteger, nullable=False),
+    Column("held_nanos", BigInteger, nullable=False),
+)
+
+#: API keys by hash only. ``usage_nanos`` = captured through this key, ``held_nanos`` = its open holds.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(100), primary_key=True),
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(20), nullable=False),
+    Column("label", String(200), nullable=False),
+    Column("has_limit", Boolean, nullable=False),
+    Column("limit_nanos", BigInteger, nullable=False),
+    Column("usage_nanos", BigInteger, nullable=False),
+    Column("held_nanos", BigInteger, nullable=False),
+    #: JSON list, sorted; empty = every model.
+    Column("allowed_models", Text, nullable=False),
+    Column("team", String(200), nullable=False),
+    Column("project", String(200), nullable=False),
+    Column("rate_limit_rpm", Integer, nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+)
+Index("ix_api_keys_account", api_keys.c.account_id)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("hold_id", String(200), primary_key=True),
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("key_id", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+    #: open | captured | expired | reconciled (see domain.HoldStatus)
+    Column("status", String(20), nullable=False),
+    Column("captured_nanos", BigInteger, nullable=False),
+    Column("released_nanos", BigInteger, nullable=False),
+    Column("refunded_nanos", BigInteger, nullable=False),
+    #: Rated price of the usage that closed it (after an expiry: of the late usage), when known.
+    Column("rated_nanos", BigInteger, nullable=True),
+    Column("usage_event_id", String(200), nullable=False),
+    #: Set when the TTL closed the hold: someone should look at why no usage came.
+    Column("needs_reconciliation", Boolean, nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+    Column("expires_at_unix_ms", BigInteger, nullable=False),
+    Column("closed_at_unix_ms", BigInteger, nullable=True),
+)
+Index("ix_holds_open_expiry", holds.c.status, holds.c.expires_at_unix_ms)
+
+#: AddCredits idempotency: one row per (account, idempotency key).
+credit_grants = Table(
+    "credit_grants",
+    metadata,
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("transaction_id", String(100), nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+    PrimaryKeyConstraint("account_id", "idempotency_key"),
+)
+
+ledger_transactions = Table(
+    "ledger_transactions",
+    metadata,
+    Column("transaction_id", String(200), primary_key=True),
+    #: The customer account the transaction belongs to (for per-account listings).
+    Column("account_id", String(100), nullable=False),
+    Column("kind", String(50), nullable=False),
+    Column("reference", String(200), nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+)
+Index("ix_ledger_transactions_account", ledger_transactions.c.account_id)
+
+ledger_postings = Table(
+    "ledger_postings",
+    metadata,
+    #: Insertion order, newest last (BIGINT on PostgreSQL; SQLite's rowid alias must be INTEGER).
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("transaction_id", String(200), ForeignKey("ledger_transactions.transaction_id"), nullable=False),
+    Column("ledger_account", String(200), nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+)
+Index("ix_ledger_postings_transaction", ledger_postings.c.transaction_id)
+Index("ix_ledger_postings_account", ledger_postings.c.ledger_account)
