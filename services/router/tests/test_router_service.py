@@ -1,0 +1,285 @@
+"""RouterService over real gRPC in front of the real mock upstream: what ingress, and so a client, sees.
+
+The mock's record of what it served is the ground truth: the usage the router reports must equal it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tollgate.router.v1 import router_service_pb2 as pb
+from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
+from tollgate_common.grpc import error_reason, retry_after
+from tollgate_dev.mock_upstream import DEFAULT_REPLY, MockUpstream
+from tollgate_dev.ports import free_port
+from tollgate_router.config import Settings
+from tollgate_router.server import RouterServer
+
+StartRouter = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
+
+HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, router"}]
+
+
+def request(model: str = "gpt-4o-mini", **fields: Any) -> pb.CompleteRequest:
+    body = {"model": model, "messages": HELLO, **fields}
+    return pb.CompleteRequest(
+        request_id="req_test", account_id="acc_test", model=model, body_json=json.dumps(body).encode()
+    )
+
+
+def record_for(mock: MockUpstream, upstream_request_id: str) -> dict[str, Any]:
+    [record] = [c for c in mock.calls if c["id"] == upstream_request_id]
+    return record
+
+
+def assert_usage_equals(usage: pb.Usage, recorded: dict[str, Any]) -> None:
+    assert usage.prompt_tokens == recorded["prompt_tokens"] > 0
+    assert usage.completion_tokens == recorded["completion_tokens"] > 0
+    assert usage.total_tokens == recorded["total_tokens"]
+    assert usage.cached_prompt_tokens == recorded["prompt_tokens_details"]["cached_tokens"]
+    assert usage.reasoning_tokens == recorded["completion_tokens_details"]["reasoning_tokens"]
+
+
+async def collect(call: Any) -> tuple[list[dict[str, Any]], pb.StreamEnd | None]:
+    chunks: list[dict[str, Any]] = []
+    end = None
+    while (message := await call.read()) is not grpc.aio.EOF:
+        assert end is None, "nothing may follow the end message"
+        if message.WhichOneof("event") == "chunk_json":
+            chunks.append(json.loads(message.chunk_json))
+        else:
+            end = message.end
+    return chunks, end
+
+
+# ---- Complete ---------------------------------------------------------------------------------------------------
+
+
+async def test_complete_returns_the_upstream_body_and_the_usage_the_mock_recorded(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    reply = await stub.Complete(request(temperature=0.2, max_tokens=50))
+
+    body = json.loads(reply.body_json)
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == DEFAULT_REPLY
+    assert reply.provider == "mock" and reply.upstream_model == "gpt-4o-mini"
+    record = record_for(mock, reply.upstream_request_id)
+    assert_usage_equals(reply.usage, record["usage"])
+    assert body["usage"]["prompt_tokens"] == reply.usage.prompt_tokens
+    # Every field of the request crossed unchanged.
+    assert record["body"] == {"model": "gpt-4o-mini", "messages": HELLO, "temperature": 0.2, "max_tokens": 50}
+
+
+async def test_complete_sends_the_upstream_model_name_and_the_operator_key(
+    tmp_path: Path, mock: MockUpstream, start_router: StartRouter
+) -> None:
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(
+        f"""
+providers:
+  house: {{kind: openai, base_url: "{mock.base_url}", api_key_env: HOUSE_KEY}}
+models:
+  house-model: {{provider: house, upstream_model: gpt-4o-2024-08-06, owned_by: tollgate}}
+"""
+    )
+    stub = await start_router(ROUTER_PROVIDERS_FILE=str(providers), HOUSE_KEY="sk-house-secret")
+    reply = await stub.Complete(request("house-model"))
+
+    assert reply.provider == "house" and reply.upstream_model == "gpt-4o-2024-08-06"
+    record = record_for(mock, reply.upstream_request_id)
+    assert record["model"] == "gpt-4o-2024-08-06"
+    assert record["authorization_present"] is True
+    models = await stub.ListModels(pb.ListModelsRequest())
+    assert [(m.id, m.provider, m.owned_by) for m in models.models] == [("house-model", "house", "tollgate")]
+
+
+async def test_complete_ignores_a_stream_flag_in_the_body(stub: pb_grpc.RouterServiceStub, mock: MockUpstream) -> None:
+    reply = await stub.Complete(request(stream=True))
+    assert json.loads(reply.body_json)["object"] == "chat.completion"
+    assert "stream" not in record_for(mock, reply.upstream_request_id)["body"]
+
+
+async def test_concurrent_calls_each_get_their_own_exact_usage(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    async def one(i: int) -> pb.CompleteResponse:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "word " * i}], "max_tokens": 1 + i % 7}
+        return await stub.Complete(pb.CompleteRequest(model="gpt-4o", body_json=json.dumps(body).encode()))
+
+    replies = await asyncio.gather(*(one(i) for i in range(40)))
+    for i, reply in enumerate(replies):
+        assert_usage_equals(reply.usage, record_for(mock, reply.upstream_request_id)["usage"])
+        assert reply.usage.completion_tokens == 1 + i % 7
+    assert len({r.usage.prompt_tokens for r in replies}) == 40
+
+
+# ---- StreamComplete ---------------------------------------------------------------------------------------------
+
+
+async def test_stream_yields_chunks_then_an_end_with_the_recorded_usage(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    chunks, end = await collect(stub.StreamComplete(request()))
+
+    assert chunks and end is not None
+    for chunk in chunks:
+        assert chunk["object"] == "chat.completion.chunk"
+        assert chunk["id"].startswith("chatcmpl-") and chunk["choices"]
+        assert "usage" not in chunk
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == DEFAULT_REPLY
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert end.provider == "mock" and end.upstream_model == "gpt-4o-mini"
+    record = record_for(mock, end.upstream_request_id)
+    assert_usage_equals(end.usage, record["usage"])
+    # The router asked for usage even though the caller did not.
+    assert record["body"]["stream"] is True
+    assert record["body"]["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_keeps_the_callers_stream_options_and_truncation(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    chunks, end = await collect(
+        stub.StreamComplete(
+            request(stream_options={"include_usage": False, "include_obfuscation": False}, max_tokens=3)
+        )
+    )
+    assert end is not None and end.usage.completion_tokens == 3
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    options = record_for(mock, end.upstream_request_id)["body"]["stream_options"]
+    assert options == {"include_usage": True, "include_obfuscation": False}
+
+
+# ---- errors -----------------------------------------------------------------------------------------------------
+
+
+async def test_unknown_model_is_not_found_and_never_reaches_the_upstream(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    for call in (stub.Complete(request("gpt-17")), collect(stub.StreamComplete(request("gpt-17")))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert error_reason(caught.value) == "model_not_found"
+        assert "gpt-17" in (caught.value.details() or "")
+    assert mock.calls == []
+
+
+async def test_body_that_is_not_a_json_object_is_invalid_argument(stub: pb_grpc.RouterServiceStub) -> None:
+    for body in (b"{not json", b"[1, 2]"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Complete(pb.CompleteRequest(model="gpt-4o", body_json=body))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_upstream_400_is_invalid_argument_with_the_upstream_message(stub: pb_grpc.RouterServiceStub) -> None:
+    body = json.dumps({"model": "gpt-4o", "messages": []}).encode()
+    for call in (
+        stub.Complete(pb.CompleteRequest(model="gpt-4o", body_json=body)),
+        collect(stub.StreamComplete(pb.CompleteRequest(model="gpt-4o", body_json=body))),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "messages" in (caught.value.details() or "")
+
+
+async def test_upstream_500_is_unavailable_before_any_chunk(stub: pb_grpc.RouterServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Complete(request(mock_fault="500"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(caught.value) == "upstream_error"
+
+    received: list[pb.StreamCompleteResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in stub.StreamComplete(request(mock_fault="500")):
+            received.append(message)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert received == [], "an error before the first chunk must be the call's status, not a half stream"
+
+
+async def test_upstream_429_is_resource_exhausted_with_retry_after(stub: pb_grpc.RouterServiceStub) -> None:
+    for call in (stub.Complete(request(mock_fault="429")), collect(stub.StreamComplete(request(mock_fault="429")))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(caught.value) == "upstream_rate_limited"
+        assert retry_after(caught.value) == 1
+
+
+async def test_upstream_401_is_an_operator_problem_not_the_callers(stub: pb_grpc.RouterServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Complete(request(mock_fault="401"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(caught.value) == "upstream_auth"
+    # The upstream's own text (which, at OpenAI, quotes part of the key) is not passed on.
+    assert "Incorrect API key" not in (caught.value.details() or "")
+
+
+async def test_upstream_timeout_is_deadline_exceeded(start_router: StartRouter) -> None:
+    stub = await start_router(ROUTER_UPSTREAM_TIMEOUT_SECONDS="0.3")
+    for call in (
+        stub.Complete(request(mock_fault="timeout")),
+        collect(stub.StreamComplete(request(mock_fault="timeout"))),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error_reason(caught.value) == "upstream_timeout"
+
+
+async def test_a_stream_cut_mid_way_fails_after_the_chunks_already_sent(stub: pb_grpc.RouterServiceStub) -> None:
+    received: list[pb.StreamCompleteResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in stub.StreamComplete(request(mock_fault="disconnect")):
+            received.append(message)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert [m.WhichOneof("event") for m in received] == ["chunk_json"]
+
+
+async def test_unreachable_upstream_is_unavailable(start_router: StartRouter) -> None:
+    stub = await start_router(ROUTER_MOCK_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Complete(request())
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(caught.value) == "upstream_error"
+
+
+# ---- catalogue and lifecycle --------------------------------------------------------------------------------------
+
+
+async def test_list_models_is_the_demo_catalogue_on_the_mock(stub: pb_grpc.RouterServiceStub) -> None:
+    reply = await stub.ListModels(pb.ListModelsRequest())
+    assert {(m.id, m.provider) for m in reply.models} == {
+        ("gpt-4o-mini", "mock"),
+        ("gpt-4o", "mock"),
+        ("deepseek-chat", "mock"),
+        ("claude-3-5-haiku", "mock"),
+        ("gemini-2.0-flash", "mock"),
+    }
+
+
+async def test_stop_drains_a_stream_in_flight_and_refuses_new_calls(mock: MockUpstream) -> None:
+    server = RouterServer(Settings.from_env({"ROUTER_MOCK_BASE_URL": mock.base_url, "ROUTER_GRPC_PORT": "0"}))
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RouterServiceStub(channel)
+        call = stub.StreamComplete(request(mock_chunk_delay_ms=100))
+        first = await call.read()  # the stream is under way
+        assert first.WhichOneof("event") == "chunk_json"
+        stopping = asyncio.create_task(server.stop(grace=10))
+        await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Complete(request(), timeout=2)
+        chunks, end = await collect(call)
+        assert chunks and end is not None, "the in-flight stream must finish with its usage"
+        assert_usage_equals(end.usage, record_for(mock, end.upstream_request_id)["usage"])
+        await stopping
