@@ -1,0 +1,507 @@
+"""The Helm chart, rendered and linted offline with Helm's own Go SDK and validated against Kubernetes schemas.
+
+What an operator would notice is asserted, not the template text: five Deployments and Services wired to each
+other, gRPC health probes, pods that roll when (and only when) their config changes, credentials that only ever
+appear as Secret references, HPA/PDB that follow their switches, and values the schema refuses.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "tollgate"
+FULL_VALUES = yaml.safe_load((Path(__file__).parent / "values-full.yaml").read_text())
+RELEASE = "demo"
+NAMESPACE = "gateway"
+#: Oldest release the chart declares (kubeVersion) and the newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+
+SERVICES = ("billing", "ingress", "metering", "policy", "router")
+GRPC_PORTS = {"router": 50051, "policy": 50052, "billing": 50053, "metering": 50054}
+SECRET_ENV_SUFFIXES = ("DATABASE_URL", "ADMIN_TOKEN", "API_KEY")
+
+
+@dataclass
+class Rendered:
+    """The manifests of one render, parsed, plus NOTES.txt."""
+
+    objects: list[dict[str, Any]]
+    notes: str
+    #: "<release>-tollgate" (or the release name alone when it already says tollgate).
+    fullname: str = f"{RELEASE}-tollgate"
+
+    def kind(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {o["metadata"]["name"]: o for o in self.objects if o["kind"] == kind}
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = self.kind(kind)
+        assert name in found, f"no {kind} {name}; have {sorted(found)}"
+        return found[name]
+
+    def deployment(self, service: str) -> dict[str, Any]:
+        return self.get("Deployment", f"{self.fullname}-{service}")
+
+    def container(self, service: str) -> dict[str, Any]:
+        (container,) = self.deployment(service)["spec"]["template"]["spec"]["containers"]
+        return container
+
+    def environment(self, service: str) -> dict[str, dict[str, Any]]:
+        """What the process sees: envFrom ConfigMaps first, then `env` entries (which win), as EnvVar dicts."""
+        container = self.container(service)
+        seen: dict[str, dict[str, Any]] = {}
+        for source in container.get("envFrom", []):
+            data = self.get("ConfigMap", source["configMapRef"]["name"]).get("data", {})
+            seen.update({name: {"name": name, "value": value} for name, value in data.items()})
+        seen.update({entry["name"]: entry for entry in container.get("env", [])})
+        return seen
+
+    def env_value(self, service: str, name: str) -> str | None:
+        entry = self.environment(service).get(name)
+        return None if entry is None else entry.get("value")
+
+    def checksums(self) -> dict[str, str]:
+        return {
+            service: self.deployment(service)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for service in SERVICES
+        }
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None = None, *, name: str = RELEASE) -> Rendered:
+    manifests = chart.render(values, name=name, namespace=NAMESPACE, is_install=True)
+    objects = [
+        doc
+        for path, text in sorted(manifests.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    notes = next((text for path, text in manifests.items() if path.endswith("NOTES.txt")), "")
+    return Rendered(objects, notes, name if "tollgate" in name else f"{name}-tollgate")
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` deep-merged over a copy of ``base``, like a second ``-f`` file."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def default(chart: helm.Chart) -> Rendered:
+    return render(chart)
+
+
+@pytest.fixture(scope="module")
+def full(chart: helm.Chart) -> Rendered:
+    return render(chart, FULL_VALUES)
+
+
+# --- lint and Kubernetes schemas -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "everything-on"])
+def test_chart_lints_without_warnings(values: dict[str, Any] | None) -> None:
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSIONS[-1]}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_every_manifest_is_valid_kubernetes(which: str, kube_version: str, request: pytest.FixtureRequest) -> None:
+    rendered: Rendered = request.getfixturevalue(which)
+    assert rendered.objects
+    for obj in rendered.objects:
+        # strict: unknown fields are errors too; a kind without a schema raises instead of passing silently.
+        kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+def test_everything_on_renders_every_kind(full: Rendered) -> None:
+    counts = {kind: len(full.kind(kind)) for kind in {o["kind"] for o in full.objects}}
+    assert counts == {
+        "ConfigMap": 7,  # five env ConfigMaps + router providers file + metering price book
+        "Deployment": 5,
+        "Service": 5,
+        "ServiceAccount": 1,
+        "HorizontalPodAutoscaler": 4,  # billing turns it off
+        "PodDisruptionBudget": 5,
+        "NetworkPolicy": 5,
+        "Ingress": 1,
+    }
+
+
+# --- the five services and their wiring ----------------------------------------------------------------------------
+
+
+def test_five_deployments_and_services_select_each_other(default: Rendered) -> None:
+    deployments, services = default.kind("Deployment"), default.kind("Service")
+    assert sorted(deployments) == [f"{RELEASE}-tollgate-{s}" for s in SERVICES]
+    assert sorted(services) == sorted(deployments)
+    for name, deployment in deployments.items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = services[name]["spec"]["selector"]
+        assert selector.items() <= pod_labels.items()
+        assert deployment["spec"]["selector"]["matchLabels"] == selector
+        port_names = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        assert {p["targetPort"] for p in services[name]["spec"]["ports"]} <= port_names
+    # Every component's selector is distinct: no Service picks up another service's pods.
+    assert len({tuple(sorted(s["spec"]["selector"].items())) for s in services.values()}) == 5
+
+
+def test_each_service_runs_its_own_module_from_its_own_image(default: Rendered, full: Rendered) -> None:
+    for service in SERVICES:
+        assert default.container(service)["image"] == f"ghcr.io/tollgate/tollgate-{service}:0.1.0"
+    assert full.container("billing")["image"] == "registry.example.com/tollgate/tollgate-billing:1.2.3"
+    assert full.container("router")["image"] == "registry.example.com/tollgate/router-custom:1.2.4-hotfix"
+    assert full.container("router")["imagePullPolicy"] == "Always"
+
+
+def test_peers_are_dialled_at_their_services(default: Rendered) -> None:
+    expected = {
+        ("ingress", "INGRESS_BILLING_ADDR"): "billing",
+        ("ingress", "INGRESS_POLICY_ADDR"): "policy",
+        ("ingress", "INGRESS_ROUTER_ADDR"): "router",
+        ("billing", "BILLING_METERING_ADDR"): "metering",
+    }
+    services = default.kind("Service")
+    for (service, variable), peer in expected.items():
+        host, port = default.env_value(service, variable).rsplit(":", 1)  # type: ignore[union-attr]
+        assert host == f"{RELEASE}-tollgate-{peer}"
+        assert int(port) == GRPC_PORTS[peer]
+        assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+
+
+def test_release_named_tollgate_is_not_stuttered(chart: helm.Chart) -> None:
+    rendered = render(chart, name="tollgate")
+    assert sorted(rendered.kind("Deployment")) == [f"tollgate-{s}" for s in SERVICES]
+    env = {e: v["value"] for e, v in rendered.environment("ingress").items() if "value" in v}
+    assert env["INGRESS_ROUTER_ADDR"] == "tollgate-router:50051"
+
+
+def test_each_service_listens_where_its_service_points(default: Rendered) -> None:
+    for service, port in {**GRPC_PORTS, "ingress": 8080}.items():
+        prefix = service.upper()
+        port_var = f"{prefix}_PORT" if service == "ingress" else f"{prefix}_GRPC_PORT"
+        host_var = f"{prefix}_HOST" if service == "ingress" else f"{prefix}_GRPC_HOST"
+        assert default.env_value(service, port_var) == str(port)
+        # Loopback would be unreachable for probes and peers.
+        assert default.env_value(service, host_var) == "0.0.0.0"
+        container_ports = {p["name"]: p["containerPort"] for p in default.container(service)["ports"]}
+        assert container_ports["http" if service == "ingress" else "grpc"] == port
+
+
+def test_kafka_and_telemetry_reach_the_services_that_use_them(full: Rendered, default: Rendered) -> None:
+    bootstrap = FULL_VALUES["kafka"]["bootstrapServers"]
+    for service in ("ingress", "billing", "metering"):
+        assert full.env_value(service, f"{service.upper()}_KAFKA_BOOTSTRAP_SERVERS") == bootstrap
+    for service in ("router", "policy"):
+        assert f"{service.upper()}_KAFKA_BOOTSTRAP_SERVERS" not in full.environment(service)
+    for service in SERVICES:
+        assert full.env_value(service, "OTEL_EXPORTER_OTLP_ENDPOINT") == FULL_VALUES["otel"]["endpoint"]
+        assert full.env_value(service, "OTEL_SERVICE_NAME") == f"tollgate-{service}"
+        attributes = full.env_value(service, "OTEL_RESOURCE_ATTRIBUTES") or ""
+        assert "deployment.environment=production" in attributes.split(",")
+        # No endpoint: nothing is exported, but the SDK is not switched off either.
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in default.environment(service)
+
+
+def test_service_settings_become_prefixed_variables(full: Rendered) -> None:
+    assert full.env_value("billing", "BILLING_HOLD_TTL_SECONDS") == "900"
+    assert full.env_value("billing", "BILLING_KEY_CACHE_SECONDS") == "2"
+    assert full.env_value("ingress", "INGRESS_RPC_TIMEOUT_SECONDS") == "5"
+    assert full.env_value("ingress", "INGRESS_LOG_LEVEL") == "WARNING"
+    assert full.env_value("router", "ROUTER_UPSTREAM_TIMEOUT_SECONDS") == "120"
+    assert full.env_value("router", "HTTPS_PROXY") == "http://egress-proxy.network.svc:3128"
+
+
+def test_settings_cannot_override_the_wiring(chart: helm.Chart) -> None:
+    rendered = render(chart, {"services": {"billing": {"settings": {"GRPC_PORT": "1", "METERING_ADDR": "x:1"}}}})
+    assert rendered.env_value("billing", "BILLING_GRPC_PORT") == "50053"
+    assert rendered.env_value("billing", "BILLING_METERING_ADDR") == f"{RELEASE}-tollgate-metering:50054"
+
+
+# --- probes ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", sorted(GRPC_PORTS))
+def test_grpc_services_are_probed_on_grpc_health(default: Rendered, service: str) -> None:
+    container = default.container(service)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == GRPC_PORTS[service], probe
+        assert "httpGet" not in container[probe] and "tcpSocket" not in container[probe]
+
+
+def test_ingress_is_probed_over_http(default: Rendered, full: Rendered) -> None:
+    container = default.container("ingress")
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert "grpc" not in container["readinessProbe"]
+    # A per-service timing override changes that probe only, and keeps the other timings.
+    readiness = full.container("ingress")["readinessProbe"]
+    assert readiness["periodSeconds"] == 3 and readiness["failureThreshold"] == 2
+    assert full.container("router")["readinessProbe"]["periodSeconds"] == 5
+
+
+# --- config files and the checksum that rolls pods -------------------------------------------------------------------
+
+
+def test_config_files_are_mounted_where_the_variables_point(full: Rendered) -> None:
+    for service, variable, key, value in (
+        ("router", "ROUTER_PROVIDERS_FILE", "providers.yaml", "providers"),
+        ("metering", "METERING_PRICE_BOOK_FILE", "price-book.yaml", "priceBook"),
+    ):
+        path = Path(full.env_value(service, variable) or "")
+        pod = full.deployment(service)["spec"]["template"]["spec"]
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == str(path.parent)]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        files = full.get("ConfigMap", volume["configMap"]["name"])["data"]
+        assert path.name == key
+        assert yaml.safe_load(files[key]) == yaml.safe_load(FULL_VALUES["services"][service][value])
+
+
+def test_no_config_file_no_variable(default: Rendered) -> None:
+    assert "ROUTER_PROVIDERS_FILE" not in default.environment("router")
+    assert "METERING_PRICE_BOOK_FILE" not in default.environment("metering")
+
+
+def test_checksum_rolls_exactly_the_services_whose_config_changed(chart: helm.Chart, default: Rendered) -> None:
+    before = default.checksums()
+    assert render(chart).checksums() == before  # stable across renders
+
+    book = FULL_VALUES["services"]["metering"]["priceBook"]
+    cases: list[tuple[dict[str, Any], set[str]]] = [
+        ({"services": {"metering": {"priceBook": book}}}, {"metering"}),
+        ({"services": {"router": {"providers": FULL_VALUES["services"]["router"]["providers"]}}}, {"router"}),
+        ({"services": {"billing": {"holdTtlSeconds": 601}}}, {"billing"}),
+        ({"services": {"policy": {"logLevel": "DEBUG"}}}, {"policy"}),
+        ({"kafka": {"bootstrapServers": "other-kafka-bootstrap:9092"}}, {"ingress", "billing", "metering"}),
+        ({"otel": {"endpoint": "http://collector:4317"}}, set(SERVICES)),
+        # A port change moves the peers that dial it too.
+        ({"services": {"metering": {"port": 50064}}}, {"metering", "billing"}),
+        # Not configuration: scaling must not restart anything.
+        ({"services": {"billing": {"replicas": 5}}}, set()),
+    ]
+    for values, expected in cases:
+        after = render(chart, values).checksums()
+        changed = {s for s in SERVICES if after[s] != before[s]}
+        assert changed == expected, values
+
+
+def test_price_book_edit_rolls_metering_again(chart: helm.Chart) -> None:
+    book = FULL_VALUES["services"]["metering"]["priceBook"]
+    first = render(chart, {"services": {"metering": {"priceBook": book}}}).checksums()["metering"]
+    second = render(
+        chart, {"services": {"metering": {"priceBook": book.replace("markup_bps: 1500", "markup_bps: 1600")}}}
+    ).checksums()["metering"]
+    assert first != second
+
+
+# --- secrets -------------------------------------------------------------------------------------------------------
+
+
+def test_credentials_only_ever_appear_as_secret_references(full: Rendered, default: Rendered) -> None:
+    for rendered in (default, full):
+        assert rendered.kind("Secret") == {}
+        for service in SERVICES:
+            for name, entry in rendered.environment(service).items():
+                if name.endswith(SECRET_ENV_SUFFIXES) and not name.endswith("_FILE"):
+                    assert "value" not in entry, f"{service}: {name} has a plaintext value"
+                    assert entry["valueFrom"]["secretKeyRef"]["name"], (service, name)
+    ref = full.environment("router")["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "tollgate-providers", "key": "openai"}
+    assert full.environment("router")["DEEPSEEK_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert full.environment("ingress")["INGRESS_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tollgate-admin",
+        "key": "admin-token",
+    }
+    assert full.environment("billing")["BILLING_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tollgate-postgres-urls",
+        "key": "billing",
+    }
+    assert "tollgate-admin" in full.notes and "tollgate-postgres-urls" in full.notes
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"services": {"billing": {"databaseUrl": "postgresql://tollgate:hunter2@db/tollgate"}}},
+        {"services": {"billing": {"databaseUrl": {"value": "postgresql://tollgate:hunter2@db/tollgate"}}}},
+        {"services": {"ingress": {"adminToken": "s3cret"}}},
+        {"services": {"ingress": {"adminToken": {"existingSecret": "", "key": "token"}}}},
+        {"services": {"router": {"providerKeys": {"OPENAI_API_KEY": "sk-live-123"}}}},
+        {"services": {"router": {"providerKeys": {"OPENAI_API_KEY": {"value": "sk-live-123"}}}}},
+    ],
+    ids=["db-url-string", "db-url-value", "admin-token-string", "admin-token-no-secret", "key-string", "key-value"],
+)
+def test_plaintext_secrets_are_refused(chart: helm.Chart, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, values)
+
+
+def test_sqlite_fallback_uses_a_writable_volume(chart: helm.Chart) -> None:
+    rendered = render(chart, {"services": {"policy": {"databaseUrl": {"existingSecret": ""}}}})
+    assert rendered.env_value("policy", "POLICY_DATABASE_URL") == "sqlite:////app/var/policy.db"
+    pod = rendered.deployment("policy")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/app/var"]]
+    assert "WARNING: policy" in rendered.notes
+    # The others still read their URL from the Secret.
+    assert "valueFrom" in rendered.environment("billing")["BILLING_DATABASE_URL"]
+
+
+# --- scaling and disruption ----------------------------------------------------------------------------------------
+
+
+def test_hpa_and_pdb_absent_by_default(default: Rendered) -> None:
+    assert default.kind("HorizontalPodAutoscaler") == {}
+    assert default.kind("PodDisruptionBudget") == {}
+    assert default.deployment("ingress")["spec"]["replicas"] == 2
+    assert default.deployment("metering")["spec"]["replicas"] == 1
+
+
+def test_hpa_and_pdb_follow_their_switches(full: Rendered) -> None:
+    hpas = full.kind("HorizontalPodAutoscaler")
+    assert sorted(hpas) == [f"{RELEASE}-tollgate-{s}" for s in SERVICES if s != "billing"]
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+        # The HPA owns the replica count: the Deployment must not fight it on every upgrade.
+        assert "replicas" not in full.get("Deployment", name)["spec"]
+    ingress = hpas[f"{RELEASE}-tollgate-ingress"]["spec"]
+    assert (ingress["minReplicas"], ingress["maxReplicas"]) == (2, 20)
+    assert ingress["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    router = hpas[f"{RELEASE}-tollgate-router"]["spec"]
+    assert (router["maxReplicas"], router["metrics"][0]["resource"]["target"]["averageUtilization"]) == (10, 65)
+    assert full.deployment("billing")["spec"]["replicas"] == 3
+
+    pdbs = full.kind("PodDisruptionBudget")
+    assert sorted(pdbs) == [f"{RELEASE}-tollgate-{s}" for s in SERVICES]
+    assert pdbs[f"{RELEASE}-tollgate-ingress"]["spec"]["maxUnavailable"] == "25%"
+    assert "minAvailable" not in pdbs[f"{RELEASE}-tollgate-ingress"]["spec"]
+    assert pdbs[f"{RELEASE}-tollgate-billing"]["spec"]["minAvailable"] == 1
+    for name, pdb in pdbs.items():
+        labels = full.get("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_one_service_can_opt_in_alone(chart: helm.Chart) -> None:
+    rendered = render(
+        chart,
+        {"services": {"ingress": {"autoscaling": {"enabled": True}, "podDisruptionBudget": {"enabled": True}}}},
+    )
+    assert list(rendered.kind("HorizontalPodAutoscaler")) == [f"{RELEASE}-tollgate-ingress"]
+    assert list(rendered.kind("PodDisruptionBudget")) == [f"{RELEASE}-tollgate-ingress"]
+
+
+# --- hardening -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_pods_run_non_root_on_a_read_only_root(which: str, request: pytest.FixtureRequest) -> None:
+    rendered: Rendered = request.getfixturevalue(which)
+    for service in SERVICES:
+        pod = rendered.deployment(service)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == (f"{RELEASE}-tollgate" if which == "default" else "tollgate-runtime")
+    assert rendered.kind("ServiceAccount")
+
+
+def test_network_policy_keeps_grpc_inside_the_release(full: Rendered) -> None:
+    policies = full.kind("NetworkPolicy")
+    billing = policies[f"{RELEASE}-tollgate-billing"]["spec"]
+    grpc_rule = next(r for r in billing["ingress"] if r["ports"][0]["port"] == "grpc")
+    assert grpc_rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tollgate", "app.kubernetes.io/instance": RELEASE}}}
+    ]
+    ingress = policies[f"{RELEASE}-tollgate-ingress"]["spec"]
+    assert ingress["ingress"][0]["from"] == FULL_VALUES["networkPolicy"]["ingressFrom"]
+
+
+def test_kubernetes_ingress_routes_to_the_ingress_service(full: Rendered) -> None:
+    (ing,) = full.kind("Ingress").values()
+    backends = {p["backend"]["service"]["name"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}
+    assert backends == {f"{RELEASE}-tollgate-ingress"}
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert "https://api.tollgate.example.com/v1" in full.notes
+
+
+# --- the schema ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"services": {"billing": {"replicas": "two"}}}, "/services/billing/replicas"),
+        ({"services": {"billing": {"port": 70000}}}, "/services/billing/port"),
+        ({"services": {"policy": {"logLevel": "LOUD"}}}, "/services/policy/logLevel"),
+        ({"services": {"gateway": {"replicas": 1}}}, "/services"),
+        ({"kafka": {"bootstrapServers": ""}}, "/kafka/bootstrapServers"),
+        ({"kafka": {"bootstrapServers": "kafka"}}, "/kafka/bootstrapServers"),
+        ({"autoscaling": {"enabled": "yes"}}, "/autoscaling/enabled"),
+        ({"podDisruptionBudget": {"minAvailable": "half"}}, "/podDisruptionBudget/minAvailable"),
+        ({"services": {"router": {"providerKeys": {"openai key": {"existingSecret": "s", "key": "k"}}}}}, "openai key"),
+        ({"replicas": 2}, "replicas"),
+    ],
+    ids=[
+        "replicas-two",
+        "port-range",
+        "log-level",
+        "unknown-service",
+        "empty-bootstrap",
+        "bootstrap-no-port",
+        "bool-as-string",
+        "pdb-garbage",
+        "bad-env-name",
+        "misplaced-key",
+    ],
+)
+def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        chart.validate_schema(chart.merge_values(values))
+    assert where in str(caught.value)
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, values)
+    report = helm.lint(CHART, values)
+    assert report["errors"], report
+
+
+def test_schema_rejects_a_bad_values_file(chart: helm.Chart, tmp_path: Path) -> None:
+    bad = tmp_path / "values.yaml"
+    bad.write_text("services:\n  billing:\n    replicas: two\n")
+    with pytest.raises(helm.HelmValuesError, match="replicas"):
+        render(chart, helm.values_from_yaml(bad.read_text()))
+
+
+def test_shipped_values_pass_the_schema(chart: helm.Chart) -> None:
+    chart.validate_schema(chart.merge_values(None))
+    chart.validate_schema(chart.merge_values(FULL_VALUES))
