@@ -1,0 +1,183 @@
+"""Rating arithmetic, price-book version selection and the hash chain (pure domain)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tollgate_metering.domain import (
+    DEMO_PRICE_BOOK,
+    GENESIS_HASH,
+    INT64_MAX,
+    UsageFacts,
+    apply_markup,
+    chain_from,
+    effective_book,
+    parse_price_book,
+    rate,
+    utc_day,
+    verify_chain,
+)
+from tollgate_metering.errors import InvalidUsage
+
+prices = st.integers(min_value=0, max_value=10**12)
+tokens = st.integers(min_value=0, max_value=10**7)
+markups = st.integers(min_value=0, max_value=1_000_000)
+
+
+def _book(markup_bps: int = 2000, input_price: int = 150, output_price: int = 600, **extra: object):
+    return parse_price_book(
+        {
+            "version": "t-1",
+            "currency": "USD",
+            "markup_bps": markup_bps,
+            "models": {"m": {"input_price_nanos": input_price, "output_price_nanos": output_price,
+                             "max_output_tokens": 4096}},
+            **extra,
+        }
+    )
+
+
+class TestMarkup:
+    def test_twenty_percent_on_a_round_amount_is_exact(self) -> None:
+        assert apply_markup(450_000, 2000) == 540_000
+
+    def test_a_fraction_of_a_nano_rounds_up(self) -> None:
+        assert apply_markup(1, 2000) == 2  # 1.2 → 2
+        assert apply_markup(5, 2000) == 6  # exactly 6.0 stays 6
+        assert apply_markup(7, 1) == 8  # 7.0007 → 8
+        assert apply_markup(0, 2000) == 0
+
+    def test_big_amounts_stay_exact(self) -> None:
+        # A float would lose the last digits here: 1e18 + 1 does not survive float arithmetic.
+        assert apply_markup(10**18 + 1, 2000) == 1_200_000_000_000_000_002
+        assert apply_markup(10**18 + 5, 2000) == 1_200_000_000_000_000_006
+
+    def test_no_markup_is_the_cost(self) -> None:
+        assert apply_markup(123_456_789, 0) == 123_456_789
+
+    @given(cost=st.integers(min_value=0, max_value=10**19), markup=markups)
+    def test_resale_covers_cost_and_overshoots_by_at_most_one_nano(self, cost: int, markup: int) -> None:
+        resale = apply_markup(cost, markup)
+        assert resale >= cost
+        # resale − cost ≤ what the markup allows (cost × markup / 10000, exactly) + 1 nano of rounding
+        assert (resale - cost) * 10_000 <= cost * markup + 10_000
+        assert resale * 10_000 >= cost * (10_000 + markup)  # never rounded down
+
+
+class TestRate:
+    def test_demo_book_gpt_4o_mini(self) -> None:
+        rating = rate(DEMO_PRICE_BOOK, "gpt-4o-mini", UsageFacts(prompt_tokens=1000, completion_tokens=500))
+        assert rating.upstream_cost_nanos == 1000 * 150 + 500 * 600 == 450_000
+        assert rating.resale_price_nanos == 540_000
+        assert (rating.price_book_version, rating.currency, rating.markup_bps) == ("demo-2026-11", "USD", 2000)
+        assert (rating.input_price_nanos, rating.output_price_nanos) == (150, 600)
+        assert rating.priced
+
+    def test_rounding_up_on_an_odd_cost(self) -> None:
+        rating = rate(_book(markup_bps=2000, input_price=1, output_price=1), "m", UsageFacts(1, 1))
+        assert (rating.upstream_cost_nanos, rating.resale_price_nanos) == (2, 3)  # 2.4 → 3
+
+    def test_cached_tokens_are_priced_as_input_for_now(self) -> None:
+        plain = rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(2000, 100))
+        cached = rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(2000, 100, cached_prompt_tokens=1500))
+        assert cached == plain
+
+    def test_reasoning_tokens_are_part_of_completion(self) -> None:
+        assert rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(0, 100, reasoning_tokens=80)).upstream_cost_nanos == 1_000_000
+
+    def test_unknown_model_rates_at_zero_and_is_marked_unpriced(self) -> None:
+        rating = rate(DEMO_PRICE_BOOK, "no-such-model", UsageFacts(1000, 1000))
+        assert not rating.priced
+        assert (rating.upstream_cost_nanos, rating.resale_price_nanos) == (0, 0)
+        assert rating.price_book_version == "demo-2026-11"
+
+    def test_negative_tokens_are_refused(self) -> None:
+        with pytest.raises(InvalidUsage):
+            rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(-1, 0))
+
+    def test_an_amount_beyond_int64_is_refused_not_wrapped(self) -> None:
+        with pytest.raises(InvalidUsage, match="64-bit"):
+            rate(_book(input_price=10**12), "m", UsageFacts(10**7 * 10**3, 0))
+
+    def test_big_but_representable_usage_is_exact(self) -> None:
+        rating = rate(_book(input_price=10**12, output_price=10**12, markup_bps=0), "m", UsageFacts(10**6, 10**6))
+        assert rating.upstream_cost_nanos == rating.resale_price_nanos == 2 * 10**18 <= INT64_MAX
+
+    @given(prompt=tokens, completion=tokens, input_price=prices, output_price=prices, markup=markups)
+    def test_a_hold_from_resale_unit_prices_never_falls_below_the_rated_price(
+        self, prompt: int, completion: int, input_price: int, output_price: int, markup: int
+    ) -> None:
+        """Billing holds ``tokens × per-token resale price``; the rated charge must fit inside that hold."""
+        book = _book(markup_bps=markup, input_price=input_price, output_price=output_price)
+        model = book.models["m"]
+        hold = prompt * book.resale_input_price(model) + completion * book.resale_output_price(model)
+        try:
+            rating = rate(book, "m", UsageFacts(prompt, completion))
+        except InvalidUsage:
+            return  # beyond int64: refused, never charged
+        assert rating.upstream_cost_nanos <= rating.resale_price_nanos <= hold
+
+
+class TestEffectiveVersion:
+    def test_the_version_in_force_when_the_event_happened_rates_it(self) -> None:
+        old = _book()
+        new = dataclasses.replace(_book(markup_bps=3000), version="t-2", effective_from_unix_ms=1_000)
+        assert effective_book([old, new], 999).version == "t-1"
+        assert effective_book([old, new], 1_000).version == "t-2"
+        assert effective_book([old, new], 10**13).version == "t-2"
+
+    def test_an_event_older_than_every_version_uses_the_earliest(self) -> None:
+        a = dataclasses.replace(_book(), effective_from_unix_ms=5_000)
+        b = dataclasses.replace(_book(), version="t-2", effective_from_unix_ms=9_000)
+        assert effective_book([b, a], 1).version == "t-1"
+
+    def test_equal_start_times_pick_the_later_loaded(self) -> None:
+        a, b = _book(), dataclasses.replace(_book(), version="t-2")
+        assert effective_book([a, b], 10).version == "t-2"
+
+
+def test_utc_day_buckets() -> None:
+    assert utc_day(1_795_176_000_000) == "2026-11-20"
+    assert utc_day(1_795_219_199_999) == "2026-11-20"  # 23:59:59.999Z
+    assert utc_day(1_795_219_200_000) == "2026-11-21"
+
+
+class TestChain:
+    ITEMS = [(f"ev{i}", "t", "//tollgate/ingress", "acc", "2026-11-20T12:00:00Z", bytes([i]) * 3) for i in range(4)]
+
+    def test_a_fresh_chain_verifies_and_links_from_genesis(self) -> None:
+        events = chain_from("acc", None, self.ITEMS)
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        assert events[0].prev_hash == GENESIS_HASH
+        assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
+        assert verify_chain("acc", events, (4, events[-1].hash)) == []
+
+    def test_continuing_from_a_head_equals_building_in_one_go(self) -> None:
+        whole = chain_from("acc", None, self.ITEMS)
+        first = chain_from("acc", None, self.ITEMS[:2])
+        rest = chain_from("acc", (2, first[-1].hash), self.ITEMS[2:])
+        assert first + rest == whole
+
+    def test_an_edited_payload_is_detected(self) -> None:
+        events = chain_from("acc", None, self.ITEMS)
+        events[1] = dataclasses.replace(events[1], data=b"forged")
+        assert [(p.seq, p.kind) for p in verify_chain("acc", events)] == [(2, "edited")]
+
+    def test_a_removed_event_is_a_gap(self) -> None:
+        events = chain_from("acc", None, self.ITEMS)
+        kinds = {p.kind for p in verify_chain("acc", [events[0], *events[2:]])}
+        assert kinds == {"gap", "broken_link"}
+
+    def test_a_cut_tail_is_caught_by_the_recorded_head(self) -> None:
+        events = chain_from("acc", None, self.ITEMS)
+        assert [p.kind for p in verify_chain("acc", events[:3], (4, events[-1].hash))] == ["truncated"]
+
+    def test_rehashing_an_edit_still_breaks_the_next_link(self) -> None:
+        events = chain_from("acc", None, self.ITEMS)
+        forged = chain_from("acc", (1, events[0].hash), [(*self.ITEMS[1][:5], b"forged")])[0]
+        events[1] = forged
+        assert [(p.seq, p.kind) for p in verify_chain("acc", events)] == [(3, "broken_link")]
