@@ -1,0 +1,249 @@
+"""The operator API under ``/admin/v1/``: accounts, keys, credits, balances, ledger, DLP policy.
+
+Authenticated by ``Authorization: Bearer $INGRESS_ADMIN_TOKEN`` (compared in constant time). Bodies are parsed with
+exact decimals, so an amount sent as the JSON number ``0.1`` is one tenth, not a float near it.
+
+Amounts in responses come twice: ``"<name>"`` as the shortest exact decimal string in the account's currency
+(``"10"``, ``"0.25"``, ``"-0.000000125"``) and ``"<name>_nanos"`` as the integer in nano-units.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+from tollgate.billing.v1 import billing_service_pb2
+from tollgate.policy.v1 import policy_service_pb2
+
+from .deps import services
+from .errors import AuthenticationFailed, InvalidRequest
+from .money import nanos_to_text, parse_amount
+from .openai_routes import bearer_token
+
+__all__ = ["router"]
+
+JSON = "application/json"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_ACTIONS = {
+    "allow": policy_service_pb2.ACTION_ALLOW,
+    "redact": policy_service_pb2.ACTION_REDACT,
+    "block": policy_service_pb2.ACTION_BLOCK,
+}
+_ACTION_NAMES = {v: k for k, v in _ACTIONS.items()}
+
+
+async def require_admin(request: Request) -> None:
+    try:
+        token = bearer_token(request)
+    except AuthenticationFailed:
+        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.",
+                                   code="invalid_admin_token") from None
+    expected = services(request).settings.admin_token
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise AuthenticationFailed("Invalid admin token.", code="invalid_admin_token")
+
+
+router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object", code="invalid_type")
+    return body
+
+
+def _str(body: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"'{name}' is required", param=name, code="missing_required_parameter")
+        return default
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string", param=name, code="invalid_type")
+    if required and not value.strip():
+        raise InvalidRequest(f"'{name}' must not be empty", param=name, code="invalid_value")
+    return value
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON)
+
+
+def _amounts(**nanos: int) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, value in nanos.items():
+        out[name] = nanos_to_text(value)
+        out[f"{name}_nanos"] = value
+    return out
+
+
+@router.post("/accounts")
+async def create_account(request: Request) -> Response:
+    body = await _body(request)
+    name = _str(body, "name", required=True)
+    currency = _str(body, "currency", default="USD").upper()
+    if not _CURRENCY.match(currency):
+        raise InvalidRequest("'currency' must be an ISO 4217 code such as USD", param="currency")
+    account_id = _str(body, "id")
+    account = await services(request).admin.create_account(name, currency, account_id)
+    return _json(
+        {
+            "object": "account",
+            "id": account.account_id,
+            "name": account.name,
+            "currency": account.currency,
+            "created_at_unix_ms": account.created_at_unix_ms,
+        },
+        201,
+    )
+
+
+@router.post("/accounts/{account_id}/keys")
+async def create_key(account_id: str, request: Request) -> Response:
+    body = await _body(request)
+    label = _str(body, "label")
+    limit = body.get("limit")
+    limit_nanos = parse_amount(limit, param="limit", allow_zero=True) if limit is not None else None
+    allowed = body.get("allowed_models") or []
+    if not isinstance(allowed, list) or not all(isinstance(m, str) and m for m in allowed):
+        raise InvalidRequest("'allowed_models' must be an array of model ids", param="allowed_models",
+                             code="invalid_type")
+    rpm = body.get("rate_limit_rpm") or 0
+    if isinstance(rpm, bool) or not isinstance(rpm, int) or not 0 <= rpm <= 2**31 - 1:
+        raise InvalidRequest("'rate_limit_rpm' must be a non-negative integer", param="rate_limit_rpm")
+    team = _str(body, "team")
+    project = _str(body, "project")
+    reply = await services(request).admin.create_key(
+        billing_service_pb2.CreateApiKeyRequest(
+            account_id=account_id,
+            label=label,
+            has_limit=limit_nanos is not None,
+            limit_nanos=limit_nanos or 0,
+            allowed_models=allowed,
+            team=team,
+            project=project,
+            rate_limit_rpm=rpm,
+        )
+    )
+    return _json(
+        {
+            "object": "api_key",
+            "id": reply.key_id,
+            "key": reply.api_key,  # shown this once; billing keeps only its hash
+            "prefix": reply.prefix,
+            "account_id": account_id,
+            "label": label,
+            "limit": nanos_to_text(limit_nanos) if limit_nanos is not None else None,
+            "limit_nanos": limit_nanos,
+            "allowed_models": allowed,
+            "team": team,
+            "project": project,
+            "rate_limit_rpm": rpm,
+        },
+        201,
+    )
+
+
+@router.post("/accounts/{account_id}/credits")
+async def add_credits(account_id: str, request: Request) -> Response:
+    body = await _body(request)
+    if "amount" not in body:
+        raise InvalidRequest("'amount' is required", param="amount", code="missing_required_parameter")
+    amount = parse_amount(body["amount"], param="amount")
+    idempotency_key = _str(body, "idempotency_key", required=True)
+    description = _str(body, "description")
+    reply = await services(request).admin.add_credits(account_id, amount, idempotency_key, description)
+    return _json(
+        {
+            "object": "credit",
+            "account_id": account_id,
+            "transaction_id": reply.transaction_id,
+            **_amounts(amount=amount, balance=reply.balance_nanos),
+            "replayed": reply.replayed,
+        }
+    )
+
+
+@router.get("/accounts/{account_id}/balance")
+async def get_balance(account_id: str, request: Request) -> Response:
+    reply = await services(request).admin.balance(account_id)
+    return _json(
+        {
+            "object": "balance",
+            "account_id": reply.account_id or account_id,
+            "currency": reply.currency,
+            **_amounts(balance=reply.balance_nanos, held=reply.held_nanos, available=reply.available_nanos),
+        }
+    )
+
+
+@router.get("/accounts/{account_id}/ledger")
+async def get_ledger(account_id: str, request: Request) -> Response:
+    raw_limit = request.query_params.get("limit", "1000")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise InvalidRequest("'limit' must be an integer from 1 to 1000", param="limit")
+    reply = await services(request).admin.ledger(account_id, int(raw_limit))
+    entries = [
+        {
+            "transaction_id": e.transaction_id,
+            "kind": e.kind,
+            "ledger_account": e.ledger_account,
+            **_amounts(amount=e.amount_nanos),
+            "reference": e.reference,
+            "created_at_unix_ms": e.created_at_unix_ms,
+        }
+        for e in reply.entries
+    ]
+    return _json({"object": "list", "account_id": account_id, "entries": entries})
+
+
+def _policy_json(account_id: str, policy: policy_service_pb2.PolicySet) -> Response:
+    return _json(
+        {
+            "object": "policy",
+            "account_id": policy.account_id or account_id,
+            "version": policy.version,
+            "rules": [
+                {"detector": r.detector, "action": _ACTION_NAMES.get(r.action, "unspecified")} for r in policy.rules
+            ],
+        }
+    )
+
+
+@router.put("/accounts/{account_id}/policy")
+async def set_policy(account_id: str, request: Request) -> Response:
+    body = await _body(request)
+    rules = body.get("rules")
+    if not isinstance(rules, list):
+        raise InvalidRequest("'rules' must be an array of {detector, action}", param="rules", code="invalid_type")
+    parsed: list[policy_service_pb2.PolicyRule] = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict):
+            raise InvalidRequest(f"'rules[{i}]' must be an object", param=f"rules[{i}]", code="invalid_type")
+        detector = _str(rule, "detector", required=True)
+        action = _ACTIONS.get(str(rule.get("action", "")).lower())
+        if action is None:
+            raise InvalidRequest(f"'rules[{i}].action' must be one of allow, redact, block",
+                                 param=f"rules[{i}].action")
+        parsed.append(policy_service_pb2.PolicyRule(detector=detector, action=action))
+    return _policy_json(account_id, await services(request).admin.set_policy(account_id, parsed))
+
+
+@router.get("/accounts/{account_id}/policy")
+async def get_policy(account_id: str, request: Request) -> Response:
+    return _policy_json(account_id, await services(request).admin.get_policy(account_id))

@@ -1,0 +1,471 @@
+"""What ingress does with a request, between the HTTP layer and the gRPC services.
+
+A chat completion: count prompt tokens → billing.Authorize (a hold for the maximum cost) → policy.Inspect (allow,
+redact, block) → router.Complete or StreamComplete → exactly one ``UsageRecorded`` that closes the hold, whatever
+happened after the hold was placed (success, upstream failure, policy block, a client that went away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from tollgate.billing.v1 import billing_service_pb2
+from tollgate.events.v1 import usage_pb2
+from tollgate.policy.v1 import policy_service_pb2
+from tollgate.router.v1 import router_service_pb2
+
+from .clients import Upstreams
+from .config import Settings
+from .domain import ChatRequest, Outcome, Usage
+from .errors import (
+    IngressError,
+    InternalError,
+    PermissionDenied,
+    ServiceUnavailable,
+    UpstreamFailed,
+    from_grpc,
+)
+from .metrics import Metrics
+from .publisher import UsagePublisher
+from .tokens import PromptTokenCounter
+
+__all__ = [
+    "Admin",
+    "Authorization",
+    "ChatCompletions",
+    "Keys",
+    "Prepared",
+    "Settlement",
+    "StreamEnded",
+    "StreamFailed",
+    "StreamSession",
+]
+
+log = logging.getLogger(__name__)
+
+_OUTCOME_PB = {
+    Outcome.SUCCEEDED: usage_pb2.REQUEST_OUTCOME_SUCCEEDED,
+    Outcome.FAILED: usage_pb2.REQUEST_OUTCOME_FAILED,
+    Outcome.BLOCKED: usage_pb2.REQUEST_OUTCOME_BLOCKED,
+    Outcome.CLIENT_CANCELLED: usage_pb2.REQUEST_OUTCOME_CLIENT_CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    account_id: str
+    key_id: str
+    hold_id: str
+    team: str
+    project: str
+
+
+def _usage(pb: router_service_pb2.Usage) -> Usage:
+    return Usage(
+        prompt_tokens=pb.prompt_tokens,
+        completion_tokens=pb.completion_tokens,
+        total_tokens=pb.total_tokens or pb.prompt_tokens + pb.completion_tokens,
+        cached_prompt_tokens=pb.cached_prompt_tokens,
+        reasoning_tokens=pb.reasoning_tokens,
+    )
+
+
+class Settlement:
+    """Closes one hold with exactly one usage event, however many code paths try to."""
+
+    __slots__ = ("_closed", "auth", "publisher", "request", "request_id", "streamed")
+
+    def __init__(self, publisher: UsagePublisher, request: ChatRequest, request_id: str, auth: Authorization) -> None:
+        self.publisher = publisher
+        self.request = request
+        self.request_id = request_id
+        self.auth = auth
+        self.streamed = request.stream
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(
+        self,
+        outcome: Outcome,
+        usage: Usage | None = None,
+        *,
+        provider: str = "",
+        upstream_model: str = "",
+        upstream_request_id: str = "",
+    ) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        u = usage or Usage()
+        self.publisher.publish(
+            usage_pb2.UsageRecorded(
+                request_id=self.request_id,
+                account_id=self.auth.account_id,
+                key_id=self.auth.key_id,
+                hold_id=self.auth.hold_id or self.request_id,
+                model=self.request.model,
+                provider=provider,
+                upstream_model=upstream_model,
+                upstream_request_id=upstream_request_id,
+                usage=usage_pb2.TokenUsage(
+                    prompt_tokens=u.prompt_tokens,
+                    completion_tokens=u.completion_tokens,
+                    total_tokens=u.total_tokens,
+                    cached_prompt_tokens=u.cached_prompt_tokens,
+                    reasoning_tokens=u.reasoning_tokens,
+                ),
+                outcome=_OUTCOME_PB[outcome],
+                streamed=self.streamed,
+                occurred_at_unix_ms=int(time.time() * 1000),
+                team=self.auth.team,
+                project=self.auth.project,
+                tags=self.request.tags,
+            )
+        )
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An authorized, inspected request: what goes to the router, and the hold it must close."""
+
+    request: ChatRequest
+    request_id: str
+    body_json: bytes
+    settlement: Settlement
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    error: IngressError
+
+
+StreamItem = bytes | StreamEnded | StreamFailed
+
+
+@dataclass(eq=False)
+class StreamSession:
+    """One router stream, consumed by its own task so that the upstream is drained and billed even when the
+    HTTP client goes away; the HTTP response reads :attr:`queue`."""
+
+    prepared: Prepared
+    queue: asyncio.Queue[StreamItem] = field(default_factory=asyncio.Queue)
+    client_gone: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def client_disconnected(self) -> None:
+        self.client_gone = True
+
+
+class ChatCompletions:
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        publisher: UsagePublisher,
+        counter: PromptTokenCounter,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> None:
+        self.upstreams = upstreams
+        self.publisher = publisher
+        self.counter = counter
+        self.metrics = metrics
+        self.rpc_timeout = settings.rpc_timeout_seconds
+        self.router_timeout = settings.router_timeout_seconds
+        self._streams: set[asyncio.Task[None]] = set()
+
+    # --- before the router --------------------------------------------------------------------------------------
+    async def prepare(self, api_key: str, request_id: str, request: ChatRequest) -> Prepared:
+        """Authorize (place the hold) and apply the DLP verdict. After the hold is placed, every way out of here
+        closes it."""
+        prompt_tokens = self.counter.messages(request.messages, request.tools)
+        auth = await self._authorize(api_key, request_id, request, prompt_tokens)
+        settlement = Settlement(self.publisher, request, request_id, auth)
+        try:
+            body = await self._inspect(request_id, auth, request, settlement)
+        except BaseException:
+            settlement.close(Outcome.FAILED)  # no-op when the block already closed it
+            raise
+        return Prepared(request=request, request_id=request_id, body_json=body, settlement=settlement)
+
+    async def _authorize(
+        self, api_key: str, request_id: str, request: ChatRequest, prompt_tokens: int
+    ) -> Authorization:
+        started = time.perf_counter()
+        try:
+            reply = await self.upstreams.billing.Authorize(
+                billing_service_pb2.AuthorizeRequest(
+                    api_key=api_key,
+                    request_id=request_id,
+                    model=request.model,
+                    prompt_tokens=prompt_tokens,
+                    max_output_tokens=request.max_output_tokens,
+                ),
+                timeout=self.rpc_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, service="billing") from None
+        finally:
+            self.metrics.upstream_seconds.labels("billing", "Authorize").observe(time.perf_counter() - started)
+        return Authorization(
+            account_id=reply.account_id,
+            key_id=reply.key_id,
+            hold_id=reply.hold_id or request_id,
+            team=reply.team,
+            project=reply.project,
+        )
+
+    async def _inspect(
+        self, request_id: str, auth: Authorization, request: ChatRequest, settlement: Settlement
+    ) -> bytes:
+        texts = request.prompt_texts()
+        if not texts:
+            return request.raw
+        started = time.perf_counter()
+        try:
+            reply = await self.upstreams.policy.Inspect(
+                policy_service_pb2.InspectRequest(request_id=request_id, account_id=auth.account_id, texts=texts),
+                timeout=self.rpc_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, service="policy") from None
+        finally:
+            self.metrics.upstream_seconds.labels("policy", "Inspect").observe(time.perf_counter() - started)
+        if reply.verdict == policy_service_pb2.VERDICT_ALLOW:
+            return request.raw
+        if reply.verdict == policy_service_pb2.VERDICT_BLOCK:
+            settlement.close(Outcome.BLOCKED)
+            kinds = _unique(f.type for f in reply.findings if f.action == policy_service_pb2.ACTION_BLOCK)
+            kinds = kinds or _unique(f.type for f in reply.findings)
+            # Types only: the matched data must never be echoed back or logged.
+            raise PermissionDenied(
+                "The request was blocked by the account's data policy: it contains "
+                + (", ".join(kinds) if kinds else "data the policy forbids"),
+                code="policy_violation",
+            )
+        if reply.verdict == policy_service_pb2.VERDICT_REDACT:
+            try:
+                return request.redacted_body(reply.redacted_texts)
+            except ValueError:
+                raise ServiceUnavailable(
+                    "policy returned a redaction that does not match the prompt", code="policy_error"
+                ) from None
+        # Fail closed: a DLP answer we do not understand must not let the prompt leave.
+        raise ServiceUnavailable("policy returned no verdict", code="policy_error")
+
+    # --- the router -------------------------------------------------------------------------------------------
+    def _router_request(self, prepared: Prepared) -> router_service_pb2.CompleteRequest:
+        return router_service_pb2.CompleteRequest(
+            request_id=prepared.request_id,
+            account_id=prepared.settlement.auth.account_id,
+            model=prepared.request.model,
+            body_json=prepared.body_json,
+        )
+
+    async def complete(self, prepared: Prepared) -> bytes:
+        """Non-streaming: the upstream's OpenAI body, as it came."""
+        settlement = prepared.settlement
+        started = time.perf_counter()
+        try:
+            reply = await self.upstreams.router.Complete(self._router_request(prepared), timeout=self.router_timeout)
+        except grpc.aio.AioRpcError as exc:
+            settlement.close(Outcome.FAILED)
+            raise from_grpc(exc, service="router") from None
+        except BaseException:
+            settlement.close(Outcome.FAILED)
+            raise
+        finally:
+            self.metrics.upstream_seconds.labels("router", "Complete").observe(time.perf_counter() - started)
+        settlement.close(
+            Outcome.SUCCEEDED,
+            _usage(reply.usage),
+            provider=reply.provider,
+            upstream_model=reply.upstream_model,
+            upstream_request_id=reply.upstream_request_id,
+        )
+        return reply.body_json
+
+    def stream(self, prepared: Prepared) -> StreamSession:
+        """Start consuming the router stream in its own task; read the session's queue for chunks."""
+        session = StreamSession(prepared)
+        session.task = asyncio.create_task(self._pump(session), name=f"stream-{prepared.request_id}")
+        self._streams.add(session.task)
+        session.task.add_done_callback(self._streams.discard)
+        return session
+
+    async def _pump(self, session: StreamSession) -> None:
+        settlement = session.prepared.settlement
+        queue = session.queue
+        usage: Usage | None = None
+        end: router_service_pb2.StreamEnd | None = None
+        started = time.perf_counter()
+        self.metrics.streams_in_flight.inc()
+        try:
+            call = self.upstreams.router.StreamComplete(
+                self._router_request(session.prepared), timeout=self.router_timeout
+            )
+            async for message in call:
+                if message.HasField("chunk_json"):
+                    if not session.client_gone:
+                        queue.put_nowait(message.chunk_json)
+                elif message.HasField("end"):
+                    end = message.end
+                    usage = _usage(end.usage)
+        except grpc.aio.AioRpcError as exc:
+            settlement.close(Outcome.FAILED)
+            queue.put_nowait(StreamFailed(from_grpc(exc, service="router")))
+        except asyncio.CancelledError:
+            settlement.close(Outcome.CLIENT_CANCELLED if session.client_gone else Outcome.FAILED)
+            queue.put_nowait(StreamFailed(ServiceUnavailable("the server is shutting down", code="shutting_down")))
+            raise
+        except Exception:
+            log.exception("router stream failed unexpectedly")
+            settlement.close(Outcome.FAILED)
+            queue.put_nowait(StreamFailed(InternalError("internal error while streaming")))
+        else:
+            if end is None or usage is None:
+                # The router promises a last `end` message; a stream without one has no usage to bill.
+                settlement.close(Outcome.FAILED)
+                queue.put_nowait(StreamFailed(UpstreamFailed("the upstream stream ended without usage")))
+                return
+            settlement.close(
+                Outcome.CLIENT_CANCELLED if session.client_gone else Outcome.SUCCEEDED,
+                usage,
+                provider=end.provider,
+                upstream_model=end.upstream_model,
+                upstream_request_id=end.upstream_request_id,
+            )
+            queue.put_nowait(StreamEnded(usage))
+        finally:
+            self.metrics.streams_in_flight.dec()
+            self.metrics.upstream_seconds.labels("router", "StreamComplete").observe(time.perf_counter() - started)
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: let router streams (including those whose client left) finish and bill, then cut the rest."""
+        if not self._streams:
+            return
+        _done, pending = await asyncio.wait(set(self._streams), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in items if i))
+
+
+class Keys:
+    """Queries an API key's holder may make about itself (``/v1/key``, ``/v1/models``)."""
+
+    def __init__(self, upstreams: Upstreams, settings: Settings, models_ttl: float = 10.0) -> None:
+        self.upstreams = upstreams
+        self.rpc_timeout = settings.rpc_timeout_seconds
+        self.models_ttl = models_ttl
+        self._models: tuple[float, router_service_pb2.ListModelsResponse] | None = None
+
+    async def key_info(self, api_key: str) -> billing_service_pb2.GetKeyInfoResponse:
+        try:
+            return await self.upstreams.billing.GetKeyInfo(
+                billing_service_pb2.GetKeyInfoRequest(api_key=api_key), timeout=self.rpc_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, service="billing") from None
+
+    async def models(self, api_key: str) -> router_service_pb2.ListModelsResponse:
+        await self.key_info(api_key)  # authenticates the caller
+        now = time.monotonic()
+        if self._models is not None and now - self._models[0] < self.models_ttl:
+            return self._models[1]
+        try:
+            reply = await self.upstreams.router.ListModels(
+                router_service_pb2.ListModelsRequest(), timeout=self.rpc_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, service="router") from None
+        self._models = (now, reply)
+        return reply
+
+
+class Admin:
+    """Operator commands, passed to billing and policy; the HTTP layer has already validated and converted."""
+
+    def __init__(self, upstreams: Upstreams, settings: Settings) -> None:
+        self.upstreams = upstreams
+        self.rpc_timeout = settings.rpc_timeout_seconds
+
+    async def _billing(self, rpc: str, request: object) -> object:
+        try:
+            return await getattr(self.upstreams.billing, rpc)(request, timeout=self.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, service="billing") from None
+
+    async def _policy(self, rpc: str, request: object) -> object:
+        try:
+            return await getattr(self.upstreams.policy, rpc)(request, timeout=self.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, service="policy") from None
+
+    async def create_account(self, name: str, currency: str, account_id: str) -> billing_service_pb2.Account:
+        reply = await self._billing(
+            "CreateAccount",
+            billing_service_pb2.CreateAccountRequest(name=name, currency=currency, account_id=account_id),
+        )
+        assert isinstance(reply, billing_service_pb2.CreateAccountResponse)
+        return reply.account
+
+    async def create_key(
+        self, request: billing_service_pb2.CreateApiKeyRequest
+    ) -> billing_service_pb2.CreateApiKeyResponse:
+        reply = await self._billing("CreateApiKey", request)
+        assert isinstance(reply, billing_service_pb2.CreateApiKeyResponse)
+        return reply
+
+    async def add_credits(
+        self, account_id: str, amount_nanos: int, idempotency_key: str, description: str
+    ) -> billing_service_pb2.AddCreditsResponse:
+        reply = await self._billing(
+            "AddCredits",
+            billing_service_pb2.AddCreditsRequest(
+                account_id=account_id, amount_nanos=amount_nanos, idempotency_key=idempotency_key,
+                description=description,
+            ),
+        )
+        assert isinstance(reply, billing_service_pb2.AddCreditsResponse)
+        return reply
+
+    async def balance(self, account_id: str) -> billing_service_pb2.GetBalanceResponse:
+        reply = await self._billing("GetBalance", billing_service_pb2.GetBalanceRequest(account_id=account_id))
+        assert isinstance(reply, billing_service_pb2.GetBalanceResponse)
+        return reply
+
+    async def ledger(self, account_id: str, limit: int) -> billing_service_pb2.ListLedgerEntriesResponse:
+        reply = await self._billing(
+            "ListLedgerEntries", billing_service_pb2.ListLedgerEntriesRequest(account_id=account_id, limit=limit)
+        )
+        assert isinstance(reply, billing_service_pb2.ListLedgerEntriesResponse)
+        return reply
+
+    async def set_policy(
+        self, account_id: str, rules: list[policy_service_pb2.PolicyRule]
+    ) -> policy_service_pb2.PolicySet:
+        reply = await self._policy("SetPolicy", policy_service_pb2.SetPolicyRequest(account_id=account_id, rules=rules))
+        assert isinstance(reply, policy_service_pb2.SetPolicyResponse)
+        return reply.policy
+
+    async def get_policy(self, account_id: str) -> policy_service_pb2.PolicySet:
+        reply = await self._policy("GetPolicy", policy_service_pb2.GetPolicyRequest(account_id=account_id))
+        assert isinstance(reply, policy_service_pb2.GetPolicyResponse)
+        return reply.policy

@@ -1,0 +1,50 @@
+"""The three long-lived gRPC channels ingress talks through: billing, policy, router.
+
+Created once per process and shared by every request (a channel multiplexes calls over one HTTP/2 connection;
+opening one per request would cost a TCP and HTTP/2 handshake each time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from tollgate.billing.v1 import billing_service_pb2_grpc
+from tollgate.policy.v1 import policy_service_pb2_grpc
+from tollgate.router.v1 import router_service_pb2_grpc
+from tollgate_common.grpc import open_channel
+
+from .config import Settings
+
+__all__ = ["Upstreams"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstreams:
+    billing: billing_service_pb2_grpc.BillingServiceStub
+    policy: policy_service_pb2_grpc.PolicyServiceStub
+    router: router_service_pb2_grpc.RouterServiceStub
+    channels: tuple[grpc.aio.Channel, ...]
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Upstreams:
+        """Open the channels (lazily connecting; a down service does not stop ingress from starting)."""
+        billing = open_channel(settings.billing_addr)
+        policy = open_channel(settings.policy_addr)
+        router = open_channel(settings.router_addr)
+        return cls(
+            billing=billing_service_pb2_grpc.BillingServiceStub(billing),
+            policy=policy_service_pb2_grpc.PolicyServiceStub(policy),
+            router=router_service_pb2_grpc.RouterServiceStub(router),
+            channels=(billing, policy, router),
+        )
+
+    def ready(self) -> bool:
+        """True when every channel is connected; asking also starts connecting an idle channel."""
+        return all(
+            channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY for channel in self.channels
+        )
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()

