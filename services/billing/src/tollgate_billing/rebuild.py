@@ -44,7 +44,17 @@ from .tables import (
     wallets,
 )
 
-__all__ = ["RebuildResult", "Reconciliation", "TableDiff", "compare", "main", "rebuild", "replay_log"]
+__all__ = [
+    "RebuildResult",
+    "Reconciliation",
+    "Replayer",
+    "TableDiff",
+    "compare",
+    "main",
+    "rebuild",
+    "replay_log",
+    "replay_outbox",
+]
 
 _SOURCE = f"//tollgate/{SERVICE}"
 _SHOWN = 20
@@ -59,30 +69,69 @@ class ReplayStats:
     problems: list[str] = field(default_factory=list)
 
 
-async def replay_log(bootstrap: str, engine: AsyncEngine) -> ReplayStats:
-    """Apply every billing event in the topic to ``engine``'s (fresh) tables, with the live projection code."""
-    sessions = session_maker(engine)
-    stats = ReplayStats()
+class Replayer:
+    """Applies billing envelopes to a fresh database in order, deduping on (source, id), one transaction a batch.
 
-    async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
-        async with sessions.begin() as session:
-            for env, record in items:
-                stats.read += 1
+    An event that does not fit (a broken log or a lost event) is recorded as a problem, inside a savepoint, and the
+    replay goes on: the report should show every difference, not stop at the first.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sessions = session_maker(engine)
+        self.stats = ReplayStats()
+
+    async def apply(self, items: Sequence[tuple[Envelope, str]]) -> None:
+        """``items``: (envelope, where it came from — for the report)."""
+        async with self.sessions.begin() as session:
+            for env, where in items:
+                self.stats.read += 1
                 if env.source != _SOURCE or not env.type.startswith("tollgate.billing.v1."):
                     continue
                 if await messaging.seen(session, env.source, env.id):
-                    stats.duplicates += 1
+                    self.stats.duplicates += 1
                     continue
                 try:
                     async with session.begin_nested():
                         await projections.apply(session, env.message(), strict=False)
-                    stats.applied += 1
+                    self.stats.applied += 1
                 except (InconsistentEvent, IntegrityError, ValueError) as exc:
-                    where = f"partition {record.partition} offset {record.offset}"
-                    stats.problems.append(f"event {env.id} ({where}) could not be applied: {_short(exc)}")
+                    self.stats.problems.append(f"event {env.id} ({where}) could not be applied: {_short(exc)}")
+
+
+async def replay_log(bootstrap: str, engine: AsyncEngine) -> ReplayStats:
+    """Apply every billing event in the topic to ``engine``'s (fresh) tables, with the live projection code."""
+    replayer = Replayer(engine)
+
+    async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
+        await replayer.apply([(env, f"partition {rec.partition} offset {rec.offset}") for env, rec in items])
 
     await replay_topics(bootstrap, [Topics.BILLING], on_batch)
-    return stats
+    return replayer.stats
+
+
+async def replay_outbox(source: AsyncEngine, engine: AsyncEngine, *, batch: int = 2000) -> ReplayStats:
+    """Apply the events kept in ``source``'s outbox (billing's durable copy of its log) to ``engine``."""
+    replayer = Replayer(engine)
+    t = messaging.outbox
+    last = 0
+    while True:
+        async with source.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.c.id, t.c.headers, t.c.value)
+                    .where(t.c.topic == Topics.BILLING, t.c.id > last)
+                    .order_by(t.c.id)
+                    .limit(batch)
+                )
+            ).all()
+        if not rows:
+            return replayer.stats
+        items = [
+            (Envelope.from_kafka([(k, v.encode()) for k, v in json.loads(row.headers)], row.value), f"outbox {row.id}")
+            for row in rows
+        ]
+        await replayer.apply(items)
+        last = rows[-1].id
 
 
 def _short(exc: Exception) -> str:
