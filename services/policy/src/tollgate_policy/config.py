@@ -1,0 +1,63 @@
+"""Policy's settings: ``POLICY_*`` environment variables only, validated at start (exit 2 on a bad value)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from tollgate_common.config import EnvReader
+
+__all__ = ["DEFAULT_SCHEMA", "Settings"]
+
+#: The PostgreSQL schema policy owns (SQLite has no schemas and ignores it).
+DEFAULT_SCHEMA = "policy"
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything policy reads from its environment. Tests build it directly (``Settings(...)``)."""
+
+    database_url: str = "sqlite:///var/policy.db"
+    #: PostgreSQL schema; tests use a fresh one each.
+    database_schema: str = DEFAULT_SCHEMA
+    grpc_host: str = "0.0.0.0"
+    #: 0 picks a free port (tests); the port actually bound is what ``PolicyApp.start`` returns.
+    grpc_port: int = 50052
+    #: How long a policy read from the database is trusted before it is read again. SetPolicy updates this
+    #: replica's cache at once; other replicas see a change after at most this long.
+    cache_ttl_seconds: float = 30.0
+    metrics_port: int = 0
+    log_level: str = "INFO"
+    #: Seconds in-flight calls get to finish on SIGTERM.
+    shutdown_grace_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = EnvReader("POLICY", environ)
+        database_url = env.str("DATABASE_URL", cls.database_url)
+        try:
+            driver = make_url(database_url).drivername
+            if not driver.startswith(("sqlite", "postgresql", "postgres")):
+                env.problems.append(f"POLICY_DATABASE_URL must be sqlite:///… or postgresql://…, not {driver}://")
+        except ArgumentError:
+            env.problems.append(f"POLICY_DATABASE_URL={database_url!r} is not a database URL")
+        log_level = (env.raw("LOG_LEVEL") or cls.log_level).upper()
+        if log_level not in _LOG_LEVELS:
+            env.problems.append(f"POLICY_LOG_LEVEL={log_level!r} must be one of {', '.join(_LOG_LEVELS)}")
+            log_level = cls.log_level
+        settings = cls(
+            database_url=database_url,
+            database_schema=env.str("DATABASE_SCHEMA", DEFAULT_SCHEMA),
+            grpc_host=env.str("GRPC_HOST", cls.grpc_host),
+            grpc_port=env.port("GRPC_PORT", cls.grpc_port),
+            cache_ttl_seconds=env.float("CACHE_TTL_SECONDS", cls.cache_ttl_seconds, minimum=0.0),
+            metrics_port=env.port("METRICS_PORT", cls.metrics_port),
+            log_level=log_level,
+            shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0.0),
+        )
+        env.check()
+        return settings

@@ -1,0 +1,66 @@
+"""Policy's one exception hierarchy, mapped ONCE (in ``grpc_server.py``) to gRPC status codes and stable reasons.
+
+Every error a caller can see is a :class:`PolicyError`; the transport turns it into a gRPC status with trailing
+metadata ``tollgate-reason`` (:func:`tollgate_common.grpc.abort`)::
+
+    PolicyError                       INTERNAL             internal
+    ├── InvalidArgument               INVALID_ARGUMENT     invalid_argument
+    │   ├── UnknownDetector           INVALID_ARGUMENT     unknown_detector
+    │   └── InvalidRule               INVALID_ARGUMENT     invalid_rule   (no action, or a detector named twice)
+    ├── ConcurrentUpdate              ABORTED              concurrent_update  (retryable)
+    └── StorageUnavailable            UNAVAILABLE          storage_unavailable  (retryable)
+
+A BLOCK verdict is not an error: Inspect answers OK with ``VERDICT_BLOCK`` and ingress turns that into 403
+``policy_violation``. Messages name detectors and accounts, never the inspected text.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "ConcurrentUpdate",
+    "InvalidArgument",
+    "InvalidRule",
+    "PolicyError",
+    "StorageUnavailable",
+    "UnknownDetector",
+]
+
+
+class PolicyError(Exception):
+    """Base of every error policy reports to a caller. ``status`` and ``reason`` are the wire contract."""
+
+    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "internal"
+
+
+class InvalidArgument(PolicyError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
+
+class UnknownDetector(InvalidArgument):
+    """A rule names a detector this service does not have (a typo would otherwise silently do nothing)."""
+
+    reason = "unknown_detector"
+
+
+class InvalidRule(InvalidArgument):
+    """A rule without an action (ACTION_UNSPECIFIED), or two rules for the same detector."""
+
+    reason = "invalid_rule"
+
+
+class ConcurrentUpdate(PolicyError):
+    """Another SetPolicy for the same account won the race for the next version too many times in a row."""
+
+    status = grpc.StatusCode.ABORTED
+    reason = "concurrent_update"
+
+
+class StorageUnavailable(PolicyError):
+    """The policy database did not answer; callers may retry."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+    reason = "storage_unavailable"
