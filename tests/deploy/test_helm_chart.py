@@ -7,9 +7,14 @@ appear as Secret references, HPA/PDB that follow their switches, and values the 
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from tollgate_common.events import Topics
+from tollgate_common.grpc import GrpcServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "tollgate"
@@ -29,6 +36,8 @@ KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 SERVICES = ("billing", "ingress", "metering", "policy", "router")
 GRPC_PORTS = {"router": 50051, "policy": 50052, "billing": 50053, "metering": 50054}
 SECRET_ENV_SUFFIXES = ("DATABASE_URL", "ADMIN_TOKEN", "API_KEY")
+#: Custom resources kubernetes-validate has no schema for; their shape is asserted by their own tests.
+CUSTOM_KINDS = {"KafkaTopic"}
 
 
 @dataclass
@@ -132,6 +141,8 @@ def test_every_manifest_is_valid_kubernetes(which: str, kube_version: str, reque
     rendered: Rendered = request.getfixturevalue(which)
     assert rendered.objects
     for obj in rendered.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
         # strict: unknown fields are errors too; a kind without a schema raises instead of passing silently.
         kubernetes_validate.validate(obj, kube_version, strict=True)
 
@@ -147,6 +158,8 @@ def test_everything_on_renders_every_kind(full: Rendered) -> None:
         "PodDisruptionBudget": 5,
         "NetworkPolicy": 5,
         "Ingress": 1,
+        "KafkaTopic": 5,
+        "Pod": 1,  # the `helm test` hook
     }
 
 
@@ -238,6 +251,19 @@ def test_settings_cannot_override_the_wiring(chart: helm.Chart) -> None:
     rendered = render(chart, {"services": {"billing": {"settings": {"GRPC_PORT": "1", "METERING_ADDR": "x:1"}}}})
     assert rendered.env_value("billing", "BILLING_GRPC_PORT") == "50053"
     assert rendered.env_value("billing", "BILLING_METERING_ADDR") == f"{RELEASE}-tollgate-metering:50054"
+
+
+def test_event_topics_are_declared_for_strimzi_and_kept(full: Rendered, default: Rendered) -> None:
+    assert default.kind("KafkaTopic") == {}
+    topics = full.kind("KafkaTopic")
+    assert sorted(t["spec"]["topicName"] for t in topics.values()) == sorted(Topics.ALL)
+    for topic in topics.values():
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert topic["metadata"]["namespace"] == "kafka"
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "tollgate"
+        assert topic["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert (topic["spec"]["partitions"], topic["spec"]["replicas"]) == (12, 3)
+        assert topic["spec"]["config"] == {"min.insync.replicas": "2", "retention.ms": "-1"}
 
 
 # --- probes ---------------------------------------------------------------------------------------------------------
@@ -453,6 +479,64 @@ def test_kubernetes_ingress_routes_to_the_ingress_service(full: Rendered) -> Non
     assert backends == {f"{RELEASE}-tollgate-ingress"}
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert "https://api.tollgate.example.com/v1" in full.notes
+
+
+# --- helm test ------------------------------------------------------------------------------------------------------
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ingress_status", [200, 503])
+async def test_helm_test_pod_checks_every_service(default: Rendered, ingress_status: int) -> None:
+    """Runs the hook's script for real, against live grpc.health.v1 servers and an HTTP /readyz."""
+    (pod,) = default.kind("Pod").values()
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert sorted(env["GRPC_TARGETS"].split(",")) == sorted(
+        f"{RELEASE}-tollgate-{s}:{p}" for s, p in GRPC_PORTS.items()
+    )
+    assert env["INGRESS_READYZ"] == f"http://{RELEASE}-tollgate-ingress:8080/readyz"
+    assert container["command"][:2] == ["python", "-c"]
+
+    servers = [GrpcServer("127.0.0.1", 0) for _ in range(2)]
+    handler = type("Readyz", (_Readyz,), {"status": ingress_status})
+    http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        ports = [await server.start() for server in servers]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            container["command"][2],
+            env={
+                **os.environ,
+                "GRPC_TARGETS": ",".join(f"127.0.0.1:{p}" for p in ports),
+                "INGRESS_READYZ": f"http://127.0.0.1:{http.server_address[1]}/readyz",
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+    finally:
+        http.shutdown()
+        for server in servers:
+            await server.stop(0)
+    if ingress_status == 200:
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().count("SERVING") == 2 and "READY" in out.decode()
+    else:
+        assert proc.returncode != 0
+        assert "503" in err.decode()
 
 
 # --- the schema ------------------------------------------------------------------------------------------------------

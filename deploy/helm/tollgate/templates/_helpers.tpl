@@ -281,3 +281,12 @@ data:
       optional: true
       {{- end }}
 {{- end }}
+
+{{/* The event topics the services publish and read (tollgate_common.events.Topics). */}}
+{{- define "tollgate.topics" -}}
+- tollgate.usage.v1
+- tollgate.usage.rated.v1
+- tollgate.billing.v1
+- tollgate.policy.v1
+- tollgate.attempts.v1
+{{- end }}
