@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import error_reason, retry_after
@@ -283,3 +284,43 @@ async def test_stop_drains_a_stream_in_flight_and_refuses_new_calls(mock: MockUp
         assert chunks and end is not None, "the in-flight stream must finish with its usage"
         assert_usage_equals(end.usage, record_for(mock, end.upstream_request_id)["usage"])
         await stopping
+
+
+async def test_a_caller_that_cancels_a_stream_stops_the_upstream_call(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    call = stub.StreamComplete(request(mock_chunk_delay_ms=200))
+    first = await call.read()
+    assert first.WhichOneof("event") == "chunk_json"
+    call.cancel()
+    for _ in range(200):  # the mock notices the closed connection a moment later
+        if mock.calls[-1]["status"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert mock.calls[-1]["status"] == 499, "the upstream response must be closed, not left streaming"
+
+
+async def test_metrics_count_calls_and_tokens_per_provider(stub: pb_grpc.RouterServiceStub) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    ok_before = sample("tollgate_router_upstream_calls_total", provider="mock", mode="complete", outcome="ok")
+    limited_before = sample(
+        "tollgate_router_upstream_calls_total", provider="mock", mode="stream", outcome="upstream_rate_limited"
+    )
+    prompt_before = sample("tollgate_router_upstream_tokens_total", provider="mock", kind="prompt")
+    reply = await stub.Complete(request())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await collect(stub.StreamComplete(request(mock_fault="429")))
+
+    assert (
+        sample("tollgate_router_upstream_calls_total", provider="mock", mode="complete", outcome="ok") == ok_before + 1
+    )
+    assert (
+        sample("tollgate_router_upstream_calls_total", provider="mock", mode="stream", outcome="upstream_rate_limited")
+        == limited_before + 1
+    )
+    assert (
+        sample("tollgate_router_upstream_tokens_total", provider="mock", kind="prompt")
+        == prompt_before + reply.usage.prompt_tokens
+    )

@@ -7,7 +7,7 @@ wrap this interface in the application layer, so each adapter stays a plain tran
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from .domain import Completion, Route, StreamEnded
@@ -25,7 +25,7 @@ class ProviderAdapter(Protocol):
 
     def stream(
         self, route: Route, body: dict[str, Any], *, request_id: str, timeout: float
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """A streaming call: chunks, then exactly one :class:`StreamEnded`.
 
         Errors the upstream reports before its first chunk are raised by the first ``__anext__``, before any

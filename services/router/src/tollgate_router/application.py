@@ -6,14 +6,17 @@ provider will go: adapters only translate, the transport only maps protobuf.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import orjson
 
 from .adapters import ProviderAdapter, StreamEvent
-from .domain import Catalogue, Completion, Route, parse_request
-from .errors import InvalidRequest, UpstreamUnavailable
+from .domain import Catalogue, Completion, Route, Usage, parse_request
+from .errors import InvalidRequest, RouterError, UpstreamUnavailable
+from .metrics import UPSTREAM_CALLS, UPSTREAM_SECONDS, UPSTREAM_TOKENS
 
 __all__ = ["Router"]
 
@@ -47,22 +50,58 @@ class Router:
     ) -> Completion:
         route, body = self._prepare(model, body_json)
         adapter = self._adapters[route.provider.kind]
-        return await adapter.complete(route, body, request_id=request_id, timeout=self._timeout_for(deadline))
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await adapter.complete(route, body, request_id=request_id, timeout=self._timeout_for(deadline))
+        except RouterError as error:
+            outcome = error.reason
+            raise
+        finally:
+            _observe(route, "complete", outcome, started)
+        _count_tokens(route, result.usage)
+        return result
 
     async def stream_complete(
         self, *, request_id: str, model: str, body_json: bytes, deadline: float | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Chunks, then one ``StreamEnded``; errors before the first chunk are raised before anything is yielded."""
         route, body = self._prepare(model, body_json)
         adapter = self._adapters[route.provider.kind]
-        ended = False
-        async for event in adapter.stream(route, body, request_id=request_id, timeout=self._timeout_for(deadline)):
-            if ended:
-                break
-            ended = not isinstance(event, bytes)
-            yield event
-        if not ended:
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' stream ended without usage.")
+        started = time.perf_counter()
+        outcome = "cancelled"  # unless the stream ends or fails: the caller went away
+        try:
+            ended = False
+            events = adapter.stream(route, body, request_id=request_id, timeout=self._timeout_for(deadline))
+            # aclosing: a caller that goes away mid-stream closes the upstream response at once, not at GC.
+            async with aclosing(events):
+                async for event in events:
+                    if ended:
+                        continue  # nothing may follow the end (an adapter bug); drained, not forwarded
+                    if isinstance(event, bytes):
+                        yield event
+                    else:
+                        ended = True
+                        _count_tokens(route, event.usage)
+                        outcome = "ok"
+                        yield event
+            if not ended:
+                raise UpstreamUnavailable(f"The provider '{route.provider.name}' stream ended without usage.")
+        except RouterError as error:
+            outcome = error.reason
+            raise
+        finally:
+            _observe(route, "stream", outcome, started)
 
     def list_models(self) -> list[Route]:
         return self.catalogue.routes()
+
+
+def _observe(route: Route, mode: str, outcome: str, started: float) -> None:
+    UPSTREAM_CALLS.labels(route.provider.name, mode, outcome).inc()
+    UPSTREAM_SECONDS.labels(route.provider.name, mode).observe(time.perf_counter() - started)
+
+
+def _count_tokens(route: Route, usage: Usage) -> None:
+    UPSTREAM_TOKENS.labels(route.provider.name, "prompt").inc(usage.prompt_tokens)
+    UPSTREAM_TOKENS.labels(route.provider.name, "completion").inc(usage.completion_tokens)

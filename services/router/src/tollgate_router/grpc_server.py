@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import NoReturn
 
 import grpc
@@ -58,6 +59,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: RouterError) -> NoRet
     # The reason, not the message: an upstream's message may quote the caller's input.
     log.warning("call failed", extra={"reason": error.reason, "status": status_code(error).name})
     await abort(context, status_code(error), error.message, reason=error.reason, retry_after=error.retry_after)
+    raise AssertionError("unreachable")  # abort raises; this tells type checkers so
 
 
 def _usage(usage: Usage) -> pb.Usage:
@@ -97,24 +99,26 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         request_id_var.set(request.request_id)
+        events = self.router.stream_complete(
+            request_id=request.request_id,
+            model=request.model,
+            body_json=request.body_json,
+            deadline=context.time_remaining(),
+        )
         try:
-            async for event in self.router.stream_complete(
-                request_id=request.request_id,
-                model=request.model,
-                body_json=request.body_json,
-                deadline=context.time_remaining(),
-            ):
-                if isinstance(event, bytes):
-                    yield pb.StreamCompleteResponse(chunk_json=event)
-                else:
-                    yield pb.StreamCompleteResponse(
-                        end=pb.StreamEnd(
-                            usage=_usage(event.usage),
-                            provider=event.provider,
-                            upstream_model=event.upstream_model,
-                            upstream_request_id=event.upstream_request_id,
+            async with aclosing(events):  # a cancelled call closes the upstream response now, not at GC
+                async for event in events:
+                    if isinstance(event, bytes):
+                        yield pb.StreamCompleteResponse(chunk_json=event)
+                    else:
+                        yield pb.StreamCompleteResponse(
+                            end=pb.StreamEnd(
+                                usage=_usage(event.usage),
+                                provider=event.provider,
+                                upstream_model=event.upstream_model,
+                                upstream_request_id=event.upstream_request_id,
+                            )
                         )
-                    )
         except RouterError as error:
             await _abort(context, error)
 

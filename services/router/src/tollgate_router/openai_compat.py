@@ -12,7 +12,7 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -167,7 +167,7 @@ class OpenAICompatibleAdapter:
 
     async def stream(
         self, route: Route, body: dict[str, Any], *, request_id: str, timeout: float
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         options = body.get("stream_options")
         body = {
             **body,
