@@ -589,3 +589,20 @@ def test_schema_rejects_a_bad_values_file(chart: helm.Chart, tmp_path: Path) -> 
 def test_shipped_values_pass_the_schema(chart: helm.Chart) -> None:
     chart.validate_schema(chart.merge_values(None))
     chart.validate_schema(chart.merge_values(FULL_VALUES))
+
+
+def test_readme_install_example_renders(chart: helm.Chart) -> None:
+    """The values file the README walks an operator through must install as written."""
+    readme = (CHART / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    (example,) = [b for b in blocks if b.startswith("# my-values.yaml")]
+    rendered = render(chart, yaml.safe_load(example), name="tollgate")
+    for obj in rendered.objects:
+        if obj["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+    assert rendered.environment("billing")["BILLING_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tollgate-pg-app",
+        "key": "uri",
+    }
+    assert rendered.env_value("billing", "BILLING_KAFKA_BOOTSTRAP_SERVERS") == "tollgate-kafka-bootstrap:9092"
+    assert len(rendered.kind("KafkaTopic")) == len(Topics.ALL)
