@@ -112,9 +112,11 @@ async def test_streaming_with_include_usage_ends_with_a_usage_only_chunk(
     assert all(c.usage is None for c in chunks[:-1])
     [call] = mock.calls
     assert call["stream"] is True
-    assert chunks[-1].usage.prompt_tokens == call["usage"]["prompt_tokens"] == 3 + tokens("user") + tokens(
-        "Stream to me"
-    ) + 3
+    assert (
+        chunks[-1].usage.prompt_tokens
+        == call["usage"]["prompt_tokens"]
+        == 3 + tokens("user") + tokens("Stream to me") + 3
+    )
     assert chunks[-1].usage.completion_tokens == call["usage"]["completion_tokens"] == tokens(DEFAULT_REPLY)
 
 
