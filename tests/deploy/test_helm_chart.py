@@ -125,6 +125,24 @@ def full(chart: helm.Chart) -> Rendered:
     return render(chart, FULL_VALUES)
 
 
+#: Everything optional switched off, and the SQLite fallback everywhere (a throwaway demo install).
+MINIMAL_VALUES: dict[str, Any] = {
+    "metrics": {"enabled": False},
+    "serviceAccount": {"create": False},
+    "preStopSleepSeconds": 0,
+    "helmTest": {"enabled": False},
+    "services": {
+        name: {"databaseUrl": {"existingSecret": "", "key": ""}, "replicas": 1}
+        for name in ("ingress", "policy", "billing", "metering")
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def minimal(chart: helm.Chart) -> Rendered:
+    return render(chart, MINIMAL_VALUES)
+
+
 # --- lint and Kubernetes schemas -----------------------------------------------------------------------------------
 
 
@@ -136,7 +154,7 @@ def test_chart_lints_without_warnings(values: dict[str, Any] | None) -> None:
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-@pytest.mark.parametrize("which", ["default", "full"])
+@pytest.mark.parametrize("which", ["default", "full", "minimal"])
 def test_every_manifest_is_valid_kubernetes(which: str, kube_version: str, request: pytest.FixtureRequest) -> None:
     rendered: Rendered = request.getfixturevalue(which)
     assert rendered.objects
@@ -383,6 +401,19 @@ def test_credentials_only_ever_appear_as_secret_references(full: Rendered, defau
 def test_plaintext_secrets_are_refused(chart: helm.Chart, values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmValuesError):
         render(chart, values)
+
+
+def test_minimal_install_switches_the_extras_off(minimal: Rendered) -> None:
+    assert {o["kind"] for o in minimal.objects} == {"ConfigMap", "Deployment", "Service"}
+    for service in SERVICES:
+        pod = minimal.deployment(service)["spec"]["template"]
+        assert not any(k.startswith("prometheus.io/") for k in pod["metadata"]["annotations"])
+        assert pod["spec"]["serviceAccountName"] == "default"
+        assert "lifecycle" not in pod["spec"]["containers"][0]
+    assert minimal.env_value("router", "ROUTER_METRICS_PORT") == "0"
+    assert [p["name"] for p in minimal.container("billing")["ports"]] == ["grpc"]
+    assert minimal.env_value("billing", "BILLING_DATABASE_URL") == "sqlite:////app/var/billing.db"
+    assert minimal.env_value("ingress", "INGRESS_OUTBOX_DATABASE_URL") == "sqlite:////app/var/ingress-outbox.db"
 
 
 def test_sqlite_fallback_uses_a_writable_volume(chart: helm.Chart) -> None:
