@@ -31,7 +31,7 @@ __all__ = ["PolicyCache", "PolicyService"]
 log = logging.getLogger(__name__)
 
 #: SetPolicy re-reads and retries this many times when another writer takes the next version first.
-_SET_ATTEMPTS = 5
+_SET_ATTEMPTS = 8
 _MAX_ACCOUNT_ID = 200  # the column's width
 
 

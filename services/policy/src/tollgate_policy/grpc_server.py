@@ -51,6 +51,7 @@ def _mapped(method: Method[R]) -> Method[R]:
         except Exception as exc:
             log.error("unexpected error", extra={"rpc": method.__name__, "error_type": type(exc).__name__})
             await abort(context, grpc.StatusCode.INTERNAL, "internal error", reason="internal")
+        raise AssertionError("unreachable: abort raises")
 
     return wrapper
 
