@@ -37,8 +37,9 @@ async def mock() -> AsyncIterator[MockUpstream]:
 
 
 @pytest.fixture
-def client(mock: MockUpstream) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=mock.base_url, api_key="sk-test-secret-value", max_retries=0)
+async def client(mock: MockUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=mock.base_url, api_key="sk-test-secret-value", max_retries=0) as sdk:
+        yield sdk
 
 
 async def post_raw(mock: MockUpstream, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -285,13 +286,14 @@ def test_command_line_serves_and_stops_on_sigterm() -> None:
     )
     try:
         wait_for_port(port, timeout=30)
-        sync = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x", max_retries=0)
-        reply = sync.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x", max_retries=0) as sync:
+            reply = sync.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content == DEFAULT_REPLY
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        assert b"development only" in proc.stderr.read()  # type: ignore[union-attr]
+        _, stderr = proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        assert b"development only" in stderr
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
