@@ -185,6 +185,14 @@ async def test_bad_json_is_a_400_with_an_openai_error_body(mock: MockUpstream) -
         ({"model": "gpt-4o"}, "messages"),
         ({"model": "gpt-4o", "messages": []}, "messages"),
         ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+        (
+            {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream_options": {"include_usage": True},
+            },
+            "stream_options",
+        ),
     ],
 )
 async def test_invalid_requests_name_the_offending_param(mock: MockUpstream, body: Any, param: str) -> None:

@@ -187,11 +187,11 @@ def _validate(body: Any) -> None:
         raise _BadRequest("Missing required parameter: 'messages'.", "messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise _BadRequest(
-                f"Invalid 'messages[{index}]': expected an object with a 'role'.", f"messages[{index}]"
-            )
+            raise _BadRequest(f"Invalid 'messages[{index}]': expected an object with a 'role'.", f"messages[{index}]")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _BadRequest("Invalid 'stream': expected a boolean.", "stream")
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        raise _BadRequest("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
 
 
 def _now_iso() -> str:
@@ -201,9 +201,7 @@ def _now_iso() -> str:
 class MockUpstream:
     """The mock's state and handlers; one instance per listening port."""
 
-    def __init__(
-        self, *, reply: str = DEFAULT_REPLY, chunk_tokens: int = 4, max_calls: int = 100_000
-    ) -> None:
+    def __init__(self, *, reply: str = DEFAULT_REPLY, chunk_tokens: int = 4, max_calls: int = 100_000) -> None:
         if chunk_tokens < 1:
             raise ValueError("chunk_tokens must be >= 1")
         self.reply = _Reply.of(reply)
@@ -240,9 +238,7 @@ class MockUpstream:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         # handler_cancellation: a caller that gives up (e.g. the router's timeout) ends the handler's sleep.
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-        )
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)
         await site.start()
@@ -309,9 +305,7 @@ class MockUpstream:
         if isinstance(body, dict):
             record["model"] = body.get("model") if isinstance(body.get("model"), str) else None
             record["stream"] = body.get("stream") is True
-        fault = request.headers.get("X-Mock-Fault") or (
-            body.get("mock_fault") if isinstance(body, dict) else None
-        )
+        fault = request.headers.get("X-Mock-Fault") or (body.get("mock_fault") if isinstance(body, dict) else None)
         record["fault"] = fault
         try:
             latency_ms = self._knob(request, body, "X-Mock-Latency-Ms", "mock_latency_ms")
@@ -334,9 +328,7 @@ class MockUpstream:
             await asyncio.sleep(latency_ms / 1000)
         fault = str(fault) if fault is not None else None
         if fault == "500":
-            return _error(
-                500, "The server had an error while processing your request. (mock fault)", "server_error"
-            )
+            return _error(500, "The server had an error while processing your request. (mock fault)", "server_error")
         if fault == "429":
             return _error(
                 429,
@@ -513,9 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--reply", default=DEFAULT_REPLY, help="the canned assistant reply")
     parser.add_argument("--chunk-tokens", type=int, default=4, help="reply tokens per streamed content chunk")
-    parser.add_argument(
-        "--max-calls", type=int, default=100_000, help="calls kept in the record (oldest dropped)"
-    )
+    parser.add_argument("--max-calls", type=int, default=100_000, help="calls kept in the record (oldest dropped)")
     args = parser.parse_args(argv)
     if args.chunk_tokens < 1 or args.max_calls < 1 or not 0 <= args.port <= 65535:
         parser.error("--chunk-tokens and --max-calls must be >= 1, --port in [0, 65535]")
