@@ -140,9 +140,9 @@ class ApplicationContract:
         assert first.balance_nanos == 5 * NANOS and again.balance_nanos == 5 * NANOS
         assert (await h.billing.get_balance(account.account_id)).balance_nanos == 7 * NANOS
         entries = await h.billing.list_ledger_entries(account.account_id)
-        assert {(e.kind, e.ledger_account, e.amount_nanos) for e in entries if e.transaction_id == first.transaction_id} \
-            == {("credit_purchase", "funding:external", -5 * NANOS),
-                ("credit_purchase", f"wallet:{account.account_id}", 5 * NANOS)}
+        legs = {(e.kind, e.ledger_account, e.amount_nanos) for e in entries if e.transaction_id == first.transaction_id}
+        assert legs == {("credit_purchase", "funding:external", -5 * NANOS),
+                        ("credit_purchase", f"wallet:{account.account_id}", 5 * NANOS)}
 
     async def test_add_credits_rejects_non_positive_amounts_and_unknown_accounts(self, h: Harness) -> None:
         account, _ = await h.billing.create_account("Acme")
