@@ -7,8 +7,10 @@ that carries the producer's trace into the ``UsageRated`` it publishes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,7 +24,40 @@ from .tables import messaging
 
 __all__ = ["CONSUMER_GROUP", "make_consumer"]
 
+log = logging.getLogger(__name__)
+
 CONSUMER_GROUP = "metering"
+
+
+class _LogResetAwareConsumer(DbOffsetConsumer):
+    """``DbOffsetConsumer`` that notices a log which restarted below its stored offsets.
+
+    The embedded broker forgets everything on restart, and it answers a fetch past the end of a partition with an
+    empty batch instead of OFFSET_OUT_OF_RANGE, so the stock consumer would wait at the old offset and silently
+    skip the first events of the new log (unbilled usage). A stored offset beyond the partition's end can only mean
+    the log was reset: read it from the beginning instead; (source, id) dedupe drops what was already applied.
+    Local workaround, reported to the lead for ``tollgate_common.kafka``.
+    """
+
+    async def _seek_to_stored(self, assigned: Iterable[TopicPartition]) -> None:
+        assert self.consumer is not None
+        partitions = list(assigned)
+        if not partitions:
+            return
+        async with self.sessions() as session:
+            stored = await self.tables.load_offsets(session, self.group_id)
+        ends = await self.consumer.end_offsets(partitions)
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None and offset <= ends[tp]:
+                self.consumer.seek(tp, offset)
+                continue
+            if offset is not None:
+                log.warning(
+                    "stored offset is past the end of the log (the broker lost it?); reading from the beginning",
+                    extra={"topic": tp.topic, "partition": tp.partition, "stored_offset": offset, "end": ends[tp]},
+                )
+            await self.consumer.seek_to_beginning(tp)
 
 _tracer = trace.get_tracer("tollgate_metering")
 
@@ -43,7 +78,7 @@ def make_consumer(
         USAGE_UNPRICED.inc(sum(1 for r in batch.rated if not r.rating.priced))
         EVENTS_ARCHIVED.inc(batch.archived)
 
-    return DbOffsetConsumer(
+    return _LogResetAwareConsumer(
         bootstrap=bootstrap,
         topics=[Topics.USAGE],
         group_id=CONSUMER_GROUP,
