@@ -148,3 +148,23 @@ async def test_no_card_or_secret_reaches_the_logs_or_the_reply(
         assert planted not in logged
         for reply in replies:
             assert planted.encode() not in reply.SerializeToString()
+
+
+async def test_an_unexpected_failure_is_internal_and_its_message_is_not_logged(
+    app: PolicyApp, stub: pb_grpc.PolicyServiceStub, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(request_id: str, account_id: str, texts: list[str]) -> None:
+        raise RuntimeError(f"a bug that quotes its input: {texts[0]}")
+
+    assert app.service is not None
+    monkeypatch.setattr(app.service, "inspect", broken)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inspect(stub, f"card {CARD}")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert error_reason(caught.value) == "internal"
+    assert CARD not in (caught.value.details() or "")
+    errors = [r for r in caplog.records if r.getMessage() == "unexpected error"]
+    assert [getattr(r, "error_type", None) for r in errors] == ["RuntimeError"]
+    formatter = JsonFormatter("policy")
+    assert CARD not in caplog.text + "\n".join(formatter.format(r) for r in caplog.records)

@@ -17,6 +17,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 from .detectors import DETECTORS, EMAIL, PAYMENT_CARD, Detector, Match, scan
 from .errors import InvalidRule, UnknownDetector
@@ -95,9 +96,11 @@ class PolicySet:
         return PolicySet(account_id=self.account_id, rules=MappingProxyType(dict(rules)), version=self.version + 1)
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One match as reported: where, which detector (and version), and the action it drew. Never the text."""
+class Finding(NamedTuple):
+    """One match as reported: where, which detector (and version), and the action it drew. Never the text.
+
+    A named tuple (immutable, cheap to build): a request can carry many findings.
+    """
 
     type: str
     text_index: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 def _mapped(method: Method[R]) -> Method[R]:
     """Turn a :class:`PolicyError` into its gRPC status + ``tollgate-reason``; anything else into INTERNAL.
 
-    An unexpected exception is logged by type and traceback only: its message might quote input.
+    An unexpected exception is logged by type and stack only, never its message: that might quote the input.
     """
 
     @functools.wraps(method)
@@ -49,7 +50,14 @@ def _mapped(method: Method[R]) -> Method[R]:
         except PolicyError as exc:
             await abort(context, exc.status, str(exc), reason=exc.reason)
         except Exception as exc:
-            log.error("unexpected error", extra={"rpc": method.__name__, "error_type": type(exc).__name__})
+            log.error(
+                "unexpected error",
+                extra={
+                    "rpc": method.__name__,
+                    "error_type": type(exc).__name__,
+                    "stack": "".join(traceback.format_tb(exc.__traceback__)),
+                },
+            )
             await abort(context, grpc.StatusCode.INTERNAL, "internal error", reason="internal")
         raise AssertionError("unreachable: abort raises")
 
