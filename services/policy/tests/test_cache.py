@@ -3,6 +3,7 @@ within the TTL, and a database outage does not stop accounts whose policy is kno
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -78,3 +79,21 @@ async def test_when_the_database_is_down_known_policies_are_served_and_unknown_a
     with pytest.raises(StorageUnavailable):
         await service.inspect("req_2", "acc_unknown", [CARD])
     await down.dispose()
+
+
+async def test_a_burst_of_misses_for_one_account_reads_the_database_once(engine: AsyncEngine) -> None:
+    service = replica(engine, Clock())
+    await service.set_policy("acc_1", [("payment_card", Action.BLOCK)])
+    service.cache = PolicyCache(30.0, Clock())  # as after a restart: nothing cached
+    reads = 0
+    current = service.repository.current
+
+    async def counted(account_id: str) -> PolicySet | None:
+        nonlocal reads
+        reads += 1
+        return await current(account_id)
+
+    service.repository.current = counted  # type: ignore[method-assign]
+    results = await asyncio.gather(*(service.inspect(f"req_{i}", "acc_1", [CARD]) for i in range(20)))
+    assert {(r.verdict, r.policy_version) for r in results} == {(Verdict.BLOCK, 1)}
+    assert reads == 1

@@ -15,6 +15,7 @@ from tollgate_common.telemetry import configure_telemetry, start_metrics_server
 
 from .app import serve
 from .config import Settings
+from .errors import StorageUnavailable
 
 
 def main() -> None:
@@ -31,6 +32,9 @@ def main() -> None:
 
     try:
         run(_main)
+    except StorageUnavailable as exc:
+        logging.getLogger("tollgate_policy").error("cannot start: %s", exc)
+        raise SystemExit(1) from None
     finally:
         shutdown_telemetry()
 

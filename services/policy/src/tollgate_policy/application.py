@@ -9,12 +9,15 @@ has for at most ``cache_ttl_seconds`` before reading again; a fan-out invalidati
 LISTEN/NOTIFY) would make that immediate and is the next step when policy scales out.
 
 When the database does not answer, a cached policy is still served past its TTL (stale beats failing every
-request); an account never seen before gets UNAVAILABLE rather than a guessed policy, because guessing the default
-could loosen an account that had asked to block.
+request) and trusted for another TTL before the next try; an account never seen before gets UNAVAILABLE rather
+than a guessed policy, because guessing the default could loosen an account that had asked to block. Concurrent
+misses for one account share a single read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +84,7 @@ class PolicyService:
     def __init__(self, repository: PolicyRepository, cache: PolicyCache) -> None:
         self.repository = repository
         self.cache = cache
+        self._loads: dict[str, asyncio.Future[PolicySet]] = {}
 
     async def inspect(self, request_id: str, account_id: str, texts: Sequence[str]) -> Inspection:
         """The verdict, findings and (for REDACT) rewritten texts. Logs counts, never text."""
@@ -143,6 +147,21 @@ class PolicyService:
         cached = self.cache.fresh(account_id)
         if cached is not None:
             return cached
+        # Single flight: a burst of requests for an account whose entry is missing or expired (a cold start, a
+        # TTL boundary under load) shares one database read instead of queueing one each.
+        pending = self._loads.get(account_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(account_id))
+            self._loads[account_id] = pending
+            pending.add_done_callback(functools.partial(self._loaded, account_id))
+        return await asyncio.shield(pending)  # a cancelled caller does not cancel the others' read
+
+    def _loaded(self, account_id: str, load: asyncio.Future[PolicySet]) -> None:
+        self._loads.pop(account_id, None)
+        if not load.cancelled():
+            load.exception()  # retrieved here, so an error nobody awaited any more is not reported as lost
+
+    async def _load(self, account_id: str) -> PolicySet:
         try:
             loaded = await self.repository.current(account_id)
         except StorageUnavailable:
@@ -153,5 +172,5 @@ class PolicyService:
                 "policy database unavailable; serving the cached policy",
                 extra={"account_id": account_id, "policy_version": stale.version},
             )
-            return stale
+            return self.cache.offer(stale)  # trusted for another TTL: an outage is not retried on every request
         return self.cache.offer(loaded or PolicySet.default(account_id))
