@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -231,3 +233,12 @@ def test_matches_are_ordered_in_bounds_and_never_overlap(text: str) -> None:
     for match in scan(text):
         assert last_end <= match.start < match.end <= len(text)
         last_end = match.end
+
+
+@settings(max_examples=300, deadline=None)
+@given(key_bytes=st.binary(min_size=32, max_size=32))
+def test_every_tollgate_key_billing_issues_is_found(key_bytes: bytes) -> None:
+    """Billing issues "tg-" + 43 URL-safe base64 characters (32 random bytes); its display prefix is not a key."""
+    key = "tg-" + base64.urlsafe_b64encode(key_bytes).decode().rstrip("=")
+    assert found(f"Authorization: Bearer {key}\n") == [("secret", key)]
+    assert found(f"key {key[:12]}… created") == []

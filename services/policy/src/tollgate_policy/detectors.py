@@ -81,14 +81,15 @@ _W = "A-Za-z0-9_"  # "word" characters for boundaries (ASCII: tokens glued to le
 
 # Each branch starts with its trigger character (see the module docstring).
 #
-# Secrets on "-": OpenAI/Anthropic "sk-…" (also "sk-proj-…", "sk-ant-…"), Tollgate "tg-…", Slack "xox[abprs]-…",
+# Secrets on "-": OpenAI/Anthropic "sk-…" (also "sk-proj-…", "sk-ant-…"), Tollgate "tg-…" (billing issues "tg-" +
+# 43 URL-safe base64 characters; other lengths of 20+ count when they look random), Slack "xox[abprs]-…",
 # and PEM private-key blocks: the complete block up to END or, if cut off, the header and the base64 lines that
 # follow it (a truncated key is still a leak). The block is bounded so that many unterminated headers cannot make
 # the scan quadratic.
 _DASH = (
     r"-(?:"
     rf"(?<=sk-)(?<![{_W}]sk-)(?P<sk>[A-Za-z0-9_-]{{20,}})"
-    rf"|(?<=tg-)(?<![{_W}]tg-)(?P<tg>[A-Za-z0-9_-]{{20,}})"
+    rf"|(?<=tg-)(?<![{_W}]tg-)(?:(?P<tgkey>[A-Za-z0-9_-]{{43}})(?![A-Za-z0-9_-])|(?P<tg>[A-Za-z0-9_-]{{20,}}))"
     rf"|(?<=xox[abprs]-)(?<![{_W}]xox[abprs]-)(?P<slack>[A-Za-z0-9-]{{10,}})"
     r"|(?P<pem>----BEGIN[A-Z0-9 ]{0,40} PRIVATE KEY-----(?:"
     r"[\s\S]{0,16384}?-----END[A-Z0-9 ]{0,40} PRIVATE KEY-----"
@@ -146,6 +147,7 @@ _SHAPE: Final = _shape_table()
 #: Group name → (detector, how many characters the true start lies before the match start).
 _BACKOFF: Final[dict[str, tuple[Detector, int]]] = {
     "sk": (SECRET, 2),
+    "tgkey": (SECRET, 2),  # exactly the format billing issues: always a key, however it looks
     "tg": (SECRET, 2),
     "slack": (SECRET, 4),
     "pem": (SECRET, 0),
