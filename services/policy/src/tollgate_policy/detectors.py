@@ -75,7 +75,7 @@ class Match(NamedTuple):
     end: int
 
 
-# --- the combined pattern ------------------------------------------------------------------------------------------
+# --- the sweeps (see the module docstring) ---------------------------------------------------------------------
 
 _W = "A-Za-z0-9_"  # "word" characters for boundaries (ASCII: tokens glued to letters are not standalone values)
 
