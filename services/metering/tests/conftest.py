@@ -60,7 +60,7 @@ async def postgres() -> AsyncIterator[tuple[str, str]]:
         yield url, schema
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_usage() -> UsageFactory:
     """``make_usage("req_1", account="acc_1", prompt=…, completion=…)`` → a ``UsageRecorded`` envelope from ingress."""
 

@@ -42,6 +42,7 @@ class MeteringApp:
         self.port = 0
         self._stop = asyncio.Event()
         self._kafka: asyncio.Task[None] | None = None
+        self._connecting = False
 
     @property
     def address(self) -> str:
@@ -74,8 +75,10 @@ class MeteringApp:
         while not self._stop.is_set():
             producer = make_producer(bootstrap, client_id="tollgate-metering")
             try:
+                self._connecting = True  # nothing to drain yet: stop() may cancel this phase outright
                 await ensure_topics(bootstrap, [Topics.USAGE, Topics.USAGE_RATED], attempts=4)
                 await producer.start()
+                self._connecting = False
                 self.relay = OutboxRelay(self.metering.sessions, messaging, producer)
                 self.consumer = make_consumer(
                     self.metering, self.metering.sessions, bootstrap, after_commit=self.relay.notify
@@ -86,6 +89,7 @@ class MeteringApp:
                 await self.relay.publish_pending()  # what the last batches committed before the stop
                 backoff = 0.5
             except Exception as exc:
+                self._connecting = True
                 log.warning("Kafka unavailable; metering retries", extra={"error": repr(exc)})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), backoff)
@@ -100,7 +104,10 @@ class MeteringApp:
         if self.server is not None:
             await self.server.stop(grace)
         if self._kafka is not None:
-            await self._kafka
+            if self._connecting:
+                self._kafka.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._kafka
         if self.engine is not None:
             await self.engine.dispose()
 
