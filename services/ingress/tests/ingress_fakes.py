@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from tollgate.billing.v1 import billing_service_pb2 as bpb
 from tollgate.billing.v1 import billing_service_pb2_grpc as bgrpc
 from tollgate.events.v1 import usage_pb2
@@ -270,23 +270,15 @@ Published = tuple[Envelope, usage_pb2.UsageRecorded, bytes]
 async def usage_events(bootstrap: str, request_ids: set[str], timeout: float = 30.0) -> dict[str, list[Published]]:
     """Every message on tollgate.usage.v1 for these request ids, read from the beginning of the topic.
 
-    Waits until each id has been seen at least once (a bounded wait, not a timing assertion)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    Waits until each id has been seen at least once (a bounded wait, not a timing assertion). Subscribed rather
+    than assigned, so a topic that a restarted broker creates only later is still found."""
+    deadline = time.monotonic() + timeout
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest", metadata_max_age_ms=500)
+    consumer.subscribe([Topics.USAGE])
     await consumer.start()
     found: dict[str, list[Published]] = {}
     try:
-        deadline = time.monotonic() + timeout
-        partitions: list[TopicPartition] = []
-        while not partitions:
-            await consumer.topics()
-            numbers = sorted(consumer.partitions_for_topic(Topics.USAGE) or ())
-            partitions = [TopicPartition(Topics.USAGE, p) for p in numbers]
-            if not partitions:
-                if time.monotonic() > deadline:
-                    raise AssertionError("topic tollgate.usage.v1 never appeared")
-                await asyncio.sleep(0.2)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         while not request_ids <= found.keys():
             if time.monotonic() > deadline:
                 raise AssertionError(f"usage events never arrived for {sorted(request_ids - found.keys())}")

@@ -60,6 +60,10 @@ class UsagePublisher:
         self.relay: OutboxRelay | None = None
         #: False while Kafka is known to be failing: events then go to the outbox directly, in order.
         self._kafka_ok = False
+        #: After an outage, create the topic (if missing) before relaying: a broker that came back empty (the
+        #: embedded one keeps nothing) would otherwise auto-create it on first produce with its own default
+        #: partition count. It also proves the broker answers before the outbox is replayed.
+        self._check_topic = False
         self._pending: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -115,6 +119,7 @@ class UsagePublisher:
                 log.warning("Kafka did not take a usage event; using the outbox until it does",
                             extra={"event_id": env.id, "error": repr(exc)})
             self._kafka_ok = False
+            self._check_topic = True
             await self._write_outbox(env, key, outcome)
             return
         self.metrics.usage_events.labels(outcome, "kafka").inc()
@@ -160,6 +165,9 @@ class UsagePublisher:
 
     async def _relay_once(self) -> None:
         assert self.relay is not None
+        if self._check_topic:
+            await ensure_topics(self.bootstrap, [Topics.USAGE], attempts=1)  # raises while Kafka is down
+            self._check_topic = False
         while True:
             async with asyncio.timeout(self.send_timeout * 2):
                 published = await self.relay.publish_pending()
