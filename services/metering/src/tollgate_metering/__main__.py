@@ -14,8 +14,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from tollgate_common.config import load_or_exit
@@ -104,7 +105,7 @@ def _verify_archive(args: argparse.Namespace) -> int:
     return _run_command(main)
 
 
-def _run_command(main: Callable[[], Awaitable[int]]) -> int:
+def _run_command(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     configure_logging("metering", os.environ.get("METERING_LOG_LEVEL", "WARNING"))
     try:
         return asyncio.run(main())

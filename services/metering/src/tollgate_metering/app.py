@@ -17,11 +17,11 @@ from tollgate.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from tollgate_common.db import session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
-from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
+from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
 
 from .application import Metering
 from .config import Settings
-from .consumer import make_consumer
+from .consumer import UsageConsumer
 from .grpc_server import FULL_NAME, MeteringServicer
 from .repository import open_database
 from .tables import messaging
@@ -37,7 +37,7 @@ class MeteringApp:
         self.engine: AsyncEngine | None = None
         self.metering: Metering | None = None
         self.server: GrpcServer | None = None
-        self.consumer: DbOffsetConsumer | None = None
+        self.consumer: UsageConsumer | None = None
         self.relay: OutboxRelay | None = None
         self.port = 0
         self._stop = asyncio.Event()
@@ -80,9 +80,7 @@ class MeteringApp:
                 await producer.start()
                 self._connecting = False
                 self.relay = OutboxRelay(self.metering.sessions, messaging, producer)
-                self.consumer = make_consumer(
-                    self.metering, self.metering.sessions, bootstrap, after_commit=self.relay.notify
-                )
+                self.consumer = UsageConsumer(self.metering, bootstrap, after_commit=self.relay.notify)
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self.relay.run(self._stop))
                     tasks.create_task(self.consumer.run(self._stop))

@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.events import Envelope, Topics, envelope_for
+from tollgate_common.telemetry import extract_traceparent
 
 from .domain import (
     ChainProblem,
@@ -28,11 +30,11 @@ from .domain import (
 from .errors import InvalidRequest, InvalidUsage, PriceBookConflict, PriceBookError
 from .messages import usage_rated_message, usage_record
 from .repository import MeteringRepository, SummaryRow, aggregate_deltas, rated_row
-from .tables import messaging
 
 __all__ = ["SERVICE", "USAGE_RECORDED", "Metering", "RecordedBatch"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("tollgate_metering")
 
 SERVICE = "metering"
 USAGE_RECORDED = "tollgate.usage.v1.usage.recorded"
@@ -151,22 +153,34 @@ class Metering:
         chained = [ev for acct, items in to_archive.items() for ev in chain_from(acct, heads.get(acct), items)]
         await repo.append_archive(chained, now)
         if publish:
-            for _, r in rated:
-                out = envelope_for(usage_rated_message(r), id=r.record.request_id, service=SERVICE,
-                                   subject=r.record.account_id, at_unix_ms=now)
-                await messaging.add_to_outbox(session, Topics.USAGE_RATED, r.record.account_id, out)
+            outbox = []
+            for env, r in rated:
+                # Each UsageRated continues the trace of the UsageRecorded it rates (traceparent header).
+                with _tracer.start_as_current_span(
+                    "metering publish usage.rated", context=extract_traceparent(env.traceparent),
+                    kind=trace.SpanKind.PRODUCER,
+                ):
+                    outbox.append(envelope_for(usage_rated_message(r), id=r.record.request_id, service=SERVICE,
+                                               subject=r.record.account_id, at_unix_ms=now))
+            await repo.add_to_outbox(Topics.USAGE_RATED, outbox)
         return RecordedBatch(
             rated=[r for _, r in rated], archived=len(chained), skipped=len(events) - len(rated)
         )
 
+    async def ingest_usage(
+        self, session: AsyncSession, events: Sequence[Envelope], *, publish: bool
+    ) -> RecordedBatch:
+        """Dedupe on (source, id), then :meth:`record_usage`: what the live consumer does with each Kafka batch
+        (``publish=True``) and the rebuild with each replayed batch (``publish=False``)."""
+        fresh = await MeteringRepository(session).mark_processed([(e.source, e.id) for e in events])
+        return await self.record_usage(
+            session, [e for e, new in zip(events, fresh, strict=True) if new], publish=publish
+        )
+
     async def replay_usage(self, events: Sequence[Envelope]) -> RecordedBatch:
-        """The rebuild's path: dedupe on (source, id) exactly as the live consumer does, then the same projection,
-        in one transaction, without publishing."""
+        """The rebuild's path, in one transaction: :meth:`ingest_usage` without publishing."""
         async with self.sessions.begin() as session:
-            fresh = await MeteringRepository(session).mark_processed([(e.source, e.id) for e in events])
-            return await self.record_usage(
-                session, [e for e, new in zip(events, fresh, strict=True) if new], publish=False
-            )
+            return await self.ingest_usage(session, events, publish=False)
 
     # --- queries ------------------------------------------------------------------------------------------------
     async def usage_summary(self, account_id: str) -> list[SummaryRow]:

@@ -46,6 +46,7 @@ def _mapped(
             return await method(self, request, context)
         except MeteringError as exc:
             await abort(context, status_of(exc), str(exc), reason=exc.reason)
+            raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
 

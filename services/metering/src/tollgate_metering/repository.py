@@ -16,6 +16,7 @@ from sqlalchemy import Table, func, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tollgate_common.db import create_engine, create_schema
+from tollgate_common.events import Envelope
 
 from .domain import ArchivedEvent, PriceBook, RatedUsage
 from .tables import aggregates, archive, archive_heads, messaging, metadata, price_books, rated_usage
@@ -123,7 +124,8 @@ class MeteringRepository:
         self.session = session
 
     def _insert(self, table: Table) -> Any:
-        dialect = self.session.bind.dialect.name
+        """The dialect's INSERT, for ON CONFLICT (SQLite and PostgreSQL spell it the same way)."""
+        dialect = self.session.get_bind().dialect.name
         return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
     # --- price books --------------------------------------------------------------------------------------------
@@ -172,6 +174,23 @@ class MeteringRepository:
         if new_rows:
             await self.session.execute(insert(t), new_rows)
         return fresh
+
+    async def add_to_outbox(self, topic: str, events: Sequence[Envelope]) -> None:
+        """Bulk form of ``MessagingTables.add_to_outbox`` (same row format, one statement): key = subject."""
+        if events:
+            await self.session.execute(
+                insert(messaging.outbox),
+                [
+                    {
+                        "topic": topic,
+                        "key": env.subject,
+                        "event_id": env.id,
+                        "headers": json.dumps([[k, v.decode()] for k, v in env.headers()]),
+                        "value": env.data,
+                    }
+                    for env in events
+                ],
+            )
 
     # --- rated usage and aggregates -----------------------------------------------------------------------------
     async def rated_request_ids(self, request_ids: Sequence[str]) -> set[str]:
