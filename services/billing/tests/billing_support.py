@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,7 +92,9 @@ async def sqlite_database(tmp_path: Path, name: str = "billing") -> Database:
     return Database("sqlite", f"sqlite:///{tmp_path}/{name}.db", "billing")
 
 
+@asynccontextmanager
 async def postgres_database() -> AsyncIterator[Database]:
+    """A fresh PostgreSQL schema for one test (skips the test with the reason when PostgreSQL does not answer)."""
     url = local_postgres_url()
     if url is None:
         pytest.skip(postgres_unavailable_reason())

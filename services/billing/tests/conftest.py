@@ -37,7 +37,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "sqlite":
         yield await sqlite_database(tmp_path)
         return
-    async for db in postgres_database():
+    async with postgres_database() as db:
         yield db
 
 
@@ -48,13 +48,14 @@ async def sqlite_db(tmp_path: Path) -> Database:
 
 @pytest.fixture
 async def postgres_db() -> AsyncIterator[Database]:
-    async for db in postgres_database():
+    async with postgres_database() as db:
         yield db
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def broker() -> Iterator[str]:
-    """The real embedded Kafka-compatible broker (Tansu), one per test session."""
+    """A real embedded Kafka-compatible broker (Tansu), fresh for each test: topics, groups and the billing log
+    of one test must not leak into the next (it starts in well under a second)."""
     b = EmbeddedBroker()
     bootstrap = b.start()
     asyncio.run(ensure_topics(bootstrap, Topics.ALL))

@@ -379,5 +379,5 @@ class TestApplicationOnSqlite(ApplicationContract):
 class TestApplicationOnPostgres(ApplicationContract):
     @pytest.fixture
     async def db(self) -> AsyncIterator[Database]:
-        async for db in postgres_database():
+        async with postgres_database() as db:
             yield db

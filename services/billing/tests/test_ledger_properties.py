@@ -133,7 +133,7 @@ async def _scenario(ops: list[tuple[object, ...]]) -> None:
             await engine.dispose()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations)
 def test_books_stay_balanced_through_any_sequence(ops: list[tuple[object, ...]]) -> None:
     asyncio.run(_scenario(ops))

@@ -151,6 +151,9 @@ class BillingApp:
         except TimeoutError:
             log.warning("background task did not stop in time; cancelling it", extra={"task": name})
             task.cancel()
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
         except Exception:
             log.exception("background task failed", extra={"task": name})
 
