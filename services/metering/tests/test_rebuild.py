@@ -26,9 +26,15 @@ from tollgate_metering.app import MeteringApp
 from tollgate_metering.application import Metering
 from tollgate_metering.config import Settings, load_price_book_file
 from tollgate_metering.domain import DEMO_PRICE_BOOK
-from tollgate_metering.rebuild import NotFresh, compare_databases, live_price_books, rebuild
+from tollgate_metering.rebuild import (
+    NotFresh,
+    compare_databases,
+    live_price_books,
+    rebuild,
+    rebuild_from_archive,
+)
 from tollgate_metering.repository import open_database
-from tollgate_metering.tables import aggregates, rated_usage
+from tollgate_metering.tables import aggregates, archive, rated_usage
 
 NOON = 1_795_176_000_000  # 2026-11-20T12:00:00Z
 HOUR = 3_600_000
@@ -155,6 +161,26 @@ async def test_a_rebuild_into_postgres_equals_live(live: Live, postgres: tuple[s
     await rebuild(live.bootstrap, url, books, schema=schema)
     report = await compare_databases(live.url, url, rebuilt_schema=schema)
     assert report.equal, report.render()
+
+
+async def test_a_rebuild_from_the_archive_equals_live_and_reproduces_every_hash(live: Live, tmp_path: Path) -> None:
+    """When the broker has forgotten the log, the archive alone rebuilds the same state, chain for chain."""
+    into = f"sqlite:///{tmp_path}/from-archive.db"
+    books = [*await live_price_books(live.url, "metering"), load_price_book_file(live.book)]
+    result = await rebuild_from_archive(live.url, into, books)
+    assert (result.events_read, result.rated) == (live.unique, live.unique)
+    report = await compare_databases(live.url, into)
+    assert report.equal, report.render()
+
+    async def hashes(url: str) -> list[tuple[str, int, str]]:
+        engine = await open_database(url, "metering")
+        async with session_maker(engine)() as s:
+            rows = (await s.execute(select(archive.c.account_id, archive.c.seq, archive.c.hash)
+                                    .order_by(archive.c.account_id, archive.c.seq))).all()
+        await engine.dispose()
+        return [tuple(r) for r in rows]
+
+    assert await hashes(into) == await hashes(live.url)
 
 
 async def test_an_altered_live_database_fails_the_comparison_and_the_report_names_the_rows(

@@ -2,6 +2,7 @@
 
     python -m tollgate_metering [serve]
     python -m tollgate_metering rebuild --kafka BOOTSTRAP --into DB_URL [--compare-with LIVE_DB_URL]
+    python -m tollgate_metering rebuild --from-archive LIVE_DB_URL --into DB_URL [--compare-with LIVE_DB_URL]
     python -m tollgate_metering verify-archive --database-url URL [--account ACCOUNT]
 
 Exit statuses: 0 fine / equal / chain intact; 1 the rebuild differs from live or the chain is broken; 2 bad
@@ -30,7 +31,7 @@ from .application import Metering
 from .config import DEFAULT_SCHEMA, Settings, load_price_book_file
 from .domain import DEMO_PRICE_BOOK, PriceBook
 from .errors import InvalidPriceBook, MeteringError
-from .rebuild import compare_databases, live_price_books, rebuild
+from .rebuild import compare_databases, live_price_books, rebuild, rebuild_from_archive
 from .repository import open_database
 
 PROG = "tollgate-metering"
@@ -75,9 +76,15 @@ def _rebuild(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         books: list[PriceBook] = []
-        if args.compare_with:
-            books = await live_price_books(args.compare_with, args.schema)
-        result = await rebuild(args.kafka, args.into, [*books, book], schema=args.into_schema or args.schema)
+        versions_from = args.compare_with or args.from_archive
+        if versions_from:  # rate with the versions the live service recorded, as it did
+            books = await live_price_books(versions_from, args.schema)
+        into_schema = args.into_schema or args.schema
+        if args.from_archive:
+            result = await rebuild_from_archive(args.from_archive, args.into, [*books, book], schema=into_schema,
+                                                archive_schema=args.schema)
+        else:
+            result = await rebuild(args.kafka, args.into, [*books, book], schema=into_schema)
         print(f"rebuilt {args.into}: {result.events_read} events read, {result.rated} rated")
         if not args.compare_with:
             return 0
@@ -123,7 +130,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the gRPC server and the usage consumer (the default)")
     rb = sub.add_parser("rebuild", help="replay tollgate.usage.v1 into a fresh database and compare with live")
-    rb.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap servers")
+    source = rb.add_mutually_exclusive_group(required=True)
+    source.add_argument("--kafka", metavar="BOOTSTRAP", help="replay tollgate.usage.v1 from these Kafka servers")
+    source.add_argument("--from-archive", metavar="DB_URL",
+                        help="replay the event archive of this metering database instead of Kafka")
     rb.add_argument("--into", required=True, metavar="DB_URL", help="an empty database for the rebuilt state")
     rb.add_argument("--compare-with", metavar="LIVE_DB_URL", help="the live database to reconcile with")
     rb.add_argument("--price-book", metavar="FILE",

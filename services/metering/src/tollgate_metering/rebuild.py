@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +177,28 @@ async def live_price_books(url: str, schema: str) -> list[PriceBook]:
         await engine.dispose()
 
 
+Feed = Callable[[Callable[[list[Envelope]], Awaitable[None]]], Awaitable[int]]
+
+
+async def _rebuild_into(into_url: str, price_books: Sequence[PriceBook], schema: str, feed: Feed) -> RebuildResult:
+    engine = await open_database(into_url, schema)
+    try:
+        await _ensure_fresh(engine)
+        metering = Metering(session_maker(engine))
+        for book in price_books:
+            await metering.register_price_book(book)
+        rated = 0
+
+        async def apply(events: list[Envelope]) -> None:
+            nonlocal rated
+            rated += len((await metering.replay_usage(events)).rated)
+
+        read = await feed(apply)
+        return RebuildResult(events_read=read, rated=rated)
+    finally:
+        await engine.dispose()
+
+
 async def rebuild(
     bootstrap: str,
     into_url: str,
@@ -189,23 +211,55 @@ async def rebuild(
     ``price_books`` are recorded in order first (the live database's versions, then the configured book), so each
     event is rated with the version that was in force when it happened, as it was live.
     """
-    engine = await open_database(into_url, schema)
-    try:
-        await _ensure_fresh(engine)
-        metering = Metering(session_maker(engine))
-        for book in price_books:
-            await metering.register_price_book(book)
-        rated = 0
 
+    async def feed(apply: Callable[[list[Envelope]], Awaitable[None]]) -> int:
         async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
-            nonlocal rated
-            batch = await metering.replay_usage([env for env, _ in items])
-            rated += len(batch.rated)
+            await apply([env for env, _ in items])
 
-        read = await replay_log(bootstrap, [Topics.USAGE], on_batch)
-        return RebuildResult(events_read=read, rated=rated)
+        return await replay_log(bootstrap, [Topics.USAGE], on_batch)
+
+    return await _rebuild_into(into_url, price_books, schema, feed)
+
+
+async def rebuild_from_archive(
+    archive_url: str,
+    into_url: str,
+    price_books: Sequence[PriceBook],
+    *,
+    schema: str = "metering",
+    archive_schema: str = "metering",
+    batch: int = 2000,
+) -> RebuildResult:
+    """Like :func:`rebuild`, but replays the events kept in a metering database's archive (each account's chain in
+    seq order) instead of Kafka: for when the broker no longer has the log (the embedded one forgets on restart).
+    The rebuilt archive then has the same hashes as the source, event for event."""
+    source = create_engine(archive_url, schema=archive_schema)
+
+    async def feed(apply: Callable[[list[Envelope]], Awaitable[None]]) -> int:
+        c = archive.c
+        read = 0
+        pending: list[Envelope] = []
+        async with session_maker(source)() as session:
+            result = await session.stream(
+                select(c.event_id, c.source, c.event_type, c.subject, c.event_time, c.data)
+                .order_by(c.account_id, c.seq)
+                .execution_options(yield_per=batch)
+            )
+            async for r in result:
+                pending.append(Envelope(id=r.event_id, source=r.source, type=r.event_type, subject=r.subject,
+                                        time=r.event_time, data=bytes(r.data)))
+                if len(pending) >= batch:
+                    await apply(pending)
+                    read, pending = read + len(pending), []
+        if pending:
+            await apply(pending)
+            read += len(pending)
+        return read
+
+    try:
+        return await _rebuild_into(into_url, price_books, schema, feed)
     finally:
-        await engine.dispose()
+        await source.dispose()
 
 
 async def _rows(engine: AsyncEngine, table: Table, key: Sequence[str]) -> dict[tuple[Any, ...], dict[str, Any]]:
