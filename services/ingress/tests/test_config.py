@@ -1,0 +1,32 @@
+"""Settings from INGRESS_* variables: defaults from docs/architecture.md, every problem reported at once."""
+
+from __future__ import annotations
+
+import pytest
+from tollgate_common.config import ConfigError
+from tollgate_ingress.config import Settings
+
+
+def test_defaults_match_the_architecture_page() -> None:
+    s = Settings.from_env({"INGRESS_ADMIN_TOKEN": "t0ken"})
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert (s.billing_addr, s.policy_addr, s.router_addr) == ("127.0.0.1:50053", "127.0.0.1:50052", "127.0.0.1:50051")
+    assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert s.outbox_database_url == "sqlite:///var/ingress-outbox.db"
+    assert s.log_level == "INFO"
+
+
+def test_every_problem_is_reported() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INGRESS_PORT": "http", "INGRESS_LOG_LEVEL": "loud", "INGRESS_RPC_TIMEOUT_SECONDS": "-1"})
+    text = str(err.value)
+    expected_names = ("INGRESS_ADMIN_TOKEN is required", "INGRESS_PORT", "INGRESS_LOG_LEVEL",
+                      "INGRESS_RPC_TIMEOUT_SECONDS")
+    for expected in expected_names:
+        assert expected in text
+
+
+def test_values_are_read() -> None:
+    s = Settings.from_env({"INGRESS_ADMIN_TOKEN": "t", "INGRESS_PORT": "9000", "INGRESS_LOG_LEVEL": "debug",
+                           "INGRESS_KAFKA_SEND_TIMEOUT_SECONDS": "0.5"})
+    assert (s.port, s.log_level, s.kafka_send_timeout_seconds) == (9000, "DEBUG", 0.5)

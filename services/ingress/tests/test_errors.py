@@ -1,0 +1,52 @@
+"""The one mapping from gRPC status (+ tollgate-reason, retry-after trailers) to HTTP status and OpenAI error."""
+
+from __future__ import annotations
+
+import grpc
+import orjson
+import pytest
+from tollgate_ingress.errors import RateLimited, from_grpc
+
+
+def rpc_error(code: grpc.StatusCode, details: str = "details", **trailers: str) -> grpc.aio.AioRpcError:
+    trailing = grpc.aio.Metadata(*[(k.replace("_", "-"), v) for k, v in trailers.items()])
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
+
+
+@pytest.mark.parametrize(
+    ("code", "service", "status", "type_"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "router", 400, "invalid_request_error"),
+        (grpc.StatusCode.UNAUTHENTICATED, "billing", 401, "authentication_error"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "billing", 402, "insufficient_quota"),
+        (grpc.StatusCode.PERMISSION_DENIED, "billing", 403, "permission_error"),
+        (grpc.StatusCode.NOT_FOUND, "router", 404, "invalid_request_error"),
+        (grpc.StatusCode.ALREADY_EXISTS, "billing", 409, "invalid_request_error"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "router", 429, "rate_limit_error"),
+        (grpc.StatusCode.UNAVAILABLE, "router", 502, "upstream_error"),
+        (grpc.StatusCode.INTERNAL, "router", 502, "upstream_error"),
+        (grpc.StatusCode.UNAVAILABLE, "billing", 503, "api_error"),
+        (grpc.StatusCode.UNAVAILABLE, "policy", 503, "api_error"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "router", 504, "timeout_error"),
+    ],
+)
+def test_status_table(code: grpc.StatusCode, service: str, status: int, type_: str) -> None:
+    error = from_grpc(rpc_error(code), service=service)
+    assert (error.status, error.type) == (status, type_)
+    body = orjson.loads(error.body())
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+
+
+def test_reason_trailer_becomes_the_code() -> None:
+    error = from_grpc(rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "no money", tollgate_reason="key_limit_exceeded"),
+                      service="billing")
+    assert error.payload() == {"error": {"message": "no money", "type": "insufficient_quota",
+                                         "code": "key_limit_exceeded", "param": None}}
+
+
+def test_rate_limit_carries_retry_after() -> None:
+    error = from_grpc(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after="42"), service="billing")
+    assert isinstance(error, RateLimited)
+    assert error.headers() == {"Retry-After": "42"}
+    # Without the trailer, clients still get a Retry-After to back off by.
+    assert from_grpc(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED), service="billing").headers() == {"Retry-After": "1"}
