@@ -56,7 +56,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         access_log=False,
         log_config=None,
         server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve())
