@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -139,7 +140,7 @@ class BillingApp:
 
     # --- background work ----------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+    def _spawn(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._tasks[name] = asyncio.create_task(work(), name=f"billing-{name}")
 
     async def _join(self, name: str, timeout: float) -> None:
@@ -202,7 +203,9 @@ class BillingApp:
                                                            self._consumer_stop))
         self.relay.notify()
 
-    async def _keep_running(self, name: str, work: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    async def _keep_running(
+        self, name: str, work: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event
+    ) -> None:
         while not stop.is_set():
             try:
                 await work()

@@ -7,9 +7,11 @@ tell the relay there is something to publish. Queries read the tables the projec
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -149,7 +151,30 @@ class Billing:
         #: Called after a transaction that wrote events commits (the outbox relay's ``notify``).
         self.on_commit = on_commit
         self.keys = _KeyCache(key_cache_seconds, monotonic)
+        self._sqlite_writes = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self.limiter = SlidingWindowLimiter()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. On SQLite (one writer at a time) this process's writers queue on a lock instead of
+        colliding in ``BEGIN IMMEDIATE``, whose busy handler sleeps for up to 100 ms a try."""
+        if self._sqlite_writes is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._sqlite_writes, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """A read. SQLite connections here open every transaction with ``BEGIN IMMEDIATE`` (tollgate_common's
+        engine), so on SQLite reads queue on the same lock as writes."""
+        if self._sqlite_writes is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        async with self._sqlite_writes, self.engine.connect() as conn:
+            yield conn
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -166,7 +191,7 @@ class Billing:
         key_hash = domain.hash_api_key(api_key)
         grant = self.keys.get(key_hash)
         if grant is None:
-            async with self.engine.connect() as conn:
+            async with self._read() as conn:
                 row = await repository.find_key(conn, key_hash=key_hash)
             if row is None:
                 raise InvalidApiKey("invalid API key")
@@ -194,7 +219,7 @@ class Billing:
         self.limiter.acquire(grant.key_id, grant.rate_limit_rpm, self.monotonic())
         event = domain.hold_placed(grant, request_id, model, amount, self._now_ms(), self.hold_ttl_seconds)
         try:
-            async with self.engine.begin() as conn:
+            async with self._write() as conn:
                 await repository.record(conn, event)
         except IntegrityError:
             return await self._existing_hold(grant, request_id)
@@ -211,7 +236,7 @@ class Billing:
 
     async def _existing_hold(self, grant: ApiKeyGrant, hold_id: str) -> AuthorizeResult:
         """A retried Authorize: the hold for this request id already exists (or a concurrent twin just made it)."""
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             hold = await repository.find_hold(conn, hold_id)
         if hold is None:
             raise ConcurrentUpdate(f"hold {hold_id} could not be placed; retry")
@@ -231,7 +256,7 @@ class Billing:
     async def get_key_info(self, api_key: str) -> KeyInfo:
         if not api_key:
             raise InvalidApiKey("an API key is required")
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             key = await repository.find_key(conn, key_hash=domain.hash_api_key(api_key))
             if key is None:
                 raise InvalidApiKey("invalid API key")
@@ -247,7 +272,7 @@ class Billing:
         event = domain.account_created(account_id or new_id("acct"), name, currency or "USD", self._now_ms())
         existing: AccountRow | None = None
         try:
-            async with self.engine.begin() as conn:
+            async with self._write() as conn:
                 existing = await repository.get_account(conn, event.account_id)
                 if existing is None:
                     await repository.record(conn, event)
@@ -259,7 +284,7 @@ class Billing:
         return AccountRow(event.account_id, event.name, event.currency, event.created_at_unix_ms), True
 
     async def _account(self, account_id: str) -> AccountRow:
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             account = await repository.get_account(conn, account_id)
         if account is None:
             raise AccountNotFound(f"account {account_id} not found")
@@ -292,7 +317,7 @@ class Billing:
             rate_limit_rpm=rate_limit_rpm,
             at_unix_ms=self._now_ms(),
         )
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             if await repository.get_account(conn, account_id) is None:
                 raise AccountNotFound(f"account {account_id} not found")
             await repository.record(conn, event)
@@ -309,10 +334,10 @@ class Billing:
             account_id, amount_nanos, idempotency_key or transaction_id, transaction_id, description, self._now_ms()
         )
         try:
-            async with self.engine.begin() as conn:
+            async with self._write() as conn:
                 result = await self._add_credits(conn, event)
         except IntegrityError:  # a concurrent twin with the same idempotency key committed first
-            async with self.engine.connect() as conn:
+            async with self._read() as conn:
                 result = await self._add_credits(conn, event, replay_only=True)
         if not result.replayed:
             self._committed()
@@ -337,7 +362,7 @@ class Billing:
         )
 
     async def get_balance(self, account_id: str) -> WalletRow:
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             wallet = await repository.get_wallet(conn, account_id)
         if wallet is None:
             raise AccountNotFound(f"account {account_id} not found")
@@ -347,7 +372,7 @@ class Billing:
         if limit < 0:
             raise InvalidArgument("limit must not be negative")
         limit = min(limit or DEFAULT_LEDGER_LIMIT, MAX_LEDGER_LIMIT)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             if await repository.get_account(conn, account_id) is None:
                 raise AccountNotFound(f"account {account_id} not found")
             return await repository.ledger_entries(conn, account_id, limit)
@@ -388,14 +413,14 @@ class Billing:
         now = self._now_ms() if now_unix_ms is None else now_unix_ms
         expired = 0
         while True:
-            async with self.engine.connect() as conn:
+            async with self._read() as conn:
                 due = await repository.due_holds(conn, now, SWEEP_BATCH)
             for hold in due:
                 event = domain.hold_expired(hold, now)
                 if event is None:
                     continue
                 try:
-                    async with self.engine.begin() as conn:
+                    async with self._write() as conn:
                         await repository.record(conn, event)
                 except ConcurrentUpdate:
                     continue  # its usage arrived first

@@ -43,6 +43,7 @@ def _mapped(method: Method[R]) -> Method[R]:
             if method.__name__ == "Authorize":
                 AUTHORIZATIONS.labels(exc.reason).inc()
             await abort(context, exc.status, str(exc), reason=exc.reason, retry_after=exc.retry_after)
+            raise  # unreachable: abort raises
 
     return wrapper
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from google.protobuf.message import Message
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from tollgate.events.v1 import billing_pb2
 
@@ -41,20 +41,60 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
 
+# Statements are built once: Authorize runs them on every request, and building (and cache-keying) a fresh
+# statement costs more CPU than executing it on SQLite.
+_INSERT_TRANSACTION = insert(ledger_transactions)
+_INSERT_POSTINGS = insert(ledger_postings)
+_INSERT_HOLD = insert(holds)
+_MOVE_WALLET = (
+    update(wallets)
+    .where(wallets.c.account_id == bindparam("p_account"))
+    .values(balance_nanos=wallets.c.balance_nanos + bindparam("p_balance"),
+            held_nanos=wallets.c.held_nanos + bindparam("p_held"))
+)
+_MOVE_KEY = (
+    update(api_keys)
+    .where(api_keys.c.key_id == bindparam("p_key"))
+    .values(usage_nanos=api_keys.c.usage_nanos + bindparam("p_usage"),
+            held_nanos=api_keys.c.held_nanos + bindparam("p_held"))
+)
+#: The atomic balance check: held grows only while balance − held covers the amount.
+_RESERVE_WALLET = (
+    update(wallets)
+    .where(wallets.c.account_id == bindparam("p_account"),
+           wallets.c.balance_nanos - wallets.c.held_nanos >= bindparam("p_amount"))
+    .values(held_nanos=wallets.c.held_nanos + bindparam("p_amount"))
+)
+#: The atomic key-limit check: a key without a limit always passes.
+_RESERVE_KEY = (
+    update(api_keys)
+    .where(
+        api_keys.c.key_id == bindparam("p_key"),
+        or_(api_keys.c.has_limit.is_(False),
+            api_keys.c.limit_nanos - api_keys.c.usage_nanos - api_keys.c.held_nanos >= bindparam("p_amount")),
+    )
+    .values(held_nanos=api_keys.c.held_nanos + bindparam("p_amount"))
+)
+_CLOSE_OPEN_HOLD = update(holds).where(
+    holds.c.hold_id == bindparam("p_hold"), holds.c.status == HoldStatus.OPEN.value
+)
+
+
 async def _insert_transaction(conn: Executor, account_id: str, txn: billing_pb2.LedgerTransaction) -> None:
     if sum(p.amount_nanos for p in txn.postings) != 0 or not txn.postings:
         raise InconsistentEvent(f"ledger transaction {txn.transaction_id} does not sum to zero")
     await conn.execute(
-        insert(ledger_transactions).values(
-            transaction_id=txn.transaction_id,
-            account_id=account_id,
-            kind=txn.kind,
-            reference=txn.reference,
-            created_at_unix_ms=txn.created_at_unix_ms,
-        )
+        _INSERT_TRANSACTION,
+        {
+            "transaction_id": txn.transaction_id,
+            "account_id": account_id,
+            "kind": txn.kind,
+            "reference": txn.reference,
+            "created_at_unix_ms": txn.created_at_unix_ms,
+        },
     )
     await conn.execute(
-        insert(ledger_postings),
+        _INSERT_POSTINGS,
         [
             {"transaction_id": txn.transaction_id, "ledger_account": p.ledger_account, "amount_nanos": p.amount_nanos}
             for p in txn.postings
@@ -63,11 +103,7 @@ async def _insert_transaction(conn: Executor, account_id: str, txn: billing_pb2.
 
 
 async def _move_wallet(conn: Executor, account_id: str, *, balance: int = 0, held: int = 0) -> None:
-    result = await conn.execute(
-        update(wallets)
-        .where(wallets.c.account_id == account_id)
-        .values(balance_nanos=wallets.c.balance_nanos + balance, held_nanos=wallets.c.held_nanos + held)
-    )
+    result = await conn.execute(_MOVE_WALLET, {"p_account": account_id, "p_balance": balance, "p_held": held})
     if _rowcount(result) != 1:
         raise InconsistentEvent(f"no wallet for account {account_id}")
 
@@ -76,11 +112,7 @@ async def _move_key(conn: Executor, key_id: str, *, usage: int = 0, held: int = 
     """Key counters follow the money; a charge for a key billing does not know (unheld usage) has no key row."""
     if not key_id or (usage == 0 and held == 0):
         return
-    await conn.execute(
-        update(api_keys)
-        .where(api_keys.c.key_id == key_id)
-        .values(usage_nanos=api_keys.c.usage_nanos + usage, held_nanos=api_keys.c.held_nanos + held)
-    )
+    await conn.execute(_MOVE_KEY, {"p_key": key_id, "p_usage": usage, "p_held": held})
 
 
 # --- one function per event -------------------------------------------------------------------------------------
@@ -134,56 +166,42 @@ async def apply_credits_added(conn: Executor, ev: billing_pb2.CreditsAdded, stri
 async def apply_hold_placed(conn: Executor, ev: billing_pb2.HoldPlaced, strict: bool) -> None:
     # The insert comes first: a repeated request id fails here on the primary key, before any money moves.
     await conn.execute(
-        insert(holds).values(
-            hold_id=ev.hold_id,
-            account_id=ev.account_id,
-            key_id=ev.key_id,
-            model=ev.model,
-            amount_nanos=ev.amount_nanos,
-            status=HoldStatus.OPEN.value,
-            captured_nanos=0,
-            released_nanos=0,
-            refunded_nanos=0,
-            rated_nanos=None,
-            usage_event_id="",
-            needs_reconciliation=False,
-            created_at_unix_ms=ev.created_at_unix_ms,
-            expires_at_unix_ms=ev.expires_at_unix_ms,
-            closed_at_unix_ms=None,
-        )
+        _INSERT_HOLD,
+        {
+            "hold_id": ev.hold_id,
+            "account_id": ev.account_id,
+            "key_id": ev.key_id,
+            "model": ev.model,
+            "amount_nanos": ev.amount_nanos,
+            "status": HoldStatus.OPEN.value,
+            "captured_nanos": 0,
+            "released_nanos": 0,
+            "refunded_nanos": 0,
+            "rated_nanos": None,
+            "usage_event_id": "",
+            "needs_reconciliation": False,
+            "created_at_unix_ms": ev.created_at_unix_ms,
+            "expires_at_unix_ms": ev.expires_at_unix_ms,
+            "closed_at_unix_ms": None,
+        },
     )
-    amount = ev.amount_nanos
-    wallet_guard = wallets.c.account_id == ev.account_id
-    if strict:
-        wallet_guard = and_(wallet_guard, wallets.c.balance_nanos - wallets.c.held_nanos >= amount)
-    result = await conn.execute(
-        update(wallets).where(wallet_guard).values(held_nanos=wallets.c.held_nanos + amount)
-    )
+    if not strict:  # replay: the decision was made live; apply it as recorded
+        await _move_wallet(conn, ev.account_id, held=ev.amount_nanos)
+        result = await conn.execute(_MOVE_KEY, {"p_key": ev.key_id, "p_usage": 0, "p_held": ev.amount_nanos})
+        if _rowcount(result) != 1:
+            raise InconsistentEvent(f"no API key {ev.key_id}")
+        return
+    result = await conn.execute(_RESERVE_WALLET, {"p_account": ev.account_id, "p_amount": ev.amount_nanos})
     if _rowcount(result) != 1:
-        if strict:
-            raise InsufficientBalance("the account's available balance does not cover this request's maximum cost")
-        raise InconsistentEvent(f"no wallet for account {ev.account_id}")
-    key_guard = api_keys.c.key_id == ev.key_id
-    if strict:
-        key_guard = and_(
-            key_guard,
-            or_(
-                api_keys.c.has_limit.is_(False),
-                api_keys.c.limit_nanos - api_keys.c.usage_nanos - api_keys.c.held_nanos >= amount,
-            ),
-        )
-    result = await conn.execute(update(api_keys).where(key_guard).values(held_nanos=api_keys.c.held_nanos + amount))
+        raise InsufficientBalance("the account's available balance does not cover this request's maximum cost")
+    result = await conn.execute(_RESERVE_KEY, {"p_key": ev.key_id, "p_amount": ev.amount_nanos})
     if _rowcount(result) != 1:
-        if strict:
-            raise KeyLimitExceeded("the API key's spend limit does not cover this request's maximum cost")
-        raise InconsistentEvent(f"no API key {ev.key_id}")
+        raise KeyLimitExceeded("the API key's spend limit does not cover this request's maximum cost")
 
 
 async def _close_open_hold(conn: Executor, hold_id: str, strict: bool, **values: Any) -> bool:
     """Close a hold only while it is open; False when there is no such hold at all."""
-    result = await conn.execute(
-        update(holds).where(holds.c.hold_id == hold_id, holds.c.status == HoldStatus.OPEN.value).values(**values)
-    )
+    result = await conn.execute(_CLOSE_OPEN_HOLD.values(**values), {"p_hold": hold_id})
     if _rowcount(result) == 1:
         return True
     found = (await conn.execute(select(holds.c.status).where(holds.c.hold_id == hold_id))).first()
