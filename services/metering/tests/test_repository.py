@@ -64,6 +64,19 @@ class MeteringStoreContract:
         assert again.books[0] == DEMO_PRICE_BOOK and again.books[1].markup_bps == 1000
         assert again.current_price_book().version == "demo-2026-12"
 
+    async def test_a_version_recorded_by_another_replica_is_picked_up_on_refresh(
+        self, metering: Metering, database: tuple[str, str]
+    ) -> None:
+        engine = await open_database(*database)
+        other = Metering(session_maker(engine), clock=lambda: RATED_AT)
+        await other.load_price_books()
+        await other.register_price_book(dataclasses.replace(DEMO_PRICE_BOOK, version="from-replica-b"))
+        await engine.dispose()
+        await metering.refresh_price_books(max_age_seconds=3600)  # still fresh: no query
+        assert metering.current_price_book().version == "demo-2026-11"
+        await metering.refresh_price_books(max_age_seconds=0)
+        assert metering.current_price_book().version == "from-replica-b"
+
     async def test_usage_is_rated_with_the_version_in_force_when_it_happened(
         self, metering: Metering, make_usage: Any
     ) -> None:

@@ -79,7 +79,9 @@ class MeteringApp:
                 await ensure_topics(bootstrap, [Topics.USAGE, Topics.USAGE_RATED], attempts=4)
                 await producer.start()
                 self._connecting = False
-                self.relay = OutboxRelay(self.metering.sessions, messaging, producer)
+                # keep=False: published UsageRated rows are deleted; rated_usage holds everything to re-derive them,
+                # and the archive (not the outbox) is metering's durable log.
+                self.relay = OutboxRelay(self.metering.sessions, messaging, producer, keep=False)
                 self.consumer = UsageConsumer(self.metering, bootstrap, after_commit=self.relay.notify)
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self.relay.run(self._stop))

@@ -64,11 +64,19 @@ class Metering:
         self.sessions = sessions
         self.clock = clock
         self.books: list[PriceBook] = []
+        self._books_loaded_at = 0.0
 
     # --- price books --------------------------------------------------------------------------------------------
     async def load_price_books(self) -> None:
         async with self.sessions() as session:
             self.books = [s.book for s in await MeteringRepository(session).price_books()]
+        self._books_loaded_at = time.monotonic()
+
+    async def refresh_price_books(self, max_age_seconds: float) -> None:
+        """Re-read the versions when the copy in memory is older than ``max_age_seconds``: another replica on the
+        same database may have recorded a new version at its start."""
+        if time.monotonic() - self._books_loaded_at > max_age_seconds:
+            await self.load_price_books()
 
     async def register_price_book(self, book: PriceBook) -> bool:
         """Store ``book`` as a version. True if it was new; the same content again is a no-op; different content

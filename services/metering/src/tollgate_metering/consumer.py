@@ -31,6 +31,8 @@ __all__ = ["CONSUMER_GROUP", "UsageConsumer"]
 log = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "metering"
+#: How stale the in-memory price-book versions may get before a batch re-reads them (multi-replica deployments).
+PRICE_BOOK_MAX_AGE_SECONDS = 10.0
 
 
 def _count(batch: RecordedBatch) -> None:
@@ -70,6 +72,7 @@ class UsageConsumer(DbOffsetConsumer):
                         extra={"topic": tp.topic, "partition": tp.partition, "offset": record.offset,
                                "error": str(exc)},
                     )
+        await self.metering.refresh_price_books(PRICE_BOOK_MAX_AGE_SECONDS)
         async with self.sessions.begin() as session:
             batch = await self.metering.ingest_usage(session, envelopes, publish=True)
             for tp, records in batches.items():
