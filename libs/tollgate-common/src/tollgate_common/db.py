@@ -11,6 +11,7 @@ The tables here are plumbing, defined per service on that service's own ``MetaDa
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -142,6 +144,48 @@ class MessagingTables:
             return True
         await conn.execute(insert(self.processed_events).values(source=source, event_id=event_id))
         return False
+
+    async def mark_processed(
+        self, conn: AsyncConnection | AsyncSession, keys: Sequence[tuple[str, str]]
+    ) -> list[bool]:
+        """Bulk form of :meth:`seen`: record each (source, id); for each key, True if it is new (seen neither
+        before nor earlier in ``keys``)."""
+        t = self.processed_events
+        known: set[tuple[str, str]] = set()
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = await conn.execute(
+                select(t.c.source, t.c.event_id).where(tuple_(t.c.source, t.c.event_id).in_(chunk))
+            )
+            known.update((r.source, r.event_id) for r in rows)
+        fresh: list[bool] = []
+        for key in keys:
+            fresh.append(key not in known)
+            known.add(key)
+        new_rows = [{"source": s, "event_id": i} for (s, i), is_new in zip(keys, fresh, strict=True) if is_new]
+        if new_rows:
+            await conn.execute(insert(t), new_rows)
+        return fresh
+
+    async def add_many_to_outbox(
+        self, conn: AsyncConnection | AsyncSession, topic: str, events: Sequence[Envelope]
+    ) -> None:
+        """Bulk form of :meth:`add_to_outbox` (one statement); the message key is each event's subject."""
+        if events:
+            await conn.execute(
+                insert(self.outbox),
+                [
+                    {
+                        "topic": topic,
+                        "key": env.subject,
+                        "event_id": env.id,
+                        "headers": json.dumps([[k, v.decode()] for k, v in env.headers()]),
+                        "value": env.data,
+                    }
+                    for env in events
+                ],
+            )
 
     async def load_offsets(self, conn: AsyncConnection | AsyncSession, group_id: str) -> dict[tuple[str, int], int]:
         t = self.consumer_offsets

@@ -25,6 +25,7 @@ from .db import MessagingTables
 from .events import Envelope
 
 __all__ = [
+    "BatchApply",
     "BatchHandler",
     "DbOffsetConsumer",
     "OutboxRelay",
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: (session, envelope, record) → effect. Runs inside the consumer's transaction; must not commit.
 Handler = Callable[[AsyncSession, Envelope, ConsumerRecord], Awaitable[None]]
+#: (session, fresh envelopes in partition order) → effect, for a whole Kafka batch at once. Same transaction rules.
+BatchApply = Callable[[AsyncSession, list[Envelope]], Awaitable[None]]
+#: What ``replay_topics`` hands over: a batch of (envelope, record), read-only, no transaction of ours.
 BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
 
 
@@ -187,31 +191,53 @@ class DbOffsetConsumer:
         group_id: str,
         sessions: async_sessionmaker[AsyncSession],
         tables: MessagingTables,
-        handler: Handler,
+        handler: Handler | None = None,
+        batch_handler: BatchApply | None = None,
         after_commit: Callable[[], None] | None = None,
         max_records: int = 500,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
     ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler (per event) or batch_handler (per Kafka batch)")
         self.bootstrap = bootstrap
         self.topics = list(topics)
         self.group_id = group_id
         self.sessions = sessions
         self.tables = tables
         self.handler = handler
+        self.batch_handler = batch_handler
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.after_commit = after_commit
         self.max_records = max_records
         self.consumer: AIOKafkaConsumer | None = None
         self.applied = 0
 
     async def _seek_to_stored(self, assigned: Iterable[TopicPartition]) -> None:
+        """Resume where the database says; from the beginning when it knows nothing or the log is shorter than the
+        stored offset (a broker that lost its log, like the memory-only embedded one after a restart: it answers
+        such a fetch with nothing rather than an out-of-range error). Re-reading is safe: events are deduped."""
         assert self.consumer is not None
+        partitions = list(assigned)
+        if not partitions:
+            return
         async with self.sessions() as session:
             stored = await self.tables.load_offsets(session, self.group_id)
-        for tp in assigned:
+        ends = await self.consumer.end_offsets(partitions)
+        for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
+            if offset is not None and offset <= ends[tp]:
                 self.consumer.seek(tp, offset)
-            else:
-                await self.consumer.seek_to_beginning(tp)
+                continue
+            if offset is not None:
+                # Also reached when Tansu under-reports the end (ListOffsets answers its last record batch's base
+                # offset + 1): reading from the beginning then costs time, never correctness.
+                log.warning(
+                    "stored offset is past the end of the log (the broker lost it?); reading from the beginning",
+                    extra={"topic": tp.topic, "partition": tp.partition, "stored_offset": offset, "end": ends[tp]},
+                )
+            await self.consumer.seek_to_beginning(tp)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -219,6 +245,8 @@ class DbOffsetConsumer:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
         self.consumer.subscribe(self.topics, listener=_SeekToStored(self))
         await self.consumer.start()
@@ -246,31 +274,40 @@ class DbOffsetConsumer:
 
     async def _apply(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         async with self.sessions.begin() as session:
-            for tp, records in batches.items():
+            parsed: list[tuple[Envelope, ConsumerRecord]] = []
+            for tp, records in batches.items():  # per partition in offset order: per account in order
                 for record in records:
                     try:
-                        env = Envelope.from_kafka(record.headers, record.value)
+                        parsed.append((Envelope.from_kafka(record.headers, record.value), record))
                     except (ValueError, UnicodeDecodeError) as exc:
                         log.error(
                             "skipping a message that is not a Tollgate CloudEvent",
                             extra={"topic": tp.topic, "partition": tp.partition, "offset": record.offset,
                                    "error": str(exc)},
                         )
-                        continue
-                    if await self.tables.seen(session, env.source, env.id):
-                        continue
+            fresh_flags = await self.tables.mark_processed(session, [(env.source, env.id) for env, _ in parsed])
+            fresh = [item for item, is_new in zip(parsed, fresh_flags, strict=True) if is_new]
+            if self.batch_handler is not None:
+                if fresh:
+                    await self.batch_handler(session, [env for env, _ in fresh])
+            else:
+                assert self.handler is not None
+                for env, record in fresh:
                     await self.handler(session, env, record)
-                    self.applied += 1
+            self.applied += len(fresh)
+            for tp, records in batches.items():
                 await self.tables.store_offset(session, self.group_id, tp.topic, tp.partition, records[-1].offset + 1)
 
 
 async def replay_topics(
     bootstrap: str, topics: Sequence[str], on_batch: BatchHandler, *, max_records: int = 2000
 ) -> int:
-    """Read every partition of ``topics`` from the beginning to the end offsets as they were when called.
+    """Read every partition of ``topics`` from the beginning to its end, without a group, committing nothing.
 
-    No consumer group, nothing committed: a read-only pass for rebuilds and audits. Order is per partition, which
-    is per account (the message key). Returns the number of messages read.
+    A read-only pass for rebuilds and audits. Order is per partition, which is per account (the message key).
+    The end is taken when called and raised to each fetch's high watermark: Tansu 0.6 (the embedded broker)
+    answers ListOffsets(latest) with the base offset of the partition's last record BATCH + 1, not the log end,
+    while the high watermark in fetch responses is right; on Apache Kafka both agree. Returns the messages read.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
@@ -288,17 +325,18 @@ async def replay_topics(
         remaining = {tp for tp in partitions if end[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)
+            for tp in remaining:
+                end[tp] = max(end[tp], consumer.highwater(tp) or 0)
             items: list[tuple[Envelope, ConsumerRecord]] = []
             for tp, records in batches.items():
                 for record in records:
-                    if record.offset < end[tp]:
-                        try:
-                            items.append((Envelope.from_kafka(record.headers, record.value), record))
-                        except (ValueError, UnicodeDecodeError):
-                            log.error("replay skipped a non-CloudEvent message",
-                                      extra={"topic": tp.topic, "offset": record.offset})
-                if records and records[-1].offset + 1 >= end[tp]:
-                    remaining.discard(tp)
+                    if record.offset >= end[tp]:
+                        continue
+                    try:
+                        items.append((Envelope.from_kafka(record.headers, record.value), record))
+                    except (ValueError, UnicodeDecodeError):
+                        log.error("replay skipped a non-CloudEvent message",
+                                  extra={"topic": tp.topic, "offset": record.offset})
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
