@@ -43,9 +43,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     deps = await Deps.start(settings)
     app = create_app(settings, deps)
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        app.instrument()
     config = uvicorn.Config(
         app,
         host=settings.host,

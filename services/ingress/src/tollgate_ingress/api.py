@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -25,7 +26,7 @@ from .deps import Deps, Services, services
 from .errors import IngressError, InternalError, InvalidRequest
 from .metrics import Metrics
 
-__all__ = ["create_app"]
+__all__ = ["IngressApp", "create_app"]
 
 log = logging.getLogger("tollgate_ingress.http")
 
@@ -43,9 +44,19 @@ class RequestContext:
 
     Plain ASGI rather than ``BaseHTTPMiddleware``: it must not buffer streams, and it is on every request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, route: str | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        #: Set for an app that serves one route itself (the chat fast path); otherwise the router's match.
+        self.route = route
+        self._counters: dict[tuple[str, str, int], Any] = {}
+
+    def _count(self, template: str, method: str, status: int) -> None:
+        key = (template, method, status)
+        counter = self._counters.get(key)
+        if counter is None:  # bound children are cached: labels() costs more than the increment
+            counter = self._counters[key] = self.metrics.requests.labels(template, method, str(status))
+        counter.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,9 +84,8 @@ class RequestContext:
                 response = error_response(InternalError("The server had an error processing your request."))
                 await response(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, scope.get("method", ""), str(status or 500)).inc()
+            template = self.route or getattr(scope.get("route"), "path", None) or "unmatched"
+            self._count(template, scope.get("method", ""), status or 500)
             if status >= 500 or status == 0:
                 log.warning("request failed", extra={"route": template, "status": status,
                                                      "ms": round((time.perf_counter() - started) * 1000, 2)})
@@ -104,13 +114,50 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=_JSON)
 
 
-def create_app(settings: Settings, deps: Deps) -> FastAPI:
-    app = FastAPI(
-        title="Tollgate ingress",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+class _ChatEndpoint:
+    """``POST /v1/chat/completions`` as a bare ASGI app: the same handler and error mapping as every other route,
+    without FastAPI's routing, dependency and middleware layers (~0.15 ms of CPU per request, measured), on the
+    one path that carries the traffic."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self.app
+        request = Request(scope, receive)
+        try:
+            response = await openai_routes.chat_completions(request)
+        except IngressError as exc:
+            response = error_response(exc)
+        await response(scope, receive, send)
+
+
+class IngressApp(FastAPI):
+    """FastAPI, except that the chat completions route takes the fast path (:class:`_ChatEndpoint`)."""
+
+    chat_path = "/v1/chat/completions"
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(title="Tollgate ingress", docs_url=None, redoc_url=None, openapi_url=None)
+        self.fast_chat: ASGIApp = RequestContext(_ChatEndpoint(self), metrics, route=self.chat_path)
+
+    def instrument(self) -> None:
+        """OpenTelemetry server spans, for the fast path as for every other route."""
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(self, excluded_urls="healthz,readyz,metrics")
+        self.fast_chat = OpenTelemetryMiddleware(self.fast_chat)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.chat_path and scope["method"] == "POST":
+            await self.fast_chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings, deps: Deps) -> IngressApp:
+    app = IngressApp(deps.metrics)
     app.state.services = Services.build(settings, deps)
     app.add_exception_handler(IngressError, _ingress_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -185,6 +185,11 @@ class ChatCompletions:
         self.rpc_timeout = settings.rpc_timeout_seconds
         self.router_timeout = settings.router_timeout_seconds
         self._streams: set[asyncio.Task[None]] = set()
+        latency = metrics.upstream_seconds
+        self._authorize_seconds = latency.labels("billing", "Authorize")
+        self._inspect_seconds = latency.labels("policy", "Inspect")
+        self._complete_seconds = latency.labels("router", "Complete")
+        self._stream_seconds = latency.labels("router", "StreamComplete")
 
     # --- before the router --------------------------------------------------------------------------------------
     async def prepare(self, api_key: str, request_id: str, request: ChatRequest) -> Prepared:
@@ -218,7 +223,7 @@ class ChatCompletions:
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, service="billing") from None
         finally:
-            self.metrics.upstream_seconds.labels("billing", "Authorize").observe(time.perf_counter() - started)
+            self._authorize_seconds.observe(time.perf_counter() - started)
         return Authorization(
             account_id=reply.account_id,
             key_id=reply.key_id,
@@ -242,7 +247,7 @@ class ChatCompletions:
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, service="policy") from None
         finally:
-            self.metrics.upstream_seconds.labels("policy", "Inspect").observe(time.perf_counter() - started)
+            self._inspect_seconds.observe(time.perf_counter() - started)
         if reply.verdict == policy_service_pb2.VERDICT_ALLOW:
             return request.raw
         if reply.verdict == policy_service_pb2.VERDICT_BLOCK:
@@ -287,7 +292,7 @@ class ChatCompletions:
             settlement.close(Outcome.FAILED)
             raise
         finally:
-            self.metrics.upstream_seconds.labels("router", "Complete").observe(time.perf_counter() - started)
+            self._complete_seconds.observe(time.perf_counter() - started)
         settlement.close(
             Outcome.SUCCEEDED,
             _usage(reply.usage),
@@ -350,7 +355,7 @@ class ChatCompletions:
             queue.put_nowait(StreamEnded(usage))
         finally:
             self.metrics.streams_in_flight.dec()
-            self.metrics.upstream_seconds.labels("router", "StreamComplete").observe(time.perf_counter() - started)
+            self._stream_seconds.observe(time.perf_counter() - started)
 
     async def drain(self, timeout: float) -> None:
         """Shutdown: let router streams (including those whose client left) finish and bill, then cut the rest."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
@@ -68,6 +69,7 @@ class UsagePublisher:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._counters: dict[tuple[str, str], Any] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -122,7 +124,13 @@ class UsagePublisher:
             self._check_topic = True
             await self._write_outbox(env, key, outcome)
             return
-        self.metrics.usage_events.labels(outcome, "kafka").inc()
+        self._count(outcome, "kafka")
+
+    def _count(self, outcome: str, path: str) -> None:
+        counter = self._counters.get((outcome, path))
+        if counter is None:
+            counter = self._counters[(outcome, path)] = self.metrics.usage_events.labels(outcome, path)
+        counter.inc()
 
     async def _to_outbox(self, env: Envelope, event: Message, outcome: str) -> None:
         assert isinstance(event, usage_pb2.UsageRecorded)
@@ -140,7 +148,7 @@ class UsagePublisher:
                     log.exception("usage event LOST: neither Kafka nor the outbox took it", extra={"event_id": env.id})
                     return
                 await asyncio.sleep(0.1 * (attempt + 1))
-        self.metrics.usage_events.labels(outcome, "outbox").inc()
+        self._count(outcome, "outbox")
         self._wake.set()
 
     # --- background: connect, then relay the outbox ----------------------------------------------------------
