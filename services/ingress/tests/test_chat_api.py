@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import httpx2
 import orjson
-from ingress_fakes import GOOD_KEY, Failure, Fakes, auth, usage_event, usage_events
+from ingress_fakes import GOOD_KEY, Failure, Fakes, auth, make_settings, usage_event, usage_events
 from tollgate.events.v1 import usage_pb2
 from tollgate.policy.v1 import policy_service_pb2 as ppb
+from tollgate_ingress.api import create_app
+from tollgate_ingress.deps import Deps
 
 CHAT = "/v1/chat/completions"
 
@@ -255,3 +259,19 @@ async def test_every_hold_is_closed_exactly_once(client: httpx2.AsyncClient, fak
     ids.append(resp.headers["x-request-id"])
     found = await usage_events(broker, set(ids))
     assert {k: len(v) for k, v in found.items()} == dict.fromkeys(ids, 1)
+
+
+async def test_oversized_body_is_413(fakes: Fakes, broker: str, tmp_path: Path) -> None:
+    settings = make_settings(fakes, broker, tmp_path, max_body_bytes=2048)
+    deps = await Deps.start(settings)
+    app = create_app(settings, deps)
+    try:
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url="http://ingress") as client:
+            big = body(messages=[{"role": "user", "content": "x" * 4096}])
+            resp = await client.post(CHAT, json=big, headers=auth())
+            assert resp.status_code == 413
+            assert resp.json()["error"]["code"] == "request_too_large"
+            assert fakes.billing.authorize_calls == []
+            assert (await client.post(CHAT, json=body(), headers=auth())).status_code == 200
+    finally:
+        await app.state.services.shutdown(grace=1)

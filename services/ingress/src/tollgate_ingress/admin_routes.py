@@ -24,7 +24,7 @@ from tollgate.policy.v1 import policy_service_pb2
 from .deps import services
 from .errors import AuthenticationFailed, InvalidRequest
 from .money import nanos_to_text, parse_amount
-from .openai_routes import bearer_token
+from .openai_routes import bearer_token, read_body
 
 __all__ = ["router"]
 
@@ -57,7 +57,7 @@ def _reject_constant(name: str) -> None:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request, services(request).settings.max_body_bytes)
     try:
         body = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_reject_constant)
     except ValueError as exc:

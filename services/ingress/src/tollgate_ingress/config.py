@@ -35,6 +35,8 @@ class Settings:
     router_timeout_seconds: float = 300.0
     #: On SIGTERM, in-flight requests (streams included) get this long to finish before they are cut.
     shutdown_grace_seconds: float = 30.0
+    #: Larger request bodies are refused (413) before they are read in full.
+    max_body_bytes: int = 32 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,6 +55,7 @@ class Settings:
             rpc_timeout_seconds=env.float("RPC_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             router_timeout_seconds=env.float("ROUTER_TIMEOUT_SECONDS", 300.0, minimum=1.0),
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0.0),
+            max_body_bytes=env.int("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
         )
         if settings.log_level not in _LEVELS:
             env.problems.append(f"{env.name('LOG_LEVEL')}={settings.log_level!r} must be one of {', '.join(_LEVELS)}")

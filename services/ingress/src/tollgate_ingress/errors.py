@@ -10,6 +10,7 @@ Every error a client sees is an :class:`IngressError` rendered as OpenAI's error
     ├── PermissionDenied              403     permission_error
     ├── NotFound                      404     invalid_request_error
     ├── Conflict                      409     invalid_request_error
+    ├── PayloadTooLarge               413     invalid_request_error
     ├── RateLimited                   429     rate_limit_error (+ Retry-After)
     ├── InternalError                 500     api_error
     ├── UpstreamFailed                502     upstream_error
@@ -35,6 +36,7 @@ __all__ = [
     "InternalError",
     "InvalidRequest",
     "NotFound",
+    "PayloadTooLarge",
     "PermissionDenied",
     "RateLimited",
     "ServiceUnavailable",
@@ -99,6 +101,12 @@ class Conflict(IngressError):
     status = 409
     type = "invalid_request_error"
     default_code = "conflict"
+
+
+class PayloadTooLarge(IngressError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
 
 
 class RateLimited(IngressError):

@@ -13,11 +13,11 @@ from starlette.responses import Response
 from .application import StreamFailed
 from .deps import services
 from .domain import parse_chat_request
-from .errors import AuthenticationFailed
+from .errors import AuthenticationFailed, PayloadTooLarge
 from .money import ExactNumber, dumps_exact
 from .sse import SseResponse
 
-__all__ = ["bearer_token", "router"]
+__all__ = ["bearer_token", "read_body", "router"]
 
 router = APIRouter()
 
@@ -40,11 +40,26 @@ def bearer_token(request: Request) -> str:
     return token
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` (not after buffering it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     api_key = bearer_token(request)
-    chat_request = parse_chat_request(await request.body())
     svc = services(request)
+    chat_request = parse_chat_request(await read_body(request, svc.settings.max_body_bytes))
     prepared = await svc.chat.prepare(api_key, request.state.request_id, chat_request)
     if not chat_request.stream:
         return Response(await svc.chat.complete(prepared), media_type=JSON)
