@@ -50,3 +50,17 @@ def test_rate_limit_carries_retry_after() -> None:
     assert error.headers() == {"Retry-After": "42"}
     # Without the trailer, clients still get a Retry-After to back off by.
     assert from_grpc(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED), service="billing").headers() == {"Retry-After": "1"}
+
+
+async def test_fastapi_validation_errors_become_openai_400s() -> None:
+    """FastAPI answers 422 with its own body by default; ingress answers 400 in OpenAI's shape instead."""
+    from fastapi.exceptions import RequestValidationError
+    from tollgate_ingress.api import _validation_error
+
+    exc = RequestValidationError([{"loc": ("query", "limit"), "msg": "Input should be a valid integer",
+                                   "type": "int_parsing"}])
+    response = await _validation_error(None, exc)  # type: ignore[arg-type]
+    assert response.status_code == 400
+    assert orjson.loads(response.body) == {"error": {"message": "Input should be a valid integer",
+                                                     "type": "invalid_request_error", "code": "invalid_value",
+                                                     "param": "limit"}}

@@ -6,7 +6,7 @@ opening one per request would cost a TCP and HTTP/2 handshake each time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from tollgate.billing.v1 import billing_service_pb2_grpc
@@ -25,6 +25,8 @@ class Upstreams:
     policy: policy_service_pb2_grpc.PolicyServiceStub
     router: router_service_pb2_grpc.RouterServiceStub
     channels: tuple[grpc.aio.Channel, ...]
+    #: Indexes of channels that have been READY at least once.
+    connected_once: set[int] = field(default_factory=set)
 
     @classmethod
     def connect(cls, settings: Settings) -> Upstreams:
@@ -40,10 +42,18 @@ class Upstreams:
         )
 
     def ready(self) -> bool:
-        """True when every channel is connected; asking also starts connecting an idle channel."""
-        return all(
-            channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY for channel in self.channels
-        )
+        """True when every channel is connected; asking also starts connecting an idle channel.
+
+        A channel that was connected and went IDLE (gRPC closes unused connections after a while) still counts:
+        it reconnects on the next call, and readiness should not flap because traffic paused."""
+        ok = True
+        for i, channel in enumerate(self.channels):
+            state = channel.get_state(try_to_connect=True)
+            if state == grpc.ChannelConnectivity.READY:
+                self.connected_once.add(i)
+            elif not (state == grpc.ChannelConnectivity.IDLE and i in self.connected_once):
+                ok = False
+        return ok
 
     async def close(self) -> None:
         for channel in self.channels:
