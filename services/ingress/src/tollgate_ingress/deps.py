@@ -3,7 +3,6 @@ application services on top of them. Tests build :class:`Deps` against their own
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -68,7 +67,6 @@ class Services:
     async def shutdown(self, grace: float | None = None) -> None:
         """After the HTTP server stopped taking requests: let streams finish and bill, flush, close."""
         await self.chat.drain(self.settings.shutdown_grace_seconds if grace is None else grace)
-        await asyncio.sleep(0)
         await self.deps.close()
 
 

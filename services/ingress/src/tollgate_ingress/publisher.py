@@ -19,7 +19,6 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from google.protobuf.message import Message
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.db import create_engine, create_schema, session_maker
 from tollgate_common.events import Envelope, Topics, envelope_for
@@ -104,7 +103,8 @@ class UsagePublisher:
             at_unix_ms=event.occurred_at_unix_ms or None,
         )
         outcome = _OUTCOME_LABEL.get(event.outcome, "unspecified")
-        work = self._send(env, event.account_id, outcome) if self._kafka_ok else self._to_outbox(env, event, outcome)
+        key = event.account_id
+        work = self._send(env, key, outcome) if self._kafka_ok else self._write_outbox(env, key, outcome)
         task = asyncio.create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -131,10 +131,6 @@ class UsagePublisher:
         if counter is None:
             counter = self._counters[(outcome, path)] = self.metrics.usage_events.labels(outcome, path)
         counter.inc()
-
-    async def _to_outbox(self, env: Envelope, event: Message, outcome: str) -> None:
-        assert isinstance(event, usage_pb2.UsageRecorded)
-        await self._write_outbox(env, event.account_id, outcome)
 
     async def _write_outbox(self, env: Envelope, key: str, outcome: str) -> None:
         for attempt in range(5):
