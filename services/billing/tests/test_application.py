@@ -308,6 +308,38 @@ class ApplicationContract:
         assert (await h.billing.get_key_info(api_key)).key.usage_nanos == amount + 40_000
         assert await h.ledger_sum() == 0
 
+    async def test_a_batch_of_usage_is_settled_as_if_one_by_one(self, h: Harness) -> None:
+        account_id, key_id, api_key = await h.funded_key()
+        other_account, other_key, other_api_key = await h.funded_key()
+        for i in range(3):
+            await h.billing.authorize(api_key, f"req_{i}", MODEL, 100, 0)
+        await h.billing.authorize(other_api_key, "req_o", MODEL, 100, 0)
+        h.clock.advance(601)
+        await h.billing.expire_due_holds()  # all four expire: captured in full
+        await h.billing.authorize(api_key, "req_open", MODEL, 100, 0)
+        amount = hold_for(100)
+        items = [
+            (rated("req_open", account_id, key_id, 1_000), "e1"),
+            (rated("req_open", account_id, key_id, 1_000), "e1-again"),  # same hold twice in one batch
+            (rated("req_0", account_id, key_id, 2_000), "e2"),  # late usage: refund
+            (rated("req_0", account_id, key_id, 2_000), "e2-again"),
+            (rated("req_o", other_account, other_key, 0), "e3"),
+            (rated("req_none", account_id, key_id, 300), "e4"),  # no hold: charged anyway, once
+            (rated("req_none", account_id, key_id, 300), "e4-again"),
+            (rated("req_ghost", "acct_unknown", "key_x", 5), "e5"),  # nothing to charge
+        ]
+        async with h.sessions.begin() as session:
+            recorded = await h.billing.settle_usage_batch(session, items)
+        assert recorded == 4
+        wallet = await h.billing.get_balance(account_id)
+        assert wallet.held_nanos == 0
+        assert wallet.balance_nanos == NANOS - 3 * amount + (amount - 2_000) - 1_000 - 300
+        assert (await h.billing.get_balance(other_account)).balance_nanos == NANOS - amount + amount
+        assert (await h.hold_row("req_open"))["status"] == "captured"
+        assert (await h.hold_row("req_0"))["status"] == "reconciled"
+        assert await h.wallet_postings(account_id) == wallet.balance_nanos
+        assert await h.ledger_sum() == 0
+
     # --- queries --------------------------------------------------------------------------------------------
 
     async def test_ledger_entries_are_newest_first_with_a_limit(self, h: Harness) -> None:

@@ -28,7 +28,7 @@ KEY_LIMIT = 120_000
 
 credit = st.tuples(st.just("credit"), st.integers(1, 200_000))
 authorize = st.tuples(st.just("authorize"), st.integers(0, 60), st.integers(1, 60), st.booleans())
-usage = st.tuples(st.just("usage"), st.integers(0, 50), st.integers(0, 100))
+usage = st.tuples(st.just("usage"), st.integers(0, 50), st.integers(0, 100), st.booleans())
 expire = st.tuples(st.just("expire"))
 operations = st.lists(st.one_of(credit, authorize, usage, expire), min_size=1, max_size=30)
 
@@ -103,8 +103,10 @@ async def _scenario(ops: list[tuple[object, ...]]) -> None:
                     hold_id = placed[int(op[1]) % len(placed)]  # type: ignore[call-overload]
                     amount = model.holds[hold_id]
                     price = amount * int(op[2]) // 100  # type: ignore[call-overload]
-                    async with sessions.begin() as session:
-                        await billing.settle_usage(session, rated(hold_id, account_id, key_of[hold_id], price), hold_id)
+                    event = rated(hold_id, account_id, key_of[hold_id], price)
+                    batch = [(event, f"u{step}"), (event, f"u{step}-retry")] if op[3] else [(event, f"u{step}")]
+                    async with sessions.begin() as session:  # a retry in the same batch is charged once
+                        await billing.settle_usage_batch(session, batch)
                     if model.status[hold_id] == "open":
                         model.balance -= price
                         model.status[hold_id] = "captured"

@@ -25,7 +25,7 @@ from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, 
 from . import repository
 from .application import Billing, PriceSource
 from .config import Settings
-from .consumer import make_consumer
+from .consumer import UsageConsumer
 from .grpc_server import SERVICE_NAME, BillingServicer
 from .price_book import MeteringPriceBook
 from .tables import messaging, metadata
@@ -195,7 +195,7 @@ class BillingApp:
         except Exception:
             log.exception("could not check the broker's copy of billing's log")
         self.relay = OutboxRelay(self.sessions, messaging, producer, keep=True)
-        self.consumer = make_consumer(bootstrap, self.sessions, self.billing, after_commit=self.relay.notify)
+        self.consumer = UsageConsumer(bootstrap, self.sessions, self.billing, after_commit=self.relay.notify)
         relay, consumer = self.relay, self.consumer
         self._spawn("relay", lambda: self._keep_running("relay", lambda: relay.run(self._relay_stop),
                                                         self._relay_stop))

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from google.protobuf.message import Message
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from tollgate.events.v1 import billing_pb2, usage_pb2
@@ -153,6 +154,16 @@ class Billing:
         self.keys = _KeyCache(key_cache_seconds, monotonic)
         self._sqlite_writes = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self.limiter = SlidingWindowLimiter()
+
+    @asynccontextmanager
+    async def sqlite_turn(self) -> AsyncIterator[None]:
+        """Wait for this process's turn to write on SQLite (a no-op elsewhere); the consumer takes it for its
+        batch transactions so they queue with Authorize instead of colliding in SQLite's busy handler."""
+        if self._sqlite_writes is None:
+            yield
+            return
+        async with self._sqlite_writes:
+            yield
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -380,31 +391,52 @@ class Billing:
     # --- usage (the consumer) -----------------------------------------------------------------------------------
 
     async def settle_usage(self, session: AsyncSession, rated: usage_pb2.UsageRated, usage_event_id: str) -> None:
-        """Close the hold of a rated request, inside the consumer's transaction (which stores the offset too)."""
-        hold_id = rated.hold_id or rated.request_id
-        ids = {"hold_id": hold_id, "account_id": rated.account_id, "key_id": rated.key_id}
-        if not hold_id:
-            log.error("usage event without a request id; skipped", extra={"event_id": usage_event_id})
-            return
-        hold = await repository.find_hold(session, hold_id)
+        """Close the hold of one rated request, inside the caller's transaction."""
+        await self.settle_usage_batch(session, [(rated, usage_event_id)])
+
+    async def settle_usage_batch(
+        self, session: AsyncSession, items: Sequence[tuple[usage_pb2.UsageRated, str]]
+    ) -> int:
+        """Close the holds of a batch of rated requests, inside the consumer's transaction (which also stores the
+        offsets). The holds are read locked; decisions see the batch's own earlier decisions. Returns the number
+        of billing events recorded."""
+        holds = await repository.lock_holds(session, (r.hold_id or r.request_id for r, _ in items))
+        unknown = {r.account_id for r, _ in items if (r.hold_id or r.request_id) not in holds}
+        known_accounts = await repository.existing_accounts(session, unknown) if unknown else set()
         now = self._now_ms()
-        if hold is None:
-            if await repository.get_wallet(session, rated.account_id) is None:
-                log.error("usage for an unknown account and no hold; nothing to charge", extra=ids)
-                return
-            log.warning("usage without a hold; charging it without one", extra=ids)
-            await repository.record(
-                session, domain.unheld_capture(hold_id, rated.account_id, rated.key_id, rated, usage_event_id, now)
-            )
-            return
-        event = domain.settle_usage(hold, rated, usage_event_id, now)
-        if event is None:
-            log.warning("second usage event for a closed hold; ignored", extra={**ids, "status": hold.status.value})
-            return
-        if rated.resale_price_nanos > hold.amount_nanos and hold.status == domain.HoldStatus.OPEN:
-            log.warning("rated price above the hold; charging the rated price",
-                        extra={**ids, "hold_nanos": hold.amount_nanos, "rated_nanos": rated.resale_price_nanos})
-        await repository.record(session, event)
+        events: list[Message] = []
+        for rated, usage_event_id in items:
+            hold_id = rated.hold_id or rated.request_id
+            ids = {"hold_id": hold_id, "account_id": rated.account_id, "key_id": rated.key_id}
+            if not hold_id:
+                log.error("usage event without a request id; skipped", extra={"event_id": usage_event_id})
+                continue
+            hold = holds.get(hold_id)
+            if hold is None:
+                if rated.account_id not in known_accounts:
+                    log.error("usage for an unknown account and no hold; nothing to charge", extra=ids)
+                    continue
+                log.warning("usage without a hold; charging it without one", extra=ids)
+                captured = domain.unheld_capture(hold_id, rated.account_id, rated.key_id, rated, usage_event_id, now)
+                holds[hold_id] = domain.HoldView(hold_id, rated.account_id, rated.key_id, 0,
+                                                 domain.HoldStatus.CAPTURED, captured.captured_nanos, now)
+                events.append(captured)
+                continue
+            event = domain.settle_usage(hold, rated, usage_event_id, now)
+            if event is None:
+                log.warning("another usage event for a closed hold; ignored",
+                            extra={**ids, "status": hold.status.value})
+                continue
+            if isinstance(event, billing_pb2.HoldCaptured):
+                if rated.resale_price_nanos > hold.amount_nanos:
+                    log.warning("rated price above the hold; charging the rated price",
+                                extra={**ids, "hold_nanos": hold.amount_nanos, "rated_nanos": rated.resale_price_nanos})
+                holds[hold_id] = replace(hold, status=domain.HoldStatus.CAPTURED, captured_nanos=event.captured_nanos)
+            else:
+                holds[hold_id] = replace(hold, status=domain.HoldStatus.RECONCILED)
+            events.append(event)
+        await repository.record_many(session, events)
+        return len(events)
 
     # --- holds past their TTL (the sweeper) ---------------------------------------------------------------------
 

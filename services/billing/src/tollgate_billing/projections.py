@@ -1,17 +1,23 @@
-"""Projections: how each billing event changes the tables. The ONE place billing state is written.
+"""Projections: how billing events change the tables. The ONE place billing state is written.
 
 The live path and the rebuild call the same functions, so a database replayed from ``tollgate.billing.v1`` holds
 what the live one holds. ``strict=True`` (live) adds the guards that make a decision atomic — a hold is placed only
 if ``balance − held ≥ amount`` (and, for a key with a limit, ``limit − usage − held ≥ amount``) in the same UPDATE,
-and a hold is closed only while it is still open — and raises the caller-facing error when a guard fails. In a
-replay (``strict=False``) an event is a fact already decided: it is applied as recorded, and an event that does
-not fit the stored rows raises :class:`~tollgate_billing.errors.InconsistentEvent`.
+and a hold is closed only while it is still open (its row locked) — and raises the caller-facing error when a guard
+fails. In a replay (``strict=False``) an event is a fact already decided: it is applied as recorded, and an event
+that does not fit the stored rows raises :class:`~tollgate_billing.errors.InconsistentEvent`.
+
+Events are applied in batches, one statement per table and kind (a Kafka batch of usage, a replay batch), which is
+equivalent to applying them one by one in order: kinds are applied in causal order (account → key → credits →
+placed → captured → expired → reconciled), a hold only ever moves forward along that order, and money moves are
+additive. A single event (Authorize, an admin call) is a batch of one.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from google.protobuf.message import Message
@@ -23,26 +29,29 @@ from .domain import HoldStatus
 from .errors import ConcurrentUpdate, InconsistentEvent, InsufficientBalance, KeyLimitExceeded
 from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, wallets
 
-__all__ = ["Executor", "apply"]
+__all__ = ["Executor", "apply", "apply_batch"]
 
 #: Projections run on a plain connection (the application) or inside the consumer's session.
 Executor: TypeAlias = AsyncConnection | AsyncSession
 
-
-async def apply(conn: Executor, event: Message, *, strict: bool = False) -> None:
-    """Apply one billing event to the tables (inside the caller's transaction)."""
-    handler = _HANDLERS.get(type(event))
-    if handler is None:
-        raise InconsistentEvent(f"{type(event).__name__} is not a billing event")
-    await handler(conn, event, strict)
-
-
-def _rowcount(result: Any) -> int:
-    return int(result.rowcount)
-
+#: Causal order of the kinds inside one batch.
+_KINDS: tuple[type[Message], ...] = (
+    billing_pb2.AccountCreated,
+    billing_pb2.ApiKeyCreated,
+    billing_pb2.CreditsAdded,
+    billing_pb2.HoldPlaced,
+    billing_pb2.HoldCaptured,
+    billing_pb2.HoldExpired,
+    billing_pb2.HoldReconciled,
+)
+_CHUNK = 500
 
 # Statements are built once: Authorize runs them on every request, and building (and cache-keying) a fresh
 # statement costs more CPU than executing it on SQLite.
+_INSERT_ACCOUNT = insert(accounts)
+_INSERT_WALLET = insert(wallets)
+_INSERT_KEY = insert(api_keys)
+_INSERT_CREDIT = insert(credit_grants)
 _INSERT_TRANSACTION = insert(ledger_transactions)
 _INSERT_POSTINGS = insert(ledger_postings)
 _INSERT_HOLD = insert(holds)
@@ -75,233 +84,289 @@ _RESERVE_KEY = (
     )
     .values(held_nanos=api_keys.c.held_nanos + bindparam("p_amount"))
 )
-_CLOSE_OPEN_HOLD = update(holds).where(
-    holds.c.hold_id == bindparam("p_hold"), holds.c.status == HoldStatus.OPEN.value
+_CAPTURE_HOLD = (
+    update(holds)
+    .where(holds.c.hold_id == bindparam("p_hold"), holds.c.status == HoldStatus.OPEN.value)
+    .values(status=HoldStatus.CAPTURED.value, captured_nanos=bindparam("p_captured"),
+            released_nanos=bindparam("p_released"), rated_nanos=bindparam("p_captured"),
+            usage_event_id=bindparam("p_usage_event"), closed_at_unix_ms=bindparam("p_at"))
+)
+_EXPIRE_HOLD = (
+    update(holds)
+    .where(holds.c.hold_id == bindparam("p_hold"), holds.c.status == HoldStatus.OPEN.value)
+    .values(status=HoldStatus.EXPIRED.value, captured_nanos=bindparam("p_amount"), released_nanos=0,
+            needs_reconciliation=True, closed_at_unix_ms=bindparam("p_at"))
+)
+_RECONCILE_HOLD = (
+    update(holds)
+    .where(holds.c.hold_id == bindparam("p_hold"), holds.c.status == HoldStatus.EXPIRED.value)
+    .values(status=HoldStatus.RECONCILED.value, refunded_nanos=bindparam("p_refunded"),
+            rated_nanos=bindparam("p_rated"), usage_event_id=bindparam("p_usage_event"))
 )
 
 
-async def _insert_transaction(conn: Executor, account_id: str, txn: billing_pb2.LedgerTransaction) -> None:
-    if sum(p.amount_nanos for p in txn.postings) != 0 or not txn.postings:
-        raise InconsistentEvent(f"ledger transaction {txn.transaction_id} does not sum to zero")
-    await conn.execute(
-        _INSERT_TRANSACTION,
-        {
-            "transaction_id": txn.transaction_id,
-            "account_id": account_id,
-            "kind": txn.kind,
-            "reference": txn.reference,
-            "created_at_unix_ms": txn.created_at_unix_ms,
-        },
-    )
-    await conn.execute(
-        _INSERT_POSTINGS,
-        [
+async def apply(conn: Executor, event: Message, *, strict: bool = False) -> None:
+    """Apply one billing event to the tables (inside the caller's transaction)."""
+    await apply_batch(conn, [event], strict=strict)
+
+
+async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool = False) -> None:
+    """Apply billing events, as if one by one in order, inside the caller's transaction."""
+    by_kind: dict[type[Message], list[Any]] = {kind: [] for kind in _KINDS}
+    for event in events:
+        bucket = by_kind.get(type(event))
+        if bucket is None:
+            raise InconsistentEvent(f"{type(event).__name__} is not a billing event")
+        bucket.append(event)
+    moves = _Moves()
+    await _accounts_created(conn, by_kind[billing_pb2.AccountCreated])
+    await _api_keys_created(conn, by_kind[billing_pb2.ApiKeyCreated])
+    _credits_added(by_kind[billing_pb2.CreditsAdded], moves)
+    if by_kind[billing_pb2.CreditsAdded]:
+        await _execute(conn, _INSERT_CREDIT, [
+            {"account_id": ev.account_id, "idempotency_key": ev.idempotency_key,
+             "transaction_id": ev.transaction.transaction_id, "amount_nanos": ev.amount_nanos}
+            for ev in by_kind[billing_pb2.CreditsAdded]
+        ])
+        await moves.flush(conn)  # a guarded hold in the same batch must see the credit
+    await _holds_placed(conn, by_kind[billing_pb2.HoldPlaced], moves, strict)
+    await _holds_captured(conn, by_kind[billing_pb2.HoldCaptured], moves, strict)
+    await _holds_expired(conn, by_kind[billing_pb2.HoldExpired], moves, strict)
+    await _holds_reconciled(conn, by_kind[billing_pb2.HoldReconciled], moves, strict)
+    await moves.flush(conn)
+
+
+# --- plumbing ---------------------------------------------------------------------------------------------------
+
+
+async def _execute(conn: Executor, statement: Any, rows: list[dict[str, Any]]) -> int:
+    """One statement for many rows (executemany), in chunks; returns the row count where the driver reports it."""
+    total = 0
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        result = await conn.execute(statement, chunk[0] if len(chunk) == 1 else chunk)
+        total += max(0, int(result.rowcount))  # type: ignore[attr-defined]
+    return total
+
+
+def _counts_are_exact(conn: Executor, rows: int) -> bool:
+    """Single-row statements always report a row count; asyncpg's executemany does not."""
+    if rows == 1:
+        return True
+    bind = conn.get_bind() if isinstance(conn, AsyncSession) else conn
+    return bool(bind.dialect.supports_sane_multi_rowcount)
+
+
+@dataclass
+class _Moves:
+    """Money moves of a batch, summed per row: one UPDATE per wallet and per key, in a stable (lock) order."""
+
+    wallets: dict[str, list[int]] = field(default_factory=dict)  # account -> [balance, held]
+    keys: dict[str, list[int]] = field(default_factory=dict)  # key -> [usage, held]
+    transactions: list[dict[str, Any]] = field(default_factory=list)
+    postings: list[dict[str, Any]] = field(default_factory=list)
+
+    def wallet(self, account_id: str, *, balance: int = 0, held: int = 0) -> None:
+        move = self.wallets.setdefault(account_id, [0, 0])
+        move[0] += balance
+        move[1] += held
+
+    def key(self, key_id: str, *, usage: int = 0, held: int = 0) -> None:
+        """Key counters follow the money; a charge for a key billing does not know (unheld usage) has no row."""
+        if not key_id:
+            return
+        move = self.keys.setdefault(key_id, [0, 0])
+        move[0] += usage
+        move[1] += held
+
+    def ledger(self, account_id: str, txn: billing_pb2.LedgerTransaction) -> None:
+        if not txn.postings or sum(p.amount_nanos for p in txn.postings) != 0:
+            raise InconsistentEvent(f"ledger transaction {txn.transaction_id} does not sum to zero")
+        self.transactions.append({
+            "transaction_id": txn.transaction_id, "account_id": account_id, "kind": txn.kind,
+            "reference": txn.reference, "created_at_unix_ms": txn.created_at_unix_ms,
+        })
+        self.postings.extend(
             {"transaction_id": txn.transaction_id, "ledger_account": p.ledger_account, "amount_nanos": p.amount_nanos}
             for p in txn.postings
-        ],
-    )
+        )
+
+    async def flush(self, conn: Executor) -> None:
+        if self.transactions:
+            await _execute(conn, _INSERT_TRANSACTION, self.transactions)
+            await _execute(conn, _INSERT_POSTINGS, self.postings)
+        wallet_rows = [{"p_account": a, "p_balance": b, "p_held": h}
+                       for a, (b, h) in sorted(self.wallets.items()) if b or h]
+        if wallet_rows:
+            moved = await _execute(conn, _MOVE_WALLET, wallet_rows)
+            if _counts_are_exact(conn, len(wallet_rows)) and moved != len(wallet_rows):
+                raise InconsistentEvent("an event moves money in a wallet that does not exist")
+        key_rows = [{"p_key": k, "p_usage": u, "p_held": h} for k, (u, h) in sorted(self.keys.items()) if u or h]
+        if key_rows:
+            await _execute(conn, _MOVE_KEY, key_rows)
+        self.wallets.clear()
+        self.keys.clear()
+        self.transactions.clear()
+        self.postings.clear()
 
 
-async def _move_wallet(conn: Executor, account_id: str, *, balance: int = 0, held: int = 0) -> None:
-    result = await conn.execute(_MOVE_WALLET, {"p_account": account_id, "p_balance": balance, "p_held": held})
-    if _rowcount(result) != 1:
-        raise InconsistentEvent(f"no wallet for account {account_id}")
+async def _hold_statuses(conn: Executor, hold_ids: Iterable[str]) -> dict[str, str]:
+    """Current status of the holds a batch closes, their rows locked until commit (PostgreSQL; SQLite runs one
+    writer at a time anyway), so the decision and the write cannot be overtaken by the sweeper or another replica."""
+    ids = sorted(set(hold_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        rows = await conn.execute(
+            select(holds.c.hold_id, holds.c.status)
+            .where(holds.c.hold_id.in_(ids[start:start + _CHUNK]))
+            .order_by(holds.c.hold_id)
+            .with_for_update()
+        )
+        found.update({row.hold_id: row.status for row in rows})
+    return found
 
 
-async def _move_key(conn: Executor, key_id: str, *, usage: int = 0, held: int = 0) -> None:
-    """Key counters follow the money; a charge for a key billing does not know (unheld usage) has no key row."""
-    if not key_id or (usage == 0 and held == 0):
+def _unfit(strict: bool, message: str) -> Exception:
+    return ConcurrentUpdate(message) if strict else InconsistentEvent(message)
+
+
+# --- one function per kind --------------------------------------------------------------------------------------
+
+
+async def _accounts_created(conn: Executor, events: list[billing_pb2.AccountCreated]) -> None:
+    if not events:
         return
-    await conn.execute(_MOVE_KEY, {"p_key": key_id, "p_usage": usage, "p_held": held})
+    await _execute(conn, _INSERT_ACCOUNT, [
+        {"account_id": ev.account_id, "name": ev.name, "currency": ev.currency,
+         "created_at_unix_ms": ev.created_at_unix_ms}
+        for ev in events
+    ])
+    await _execute(conn, _INSERT_WALLET, [
+        {"account_id": ev.account_id, "currency": ev.currency, "balance_nanos": 0, "held_nanos": 0} for ev in events
+    ])
 
 
-# --- one function per event -------------------------------------------------------------------------------------
-
-
-async def apply_account_created(conn: Executor, ev: billing_pb2.AccountCreated, strict: bool) -> None:
-    await conn.execute(
-        insert(accounts).values(
-            account_id=ev.account_id, name=ev.name, currency=ev.currency, created_at_unix_ms=ev.created_at_unix_ms
-        )
-    )
-    await conn.execute(
-        insert(wallets).values(account_id=ev.account_id, currency=ev.currency, balance_nanos=0, held_nanos=0)
-    )
-
-
-async def apply_api_key_created(conn: Executor, ev: billing_pb2.ApiKeyCreated, strict: bool) -> None:
-    await conn.execute(
-        insert(api_keys).values(
-            key_id=ev.key_id,
-            account_id=ev.account_id,
-            key_hash=ev.key_hash,
-            prefix=ev.prefix,
-            label=ev.label,
-            has_limit=ev.has_limit,
-            limit_nanos=ev.limit_nanos,
-            usage_nanos=0,
-            held_nanos=0,
-            allowed_models=json.dumps(sorted(ev.allowed_models)),
-            team=ev.team,
-            project=ev.project,
-            rate_limit_rpm=ev.rate_limit_rpm,
-            created_at_unix_ms=ev.created_at_unix_ms,
-        )
-    )
-
-
-async def apply_credits_added(conn: Executor, ev: billing_pb2.CreditsAdded, strict: bool) -> None:
-    await conn.execute(
-        insert(credit_grants).values(
-            account_id=ev.account_id,
-            idempotency_key=ev.idempotency_key,
-            transaction_id=ev.transaction.transaction_id,
-            amount_nanos=ev.amount_nanos,
-        )
-    )
-    await _move_wallet(conn, ev.account_id, balance=ev.amount_nanos)
-    await _insert_transaction(conn, ev.account_id, ev.transaction)
-
-
-async def apply_hold_placed(conn: Executor, ev: billing_pb2.HoldPlaced, strict: bool) -> None:
-    # The insert comes first: a repeated request id fails here on the primary key, before any money moves.
-    await conn.execute(
-        _INSERT_HOLD,
+async def _api_keys_created(conn: Executor, events: list[billing_pb2.ApiKeyCreated]) -> None:
+    if not events:
+        return
+    await _execute(conn, _INSERT_KEY, [
         {
-            "hold_id": ev.hold_id,
-            "account_id": ev.account_id,
-            "key_id": ev.key_id,
-            "model": ev.model,
-            "amount_nanos": ev.amount_nanos,
-            "status": HoldStatus.OPEN.value,
-            "captured_nanos": 0,
-            "released_nanos": 0,
-            "refunded_nanos": 0,
-            "rated_nanos": None,
-            "usage_event_id": "",
-            "needs_reconciliation": False,
-            "created_at_unix_ms": ev.created_at_unix_ms,
-            "expires_at_unix_ms": ev.expires_at_unix_ms,
-            "closed_at_unix_ms": None,
-        },
-    )
-    if not strict:  # replay: the decision was made live; apply it as recorded
-        await _move_wallet(conn, ev.account_id, held=ev.amount_nanos)
-        result = await conn.execute(_MOVE_KEY, {"p_key": ev.key_id, "p_usage": 0, "p_held": ev.amount_nanos})
-        if _rowcount(result) != 1:
-            raise InconsistentEvent(f"no API key {ev.key_id}")
+            "key_id": ev.key_id, "account_id": ev.account_id, "key_hash": ev.key_hash, "prefix": ev.prefix,
+            "label": ev.label, "has_limit": ev.has_limit, "limit_nanos": ev.limit_nanos, "usage_nanos": 0,
+            "held_nanos": 0, "allowed_models": json.dumps(sorted(ev.allowed_models)), "team": ev.team,
+            "project": ev.project, "rate_limit_rpm": ev.rate_limit_rpm, "created_at_unix_ms": ev.created_at_unix_ms,
+        }
+        for ev in events
+    ])
+
+
+def _credits_added(events: list[billing_pb2.CreditsAdded], moves: _Moves) -> None:
+    for ev in events:
+        moves.wallet(ev.account_id, balance=ev.amount_nanos)
+        moves.ledger(ev.account_id, ev.transaction)
+
+
+def _hold_row(hold_id: str, account_id: str, key_id: str, model: str, amount: int, status: HoldStatus,
+              created: int, expires: int, *, captured: int = 0, closed: int | None = None,
+              usage_event_id: str = "") -> dict[str, Any]:
+    return {
+        "hold_id": hold_id, "account_id": account_id, "key_id": key_id, "model": model, "amount_nanos": amount,
+        "status": status.value, "captured_nanos": captured, "released_nanos": 0, "refunded_nanos": 0,
+        "rated_nanos": captured if status != HoldStatus.OPEN else None, "usage_event_id": usage_event_id,
+        "needs_reconciliation": False, "created_at_unix_ms": created, "expires_at_unix_ms": expires,
+        "closed_at_unix_ms": closed,
+    }
+
+
+async def _holds_placed(conn: Executor, events: list[billing_pb2.HoldPlaced], moves: _Moves, strict: bool) -> None:
+    if not events:
         return
-    result = await conn.execute(_RESERVE_WALLET, {"p_account": ev.account_id, "p_amount": ev.amount_nanos})
-    if _rowcount(result) != 1:
-        raise InsufficientBalance("the account's available balance does not cover this request's maximum cost")
-    result = await conn.execute(_RESERVE_KEY, {"p_key": ev.key_id, "p_amount": ev.amount_nanos})
-    if _rowcount(result) != 1:
-        raise KeyLimitExceeded("the API key's spend limit does not cover this request's maximum cost")
+    # The insert comes first: a repeated request id fails here on the primary key, before any money moves.
+    await _execute(conn, _INSERT_HOLD, [
+        _hold_row(ev.hold_id, ev.account_id, ev.key_id, ev.model, ev.amount_nanos, HoldStatus.OPEN,
+                  ev.created_at_unix_ms, ev.expires_at_unix_ms)
+        for ev in events
+    ])
+    for ev in events:
+        if not strict:  # replay: the decision was made live; apply it as recorded
+            moves.wallet(ev.account_id, held=ev.amount_nanos)
+            moves.key(ev.key_id, held=ev.amount_nanos)
+            continue
+        result = await conn.execute(_RESERVE_WALLET, {"p_account": ev.account_id, "p_amount": ev.amount_nanos})
+        if int(result.rowcount) != 1:  # type: ignore[attr-defined]
+            raise InsufficientBalance("the account's available balance does not cover this request's maximum cost")
+        result = await conn.execute(_RESERVE_KEY, {"p_key": ev.key_id, "p_amount": ev.amount_nanos})
+        if int(result.rowcount) != 1:  # type: ignore[attr-defined]
+            raise KeyLimitExceeded("the API key's spend limit does not cover this request's maximum cost")
 
 
-async def _close_open_hold(conn: Executor, hold_id: str, strict: bool, **values: Any) -> bool:
-    """Close a hold only while it is open; False when there is no such hold at all."""
-    result = await conn.execute(_CLOSE_OPEN_HOLD.values(**values), {"p_hold": hold_id})
-    if _rowcount(result) == 1:
-        return True
-    found = (await conn.execute(select(holds.c.status).where(holds.c.hold_id == hold_id))).first()
-    if found is None:
-        return False
-    if strict:
-        raise ConcurrentUpdate(f"hold {hold_id} is no longer open")
-    raise InconsistentEvent(f"hold {hold_id} is {found.status}, not open")
+async def _holds_captured(
+    conn: Executor, events: list[billing_pb2.HoldCaptured], moves: _Moves, strict: bool
+) -> None:
+    if not events:
+        return
+    status = await _hold_statuses(conn, (ev.hold_id for ev in events))
+    closing: list[dict[str, Any]] = []
+    unheld: list[dict[str, Any]] = []
+    for ev in events:
+        current = status.get(ev.hold_id)
+        if current == HoldStatus.OPEN.value:
+            closing.append({"p_hold": ev.hold_id, "p_captured": ev.captured_nanos, "p_released": ev.released_nanos,
+                            "p_usage_event": ev.usage_event_id, "p_at": ev.captured_at_unix_ms})
+            held = -ev.hold_amount_nanos
+        elif current is None and ev.hold_amount_nanos == 0:
+            # Usage with no hold: recorded as a closed zero hold, so a second usage event for it is not charged.
+            unheld.append(_hold_row(ev.hold_id, ev.account_id, ev.key_id, "", 0, HoldStatus.CAPTURED,
+                                    ev.captured_at_unix_ms, ev.captured_at_unix_ms, captured=ev.captured_nanos,
+                                    closed=ev.captured_at_unix_ms, usage_event_id=ev.usage_event_id))
+            held = 0
+        else:
+            raise _unfit(strict, f"hold {ev.hold_id} is {current or 'missing'}, not open: cannot capture it")
+        status[ev.hold_id] = HoldStatus.CAPTURED.value
+        moves.wallet(ev.account_id, balance=-ev.captured_nanos, held=held)
+        moves.key(ev.key_id, usage=ev.captured_nanos, held=held)
+        if ev.HasField("transaction"):
+            moves.ledger(ev.account_id, ev.transaction)
+    if closing:
+        await _execute(conn, _CAPTURE_HOLD, closing)
+    if unheld:
+        await _execute(conn, _INSERT_HOLD, unheld)
 
 
-async def apply_hold_captured(conn: Executor, ev: billing_pb2.HoldCaptured, strict: bool) -> None:
-    closed = await _close_open_hold(
-        conn,
-        ev.hold_id,
-        strict,
-        status=HoldStatus.CAPTURED.value,
-        captured_nanos=ev.captured_nanos,
-        released_nanos=ev.released_nanos,
-        rated_nanos=ev.captured_nanos,
-        usage_event_id=ev.usage_event_id,
-        closed_at_unix_ms=ev.captured_at_unix_ms,
-    )
-    if closed:
-        held = -ev.hold_amount_nanos
-    elif ev.hold_amount_nanos == 0:
-        # Usage with no hold: record it as a closed zero hold, so a second usage event for it is not charged.
-        held = 0
-        await conn.execute(
-            insert(holds).values(
-                hold_id=ev.hold_id,
-                account_id=ev.account_id,
-                key_id=ev.key_id,
-                model="",
-                amount_nanos=0,
-                status=HoldStatus.CAPTURED.value,
-                captured_nanos=ev.captured_nanos,
-                released_nanos=0,
-                refunded_nanos=0,
-                rated_nanos=ev.captured_nanos,
-                usage_event_id=ev.usage_event_id,
-                needs_reconciliation=False,
-                created_at_unix_ms=ev.captured_at_unix_ms,
-                expires_at_unix_ms=ev.captured_at_unix_ms,
-                closed_at_unix_ms=ev.captured_at_unix_ms,
-            )
-        )
-    else:
-        raise InconsistentEvent(f"no hold {ev.hold_id} to capture")
-    await _move_wallet(conn, ev.account_id, balance=-ev.captured_nanos, held=held)
-    await _move_key(conn, ev.key_id, usage=ev.captured_nanos, held=held)
-    if ev.HasField("transaction"):
-        await _insert_transaction(conn, ev.account_id, ev.transaction)
+async def _holds_expired(conn: Executor, events: list[billing_pb2.HoldExpired], moves: _Moves, strict: bool) -> None:
+    if not events:
+        return
+    status = await _hold_statuses(conn, (ev.hold_id for ev in events))
+    rows: list[dict[str, Any]] = []
+    for ev in events:
+        current = status.get(ev.hold_id)
+        if current != HoldStatus.OPEN.value:
+            raise _unfit(strict, f"hold {ev.hold_id} is {current or 'missing'}, not open: cannot expire it")
+        status[ev.hold_id] = HoldStatus.EXPIRED.value
+        rows.append({"p_hold": ev.hold_id, "p_amount": ev.amount_nanos, "p_at": ev.expired_at_unix_ms})
+        moves.wallet(ev.account_id, balance=-ev.amount_nanos, held=-ev.amount_nanos)
+        moves.key(ev.key_id, usage=ev.amount_nanos, held=-ev.amount_nanos)
+        if ev.HasField("transaction"):
+            moves.ledger(ev.account_id, ev.transaction)
+    await _execute(conn, _EXPIRE_HOLD, rows)
 
 
-async def apply_hold_expired(conn: Executor, ev: billing_pb2.HoldExpired, strict: bool) -> None:
-    closed = await _close_open_hold(
-        conn,
-        ev.hold_id,
-        strict,
-        status=HoldStatus.EXPIRED.value,
-        captured_nanos=ev.amount_nanos,
-        released_nanos=0,
-        needs_reconciliation=True,
-        closed_at_unix_ms=ev.expired_at_unix_ms,
-    )
-    if not closed:
-        raise InconsistentEvent(f"no hold {ev.hold_id} to expire")
-    await _move_wallet(conn, ev.account_id, balance=-ev.amount_nanos, held=-ev.amount_nanos)
-    await _move_key(conn, ev.key_id, usage=ev.amount_nanos, held=-ev.amount_nanos)
-    if ev.HasField("transaction"):
-        await _insert_transaction(conn, ev.account_id, ev.transaction)
-
-
-async def apply_hold_reconciled(conn: Executor, ev: billing_pb2.HoldReconciled, strict: bool) -> None:
-    result = await conn.execute(
-        update(holds)
-        .where(holds.c.hold_id == ev.hold_id, holds.c.status == HoldStatus.EXPIRED.value)
-        .values(
-            status=HoldStatus.RECONCILED.value,
-            refunded_nanos=ev.refunded_nanos,
-            rated_nanos=ev.rated_nanos,
-            usage_event_id=ev.usage_event_id,
-        )
-    )
-    if _rowcount(result) != 1:
-        if strict:
-            raise ConcurrentUpdate(f"hold {ev.hold_id} is no longer expired")
-        raise InconsistentEvent(f"no expired hold {ev.hold_id} to reconcile")
-    await _move_wallet(conn, ev.account_id, balance=ev.refunded_nanos)
-    await _move_key(conn, ev.key_id, usage=-ev.refunded_nanos)
-    if ev.HasField("transaction"):
-        await _insert_transaction(conn, ev.account_id, ev.transaction)
-
-
-_HANDLERS: dict[type[Message], Callable[[Executor, Any, bool], Awaitable[None]]] = {
-    billing_pb2.AccountCreated: apply_account_created,
-    billing_pb2.ApiKeyCreated: apply_api_key_created,
-    billing_pb2.CreditsAdded: apply_credits_added,
-    billing_pb2.HoldPlaced: apply_hold_placed,
-    billing_pb2.HoldCaptured: apply_hold_captured,
-    billing_pb2.HoldExpired: apply_hold_expired,
-    billing_pb2.HoldReconciled: apply_hold_reconciled,
-}
+async def _holds_reconciled(
+    conn: Executor, events: list[billing_pb2.HoldReconciled], moves: _Moves, strict: bool
+) -> None:
+    if not events:
+        return
+    status = await _hold_statuses(conn, (ev.hold_id for ev in events))
+    rows: list[dict[str, Any]] = []
+    for ev in events:
+        current = status.get(ev.hold_id)
+        if current != HoldStatus.EXPIRED.value:
+            raise _unfit(strict, f"hold {ev.hold_id} is {current or 'missing'}, not expired: cannot reconcile it")
+        status[ev.hold_id] = HoldStatus.RECONCILED.value
+        rows.append({"p_hold": ev.hold_id, "p_refunded": ev.refunded_nanos, "p_rated": ev.rated_nanos,
+                     "p_usage_event": ev.usage_event_id})
+        moves.wallet(ev.account_id, balance=ev.refunded_nanos)
+        moves.key(ev.key_id, usage=-ev.refunded_nanos)
+        if ev.HasField("transaction"):
+            moves.ledger(ev.account_id, ev.transaction)
+    await _execute(conn, _RECONCILE_HOLD, rows)

@@ -8,10 +8,11 @@ publishing: they are billing's durable event log.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.events import Envelope, Topics, envelope_for
 
@@ -30,6 +31,7 @@ __all__ = [
     "event_account",
     "event_id",
     "record",
+    "record_many",
 ]
 
 SERVICE = "billing"
@@ -67,6 +69,22 @@ async def record(conn: Executor, event: Message) -> None:
     """Apply ``event`` live (guards on) and append it to the outbox, in the caller's transaction."""
     await projections.apply(conn, event, strict=True)
     await messaging.add_to_outbox(conn, Topics.BILLING, event_account(event), envelope(event))
+
+
+async def record_many(conn: Executor, events: Sequence[Message]) -> None:
+    """``record`` for a batch (the usage consumer): one statement per table, outbox rows in one insert."""
+    if len(events) <= 1:
+        for event in events:
+            await record(conn, event)
+        return
+    await projections.apply_batch(conn, events, strict=True)
+    rows = []
+    for event in events:
+        env = envelope(event)
+        # The row format of tollgate_common's MessagingTables.add_to_outbox, many rows at once.
+        rows.append({"topic": Topics.BILLING, "key": event_account(event), "event_id": env.id,
+                     "headers": json.dumps([[k, v.decode()] for k, v in env.headers()]), "value": env.data})
+    await conn.execute(insert(messaging.outbox), rows)
 
 
 # --- reads ------------------------------------------------------------------------------------------------------
@@ -177,6 +195,45 @@ def _hold_view(row: object) -> HoldView:
 async def find_hold(conn: Executor, hold_id: str) -> HoldView | None:
     row = (await conn.execute(select(holds).where(holds.c.hold_id == hold_id))).first()
     return None if row is None else _hold_view(row)
+
+
+async def lock_holds(conn: Executor, hold_ids: Iterable[str]) -> dict[str, HoldView]:
+    """The holds a batch of usage closes, locked until commit (PostgreSQL), so deciding and writing are atomic."""
+    ids = sorted(set(hold_ids))
+    found: dict[str, HoldView] = {}
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(
+            select(holds).where(holds.c.hold_id.in_(ids[start:start + 500])).order_by(holds.c.hold_id)
+            .with_for_update()
+        )
+        found.update({row.hold_id: _hold_view(row) for row in rows})
+    return found
+
+
+async def existing_accounts(conn: Executor, account_ids: Iterable[str]) -> set[str]:
+    ids = sorted(set(account_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(select(wallets.c.account_id).where(wallets.c.account_id.in_(ids[start:start + 500])))
+        found.update(row.account_id for row in rows)
+    return found
+
+
+async def fresh_events(conn: Executor, envelopes: Sequence[Envelope]) -> list[Envelope]:
+    """The envelopes not seen before (dedupe on (source, id), also within the batch), recorded as seen now."""
+    t = messaging.processed_events
+    unique: dict[tuple[str, str], Envelope] = {}
+    for env in envelopes:
+        unique.setdefault((env.source, env.id), env)
+    ids = sorted({event_id for _, event_id in unique})
+    seen: set[tuple[str, str]] = set()
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(select(t.c.source, t.c.event_id).where(t.c.event_id.in_(ids[start:start + 500])))
+        seen.update((row.source, row.event_id) for row in rows)
+    fresh = [env for pair, env in unique.items() if pair not in seen]
+    if fresh:
+        await conn.execute(insert(t), [{"source": env.source, "event_id": env.id} for env in fresh])
+    return fresh
 
 
 async def due_holds(conn: Executor, now_unix_ms: int, limit: int) -> list[HoldView]:
