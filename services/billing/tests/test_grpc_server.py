@@ -242,3 +242,15 @@ async def test_price_book_client_reads_metering_and_tolerates_it_being_down(mete
         assert not await unreachable.refresh() and unreachable.current() is None
     finally:
         await unreachable.close()
+
+
+async def test_api_keys_never_reach_the_logs(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    account_id, key = await client.account_with_key(rate_limit_rpm=1)
+    await client.authorize(key.api_key, "req_log")
+    await _status(client.authorize(key.api_key, "req_log_2"))  # rate limited
+    await _status(client.authorize(key.api_key + "x", "req_log_3"))  # unknown key
+    await client.stub.GetKeyInfo(pb.GetKeyInfoRequest(api_key=key.api_key))
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert key.api_key not in text and key.api_key[3:] not in text
+    assert key.key_id in text  # ids are what the logs carry
