@@ -246,7 +246,7 @@ async def test_price_book_client_reads_metering_and_tolerates_it_being_down(mete
 
 async def test_api_keys_never_reach_the_logs(client: Client, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("DEBUG")
-    account_id, key = await client.account_with_key(rate_limit_rpm=1)
+    _, key = await client.account_with_key(rate_limit_rpm=1)
     await client.authorize(key.api_key, "req_log")
     await _status(client.authorize(key.api_key, "req_log_2"))  # rate limited
     await _status(client.authorize(key.api_key + "x", "req_log_3"))  # unknown key
