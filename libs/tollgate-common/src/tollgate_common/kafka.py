@@ -248,9 +248,11 @@ class DbOffsetConsumer:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
-        self.consumer.subscribe(self.topics, listener=_SeekToStored(self))
         await self.consumer.start()
         try:
+            # Subscribing after start() keeps start() quick; the group join happens in the first getmany, which
+            # returns every 200 ms, so a stop is seen promptly even while joining.
+            self.consumer.subscribe(self.topics, listener=_SeekToStored(self))
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 if not batches:
