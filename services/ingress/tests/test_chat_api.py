@@ -7,11 +7,12 @@ from pathlib import Path
 import grpc
 import httpx2
 import orjson
-from ingress_fakes import GOOD_KEY, Failure, Fakes, auth, make_settings, usage_event, usage_events
+from ingress_fakes import GOOD_KEY, STREAM_PIECES, Failure, Fakes, auth, make_settings, usage_event, usage_events
 from tollgate.events.v1 import usage_pb2
 from tollgate.policy.v1 import policy_service_pb2 as ppb
 from tollgate_ingress.api import create_app
 from tollgate_ingress.deps import Deps
+from tollgate_ingress.tokens import PromptTokenCounter
 
 CHAT = "/v1/chat/completions"
 
@@ -107,6 +108,20 @@ async def test_error_mid_stream_becomes_an_sse_error_event(
     assert "[DONE]" not in resp.text
     _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
     assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
+    # Output reached the client before the break: the upstream served it, so it is billed by estimate —
+    # the prompt as counted for the hold, the delivered text with the same tokenizer.
+    delivered = "".join(STREAM_PIECES[:2])
+    assert event.usage.prompt_tokens == 3 + 1 + 2 + 3
+    assert event.usage.completion_tokens == PromptTokenCounter().text(delivered) > 0
+    assert event.usage.total_tokens == event.usage.prompt_tokens + event.usage.completion_tokens
+
+
+async def test_error_before_any_chunk_bills_nothing(client: httpx2.AsyncClient, fakes: Fakes, broker: str) -> None:
+    fakes.router.fail_after_chunks = 0
+    resp = await client.post(CHAT, json=body(stream=True), headers=auth())
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
+    assert event.usage.total_tokens == 0
 
 
 async def test_upstream_failure_non_streaming_is_502_and_billed_as_failed(

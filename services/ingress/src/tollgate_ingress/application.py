@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
+import orjson
 from tollgate.billing.v1 import billing_service_pb2
 from tollgate.events.v1 import usage_pb2
 from tollgate.policy.v1 import policy_service_pb2
@@ -140,6 +141,8 @@ class Prepared:
     request_id: str
     body_json: bytes
     settlement: Settlement
+    #: The tokenizer's count of the prompt (what the hold was sized on); billed when a stream breaks mid-way.
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,9 @@ class ChatCompletions:
         except BaseException:
             settlement.close(Outcome.FAILED)  # no-op when the block already closed it
             raise
-        return Prepared(request=request, request_id=request_id, body_json=body, settlement=settlement)
+        return Prepared(
+            request=request, request_id=request_id, body_json=body, settlement=settlement, prompt_tokens=prompt_tokens
+        )
 
     async def _authorize(
         self, api_key: str, request_id: str, request: ChatRequest, prompt_tokens: int
@@ -315,6 +320,7 @@ class ChatCompletions:
         queue = session.queue
         usage: Usage | None = None
         end: router_service_pb2.StreamEnd | None = None
+        delivered: list[bytes] = []  # chunks already sent on: billed by estimate if the stream breaks after them
         started = time.perf_counter()
         self.metrics.streams_in_flight.inc()
         try:
@@ -323,26 +329,30 @@ class ChatCompletions:
             )
             async for message in call:
                 if message.HasField("chunk_json"):
+                    delivered.append(message.chunk_json)
                     if not session.client_gone:
                         queue.put_nowait(message.chunk_json)
                 elif message.HasField("end"):
                     end = message.end
                     usage = _usage(end.usage)
         except grpc.aio.AioRpcError as exc:
-            settlement.close(Outcome.FAILED)
+            settlement.close(Outcome.FAILED, self._estimate(session.prepared, delivered))
             queue.put_nowait(StreamFailed(from_grpc(exc, service="router")))
         except asyncio.CancelledError:
-            settlement.close(Outcome.CLIENT_CANCELLED if session.client_gone else Outcome.FAILED)
+            settlement.close(
+                Outcome.CLIENT_CANCELLED if session.client_gone else Outcome.FAILED,
+                self._estimate(session.prepared, delivered),
+            )
             queue.put_nowait(StreamFailed(ServiceUnavailable("the server is shutting down", code="shutting_down")))
             raise
         except Exception:
             log.exception("router stream failed unexpectedly")
-            settlement.close(Outcome.FAILED)
+            settlement.close(Outcome.FAILED, self._estimate(session.prepared, delivered))
             queue.put_nowait(StreamFailed(InternalError("internal error while streaming")))
         else:
             if end is None or usage is None:
-                # The router promises a last `end` message; a stream without one has no usage to bill.
-                settlement.close(Outcome.FAILED)
+                # The router promises a last `end` message; without one, bill what was delivered, by estimate.
+                settlement.close(Outcome.FAILED, self._estimate(session.prepared, delivered))
                 queue.put_nowait(StreamFailed(UpstreamFailed("the upstream stream ended without usage")))
                 return
             settlement.close(
@@ -356,6 +366,31 @@ class ChatCompletions:
         finally:
             self.metrics.streams_in_flight.dec()
             self._stream_seconds.observe(time.perf_counter() - started)
+
+    def _estimate(self, prepared: Prepared, delivered: list[bytes]) -> Usage | None:
+        """Usage for a stream that broke after output reached the client: the upstream served (and will charge
+        for) the prompt and those tokens, so they are billed — counted with the same tokenizer as the hold. None
+        (nothing billed) when no chunk was delivered."""
+        if not delivered:
+            return None
+        text: list[str] = []
+        for raw in delivered:
+            try:
+                chunk = orjson.loads(raw)
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if isinstance(delta.get("content"), str):
+                        text.append(delta["content"])
+                    for call in delta.get("tool_calls") or ():
+                        text.append(orjson.dumps(call.get("function") or {}).decode())
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                continue
+        completion = self.counter.text("".join(text))
+        return Usage(
+            prompt_tokens=prepared.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prepared.prompt_tokens + completion,
+        )
 
     async def drain(self, timeout: float) -> None:
         """Shutdown: let router streams (including those whose client left) finish and bill, then cut the rest."""
