@@ -67,16 +67,21 @@ class Metering:
         self._books_loaded_at = 0.0
 
     # --- price books --------------------------------------------------------------------------------------------
-    async def load_price_books(self) -> None:
-        async with self.sessions() as session:
-            self.books = [s.book for s in await MeteringRepository(session).price_books()]
+    async def load_price_books(self, session: AsyncSession | None = None) -> None:
+        """Read every version; in ``session`` when given (the caller's transaction), else in a session of its own."""
+        if session is None:
+            async with self.sessions() as own:
+                stored = await MeteringRepository(own).price_books()
+        else:
+            stored = await MeteringRepository(session).price_books()
+        self.books = [s.book for s in stored]
         self._books_loaded_at = time.monotonic()
 
-    async def refresh_price_books(self, max_age_seconds: float) -> None:
+    async def refresh_price_books(self, max_age_seconds: float, session: AsyncSession | None = None) -> None:
         """Re-read the versions when the copy in memory is older than ``max_age_seconds``: another replica on the
         same database may have recorded a new version at its start."""
         if time.monotonic() - self._books_loaded_at > max_age_seconds:
-            await self.load_price_books()
+            await self.load_price_books(session)
 
     async def register_price_book(self, book: PriceBook) -> bool:
         """Store ``book`` as a version. True if it was new; the same content again is a no-op; different content
@@ -175,20 +180,14 @@ class Metering:
             rated=[r for _, r in rated], archived=len(chained), skipped=len(events) - len(rated)
         )
 
-    async def ingest_usage(
-        self, session: AsyncSession, events: Sequence[Envelope], *, publish: bool
-    ) -> RecordedBatch:
-        """Dedupe on (source, id), then :meth:`record_usage`: what the live consumer does with each Kafka batch
-        (``publish=True``) and the rebuild with each replayed batch (``publish=False``)."""
-        fresh = await MeteringRepository(session).mark_processed([(e.source, e.id) for e in events])
-        return await self.record_usage(
-            session, [e for e, new in zip(events, fresh, strict=True) if new], publish=publish
-        )
-
     async def replay_usage(self, events: Sequence[Envelope]) -> RecordedBatch:
-        """The rebuild's path, in one transaction: :meth:`ingest_usage` without publishing."""
+        """The rebuild's path, in one transaction: dedupe on (source, id), then :meth:`record_usage` without
+        publishing. (The live consumer's base class does that dedupe itself before handing a batch over.)"""
         async with self.sessions.begin() as session:
-            return await self.ingest_usage(session, events, publish=False)
+            fresh = await MeteringRepository(session).mark_processed([(e.source, e.id) for e in events])
+            return await self.record_usage(
+                session, [e for e, new in zip(events, fresh, strict=True) if new], publish=False
+            )
 
     # --- queries ------------------------------------------------------------------------------------------------
     async def usage_summary(self, account_id: str) -> list[SummaryRow]:

@@ -14,13 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import BatchHandler
+from tollgate_common.kafka import replay_topics
 
 from .application import Metering
 from .domain import PriceBook
@@ -36,7 +35,6 @@ __all__ = [
     "compare_databases",
     "live_price_books",
     "rebuild",
-    "replay_log",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,54 +117,6 @@ async def _ensure_fresh(engine: AsyncEngine) -> None:
                 )
 
 
-async def replay_log(
-    bootstrap: str, topics: Sequence[str], on_batch: BatchHandler, *, max_records: int = 2000
-) -> int:
-    """``tollgate_common.kafka.replay_topics`` with one fix, kept here until the shared one has it.
-
-    Tansu 0.6 (the embedded broker) answers ListOffsets(latest) with the base offset of the partition's LAST RECORD
-    BATCH + 1, not the log end: after a producer batched 30 records into one batch the "end" is 1, and
-    ``replay_topics`` stops after the first record. The high watermark in every fetch response is right, so the end
-    of each partition is raised to it as fetches come in. On a real Kafka both agree and nothing changes.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    count = 0
-    try:
-        await consumer.start()
-        await consumer.topics()  # loads cluster metadata, so partitions_for_topic below is answered
-        partitions = [
-            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return 0
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if end[tp] > 0}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)
-            for tp in remaining:
-                end[tp] = max(end[tp], consumer.highwater(tp) or 0)
-            items: list[tuple[Envelope, ConsumerRecord]] = []
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset < end[tp]:
-                        try:
-                            items.append((Envelope.from_kafka(record.headers, record.value), record))
-                        except (ValueError, UnicodeDecodeError):
-                            log.error("replay skipped a non-CloudEvent message",
-                                      extra={"topic": tp.topic, "offset": record.offset})
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-            if items:
-                await on_batch(items)
-                count += len(items)
-    finally:
-        await consumer.stop()
-    return count
-
-
 async def live_price_books(url: str, schema: str) -> list[PriceBook]:
     """Every price-book version the live database recorded, in load order: a rebuild must rate with them."""
     engine = create_engine(url, schema=schema)  # read only: no tables created in someone else's database
@@ -216,7 +166,7 @@ async def rebuild(
         async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
             await apply([env for env, _ in items])
 
-        return await replay_log(bootstrap, [Topics.USAGE], on_batch)
+        return await replay_topics(bootstrap, [Topics.USAGE], on_batch)
 
     return await _rebuild_into(into_url, price_books, schema, feed)
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select, tuple_
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tollgate_common.db import create_engine, create_schema
@@ -155,42 +155,14 @@ class MeteringRepository:
             )
         )
 
-    # --- dedupe -------------------------------------------------------------------------------------------------
+    # --- messaging (tollgate_common's bulk forms on metering's tables) -------------------------------------------
     async def mark_processed(self, keys: Sequence[tuple[str, str]]) -> list[bool]:
-        """Bulk form of ``MessagingTables.seen`` on the same table: record each (source, id); for each key, True if
-        it is new (seen neither before nor earlier in ``keys``)."""
-        t = messaging.processed_events
-        known: set[tuple[str, str]] = set()
-        for chunk in _chunks(list(dict.fromkeys(keys))):
-            rows = await self.session.execute(
-                select(t.c.source, t.c.event_id).where(tuple_(t.c.source, t.c.event_id).in_(chunk))
-            )
-            known.update((r.source, r.event_id) for r in rows)
-        fresh: list[bool] = []
-        for key in keys:
-            fresh.append(key not in known)
-            known.add(key)
-        new_rows = [{"source": s, "event_id": i} for (s, i), is_new in zip(keys, fresh, strict=True) if is_new]
-        if new_rows:
-            await self.session.execute(insert(t), new_rows)
-        return fresh
+        """Record each (source, id); for each key, True if it is new (seen neither before nor earlier in ``keys``)."""
+        return await messaging.mark_processed(self.session, keys)
 
     async def add_to_outbox(self, topic: str, events: Sequence[Envelope]) -> None:
-        """Bulk form of ``MessagingTables.add_to_outbox`` (same row format, one statement): key = subject."""
-        if events:
-            await self.session.execute(
-                insert(messaging.outbox),
-                [
-                    {
-                        "topic": topic,
-                        "key": env.subject,
-                        "event_id": env.id,
-                        "headers": json.dumps([[k, v.decode()] for k, v in env.headers()]),
-                        "value": env.data,
-                    }
-                    for env in events
-                ],
-            )
+        """Queue ``events`` for publishing on ``topic``, keyed by subject (the account), in one statement."""
+        await messaging.add_many_to_outbox(self.session, topic, events)
 
     # --- rated usage and aggregates -----------------------------------------------------------------------------
     async def rated_request_ids(self, request_ids: Sequence[str]) -> set[str]:
