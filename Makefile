@@ -31,7 +31,8 @@ $(PROTO_OUT)/tollgate/.generated: $(PROTOS) .venv/.installed
 run: install
 	$(PY) -m tollgate_dev.run
 
-test: install
+# Lint and types first (seconds), then every test suite; any failure fails the run.
+test: install lint
 	bash .ci/pytest.sh
 
 bench: install
@@ -39,7 +40,7 @@ bench: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/mypy libs/tollgate-common/src services/*/src
+	.venv/bin/mypy libs/tollgate-common/src libs/tollgate-dev/src services/*/src
 
 clean:
 	rm -rf .venv .tools var $(PROTO_OUT)/tollgate/.generated
