@@ -16,20 +16,19 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_common.db import create_engine, create_schema, session_maker
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import replay_topics
+from tollgate_common.kafka import BatchHandler, replay_topics
 
-from . import projections, repository
+from . import projections
 from .config import DEFAULT_SCHEMA
 from .errors import InconsistentEvent
 from .repository import SERVICE
@@ -60,8 +59,6 @@ __all__ = [
 
 _SOURCE = f"//tollgate/{SERVICE}"
 _SHOWN = 20
-#: An empty fetch this long means a partition is drained (see ``_read_tail``).
-_TAIL_IDLE_MS = 700
 
 
 @dataclass
@@ -91,7 +88,8 @@ class Replayer:
         where = {env.id: place for env, place in items}
         ours = [env for env, _ in items if env.source == _SOURCE and env.type.startswith("tollgate.billing.v1.")]
         async with self.sessions.begin() as session:
-            fresh = await repository.fresh_events(session, ours)
+            new = await messaging.mark_processed(session, [(env.source, env.id) for env in ours])
+            fresh = [env for env, is_new in zip(ours, new, strict=True) if is_new]
             self.stats.duplicates += len(ours) - len(fresh)
             try:
                 async with session.begin_nested():
@@ -123,56 +121,9 @@ async def replay_log(bootstrap: str, engine: AsyncEngine) -> ReplayStats:
     return replayer.stats
 
 
-LogBatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
-
-
-async def read_log(bootstrap: str, on_batch: LogBatchHandler) -> None:
+async def read_log(bootstrap: str, on_batch: BatchHandler) -> int:
     """Every event of ``tollgate.billing.v1`` from the beginning, in order per partition (= per account)."""
-    next_offsets: dict[int, int] = {}
-
-    async def tracking(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
-        for _, rec in items:
-            next_offsets[rec.partition] = max(next_offsets.get(rec.partition, 0), rec.offset + 1)
-        await on_batch(items)
-
-    await replay_topics(bootstrap, [Topics.BILLING], tracking)
-    await _read_tail(bootstrap, Topics.BILLING, next_offsets, on_batch)
-
-
-async def _read_tail(
-    bootstrap: str, topic: str, next_offsets: dict[int, int], on_batch: LogBatchHandler
-) -> None:
-    """Read what ``replay_topics`` stopped short of, until the partitions are drained.
-
-    The embedded Tansu broker answers ListOffsets(latest) with the base offset of the last record batch + 1, not
-    the real end, so a pass bounded by ``end_offsets`` misses the tail of the last multi-record batch of each
-    partition (seen here: acks for offsets 36..39, end offset 37). The fetch path is right; drain with it.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            return
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, next_offsets.get(tp.partition, 0))
-        while True:
-            batches = await consumer.getmany(timeout_ms=_TAIL_IDLE_MS, max_records=2000)
-            if not batches:
-                return
-            items: list[tuple[Envelope, ConsumerRecord]] = []
-            for records in batches.values():
-                for record in records:
-                    try:
-                        items.append((Envelope.from_kafka(record.headers, record.value), record))
-                    except (ValueError, UnicodeDecodeError):
-                        continue
-            if items:
-                await on_batch(items)
-    finally:
-        await consumer.stop()
+    return await replay_topics(bootstrap, [Topics.BILLING], on_batch)
 
 
 async def replay_outbox(source: AsyncEngine, engine: AsyncEngine, *, batch: int = 2000) -> ReplayStats:

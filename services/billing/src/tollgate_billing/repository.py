@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.events import Envelope, Topics, envelope_for
 
@@ -78,13 +78,8 @@ async def record_many(conn: Executor, events: Sequence[Message]) -> None:
             await record(conn, event)
         return
     await projections.apply_batch(conn, events, strict=True)
-    rows = []
-    for event in events:
-        env = envelope(event)
-        # The row format of tollgate_common's MessagingTables.add_to_outbox, many rows at once.
-        rows.append({"topic": Topics.BILLING, "key": event_account(event), "event_id": env.id,
-                     "headers": json.dumps([[k, v.decode()] for k, v in env.headers()]), "value": env.data})
-    await conn.execute(insert(messaging.outbox), rows)
+    # Keyed by each envelope's subject, which ``envelope`` sets to the event's account, as ``record`` keys it.
+    await messaging.add_many_to_outbox(conn, Topics.BILLING, [envelope(event) for event in events])
 
 
 # --- reads ------------------------------------------------------------------------------------------------------
@@ -217,23 +212,6 @@ async def existing_accounts(conn: Executor, account_ids: Iterable[str]) -> set[s
         rows = await conn.execute(select(wallets.c.account_id).where(wallets.c.account_id.in_(ids[start:start + 500])))
         found.update(row.account_id for row in rows)
     return found
-
-
-async def fresh_events(conn: Executor, envelopes: Sequence[Envelope]) -> list[Envelope]:
-    """The envelopes not seen before (dedupe on (source, id), also within the batch), recorded as seen now."""
-    t = messaging.processed_events
-    unique: dict[tuple[str, str], Envelope] = {}
-    for env in envelopes:
-        unique.setdefault((env.source, env.id), env)
-    ids = sorted({event_id for _, event_id in unique})
-    seen: set[tuple[str, str]] = set()
-    for start in range(0, len(ids), 500):
-        rows = await conn.execute(select(t.c.source, t.c.event_id).where(t.c.event_id.in_(ids[start:start + 500])))
-        seen.update((row.source, row.event_id) for row in rows)
-    fresh = [env for pair, env in unique.items() if pair not in seen]
-    if fresh:
-        await conn.execute(insert(t), [{"source": env.source, "event_id": env.id} for env in fresh])
-    return fresh
 
 
 async def due_holds(conn: Executor, now_unix_ms: int, limit: int) -> list[HoldView]:
