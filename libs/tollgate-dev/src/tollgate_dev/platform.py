@@ -272,12 +272,12 @@ class Platform:
             return False
 
     def _watch(self) -> None:
-        reported: set[str] = set()
+        reported: set[int] = set()  # pids: a restarted process that dies again is reported again
         while not self._stopping:
             for name, proc in list(self.processes.items()):
                 code = proc.poll()
-                if code is not None and name not in reported and not self._stopping:
-                    reported.add(name)
+                if code is not None and proc.pid not in reported and not self._stopping:
+                    reported.add(proc.pid)
                     self.deaths.append((name, code))
                     self._say(f"{name} DIED with exit status {code} (see {self.logs_dir / (name + '.log')})")
             time.sleep(0.5)
