@@ -50,7 +50,7 @@ def test_metering_killed_while_usage_waits_loses_nothing(crash_platform: Platfor
     assert tenant.balance()["held_nanos"] > 0, "without metering nothing is rated, so the holds stay open"
 
     p.restart("metering")
-    after = tenant.settle()
+    after = tenant.settle(timeout=90)
     served = mock_calls(p)[before:]
     assert len(served) == 3
     expected = sum(resale_price(p, "gpt-4o-mini", c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"])  # type: ignore[index]
@@ -68,7 +68,7 @@ def test_billing_killed_and_restarted_charges_each_call_once(crash_platform: Pla
     _wait_for_death(p, "billing")
     p.restart("billing")
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "two"}])
-    after = tenant.settle()
+    after = tenant.settle(timeout=90)
     served = mock_calls(p)[before:]
     assert len(served) == 2
     expected = sum(resale_price(p, "gpt-4o-mini", c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"])  # type: ignore[index]
