@@ -47,7 +47,7 @@ class Tenant:
         body = self.platform.admin("GET", f"/admin/v1/accounts/{self.account_id}/ledger")
         return list(body["entries"])  # type: ignore[call-overload]
 
-    def settle(self, timeout: float = 30.0) -> dict[str, int]:
+    def settle(self, timeout: float = 60.0) -> dict[str, int]:
         """Wait until no hold is open: every usage event has been rated and captured."""
         deadline = time.monotonic() + timeout
         while True:
