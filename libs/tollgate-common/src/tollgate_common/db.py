@@ -43,8 +43,10 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from .events import Envelope
+from .sqlite_driver import one_hop_aiosqlite
 
 __all__ = [
+    "READ_ONLY",
     "MessagingTables",
     "create_engine",
     "create_schema",
@@ -69,8 +71,17 @@ def is_postgres(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+#: Execution options for a connection that only reads: on SQLite its transactions open with a plain (deferred)
+#: ``BEGIN``, which in WAL mode reads a snapshot without taking the write lock, so a read never queues behind (nor
+#: blocks) a writer. Use as ``await conn.execution_options(**READ_ONLY)`` or
+#: ``await session.connection(execution_options=READ_ONLY)`` before the first statement. Writing on such a
+#: connection is a bug: the upgrade to a write lock can fail with "database is locked" instead of queueing.
+READ_ONLY: dict[str, Any] = {"tollgate_read_only": True}
+
+
 def create_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -> AsyncEngine:
-    """An async engine; SQLite gets WAL and ``BEGIN IMMEDIATE`` so concurrent writers queue instead of deadlocking.
+    """An async engine; SQLite gets WAL and ``BEGIN IMMEDIATE`` so concurrent writers queue instead of deadlocking
+    (connections marked :data:`READ_ONLY` get a deferred ``BEGIN``: readers never need the write lock).
 
     On PostgreSQL ``schema`` becomes the connection's ``search_path`` (one schema per service).
     """
@@ -79,7 +90,7 @@ def create_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, module=one_hop_aiosqlite())
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -93,7 +104,8 @@ def create_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get("tollgate_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     connect_args: dict[str, Any] = {}

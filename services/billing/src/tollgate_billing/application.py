@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from tollgate.events.v1 import billing_pb2, usage_pb2
+from tollgate_common.db import READ_ONLY
 from tollgate_common.ids import new_id
 
 from . import domain, repository
@@ -178,13 +179,12 @@ class Billing:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        """A read. SQLite connections here open every transaction with ``BEGIN IMMEDIATE`` (tollgate_common's
-        engine), so on SQLite reads queue on the same lock as writes."""
-        if self._sqlite_writes is None:
-            async with self.engine.connect() as conn:
-                yield conn
-            return
-        async with self._sqlite_writes, self.engine.connect() as conn:
+        """A read. On SQLite it is marked read-only (a deferred ``BEGIN``: a WAL snapshot, no write lock), so it
+        neither waits for this process's writers nor makes them wait: GetKeyInfo and key look-ups stay off the
+        write queue."""
+        async with self.engine.connect() as conn:
+            if self._sqlite_writes is not None:
+                await conn.execution_options(**READ_ONLY)
             yield conn
 
     def _now_ms(self) -> int:
