@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from tollgate_common.db import create_engine, create_schema
+from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope
+from tollgate_common.migrations import migrate
 
 from .domain import ArchivedEvent, PriceBook, RatedUsage
-from .tables import aggregates, archive, archive_heads, messaging, metadata, price_books, rated_usage
+from .tables import aggregates, archive, archive_heads, messaging, price_books, rated_usage
 
 __all__ = ["AGGREGATE_KEY", "AGGREGATE_SUMS", "MeteringRepository", "StoredPriceBook", "SummaryRow", "open_database"]
 
@@ -288,7 +289,7 @@ class MeteringRepository:
 
 
 async def open_database(url: str, schema: str) -> AsyncEngine:
-    """An engine on metering's database with its tables created (on PostgreSQL inside ``schema``)."""
+    """An engine on metering's database, migrated to the newest schema (on PostgreSQL inside ``schema``)."""
     engine = create_engine(url, schema=schema)
-    await create_schema(engine, metadata, schema=schema)
+    await migrate(engine, "tollgate_metering", schema=schema)
     return engine

@@ -1,6 +1,7 @@
 """Metering's tables (its own database; on PostgreSQL its own schema). Nobody else reads them.
 
-Schema changes are additive (new nullable columns, new tables); ``create_schema`` creates what is missing.
+Every change here comes with an Alembic revision in ``migrations/versions``
+(``python -m tollgate_common.migrations revision tollgate_metering "what changed"``); a test fails on drift.
 """
 
 from __future__ import annotations
