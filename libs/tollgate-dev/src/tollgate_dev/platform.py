@@ -27,8 +27,9 @@ from .ports import free_port, wait_for_port
 
 __all__ = ["PROVIDER_KEY_VARS", "SERVICES", "Platform", "PlatformConfig"]
 
-#: Start order: metering before billing (billing reads metering's price book), ingress last.
 SERVICES = ("metering", "billing", "policy", "router", "ingress")
+#: Metering first (billing loads its price book at start), ingress last (its readiness checks its peers).
+START_WAVES = (("metering",), ("billing", "policy", "router"), ("ingress",))
 GRPC_SERVICES = ("metering", "billing", "policy", "router")
 #: Real provider credentials: given to the router only, and only by ``make run``.
 PROVIDER_KEY_VARS = (
@@ -115,9 +116,11 @@ class Platform:
                 self._spawn("mock", [sys.executable, "-m", "tollgate_dev.mock_upstream", "--host", "127.0.0.1",
                                      "--port", str(self.ports["mock"])], cpu_list=self.config.mock_cpu_list)
                 wait_for_port(self.ports["mock"], timeout=30)
-            for name in SERVICES:
-                self._spawn(name, [sys.executable, "-m", f"tollgate_{name}"], env=self._env(name))
-                self._wait_ready(name)
+            for wave in START_WAVES:  # each wave starts together; the next waits until it is ready
+                for name in wave:
+                    self._spawn(name, [sys.executable, "-m", f"tollgate_{name}"], env=self._env(name))
+                for name in wave:
+                    self._wait_ready(name)
             watcher = threading.Thread(target=self._watch, name="platform-watch", daemon=True)
             watcher.start()
         except BaseException:
