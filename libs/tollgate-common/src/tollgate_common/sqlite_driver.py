@@ -5,7 +5,8 @@ thread to open a cursor, execute, fetch the rows and close the cursor. Each roun
 event-loop wake-up, which on a busy core costs far more than the statement itself (billing's Authorize is five
 statements and a commit). This adapter does the four steps in one function run in the connection's thread, and keeps
 only what SQLAlchemy reads afterwards (rows, description, rowcount, lastrowid). Same thread, same connection, same
-transactions: only the number of hand-offs changes. Server-side cursors keep the stock behaviour.
+transactions: only the number of hand-offs changes. Server-side cursors keep the stock behaviour. A rollback with no
+transaction open (the pool's reset after every commit) makes no round trip at all.
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 class _OneHopConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = _OneHopCursor
+
+    def rollback(self) -> None:
+        """Skip the round trip when there is nothing to roll back: the pool resets every connection it gets back,
+        also after a commit (every write transaction), and a rollback outside a transaction does nothing."""
+        raw = self._connection._connection  # type: ignore[attr-defined]  # aiosqlite's sqlite3 connection
+        if raw is not None and not raw.in_transaction:
+            return
+        super().rollback()
 
 
 class _OneHopDbapi(AsyncAdapt_aiosqlite_dbapi):
