@@ -35,7 +35,7 @@ __all__ = ["BillingApp", "serve"]
 log = logging.getLogger(__name__)
 
 #: How long the outbox relay gathers commits before a publish round (event latency, not request latency).
-RELAY_LINGER_SECONDS = 0.02
+RELAY_LINGER_SECONDS = 0.2
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
