@@ -17,10 +17,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tollgate.billing.v1 import billing_service_pb2_grpc
-from tollgate_common.db import create_engine, create_schema, session_maker
+from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
+from tollgate_common.migrations import migrate
 
 from . import repository
 from .application import Billing, PriceSource
@@ -28,7 +29,7 @@ from .config import Settings
 from .consumer import UsageConsumer
 from .grpc_server import SERVICE_NAME, BillingServicer
 from .price_book import MeteringPriceBook
-from .tables import messaging, metadata
+from .tables import messaging
 
 __all__ = ["BillingApp", "serve"]
 
@@ -92,7 +93,7 @@ class BillingApp:
     async def start(self) -> int:
         s = self.settings
         self.engine = create_engine(s.database_url, schema=s.database_schema)
-        await create_schema(self.engine, metadata, schema=s.database_schema)
+        await migrate(self.engine, "tollgate_billing", schema=s.database_schema)
         self.sessions = session_maker(self.engine)
         if isinstance(self.prices, MeteringPriceBook):
             await self.prices.refresh()

@@ -24,9 +24,10 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tollgate_common.db import create_engine, create_schema, session_maker
+from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Envelope, Topics
 from tollgate_common.kafka import BatchHandler, replay_topics
+from tollgate_common.migrations import migrate
 
 from . import projections
 from .config import DEFAULT_SCHEMA
@@ -40,7 +41,6 @@ from .tables import (
     ledger_postings,
     ledger_transactions,
     messaging,
-    metadata,
     wallets,
 )
 
@@ -358,7 +358,7 @@ async def rebuild(
     """Replay the log into a fresh schema at ``into_url``; with ``compare_with``, reconcile against it."""
     target = create_engine(into_url, schema=into_schema)
     try:
-        await create_schema(target, metadata, schema=into_schema)
+        await migrate(target, "tollgate_billing", schema=into_schema)
         async with target.connect() as conn:
             for table in (accounts, messaging.processed_events):
                 if (await conn.execute(select(func.count()).select_from(table))).scalar_one():

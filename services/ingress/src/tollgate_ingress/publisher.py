@@ -20,12 +20,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from tollgate.events.v1 import usage_pb2
-from tollgate_common.db import create_engine, create_schema, session_maker
+from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
+from tollgate_common.migrations import migrate
 
 from .metrics import Metrics
-from .tables import SCHEMA, metadata, tables
+from .tables import SCHEMA, tables
 
 __all__ = ["SERVICE", "UsagePublisher"]
 
@@ -73,7 +74,7 @@ class UsagePublisher:
     # --- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Create the outbox table and start connecting to Kafka in the background (Kafka may be down)."""
-        await create_schema(self.engine, metadata, schema=SCHEMA)
+        await migrate(self.engine, "tollgate_ingress", schema=SCHEMA)
         self._supervisor = asyncio.create_task(self._supervise(), name="usage-publisher")
 
     @property

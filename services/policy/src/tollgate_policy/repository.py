@@ -15,11 +15,11 @@ from types import MappingProxyType
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from tollgate_common.db import create_schema
+from tollgate_common.migrations import migrate
 
 from .domain import Action, PolicySet
 from .errors import ConcurrentUpdate, StorageUnavailable
-from .tables import metadata, policy_versions
+from .tables import policy_versions
 
 __all__ = ["PolicyRepository"]
 
@@ -36,9 +36,9 @@ class PolicyRepository:
         self.schema = schema
 
     async def create_tables(self) -> None:
-        """Create the schema (PostgreSQL) and tables if missing. Idempotent."""
+        """Migrate the schema (PostgreSQL) and tables to the newest revision. Idempotent."""
         try:
-            await create_schema(self.engine, metadata, schema=self.schema)
+            await migrate(self.engine, "tollgate_policy", schema=self.schema)
         except _UNAVAILABLE as exc:
             raise StorageUnavailable(f"policy database unavailable: {type(exc).__name__}") from exc
 
