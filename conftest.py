@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tollgate_dev.pytest_plugin"]
+
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from tollgate_dev.broker import docker_available

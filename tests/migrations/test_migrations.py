@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tollgate_common.db import create_engine
 from tollgate_common.migrations import migrate, schema_drift
-from tollgate_dev.testing import local_postgres_url, postgres_schema, postgres_unavailable_reason
+from tollgate_dev.testing import fresh_postgres
 
 SERVICES_WITH_A_DATABASE = ["tollgate_billing", "tollgate_metering", "tollgate_policy", "tollgate_ingress"]
 
@@ -20,11 +20,8 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/m.db", None
         return
-    url = local_postgres_url()
-    if url is None:
-        pytest.skip(postgres_unavailable_reason())
-    async with postgres_schema(url) as schema:
-        yield url, schema
+    async with fresh_postgres() as db:
+        yield db
 
 
 @pytest.mark.parametrize("package", SERVICES_WITH_A_DATABASE)

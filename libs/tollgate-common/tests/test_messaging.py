@@ -13,7 +13,7 @@ from tollgate_common.db import create_engine, create_schema, messaging_tables, s
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer, replay_topics
 from tollgate_dev.broker import EmbeddedBroker
-from tollgate_dev.testing import local_postgres_url, postgres_schema, postgres_unavailable_reason
+from tollgate_dev.testing import fresh_postgres
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,8 @@ async def database(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[tu
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/t.db", None
         return
-    url = local_postgres_url()
-    if url is None:
-        pytest.skip(postgres_unavailable_reason())
-    async with postgres_schema(url) as schema:
-        yield url, schema
+    async with fresh_postgres() as db:
+        yield db
 
 
 def _event(i: int, account: str = "acct_1") -> Envelope:

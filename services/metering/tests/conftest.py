@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import ensure_topics
 from tollgate_dev.broker import EmbeddedBroker
-from tollgate_dev.testing import local_postgres_url, postgres_schema, postgres_unavailable_reason
 
 UsageFactory = Callable[..., Envelope]
 
@@ -50,14 +49,6 @@ def start_broker() -> Iterator[Callable[[], str]]:
     for b in started:
         b.stop()
 
-
-@pytest.fixture
-async def postgres() -> AsyncIterator[tuple[str, str]]:
-    url = local_postgres_url()
-    if url is None:
-        pytest.skip(postgres_unavailable_reason())
-    async with postgres_schema(url) as schema:
-        yield url, schema
 
 
 @pytest.fixture(scope="session")

@@ -8,18 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
-from tollgate_dev.testing import local_postgres_url, postgres_schema, postgres_unavailable_reason
 from tollgate_policy import PolicyApp, Settings
-
-
-@pytest.fixture
-async def postgres() -> AsyncIterator[tuple[str, str]]:
-    """(url, fresh schema) on the local PostgreSQL; skipped with the reason when it does not answer."""
-    url = local_postgres_url()
-    if url is None:
-        pytest.skip(postgres_unavailable_reason())
-    async with postgres_schema(url) as schema:
-        yield url, schema
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-__all__ = ["local_postgres_url", "postgres_schema", "postgres_unavailable_reason"]
+__all__ = ["fresh_postgres", "local_postgres_url", "postgres_schema", "postgres_unavailable_reason"]
 
 LOCAL_POSTGRES = os.environ.get("TOLLGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -56,3 +56,15 @@ async def postgres_schema(url: str) -> AsyncIterator[str]:
         await conn.close()
 
 
+
+
+@asynccontextmanager
+async def fresh_postgres() -> AsyncIterator[tuple[str, str]]:
+    """(url, fresh schema) for one test; skips the test, with the reason, when no PostgreSQL answers."""
+    import pytest
+
+    url = local_postgres_url()
+    if url is None:
+        pytest.skip(postgres_unavailable_reason())
+    async with postgres_schema(url) as schema:
+        yield url, schema
