@@ -27,11 +27,13 @@ def _events(platform: Platform, topic: str) -> list[Envelope]:
     return found
 
 
-def test_the_clients_trace_reaches_the_usage_events(platform: Platform) -> None:
+@pytest.mark.parametrize("client_sends_a_trace", [True, False])
+def test_one_trace_id_from_the_request_to_every_event(platform: Platform, client_sends_a_trace: bool) -> None:
     tenant = Tenant.create(platform)
+    client = tenant.client()
     trace_id = secrets.token_hex(16)
-    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
-    client = tenant.client().with_options(default_headers={"traceparent": traceparent})
+    if client_sends_a_trace:
+        client = client.with_options(default_headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "trace me"}]
     )
@@ -40,7 +42,11 @@ def test_the_clients_trace_reaches_the_usage_events(platform: Platform) -> None:
 
     recorded = [e for e in _events(platform, Topics.USAGE) if e.id == request_id]
     assert recorded, "ingress published no usage event for the request"
-    assert recorded[0].traceparent.split("-")[1] == trace_id
+    if client_sends_a_trace:
+        assert recorded[0].traceparent.split("-")[1] == trace_id
+    else:  # ingress started one
+        trace_id = recorded[0].traceparent.split("-")[1]
+        assert len(trace_id) == 32 and int(trace_id, 16) != 0
 
     rated = [e for e in _events(platform, Topics.USAGE_RATED) if e.id == request_id]
     assert rated, "metering published no rated event for the request"

@@ -1,26 +1,39 @@
 """OpenTelemetry set-up from the standard ``OTEL_*`` variables, and Prometheus metrics.
 
-Traces flow HTTP → gRPC (interceptors below) → Kafka (``traceparent`` header, see :mod:`tollgate_common.events`).
-With no ``OTEL_EXPORTER_OTLP_ENDPOINT`` spans are still created (ids appear in logs) but not exported.
+Traces flow HTTP → gRPC → Kafka (``traceparent`` header, see :mod:`tollgate_common.events`) → consumers.
+
+Two modes, chosen by whether anything exports spans (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``):
+
+- exported: OpenTelemetry's own HTTP and grpc.aio instrumentation, a span per hop on each side;
+- not exported (development, tests, a deployment without a collector): only the W3C ``traceparent`` is carried —
+  extracted from the HTTP request (or started there), sent in gRPC metadata, attached in the server's handler —
+  so every log line and every Kafka event still carries the request's trace id. Measured on the 2-core machine,
+  the full instrumentation costs ~6 ms of CPU per chat request across the stack (~40 %) for spans nobody reads.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 __all__ = [
+    "TraceparentMiddleware",
     "configure_telemetry",
     "current_traceparent",
     "extract_traceparent",
     "grpc_client_interceptors",
     "grpc_server_interceptors",
+    "spans_exported",
     "start_metrics_server",
 ]
 
@@ -39,20 +52,113 @@ def configure_telemetry(service: str) -> Callable[[], None]:
     return provider.shutdown
 
 
-def grpc_server_interceptors() -> Sequence[grpc.aio.ServerInterceptor]:
+def spans_exported() -> bool:
+    """True when a collector receives spans (then every hop gets real spans)."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+        return False
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
-    return [aio_server_interceptor()]
+
+def grpc_server_interceptors() -> Sequence[grpc.aio.ServerInterceptor]:
+    if spans_exported():
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        return [aio_server_interceptor()]
+    return [_AttachTraceparent()]
 
 
 def grpc_client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return []
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    if spans_exported():
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return list(aio_client_interceptors())
+        return list(aio_client_interceptors())
+    return [_InjectTraceparent()]
+
+
+def _with_traceparent(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    traceparent = current_traceparent()
+    if not traceparent:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add("traceparent", traceparent)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _InjectTraceparent(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Client side of the propagation-only mode: the current trace goes out in the call's metadata."""
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_with_traceparent(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_with_traceparent(client_call_details), request)
+
+
+class _AttachTraceparent(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Server side of the propagation-only mode: the caller's trace becomes the handler's current context.
+
+    grpc.aio runs each call in its own task, so the context set here ends with the call; nothing to detach.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        traceparent = next(
+            (v for k, v in handler_call_details.invocation_metadata or () if k == "traceparent"), None
+        )
+        if handler is None or not traceparent:
+            return handler
+        ctx = propagate.extract({"traceparent": traceparent})
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(request, context):  # type: ignore[no-untyped-def]
+                otel_context.attach(ctx)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def unary_stream(request, context):  # type: ignore[no-untyped-def]
+                otel_context.attach(ctx)
+                async for item in stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+class TraceparentMiddleware:
+    """ASGI middleware for the propagation-only mode: continue the client's ``traceparent`` or start a trace."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            incoming = next((v for k, v in scope.get("headers", ()) if k == b"traceparent"), b"")
+            ctx = propagate.extract({"traceparent": incoming.decode("latin-1")} if incoming else {})
+            if not trace.get_current_span(ctx).get_span_context().is_valid:
+                span_context = trace.SpanContext(
+                    trace_id=random.getrandbits(128) or 1,
+                    span_id=random.getrandbits(64) or 1,
+                    is_remote=False,
+                    trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+                )
+                ctx = trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+            token = otel_context.attach(ctx)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                otel_context.detach(token)
+            return
+        await self.app(scope, receive, send)
 
 
 def current_traceparent() -> str:

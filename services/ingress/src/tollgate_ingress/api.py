@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tollgate_common.ids import new_id
 from tollgate_common.logs import request_id_var
+from tollgate_common.telemetry import TraceparentMiddleware, spans_exported
 
 from . import admin_routes, openai_routes
 from .config import Settings
@@ -142,7 +143,12 @@ class IngressApp(FastAPI):
         self.fast_chat: ASGIApp = RequestContext(_ChatEndpoint(self), metrics, route=self.chat_path)
 
     def instrument(self) -> None:
-        """OpenTelemetry server spans, for the fast path as for every other route."""
+        """Tracing for the fast path as for every other route: OpenTelemetry server spans when a collector
+        receives them, else only the client's ``traceparent`` carried on (see tollgate_common.telemetry)."""
+        if not spans_exported():
+            self.add_middleware(TraceparentMiddleware)
+            self.fast_chat = TraceparentMiddleware(self.fast_chat)
+            return
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
