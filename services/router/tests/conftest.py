@@ -7,18 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
-from tollgate_dev.mock_upstream import MockUpstream, start_mock_upstream
+from tollgate_dev.mock_upstream import MockUpstream
 from tollgate_router.config import Settings
 from tollgate_router.server import RouterServer
 
 StartRouter = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    upstream = await start_mock_upstream("127.0.0.1", 0)
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture

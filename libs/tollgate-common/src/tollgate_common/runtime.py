@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["run", "stop_event"]
+__all__ = ["Service", "run", "serve_until", "stop_event"]
 
 
 def stop_event() -> asyncio.Event:
@@ -27,3 +27,23 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
+
+
+class Service(Protocol):
+    """What a service's composition root starts and stops (billing's ``BillingApp``, router's ``RouterServer``…)."""
+
+    async def start(self) -> Any: ...
+
+    async def stop(self) -> Any: ...
+
+
+async def serve_until(service: Service, stop: asyncio.Event) -> None:
+    """Start ``service``, wait for ``stop`` (SIGTERM/SIGINT in ``__main__``, or a test), then stop it gracefully.
+
+    ``stop()`` also runs when ``start()`` fails half-way, so whatever had started is closed.
+    """
+    try:
+        await service.start()
+        await stop.wait()
+    finally:
+        await service.stop()

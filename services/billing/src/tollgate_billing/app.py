@@ -22,6 +22,7 @@ from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
 from tollgate_common.migrations import migrate
+from tollgate_common.runtime import serve_until
 
 from . import repository
 from .application import Billing, PriceSource
@@ -224,9 +225,4 @@ class BillingApp:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run billing until ``stop`` is set (SIGTERM in ``python -m tollgate_billing``), then stop gracefully."""
-    app = BillingApp(settings)
-    try:
-        await app.start()
-        await stop.wait()
-    finally:
-        await app.stop()
+    await serve_until(BillingApp(settings), stop)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 
 import uvicorn
@@ -42,8 +41,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     PromptTokenCounter()  # loads the tokenizer now rather than on the first request
     deps = await Deps.start(settings)
     app = create_app(settings, deps)
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
-        app.instrument()
+    app.instrument()  # full spans with a collector, else only the traceparent (tollgate_common.telemetry)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -18,6 +18,7 @@ from tollgate_common.db import session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
+from tollgate_common.runtime import serve_until
 
 from .application import Metering
 from .config import Settings
@@ -114,9 +115,4 @@ class MeteringApp:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set (SIGTERM/SIGINT in ``__main__``)."""
-    app = MeteringApp(settings)
-    try:
-        await app.start()
-        await stop.wait()
-    finally:
-        await app.stop()
+    await serve_until(MeteringApp(settings), stop)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.policy.v1 import policy_service_pb2_grpc
 from tollgate_common.db import create_engine
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.runtime import serve_until
 
 from .application import PolicyCache, PolicyService
 from .config import Settings
@@ -65,9 +66,4 @@ class PolicyApp:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run policy until ``stop`` is set (SIGTERM in ``python -m tollgate_policy``), then stop gracefully."""
-    app = PolicyApp(settings)
-    try:
-        await app.start()
-        await stop.wait()
-    finally:
-        await app.stop()
+    await serve_until(PolicyApp(settings), stop)

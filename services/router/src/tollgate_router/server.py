@@ -12,6 +12,7 @@ import logging
 
 import aiohttp
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.runtime import serve_until
 
 from .application import Router
 from .config import Settings
@@ -74,9 +75,4 @@ class RouterServer:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then drain and close."""
-    server = RouterServer(settings)
-    await server.start()
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
+    await serve_until(RouterServer(settings), stop)
