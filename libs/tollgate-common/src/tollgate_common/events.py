@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
-from tollgate.events.v1 import billing_pb2, usage_pb2
+from tollgate.events.v1 import attempts_pb2, billing_pb2, policy_pb2, usage_pb2
 
 from .telemetry import current_traceparent
 
@@ -46,6 +46,8 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "tollgate.billing.v1.hold.captured": billing_pb2.HoldCaptured,
     "tollgate.billing.v1.hold.expired": billing_pb2.HoldExpired,
     "tollgate.billing.v1.hold.reconciled": billing_pb2.HoldReconciled,
+    "tollgate.policy.v1.policy.decided": policy_pb2.PolicyDecided,
+    "tollgate.attempts.v1.attempt.recorded": attempts_pb2.AttemptRecorded,
 }
 _TYPE_OF: dict[type[Message], str] = {cls: name for name, cls in EVENT_TYPES.items()}
 
