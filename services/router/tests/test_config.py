@@ -108,7 +108,7 @@ def test_providers_file_mistakes_are_each_named(tmp_path: Path) -> None:
     path.write_text(
         """
 providers:
-  a: {kind: anthropic, base_url: "https://api.anthropic.com"}
+  a: {kind: cohere, base_url: "https://api.anthropic.com"}
   b: {kind: openai, base_url: "not a url", api_key_env: UNSET_KEY}
   c: {kind: openai, base_url: "http://ok:1/v1", timeout: 3}
 models:
@@ -117,7 +117,7 @@ models:
 """
     )
     text = "\n".join(problems({"ROUTER_PROVIDERS_FILE": str(path)}))
-    assert "providers.a.kind: 'anthropic' is not one of openai" in text
+    assert "providers.a.kind: 'cohere' is not one of openai, azure, anthropic, gemini" in text
     assert "providers.b.base_url" in text
     assert "UNSET_KEY is not set" in text
     assert "providers.c: unknown keys timeout" in text

@@ -22,8 +22,9 @@ __all__ = [
     "parse_request",
 ]
 
-#: Wire formats the router speaks; ``openai`` covers every OpenAI-compatible provider (OpenAI, DeepSeek, vLLM…).
-SUPPORTED_KINDS = ("openai",)
+#: Wire formats the router speaks; ``openai`` covers every OpenAI-compatible provider (OpenAI, DeepSeek, Kimi,
+#: Qwen, GLM, MiniMax, OpenRouter, vLLM…), ``azure`` is OpenAI's format with Azure's URLs and ``api-key`` header.
+SUPPORTED_KINDS = ("openai", "azure", "anthropic", "gemini")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class Provider:
     kind: str
     base_url: str
     api_key: str = field(default="", repr=False)
+    #: Per-kind settings from the operator's file (e.g. Azure's ``api_version``, Anthropic's ``anthropic_version``).
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
