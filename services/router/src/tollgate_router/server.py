@@ -14,8 +14,10 @@ import aiohttp
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.runtime import serve_until
 
+from .anthropic import AnthropicAdapter
 from .application import Router
 from .config import Settings
+from .gemini import GeminiAdapter
 from .grpc_server import SERVICE_NAME, RouterServicer, register
 from .openai_compat import OpenAICompatibleAdapter, create_session
 
@@ -41,7 +43,12 @@ class RouterServer:
         self._session = create_session(settings.upstream_max_connections)
         router = Router(
             settings.catalogue,
-            {"openai": OpenAICompatibleAdapter(self._session)},
+            {
+                "openai": OpenAICompatibleAdapter(self._session),
+                "azure": OpenAICompatibleAdapter(self._session),
+                "anthropic": AnthropicAdapter(self._session),
+                "gemini": GeminiAdapter(self._session),
+            },
             upstream_timeout=settings.upstream_timeout_seconds,
         )
         self._grpc = GrpcServer(settings.grpc_host, settings.grpc_port)
