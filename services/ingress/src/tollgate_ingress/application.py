@@ -1,8 +1,10 @@
 """What ingress does with a request, between the HTTP layer and the gRPC services.
 
 A chat completion: count prompt tokens → billing.Authorize (a hold for the maximum cost) → policy.Inspect (allow,
-redact, block) → router.Complete or StreamComplete → exactly one ``UsageRecorded`` that closes the hold, whatever
-happened after the hold was placed (success, upstream failure, policy block, a client that went away).
+flag, redact, block; the routing constraints the policy sets) → router.Complete or StreamComplete → when the policy
+asks for it, policy.Inspect of the answer (see :mod:`tollgate_ingress.response_scan`) → exactly one
+``UsageRecorded`` that closes the hold, whatever happened after the hold was placed (success, upstream failure,
+policy block, a client that went away). An answer the policy blocks was still served upstream, so it is billed.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import orjson
@@ -33,6 +36,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .publisher import UsagePublisher
+from .response_scan import ResponseBlocked, StreamScanner, scan_completion
 from .tokens import PromptTokenCounter
 
 __all__ = [
@@ -143,6 +147,10 @@ class Prepared:
     settlement: Settlement
     #: The tokenizer's count of the prompt (what the hold was sized on); billed when a stream breaks mid-way.
     prompt_tokens: int = 0
+    #: Where the policy lets the request go (model/provider/region allow-lists), passed on to the router.
+    constraints: policy_service_pb2.RoutingConstraints = field(default_factory=policy_service_pb2.RoutingConstraints)
+    #: The policy wants the answer inspected before the caller sees it.
+    scan_responses: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +210,18 @@ class ChatCompletions:
         auth = await self._authorize(api_key, request_id, request, prompt_tokens)
         settlement = Settlement(self.publisher, request, request_id, auth)
         try:
-            body = await self._inspect(request_id, auth, request, settlement)
+            body, reply = await self._inspect(request_id, auth, request, settlement)
         except BaseException:
             settlement.close(Outcome.FAILED)  # no-op when the block already closed it
             raise
         return Prepared(
-            request=request, request_id=request_id, body_json=body, settlement=settlement, prompt_tokens=prompt_tokens
+            request=request,
+            request_id=request_id,
+            body_json=body,
+            settlement=settlement,
+            prompt_tokens=prompt_tokens,
+            constraints=reply.constraints,
+            scan_responses=reply.scan_responses,
         )
 
     async def _authorize(
@@ -237,43 +251,77 @@ class ChatCompletions:
             project=reply.project,
         )
 
-    async def _inspect(
-        self, request_id: str, auth: Authorization, request: ChatRequest, settlement: Settlement
-    ) -> bytes:
-        texts = request.prompt_texts()
-        if not texts:
-            return request.raw
+    async def _policy_inspect(self, request: policy_service_pb2.InspectRequest) -> policy_service_pb2.InspectResponse:
         started = time.perf_counter()
         try:
-            reply = await self.upstreams.policy.Inspect(
-                policy_service_pb2.InspectRequest(request_id=request_id, account_id=auth.account_id, texts=texts),
-                timeout=self.rpc_timeout,
+            reply: policy_service_pb2.InspectResponse = await self.upstreams.policy.Inspect(
+                request, timeout=self.rpc_timeout
             )
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, service="policy") from None
         finally:
             self._inspect_seconds.observe(time.perf_counter() - started)
-        if reply.verdict == policy_service_pb2.VERDICT_ALLOW:
-            return request.raw
+        return reply
+
+    async def _inspect(
+        self, request_id: str, auth: Authorization, request: ChatRequest, settlement: Settlement
+    ) -> tuple[bytes, policy_service_pb2.InspectResponse]:
+        """The body to forward and policy's answer. Always asked, even without text: the policy also decides which
+        models and providers the request may use."""
+        reply = await self._policy_inspect(
+            policy_service_pb2.InspectRequest(
+                request_id=request_id,
+                account_id=auth.account_id,
+                texts=request.prompt_texts(),
+                key_id=auth.key_id,
+                team=auth.team,
+                model=request.model,
+                direction=policy_service_pb2.DIRECTION_REQUEST,
+            )
+        )
+        if reply.verdict in (policy_service_pb2.VERDICT_ALLOW, policy_service_pb2.VERDICT_FLAG):
+            return request.raw, reply
         if reply.verdict == policy_service_pb2.VERDICT_BLOCK:
             settlement.close(Outcome.BLOCKED)
-            kinds = _unique(f.type for f in reply.findings if f.action == policy_service_pb2.ACTION_BLOCK)
-            kinds = kinds or _unique(f.type for f in reply.findings)
-            # Types only: the matched data must never be echoed back or logged.
-            raise PermissionDenied(
-                "The request was blocked by the account's data policy: it contains "
-                + (", ".join(kinds) if kinds else "data the policy forbids"),
-                code="policy_violation",
-            )
+            if reply.rule:
+                raise PermissionDenied(
+                    f"The request was blocked by the account's policy (rule {reply.rule}): "
+                    + _RULE_MESSAGES.get(reply.rule, "the policy does not allow this request"),
+                    code="policy_violation",
+                )
+            raise _policy_violation("request", reply.findings)
         if reply.verdict == policy_service_pb2.VERDICT_REDACT:
             try:
-                return request.redacted_body(reply.redacted_texts)
+                return request.redacted_body(reply.redacted_texts), reply
             except ValueError:
                 raise ServiceUnavailable(
                     "policy returned a redaction that does not match the prompt", code="policy_error"
                 ) from None
         # Fail closed: a DLP answer we do not understand must not let the prompt leave.
         raise ServiceUnavailable("policy returned no verdict", code="policy_error")
+
+    def _response_inspector(self, prepared: Prepared) -> Callable[[list[str], int], Awaitable[Any]]:
+        """Inspects the model's answer under the same context as the prompt (direction RESPONSE)."""
+        auth = prepared.settlement.auth
+
+        async def inspect(texts: list[str], sequence: int) -> policy_service_pb2.InspectResponse:
+            reply = await self._policy_inspect(
+                policy_service_pb2.InspectRequest(
+                    request_id=prepared.request_id,
+                    account_id=auth.account_id,
+                    texts=texts,
+                    key_id=auth.key_id,
+                    team=auth.team,
+                    model=prepared.request.model,
+                    direction=policy_service_pb2.DIRECTION_RESPONSE,
+                    sequence=sequence,
+                )
+            )
+            if reply.verdict not in _VERDICTS:
+                raise ServiceUnavailable("policy returned no verdict", code="policy_error")
+            return reply
+
+        return inspect
 
     # --- the router -------------------------------------------------------------------------------------------
     def _router_request(self, prepared: Prepared) -> router_service_pb2.CompleteRequest:
@@ -282,6 +330,8 @@ class ChatCompletions:
             account_id=prepared.settlement.auth.account_id,
             model=prepared.request.model,
             body_json=prepared.body_json,
+            constraints=routing_constraints(prepared.constraints),
+            key_id=prepared.settlement.auth.key_id,
         )
 
     async def complete(self, prepared: Prepared) -> bytes:
@@ -305,7 +355,17 @@ class ChatCompletions:
             upstream_model=reply.upstream_model,
             upstream_request_id=reply.upstream_request_id,
         )
-        return reply.body_json
+        if not prepared.scan_responses:
+            return reply.body_json
+        # Billed above whatever happens now: the upstream served the answer.
+        try:
+            return await scan_completion(reply.body_json, self._response_inspector(prepared))
+        except ResponseBlocked as blocked:
+            raise _policy_violation("response", (), blocked.kinds) from None
+        except ValueError:
+            raise ServiceUnavailable(
+                "policy returned a redaction that does not match the response", code="policy_error"
+            ) from None
 
     def stream(self, prepared: Prepared) -> StreamSession:
         """Start consuming the router stream in its own task; read the session's queue for chunks."""
@@ -321,6 +381,8 @@ class ChatCompletions:
         usage: Usage | None = None
         end: router_service_pb2.StreamEnd | None = None
         delivered: list[bytes] = []  # chunks already sent on: billed by estimate if the stream breaks after them
+        scanner = StreamScanner(self._response_inspector(session.prepared)) if session.prepared.scan_responses else None
+        stopped = False  # the policy stopped the answer: keep draining (and billing) the upstream, send nothing more
         started = time.perf_counter()
         self.metrics.streams_in_flight.inc()
         try:
@@ -330,11 +392,18 @@ class ChatCompletions:
             async for message in call:
                 if message.HasField("chunk_json"):
                     delivered.append(message.chunk_json)
-                    if not session.client_gone:
-                        queue.put_nowait(message.chunk_json)
+                    if stopped:
+                        continue
+                    if scanner is None:
+                        if not session.client_gone:
+                            queue.put_nowait(message.chunk_json)
+                        continue
+                    stopped = not await self._forward(session, scanner.feed(message.chunk_json))
                 elif message.HasField("end"):
                     end = message.end
                     usage = _usage(end.usage)
+            if scanner is not None and not stopped:
+                stopped = not await self._forward(session, scanner.finish())
         except grpc.aio.AioRpcError as exc:
             settlement.close(Outcome.FAILED, self._estimate(session.prepared, delivered))
             queue.put_nowait(StreamFailed(from_grpc(exc, service="router")))
@@ -362,10 +431,27 @@ class ChatCompletions:
                 upstream_model=end.upstream_model,
                 upstream_request_id=end.upstream_request_id,
             )
-            queue.put_nowait(StreamEnded(usage))
+            if not stopped:
+                queue.put_nowait(StreamEnded(usage))
         finally:
             self.metrics.streams_in_flight.dec()
             self._stream_seconds.observe(time.perf_counter() - started)
+
+    async def _forward(self, session: StreamSession, scanned: Awaitable[list[bytes]]) -> bool:
+        """Queue what the scanner lets through; False (after queueing the error) when the policy stops the answer
+        or cannot be asked — failing closed: unscanned text never reaches the caller."""
+        try:
+            chunks = await scanned
+        except ResponseBlocked as blocked:
+            session.queue.put_nowait(StreamFailed(_policy_violation("response", (), blocked.kinds)))
+            return False
+        except IngressError as exc:
+            session.queue.put_nowait(StreamFailed(exc))
+            return False
+        if not session.client_gone:
+            for chunk in chunks:
+                session.queue.put_nowait(chunk)
+        return True
 
     def _estimate(self, prepared: Prepared, delivered: list[bytes]) -> Usage | None:
         """Usage for a stream that broke after output reached the client: the upstream served (and will charge
@@ -407,14 +493,58 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(i for i in items if i))
 
 
+_VERDICTS = frozenset(
+    {
+        policy_service_pb2.VERDICT_ALLOW,
+        policy_service_pb2.VERDICT_FLAG,
+        policy_service_pb2.VERDICT_REDACT,
+        policy_service_pb2.VERDICT_BLOCK,
+    }
+)
+
+#: What a routing rule means, for the 403's message (the rule's name is always given too).
+_RULE_MESSAGES = {
+    "model_not_allowed": "the model is not on the allowed list",
+    "provider_not_allowed": "no allowed provider serves this model",
+    "region_not_allowed": "no deployment in an allowed region serves this model",
+}
+
+
+def _policy_violation(
+    what: str, findings: Iterable[policy_service_pb2.Finding], kinds: Iterable[str] = ()
+) -> PermissionDenied:
+    """403 policy_violation naming the finding types (never the matched data, which must not be echoed or logged)."""
+    found = list(kinds) or _unique(f.type for f in findings if f.action == policy_service_pb2.ACTION_BLOCK)
+    found = found or _unique(f.type for f in findings)
+    subject = "The request" if what == "request" else "The model's response"
+    return PermissionDenied(
+        f"{subject} was blocked by the account's data policy: it contains "
+        + (", ".join(found) if found else "data the policy forbids"),
+        code="policy_violation",
+    )
+
+
+def routing_constraints(pb: policy_service_pb2.RoutingConstraints) -> router_service_pb2.RoutingConstraints:
+    """Policy's routing constraints in the router's message (the same four lists)."""
+    return router_service_pb2.RoutingConstraints(
+        allowed_providers=pb.allowed_providers,
+        denied_providers=pb.denied_providers,
+        allowed_regions=pb.allowed_regions,
+        allowed_models=pb.allowed_models,
+    )
+
+
 class Keys:
     """Queries an API key's holder may make about itself (``/v1/key``, ``/v1/models``)."""
+
+    #: Cached model lists (one per key: each key's policy may allow different models); the oldest go first.
+    MAX_CACHED_LISTS = 1024
 
     def __init__(self, upstreams: Upstreams, settings: Settings, models_ttl: float = 10.0) -> None:
         self.upstreams = upstreams
         self.rpc_timeout = settings.rpc_timeout_seconds
         self.models_ttl = models_ttl
-        self._models: tuple[float, router_service_pb2.ListModelsResponse] | None = None
+        self._models: dict[tuple[str, str], tuple[float, router_service_pb2.ListModelsResponse]] = {}
 
     async def key_info(self, api_key: str) -> billing_service_pb2.GetKeyInfoResponse:
         try:
@@ -424,18 +554,35 @@ class Keys:
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, service="billing") from None
 
-    async def models(self, api_key: str) -> router_service_pb2.ListModelsResponse:
-        await self.key_info(api_key)  # authenticates the caller
+    async def models(self, api_key: str, request_id: str = "") -> router_service_pb2.ListModelsResponse:
+        """The catalogue's models this key may use: policy's routing constraints for the key (an Inspect with no
+        text and no model), applied by the router. Cached per key for ``models_ttl``."""
+        info = await self.key_info(api_key)  # authenticates the caller
+        cache_key = (info.account_id, info.key_id)
         now = time.monotonic()
-        if self._models is not None and now - self._models[0] < self.models_ttl:
-            return self._models[1]
+        cached = self._models.get(cache_key)
+        if cached is not None and now - cached[0] < self.models_ttl:
+            return cached[1]
+        try:
+            policy = await self.upstreams.policy.Inspect(
+                policy_service_pb2.InspectRequest(
+                    request_id=request_id, account_id=info.account_id, key_id=info.key_id
+                ),
+                timeout=self.rpc_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, service="policy") from None
         try:
             reply = await self.upstreams.router.ListModels(
-                router_service_pb2.ListModelsRequest(), timeout=self.rpc_timeout
+                router_service_pb2.ListModelsRequest(constraints=routing_constraints(policy.constraints)),
+                timeout=self.rpc_timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, service="router") from None
-        self._models = (now, reply)
+        self._models.pop(cache_key, None)
+        self._models[cache_key] = (now, reply)
+        while len(self._models) > self.MAX_CACHED_LISTS:
+            del self._models[next(iter(self._models))]
         return reply
 
 

@@ -77,7 +77,7 @@ async def chat_completions(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    reply = await services(request).keys.models(bearer_token(request))
+    reply = await services(request).keys.models(bearer_token(request), request.state.request_id)
     data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by or m.provider} for m in reply.models]
     return Response(dumps_exact({"object": "list", "data": data}), media_type=JSON)
 
