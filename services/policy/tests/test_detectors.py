@@ -46,12 +46,14 @@ PEM_BLOCK = f"-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\n{PEM_BODY}\n-----END 
 
 
 def test_every_detector_has_a_name_a_version_and_a_placeholder_label() -> None:
-    assert set(DETECTORS) == {"email", "payment_card", "secret"}
+    assert set(DETECTORS) == {"email", "payment_card", "secret", "phone", "iban", "ssn", "ip_address"}
     for name, detector in DETECTORS.items():
         assert detector.name == name and detector.version and detector.label.isupper()
 
 
 class TestEmail:
+    DETECTOR = "email"
+
     @pytest.mark.parametrize(
         "address",
         [
@@ -85,10 +87,12 @@ class TestEmail:
         ],
     )
     def test_near_misses(self, text: str) -> None:
-        assert found(text) == []
+        assert [f for f in found(text) if f[0] == self.DETECTOR] == []
 
 
 class TestPaymentCard:
+    DETECTOR = "payment_card"
+
     @pytest.mark.parametrize(
         "card",
         [
@@ -132,7 +136,7 @@ class TestPaymentCard:
         ],
     )
     def test_near_misses(self, text: str) -> None:
-        assert found(text) == []
+        assert [f for f in found(text) if f[0] == self.DETECTOR] == []
 
     def test_luhn(self) -> None:
         assert luhn_valid("79927398713")
@@ -141,6 +145,8 @@ class TestPaymentCard:
 
 
 class TestSecret:
+    DETECTOR = "secret"
+
     @pytest.mark.parametrize(
         "secret",
         [
@@ -192,7 +198,7 @@ class TestSecret:
         ],
     )
     def test_near_misses(self, text: str) -> None:
-        assert found(text) == []
+        assert [f for f in found(text) if f[0] == self.DETECTOR] == []
 
 
 def test_ordinary_prose_and_code_have_no_findings() -> None:
