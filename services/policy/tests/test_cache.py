@@ -14,7 +14,7 @@ from tollgate_dev.ports import free_port
 from tollgate_policy.application import PolicyCache, PolicyService
 from tollgate_policy.domain import Action, PolicySet, Verdict
 from tollgate_policy.errors import StorageUnavailable
-from tollgate_policy.repository import PolicyRepository
+from tollgate_policy.repository import PolicyRepository, PolicyState
 
 CARD = "4111111111111111"
 
@@ -61,9 +61,10 @@ async def test_another_replica_sees_the_change_after_the_ttl(engine: AsyncEngine
 
 def test_a_slow_read_never_replaces_a_newer_version() -> None:
     cache = PolicyCache(30.0, Clock())
-    newer = PolicySet.default("acc_1").revised({}).revised({"email": Action.BLOCK})
+    policy = PolicySet.default("acc_1").revised({}).revised({"email": Action.BLOCK})
+    newer = PolicyState(policy, None, policy.version)
     cache.offer(newer)
-    assert cache.offer(PolicySet.default("acc_1")) == newer
+    assert cache.offer(PolicyState.default("acc_1")) == newer
     assert cache.fresh("acc_1") == newer
 
 
@@ -72,7 +73,7 @@ async def test_when_the_database_is_down_known_policies_are_served_and_unknown_a
     down = create_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/test", schema="policy")
     service = PolicyService(PolicyRepository(down, schema="policy"), PolicyCache(30.0, clock))
     known = PolicySet.default("acc_known").revised({"payment_card": Action.BLOCK})
-    service.cache.offer(known)
+    service.cache.offer(PolicyState(known, None, known.version))
     clock.now += 3600  # long expired: a refresh is attempted and fails
     result = await service.inspect("req_1", "acc_known", [CARD])
     assert (result.verdict, result.policy_version) == (Verdict.BLOCK, 1)
@@ -86,14 +87,14 @@ async def test_a_burst_of_misses_for_one_account_reads_the_database_once(engine:
     await service.set_policy("acc_1", [("payment_card", Action.BLOCK)])
     service.cache = PolicyCache(30.0, Clock())  # as after a restart: nothing cached
     reads = 0
-    current = service.repository.current
+    current = service.repository.state
 
-    async def counted(account_id: str) -> PolicySet | None:
+    async def counted(account_id: str) -> PolicyState | None:
         nonlocal reads
         reads += 1
         return await current(account_id)
 
-    service.repository.current = counted  # type: ignore[method-assign]
+    service.repository.state = counted  # type: ignore[method-assign]
     results = await asyncio.gather(*(service.inspect(f"req_{i}", "acc_1", [CARD]) for i in range(20)))
     assert {(r.verdict, r.policy_version) for r in results} == {(Verdict.BLOCK, 1)}
     assert reads == 1

@@ -12,6 +12,7 @@ from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import error_reason, wait_for_health
 from tollgate_common.logs import JsonFormatter
 from tollgate_policy import PolicyApp
+from tollgate_policy.detectors import DETECTORS
 
 CARD = "4111 1111 1111 1111"
 SECRET = "sk-" + "proj-" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3z"
@@ -33,11 +34,14 @@ async def test_health_reports_serving(app: PolicyApp) -> None:
 async def test_get_policy_of_a_new_account_is_the_default_at_version_0(stub: pb_grpc.PolicyServiceStub) -> None:
     reply = await stub.GetPolicy(pb.GetPolicyRequest(account_id="acc_new"))
     assert reply.policy.account_id == "acc_new" and reply.policy.version == 0
-    assert rules(reply.policy) == {
-        "email": pb.ACTION_ALLOW,
-        "payment_card": pb.ACTION_REDACT,
-        "secret": pb.ACTION_REDACT,
-    }
+    effective = rules(reply.policy)
+    assert set(effective) == set(DETECTORS)
+    assert (effective["email"], effective["payment_card"], effective["secret"]) == (
+        pb.ACTION_ALLOW,
+        pb.ACTION_REDACT,
+        pb.ACTION_REDACT,
+    )
+    assert {r.source for r in reply.policy.rules} == {"default"}
 
 
 async def test_inspect_redacts_with_placeholders_and_reports_every_finding(stub: pb_grpc.PolicyServiceStub) -> None:
@@ -51,15 +55,15 @@ async def test_inspect_redacts_with_placeholders_and_reports_every_finding(stub:
     ]
     spans = [(f.type, texts[f.text_index][f.start : f.end], f.action, f.detector_version) for f in reply.findings]
     assert spans == [
-        ("payment_card", CARD, pb.ACTION_REDACT, "1"),
-        ("secret", SECRET, pb.ACTION_REDACT, "1"),
-        ("email", EMAIL, pb.ACTION_ALLOW, "1"),
-        ("payment_card", CARD.replace(" ", ""), pb.ACTION_REDACT, "1"),
+        ("payment_card", CARD, pb.ACTION_REDACT, DETECTORS["payment_card"].version),
+        ("secret", SECRET, pb.ACTION_REDACT, DETECTORS["secret"].version),
+        ("email", EMAIL, pb.ACTION_ALLOW, DETECTORS["email"].version),
+        ("payment_card", CARD.replace(" ", ""), pb.ACTION_REDACT, DETECTORS["payment_card"].version),
     ]
 
 
 async def test_a_clean_prompt_is_allowed_with_nothing_to_rewrite(stub: pb_grpc.PolicyServiceStub) -> None:
-    reply = await inspect(stub, "Order 4111111111111112 was late; version 1.2.3.4.")
+    reply = await inspect(stub, "Order 4111111111111112 was late; version 1.2.3.")
     assert reply.verdict == pb.VERDICT_ALLOW
     assert not reply.findings and not reply.redacted_texts
 
@@ -93,7 +97,7 @@ async def test_set_policy_bumps_the_version_and_inspect_applies_it(stub: pb_grpc
 @pytest.mark.parametrize(
     ("request_rules", "account", "reason"),
     [
-        ([pb.PolicyRule(detector="iban", action=pb.ACTION_BLOCK)], "acc_1", "unknown_detector"),
+        ([pb.PolicyRule(detector="passport", action=pb.ACTION_BLOCK)], "acc_1", "unknown_detector"),
         ([pb.PolicyRule(detector="email", action=pb.ACTION_UNSPECIFIED)], "acc_1", "invalid_rule"),
         ([pb.PolicyRule(detector="email")], "acc_1", "invalid_rule"),
         (
@@ -153,7 +157,7 @@ async def test_no_card_or_secret_reaches_the_logs_or_the_reply(
 async def test_an_unexpected_failure_is_internal_and_its_message_is_not_logged(
     app: PolicyApp, stub: pb_grpc.PolicyServiceStub, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(request_id: str, account_id: str, texts: list[str]) -> None:
+    async def broken(request_id: str, account_id: str, texts: list[str], **context: object) -> None:
         raise RuntimeError(f"a bug that quotes its input: {texts[0]}")
 
     assert app.service is not None

@@ -1,24 +1,30 @@
 """Policy wired together: database, repository, cache, application and the gRPC server.
 
 ``PolicyApp`` starts and stops in-process (tests, the e2e harness) exactly as ``python -m tollgate_policy`` does.
-Policy consumes no topic and, for now, publishes none (see README), so there is no Kafka here.
+Policy consumes no topic; it publishes PolicyDecided events through its outbox (``events.py``), relayed to Kafka
+when ``kafka_bootstrap_servers`` is set (otherwise they wait in the outbox until it is).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.policy.v1 import policy_service_pb2_grpc
-from tollgate_common.db import create_engine
+from tollgate_common.db import create_engine, session_maker
+from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
 from tollgate_common.runtime import serve_until
 
 from .application import PolicyCache, PolicyService
 from .config import Settings
+from .events import DEV_HASH_KEY, DecisionLog
 from .grpc_server import SERVICE_NAME, PolicyServicer
 from .repository import PolicyRepository
+from .tables import messaging
 
 __all__ = ["PolicyApp", "serve"]
 
@@ -33,7 +39,11 @@ class PolicyApp:
         self.engine: AsyncEngine | None = None
         self.service: PolicyService | None = None
         self.server: GrpcServer | None = None
+        self.decisions: DecisionLog | None = None
+        self.relay: OutboxRelay | None = None
         self.port = 0
+        self._stop = asyncio.Event()
+        self._kafka: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -44,7 +54,13 @@ class PolicyApp:
         self.engine = create_engine(s.database_url, schema=s.database_schema)
         repository = PolicyRepository(self.engine, schema=s.database_schema)
         await repository.create_tables()
-        self.service = PolicyService(repository, PolicyCache(s.cache_ttl_seconds))
+        self.decisions = DecisionLog(repository, on_written=self._notify_relay)
+        if not s.hash_key:
+            log.warning("POLICY_HASH_KEY is not set: match hashes use the public development key")
+        hash_key = s.hash_key.encode() if s.hash_key else DEV_HASH_KEY
+        self.service = PolicyService(
+            repository, PolicyCache(s.cache_ttl_seconds), decisions=self.decisions, hash_key=hash_key
+        )
         self.server = GrpcServer(s.grpc_host, s.grpc_port)
         self.server.add(
             policy_service_pb2_grpc.add_PolicyServiceServicer_to_server,  # type: ignore[arg-type]
@@ -52,13 +68,50 @@ class PolicyApp:
             SERVICE_NAME,
         )
         self.port = await self.server.start()
+        if s.kafka_bootstrap_servers:
+            self._kafka = asyncio.create_task(self._run_relay(), name="policy-outbox-relay")
         log.info("policy serving", extra={"port": self.port})
         return self.port
+
+    def _notify_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.notify()
+
+    async def _run_relay(self) -> None:
+        """Publish the outbox to Kafka until stopped; reconnects with backoff while Kafka is away."""
+        assert self.engine is not None
+        bootstrap = self.settings.kafka_bootstrap_servers
+        backoff = 0.5
+        while not self._stop.is_set():
+            producer = make_producer(bootstrap, client_id="tollgate-policy")
+            try:
+                await ensure_topics(bootstrap, [Topics.POLICY], attempts=4)
+                await producer.start()
+                # keep=False: published rows are deleted; the events are the audit log, Kafka holds them.
+                self.relay = OutboxRelay(session_maker(self.engine), messaging, producer, keep=False)
+                await self.relay.run(self._stop)
+                await self.relay.publish_pending()  # what the last Inspects wrote before the stop
+                backoff = 0.5
+            except Exception as exc:
+                log.warning("Kafka unavailable; policy retries", extra={"error": repr(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                self.relay = None
+                with contextlib.suppress(Exception):
+                    await producer.stop()
 
     async def stop(self) -> None:
         """Graceful: report NOT_SERVING, refuse new calls, let in-flight ones finish, then close the database."""
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds)
+        if self.decisions is not None:
+            await self.decisions.flush()
+        self._stop.set()
+        if self._kafka is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._kafka
         if self.engine is not None:
             await self.engine.dispose()
         log.info("policy stopped")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -34,6 +34,11 @@ class Settings:
     log_level: str = "INFO"
     #: Seconds in-flight calls get to finish on SIGTERM.
     shutdown_grace_seconds: float = 10.0
+    #: Kafka for PolicyDecided events (POLICY_KAFKA_BOOTSTRAP_SERVERS). Empty: events wait in the outbox.
+    kafka_bootstrap_servers: str = ""
+    #: HMAC key for the match hashes in PolicyDecided (POLICY_HASH_KEY). Empty: the public development key
+    #: (events.DEV_HASH_KEY), with a warning at start.
+    hash_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +63,8 @@ class Settings:
             metrics_port=env.port("METRICS_PORT", cls.metrics_port),
             log_level=log_level,
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0.0),
+            kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", ""),
+            hash_key=env.str("HASH_KEY", ""),
         )
         env.check()
         return settings

@@ -1,26 +1,45 @@
-"""Policy sets, verdicts and redaction: what happens to a prompt once the detectors have found something. Pure.
+"""Policy sets, verdicts, routing limits and redaction: what happens to a request once the detectors have run. Pure.
 
-A :class:`PolicySet` maps each detector to an :class:`Action`. An account without one gets
-:data:`DEFAULT_RULES` at version 0: cards and secrets are redacted (a prompt carrying them still goes out,
-without them), emails are allowed (too common in ordinary prompts to rewrite by default). Rules an account sets
-override the defaults detector by detector; a detector it does not name keeps its default, so a new detector
-added later protects existing accounts at once.
+The policy document
+-------------------
+An account's policy is ONE document, versioned as a whole, with up to three kinds of scope::
 
-:func:`inspect` decides the verdict (BLOCK beats REDACT beats ALLOW) and, for REDACT, rewrites every redacted
-match into a typed, numbered placeholder such as ``[PAYMENT_CARD_1]``; the same value gets the same number
-everywhere in one request, so the model can still tell "the same card" from "another card".
+    {"account": SCOPE, "teams": {"<team>": SCOPE}, "keys": {"<key id>": SCOPE}}
+
+    SCOPE = {"rules":   {"<detector>": "allow" | "flag" | "redact" | "block"},
+             "routing": {"allowed_models": [...], "allowed_providers": [...],
+                         "denied_providers": [...], "allowed_regions": [...]},
+             "when_found": [{"types": ["<detector>", ...], "allowed_regions": ["eu"], ...any routing list}]}
+
+Every part is optional. A request made with key K of team T resolves **account → team T → key K**:
+
+- ``rules``: per detector, the most specific scope that names it wins, else :data:`DEFAULT_RULES` (a detector
+  without a default — one added later — is ``flag``: recorded, not changed). :meth:`PolicySet.resolve` reports
+  where each action comes from ("default", "account", "team:T", "key:K").
+- ``routing``: limits only ever narrow down the chain. ``allowed_*`` lists are intersected over the scopes that
+  set them (an empty or missing list means "no limit"); ``denied_providers`` are united.
+- ``when_found``: conditional limits from every scope in the chain, applied when the request has at least one
+  finding of a listed type (whatever that finding's action): "if there is an email or a card, only region eu".
+
+The verdict is the strongest action among the findings (BLOCK > REDACT > FLAG > ALLOW). Routing can block too:
+when ``allowed_models`` is set and the requested model is not in it (rule ``model_not_allowed``), or when two
+``allowed_*`` lists that apply have nothing in common (rule ``no_route_allowed``). Otherwise the merged limits are
+returned as :class:`Routing` for the router.
+
+REDACT rewrites every redacted match into a typed, numbered placeholder such as ``[PAYMENT_CARD_1]``; the same
+value gets the same number everywhere in one request, so the model can still tell "the same card" from another.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .detectors import DETECTORS, EMAIL, PAYMENT_CARD, Detector, Match, scan
-from .errors import InvalidRule, UnknownDetector
+from .errors import InvalidArgument, InvalidRule, UnknownDetector
 
 __all__ = [
     "DEFAULT_RULES",
@@ -28,8 +47,13 @@ __all__ = [
     "Finding",
     "Inspection",
     "PolicySet",
+    "Resolved",
+    "Routing",
+    "ScopePolicy",
     "Verdict",
+    "check_scope",
     "inspect",
+    "parse_scope_document",
     "validate_rules",
 ]
 
@@ -38,23 +62,46 @@ class Action(enum.StrEnum):
     """What a detector's match does to the request."""
 
     ALLOW = "allow"
+    FLAG = "flag"
     REDACT = "redact"
     BLOCK = "block"
 
 
 class Verdict(enum.StrEnum):
-    """The request's outcome: the strongest action among its findings."""
+    """The request's outcome: the strongest action among its findings (or BLOCK by a routing rule)."""
 
     ALLOW = "allow"
+    FLAG = "flag"
     REDACT = "redact"
     BLOCK = "block"
 
 
-#: The policy of an account that never set one (version 0).
+#: The policy of an account that never set one (version 0): cards, secrets, IBANs and SSNs are redacted; emails,
+#: phone numbers and IP addresses are allowed (too common in ordinary prompts to rewrite by default; findings are
+#: still recorded in PolicyDecided). A detector missing here (one added later) is FLAG until an account decides.
 DEFAULT_RULES: Mapping[str, Action] = MappingProxyType(
-    {"email": Action.ALLOW, "payment_card": Action.REDACT, "secret": Action.REDACT}
+    {
+        "email": Action.ALLOW,
+        "payment_card": Action.REDACT,
+        "secret": Action.REDACT,
+        "iban": Action.REDACT,
+        "ssn": Action.REDACT,
+        "phone": Action.ALLOW,
+        "ip_address": Action.ALLOW,
+    }
 )
-assert set(DEFAULT_RULES) == set(DETECTORS), "every detector needs a default action"
+_FALLBACK = Action.FLAG
+
+#: Routing rules that block: the requested model is not allowed / the limits that apply exclude everything.
+MODEL_NOT_ALLOWED = "model_not_allowed"
+NO_ROUTE_ALLOWED = "no_route_allowed"
+
+_ROUTING_LISTS = ("allowed_models", "allowed_providers", "denied_providers", "allowed_regions")
+_MAX_SCOPE_NAME = 200
+
+
+def default_action(detector: str) -> Action:
+    return DEFAULT_RULES.get(detector, _FALLBACK)
 
 
 def validate_rules(rules: Iterable[tuple[str, Action | None]]) -> dict[str, Action]:
@@ -65,7 +112,7 @@ def validate_rules(rules: Iterable[tuple[str, Action | None]]) -> dict[str, Acti
             known = ", ".join(DETECTORS)
             raise UnknownDetector(f"unknown detector {detector!r} (known: {known})")
         if action is None:
-            raise InvalidRule(f"the rule for {detector!r} has no action (allow, redact or block)")
+            raise InvalidRule(f"the rule for {detector!r} has no action (allow, flag, redact or block)")
         if detector in checked:
             raise InvalidRule(f"detector {detector!r} appears in more than one rule")
         checked[detector] = action
@@ -73,27 +120,221 @@ def validate_rules(rules: Iterable[tuple[str, Action | None]]) -> dict[str, Acti
 
 
 @dataclass(frozen=True)
+class Routing:
+    """Where a request may go. Empty tuples mean "no limit" (``denied_providers``: nothing denied)."""
+
+    allowed_models: tuple[str, ...] = ()
+    allowed_providers: tuple[str, ...] = ()
+    denied_providers: tuple[str, ...] = ()
+    allowed_regions: tuple[str, ...] = ()
+
+    def narrowed(self, other: Routing) -> tuple[Routing, bool]:
+        """Both limits at once, and False when an ``allowed_*`` intersection is empty (nothing is allowed)."""
+        ok = True
+        merged: dict[str, tuple[str, ...]] = {}
+        for name in ("allowed_models", "allowed_providers", "allowed_regions"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine and theirs:
+                both = tuple(v for v in mine if v in theirs)
+                ok = ok and bool(both)
+                merged[name] = both
+            else:
+                merged[name] = mine or theirs
+        merged["denied_providers"] = tuple(dict.fromkeys(self.denied_providers + other.denied_providers))
+        return Routing(**merged), ok
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {name: list(getattr(self, name)) for name in _ROUTING_LISTS if getattr(self, name)}
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """Routing limits that apply only when the request has a finding of one of ``types``."""
+
+    types: frozenset[str]
+    routing: Routing
+
+    def to_json(self) -> dict[str, Any]:
+        return {"types": sorted(self.types), **self.routing.to_json()}
+
+
+@dataclass(frozen=True)
+class ScopePolicy:
+    """One scope's own settings (account, a team or a key); what it does not set, it inherits."""
+
+    rules: Mapping[str, Action] = field(default_factory=lambda: MappingProxyType({}))
+    routing: Routing = Routing()
+    when_found: tuple[Conditional, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.rules:
+            out["rules"] = {d: a.value for d, a in sorted(self.rules.items())}
+        if self.routing.to_json():
+            out["routing"] = self.routing.to_json()
+        if self.when_found:
+            out["when_found"] = [c.to_json() for c in self.when_found]
+        return out
+
+
+_EMPTY_SCOPE = ScopePolicy()
+
+
+def check_scope(scope: str) -> tuple[str, str]:
+    """``"account"``, ``"team:<name>"`` or ``"key:<id>"`` → (kind, name); InvalidArgument otherwise."""
+    if scope == "account":
+        return "account", ""
+    kind, _, name = scope.partition(":")
+    if kind not in ("team", "key") or not name or len(name) > _MAX_SCOPE_NAME:
+        raise InvalidArgument(f"scope {scope[:80]!r} must be 'account', 'team:<name>' or 'key:<id>'")
+    return kind, name
+
+
+def _string_list(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidArgument(f"{where} must be a list of non-empty strings")
+    return tuple(dict.fromkeys(value))
+
+
+def _routing(raw: Mapping[str, Any], where: str) -> Routing:
+    return Routing(**{name: _string_list(raw.get(name), f"{where}.{name}") for name in _ROUTING_LISTS})
+
+
+def parse_scope_document(raw: object) -> ScopePolicy:
+    """A scope's JSON document, validated (unknown keys, detectors and actions are errors, never ignored)."""
+    if not isinstance(raw, dict):
+        raise InvalidArgument("a policy document must be a JSON object")
+    unknown = set(raw) - {"rules", "routing", "when_found"}
+    if unknown:
+        raise InvalidArgument(f"unknown policy field(s): {', '.join(sorted(unknown))}")
+    rules_raw = raw.get("rules") or {}
+    if not isinstance(rules_raw, dict):
+        raise InvalidArgument("rules must be an object {detector: action}")
+    pairs: list[tuple[str, Action | None]] = []
+    for detector, action in rules_raw.items():
+        if action not in Action._value2member_map_:
+            raise InvalidRule(f"the rule for {str(detector)[:80]!r} must be one of allow, flag, redact, block")
+        pairs.append((str(detector), Action(action)))
+    rules = validate_rules(pairs)
+    routing_raw = raw.get("routing") or {}
+    if not isinstance(routing_raw, dict) or set(routing_raw) - set(_ROUTING_LISTS):
+        raise InvalidArgument(f"routing must be an object with only {', '.join(_ROUTING_LISTS)}")
+    conditionals: list[Conditional] = []
+    when_raw = raw.get("when_found") or []
+    if not isinstance(when_raw, list):
+        raise InvalidArgument("when_found must be a list")
+    for i, item in enumerate(when_raw):
+        where = f"when_found[{i}]"
+        if not isinstance(item, dict) or set(item) - {"types", *_ROUTING_LISTS}:
+            raise InvalidArgument(f"{where} must be an object with types and routing lists")
+        types = _string_list(item.get("types"), f"{where}.types")
+        if not types:
+            raise InvalidArgument(f"{where}.types must name at least one detector")
+        for t in types:
+            if t not in DETECTORS:
+                raise UnknownDetector(f"unknown detector {t!r} in {where}.types")
+        conditionals.append(Conditional(frozenset(types), _routing(item, where)))
+    return ScopePolicy(MappingProxyType(rules), _routing(routing_raw, "routing"), tuple(conditionals))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The effective policy for one (team, key): per-detector action and its source, routing, conditionals."""
+
+    actions: Mapping[str, Action]
+    sources: Mapping[str, str]
+    routing: Routing
+    routing_ok: bool
+    when_found: tuple[Conditional, ...]
+    #: The most specific scope that exists in the document: "key:<id>", "team:<name>" or "account".
+    scope: str
+
+
+@dataclass(frozen=True)
 class PolicySet:
-    """An account's rules at one version. ``rules`` holds only what the account set; see :meth:`effective`."""
+    """An account's whole policy document at one version (``scopes``: "account", "team:<n>", "key:<id>")."""
 
     account_id: str
-    rules: Mapping[str, Action]
     version: int
+    scopes: Mapping[str, ScopePolicy] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def default(cls, account_id: str) -> PolicySet:
-        return cls(account_id=account_id, rules=MappingProxyType({}), version=0)
+        return cls(account_id=account_id, version=0)
+
+    @property
+    def rules(self) -> Mapping[str, Action]:
+        """The account scope's own rules."""
+        return self.scopes.get("account", _EMPTY_SCOPE).rules
 
     def action_for(self, detector: str) -> Action:
-        return self.rules.get(detector) or DEFAULT_RULES[detector]
+        return self.rules.get(detector) or default_action(detector)
 
     def effective(self) -> dict[str, Action]:
-        """Every detector's action, defaults filled in, in detector order (what GetPolicy shows)."""
+        """Every detector's action at account scope, defaults filled in, in detector order."""
         return {name: self.action_for(name) for name in DETECTORS}
 
+    def with_scope(self, scope: str, policy: ScopePolicy, version: int) -> PolicySet:
+        """This document with ``scope`` replaced (removed when ``policy`` sets nothing), as ``version``."""
+        scopes = dict(self.scopes)
+        if policy == _EMPTY_SCOPE:
+            scopes.pop(scope, None)
+        else:
+            scopes[scope] = policy
+        return PolicySet(self.account_id, version, MappingProxyType(scopes))
+
     def revised(self, rules: Mapping[str, Action]) -> PolicySet:
-        """The next version with ``rules`` (already validated) replacing this version's rules."""
-        return PolicySet(account_id=self.account_id, rules=MappingProxyType(dict(rules)), version=self.version + 1)
+        """The next version with the account scope's rules replaced by ``rules`` (already validated)."""
+        current = self.scopes.get("account", _EMPTY_SCOPE)
+        return self.with_scope("account", replace(current, rules=MappingProxyType(dict(rules))), self.version + 1)
+
+    def resolve(self, team: str = "", key_id: str = "") -> Resolved:
+        """Apply account → team → key (see the module docstring)."""
+        chain = [("account", self.scopes.get("account"))]
+        if team:
+            chain.append((f"team:{team}", self.scopes.get(f"team:{team}")))
+        if key_id:
+            chain.append((f"key:{key_id}", self.scopes.get(f"key:{key_id}")))
+        actions = {name: default_action(name) for name in DETECTORS}
+        sources = dict.fromkeys(DETECTORS, "default")
+        routing, ok = Routing(), True
+        when: list[Conditional] = []
+        scope = "account"
+        for name, policy in chain:
+            if policy is None:
+                continue
+            scope = name
+            for detector, action in policy.rules.items():
+                if detector in actions:
+                    actions[detector] = action
+                    sources[detector] = name
+            routing, step_ok = routing.narrowed(policy.routing)
+            ok = ok and step_ok
+            when.extend(policy.when_found)
+        return Resolved(actions, sources, routing, ok, tuple(when), scope)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored document: {"account": {...}, "teams": {name: {...}}, "keys": {id: {...}}}."""
+        out: dict[str, Any] = {"account": {}, "teams": {}, "keys": {}}
+        for scope, policy in sorted(self.scopes.items()):
+            kind, name = check_scope(scope)
+            if kind == "account":
+                out["account"] = policy.to_json()
+            else:
+                out[f"{kind}s"][name] = policy.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, account_id: str, version: int, raw: Mapping[str, Any]) -> PolicySet:
+        scopes: dict[str, ScopePolicy] = {}
+        if raw.get("account"):
+            scopes["account"] = parse_scope_document(raw["account"])
+        for kind in ("team", "key"):
+            for name, doc in (raw.get(f"{kind}s") or {}).items():
+                scopes[f"{kind}:{name}"] = parse_scope_document(doc)
+        return cls(account_id, version, MappingProxyType(scopes))
 
 
 class Finding(NamedTuple):
@@ -119,22 +360,43 @@ class Inspection:
     redacted_texts: tuple[str, ...]
     policy_version: int
     counts: Mapping[str, int] = field(default_factory=dict)
+    routing: Routing = Routing()
+    #: The scope that decided ("account", "team:<n>", "key:<id>") and, for a routing block, the rule.
+    scope: str = "account"
+    rule: str = ""
+    #: Per finding type, the action taken (for the PolicyDecided event).
+    actions: Mapping[str, Action] = field(default_factory=dict)
 
 
-_VERDICT_OF = {Action.ALLOW: Verdict.ALLOW, Action.REDACT: Verdict.REDACT, Action.BLOCK: Verdict.BLOCK}
-_RANK = {Action.ALLOW: 0, Action.REDACT: 1, Action.BLOCK: 2}
+_VERDICT_OF = {
+    Action.ALLOW: Verdict.ALLOW,
+    Action.FLAG: Verdict.FLAG,
+    Action.REDACT: Verdict.REDACT,
+    Action.BLOCK: Verdict.BLOCK,
+}
+_RANK = {Action.ALLOW: 0, Action.FLAG: 1, Action.REDACT: 2, Action.BLOCK: 3}
 
 
-def inspect(texts: Sequence[str], policy: PolicySet) -> Inspection:
-    """Scan every text, apply ``policy``, and redact when the verdict is REDACT."""
-    actions = {name: policy.action_for(name) for name in DETECTORS}
+def inspect(
+    texts: Sequence[str],
+    policy: PolicySet,
+    *,
+    team: str = "",
+    key_id: str = "",
+    model: str = "",
+    matches: list[list[Match]] | None = None,
+) -> Inspection:
+    """Scan every text (unless ``matches`` are given), apply ``policy`` for (team, key), redact on REDACT.
+
+    ``model`` is checked against ``allowed_models`` when given (requests; not response windows)."""
+    resolved = policy.resolve(team, key_id)
+    actions = resolved.actions
+    if matches is None:
+        matches = [scan(text) for text in texts]
     findings: list[Finding] = []
-    matches: list[list[Match]] = []
     strongest = Action.ALLOW
     counts: dict[str, int] = {}
-    for index, text in enumerate(texts):
-        found = scan(text)
-        matches.append(found)
+    for index, found in enumerate(matches):
         for match in found:
             detector = match.detector
             action = actions[detector.name]
@@ -151,7 +413,17 @@ def inspect(texts: Sequence[str], policy: PolicySet) -> Inspection:
                     action=action,
                 )
             )
-    verdict = _VERDICT_OF[strongest]
+    routing, ok = resolved.routing, resolved.routing_ok
+    for conditional in resolved.when_found:
+        if conditional.types.intersection(counts):
+            routing, step_ok = routing.narrowed(conditional.routing)
+            ok = ok and step_ok
+    rule = ""
+    if not ok:
+        rule = NO_ROUTE_ALLOWED
+    elif model and routing.allowed_models and model not in routing.allowed_models:
+        rule = MODEL_NOT_ALLOWED
+    verdict = Verdict.BLOCK if rule else _VERDICT_OF[strongest]
     redacted: tuple[str, ...] = ()
     if verdict is Verdict.REDACT:
         redacted = _redact(texts, matches, actions)
@@ -161,6 +433,10 @@ def inspect(texts: Sequence[str], policy: PolicySet) -> Inspection:
         redacted_texts=redacted,
         policy_version=policy.version,
         counts=counts,
+        routing=routing,
+        scope=resolved.scope,
+        rule=rule,
+        actions={t: actions[t] for t in counts},
     )
 
 

@@ -7,6 +7,7 @@ metadata ``tollgate-reason`` (:func:`tollgate_common.grpc.abort`)::
     ├── InvalidArgument               INVALID_ARGUMENT     invalid_argument
     │   ├── UnknownDetector           INVALID_ARGUMENT     unknown_detector
     │   └── InvalidRule               INVALID_ARGUMENT     invalid_rule   (no action, or a detector named twice)
+    ├── NoShadowPolicy                FAILED_PRECONDITION  no_shadow_policy  (promote/discard without a shadow)
     ├── ConcurrentUpdate              ABORTED              concurrent_update  (retryable)
     └── StorageUnavailable            UNAVAILABLE          storage_unavailable  (retryable)
 
@@ -22,6 +23,7 @@ __all__ = [
     "ConcurrentUpdate",
     "InvalidArgument",
     "InvalidRule",
+    "NoShadowPolicy",
     "PolicyError",
     "StorageUnavailable",
     "UnknownDetector",
@@ -50,6 +52,13 @@ class InvalidRule(InvalidArgument):
     """A rule without an action (ACTION_UNSPECIFIED), or two rules for the same detector."""
 
     reason = "invalid_rule"
+
+
+class NoShadowPolicy(PolicyError):
+    """Promote or discard asked for while the account has no pending shadow version."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "no_shadow_policy"
 
 
 class ConcurrentUpdate(PolicyError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from tollgate_common.logs import request_id_var
 from .application import PolicyService
 from .domain import Action, Inspection, PolicySet, Verdict
 from .errors import PolicyError
+from .repository import PolicyState, StoredVersion
 
 __all__ = ["SERVICE_NAME", "PolicyServicer"]
 
@@ -29,9 +31,20 @@ _ACTION_FROM_PB: dict[int, Action | None] = {
     pb.ACTION_ALLOW: Action.ALLOW,
     pb.ACTION_REDACT: Action.REDACT,
     pb.ACTION_BLOCK: Action.BLOCK,
+    pb.ACTION_FLAG: Action.FLAG,
 }
 _ACTION_TO_PB = {action: number for number, action in _ACTION_FROM_PB.items() if action is not None}
-_VERDICT_TO_PB = {Verdict.ALLOW: pb.VERDICT_ALLOW, Verdict.REDACT: pb.VERDICT_REDACT, Verdict.BLOCK: pb.VERDICT_BLOCK}
+_VERDICT_TO_PB = {
+    Verdict.ALLOW: pb.VERDICT_ALLOW,
+    Verdict.FLAG: pb.VERDICT_FLAG,
+    Verdict.REDACT: pb.VERDICT_REDACT,
+    Verdict.BLOCK: pb.VERDICT_BLOCK,
+}
+_DIRECTION_FROM_PB = {
+    pb.DIRECTION_UNSPECIFIED: "request",
+    pb.DIRECTION_REQUEST: "request",
+    pb.DIRECTION_RESPONSE: "response",
+}
 
 R = TypeVar("R")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
@@ -64,16 +77,47 @@ def _mapped(method: Method[R]) -> Method[R]:
     return wrapper
 
 
-def _policy_set(policy: PolicySet) -> pb.PolicySet:
-    """The effective policy: every detector with its action, the account's own or the default."""
+def _policy_set(policy: PolicySet, team: str = "", key_id: str = "") -> pb.PolicySet:
+    """The effective rules for (team, key): every detector with its action and where that comes from."""
+    resolved = policy.resolve(team, key_id)
     return pb.PolicySet(
         account_id=policy.account_id,
-        rules=[pb.PolicyRule(detector=d, action=_ACTION_TO_PB[a]) for d, a in policy.effective().items()],
+        rules=[
+            pb.PolicyRule(detector=d, action=_ACTION_TO_PB[a], source=resolved.sources[d])
+            for d, a in resolved.actions.items()
+        ],
         version=policy.version,
     )
 
 
+def _effective_json(state: PolicyState, team: str, key_id: str) -> str:
+    policy = state.enforced
+    resolved = policy.resolve(team, key_id)
+    return json.dumps(
+        {
+            "scope": resolved.scope,
+            "version": policy.version,
+            "rules": {d: {"action": a.value, "source": resolved.sources[d]} for d, a in resolved.actions.items()},
+            "routing": resolved.routing.to_json(),
+            "when_found": [c.to_json() for c in resolved.when_found],
+            "document": policy.to_json(),
+            "shadow_version": None if state.shadow is None else state.shadow.version,
+        }
+    )
+
+
+def _version(stored: StoredVersion) -> pb.PolicyVersion:
+    return pb.PolicyVersion(
+        account_id=stored.policy.account_id,
+        version=stored.policy.version,
+        kind=stored.kind,
+        document_json=json.dumps(stored.policy.to_json()),
+        created_at_unix_ms=stored.created_at_unix_ms,
+    )
+
+
 def _inspect_response(result: Inspection) -> pb.InspectResponse:
+    routing = result.routing
     return pb.InspectResponse(
         verdict=_VERDICT_TO_PB[result.verdict],
         findings=[
@@ -89,6 +133,14 @@ def _inspect_response(result: Inspection) -> pb.InspectResponse:
         ],
         redacted_texts=result.redacted_texts,
         policy_version=result.policy_version,
+        constraints=pb.RoutingConstraints(
+            allowed_providers=routing.allowed_providers,
+            denied_providers=routing.denied_providers,
+            allowed_regions=routing.allowed_regions,
+            allowed_models=routing.allowed_models,
+        ),
+        policy_scope=result.scope,
+        rule=result.rule,
     )
 
 
@@ -99,7 +151,16 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):  # type: ignore[misc]
     @_mapped
     async def Inspect(self, request: pb.InspectRequest, context: grpc.aio.ServicerContext) -> pb.InspectResponse:
         request_id_var.set(request.request_id)
-        result = await self.service.inspect(request.request_id, request.account_id, request.texts)
+        result = await self.service.inspect(
+            request.request_id,
+            request.account_id,
+            request.texts,
+            key_id=request.key_id,
+            team=request.team,
+            model=request.model,
+            direction=_DIRECTION_FROM_PB.get(request.direction, "request"),
+            sequence=request.sequence,
+        )
         return _inspect_response(result)
 
     @_mapped
@@ -110,5 +171,32 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):  # type: ignore[misc]
 
     @_mapped
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
-        policy = await self.service.get_policy(request.account_id)
-        return pb.GetPolicyResponse(policy=_policy_set(policy))
+        state = await self.service.get_state(request.account_id)
+        return pb.GetPolicyResponse(
+            policy=_policy_set(state.enforced, request.team, request.key_id),
+            effective_json=_effective_json(state, request.team, request.key_id),
+        )
+
+    @_mapped
+    async def PutScopePolicy(
+        self, request: pb.PutScopePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PolicyVersion:
+        stored = await self.service.put_scope(
+            request.account_id, request.scope, request.document_json, shadow=request.shadow
+        )
+        return _version(stored)
+
+    @_mapped
+    async def ListPolicyVersions(
+        self, request: pb.ListPolicyVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPolicyVersionsResponse:
+        versions = await self.service.versions(request.account_id, request.limit)
+        return pb.ListPolicyVersionsResponse(versions=[_version(v) for v in versions])
+
+    @_mapped
+    async def PromoteShadow(self, request: pb.ShadowRequest, context: grpc.aio.ServicerContext) -> pb.PolicyVersion:
+        return _version(await self.service.promote_shadow(request.account_id))
+
+    @_mapped
+    async def DiscardShadow(self, request: pb.ShadowRequest, context: grpc.aio.ServicerContext) -> pb.PolicyVersion:
+        return _version(await self.service.discard_shadow(request.account_id))
