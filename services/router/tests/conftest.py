@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,12 +16,17 @@ StartRouter = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
 
 
 @pytest.fixture
-async def start_router(mock: MockUpstream) -> AsyncIterator[StartRouter]:
+async def start_router(mock: MockUpstream, tmp_path: Path) -> AsyncIterator[StartRouter]:
     """Start a router from ``ROUTER_*``-style variables (the mock by default) and return a stub to it."""
     started: list[tuple[RouterServer, grpc.aio.Channel]] = []
 
     async def start(**env: str) -> pb_grpc.RouterServiceStub:
-        environ = {"ROUTER_MOCK_BASE_URL": mock.base_url, "ROUTER_GRPC_PORT": "0", **env}
+        environ = {
+            "ROUTER_MOCK_BASE_URL": mock.base_url,
+            "ROUTER_GRPC_PORT": "0",
+            "ROUTER_DATABASE_URL": f"sqlite:///{tmp_path}/router-{len(started)}.db",
+            **env,
+        }
         server = RouterServer(Settings.from_env(environ))
         port = await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

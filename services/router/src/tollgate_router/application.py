@@ -1,29 +1,59 @@
-"""The router's use cases: complete a chat, stream one, list the catalogue.
+"""The router's use cases: complete a chat, stream one, list the catalogue; with retries, fallback and breakers.
 
-The one place that picks a route and an adapter, and so the place where retries and fallback to another
-provider will go: adapters only translate, the transport only maps protobuf.
+The one place that walks a request's candidate deployments (from :mod:`tollgate_router.routing`): adapters only
+translate, the transport only maps protobuf. For each request:
+
+- a deadline: the caller's gRPC deadline, capped by ``ROUTER_REQUEST_TIMEOUT_SECONDS``; each attempt's timeout
+  is the deployment's own, shortened to what is left of it;
+- a deployment whose breaker is open is skipped (a half-open one gets one probe);
+- a retryable failure (timeout, connection error, 5xx, 429) is retried on the same deployment after backoff with
+  full jitter (a 429's Retry-After honoured when it fits the deadline), up to ``retries_per_deployment`` times,
+  then the next candidate is tried (fallback); a bad provider key falls back without a retry; a rejected request
+  (400) is the caller's and ends at once; ``max_attempts`` bounds the whole request;
+- a stream is retried or falls back only until its first chunk went to the caller; after it, an error ends it;
+- every attempt is an ``AttemptRecorded`` event, committed to the outbox before the answer goes out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
 import orjson
 
 from .adapters import ProviderAdapter, StreamEvent
-from .domain import Catalogue, Completion, Route, Usage, parse_request
-from .errors import InvalidRequest, RouterError, UpstreamUnavailable
-from .metrics import UPSTREAM_CALLS, UPSTREAM_SECONDS, UPSTREAM_TOKENS
+from .attempts import Attempt, AttemptLog, now_ms, outcome_of
+from .domain import Catalogue, Completion, ModelEntry, Route, Usage, parse_request
+from .errors import (
+    InvalidRequest,
+    RouterError,
+    UpstreamAuthFailed,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .metrics import BREAKER_OPEN, UPSTREAM_CALLS, UPSTREAM_SECONDS, UPSTREAM_TOKENS
+from .resilience import Breakers, ResilienceSettings, counts_against_health, is_retryable, retry_wait
+from .routing import Constraints, LatencyTracker, Overrides, plan, split_overrides
 
-__all__ = ["Router"]
+__all__ = ["ResilienceSettings", "Router"]
 
 
 class Router:
     def __init__(
-        self, catalogue: Catalogue, adapters: Mapping[str, ProviderAdapter], *, upstream_timeout: float
+        self,
+        catalogue: Catalogue,
+        adapters: Mapping[str, ProviderAdapter],
+        *,
+        upstream_timeout: float,
+        resilience: ResilienceSettings | None = None,
+        attempts: AttemptLog | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``adapters`` by provider kind (e.g. ``openai``); every kind in the catalogue must have one."""
         missing = {p.kind for p in catalogue.providers()} - set(adapters)
@@ -32,76 +62,320 @@ class Router:
         self.catalogue = catalogue
         self._adapters = dict(adapters)
         self._timeout = upstream_timeout
+        self.resilience = resilience or ResilienceSettings()
+        self.breakers = Breakers(self.resilience.breaker, clock)
+        self.latency = LatencyTracker()
+        self._attempts = attempts
+        self._rng = rng or random.Random()
+        self._clock = clock
 
-    def _prepare(self, model: str, body_json: bytes) -> tuple[Route, dict[str, Any]]:
+    def _start(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        model: str,
+        body_json: bytes,
+        deadline: float | None,
+        constraints: Constraints,
+        streamed: bool,
+    ) -> _Call:
         try:
             raw = orjson.loads(body_json)
         except orjson.JSONDecodeError:
             raise InvalidRequest("The request body is not valid JSON.") from None
         name, body = parse_request(raw, model)
-        return self.catalogue.resolve(name), body
-
-    def _timeout_for(self, deadline: float | None) -> float:
-        """The configured upstream timeout, shortened to the caller's own gRPC deadline when that comes first."""
-        return self._timeout if deadline is None else max(0.001, min(self._timeout, deadline))
+        body, overrides = split_overrides(body)
+        candidates = plan(
+            self.catalogue,
+            name,
+            overrides,
+            constraints,
+            rng=self._rng,
+            latency=self.latency,
+            epsilon=self.resilience.latency_epsilon,
+        )
+        budget = self.resilience.request_timeout_seconds
+        if deadline is not None:
+            budget = min(budget, deadline)
+        return _Call(self, request_id, account_id, body, overrides, candidates, self._clock() + budget, streamed)
 
     async def complete(
-        self, *, request_id: str, model: str, body_json: bytes, deadline: float | None = None
+        self,
+        *,
+        request_id: str,
+        model: str,
+        body_json: bytes,
+        deadline: float | None = None,
+        account_id: str = "",
+        constraints: Constraints | None = None,
     ) -> Completion:
-        route, body = self._prepare(model, body_json)
-        adapter = self._adapters[route.provider.kind]
-        started = time.perf_counter()
-        outcome = "ok"
+        call = self._start(
+            request_id=request_id,
+            account_id=account_id,
+            model=model,
+            body_json=body_json,
+            deadline=deadline,
+            constraints=constraints or Constraints(),
+            streamed=False,
+        )
         try:
-            result = await adapter.complete(route, body, request_id=request_id, timeout=self._timeout_for(deadline))
-        except RouterError as error:
-            outcome = error.reason
-            raise
+            while True:
+                route = await call.next_route()
+                attempt = call.begin(route)
+                try:
+                    result = await self._adapters[route.provider.kind].complete(
+                        route, call.body, request_id=request_id, timeout=call.timeout_for(route)
+                    )
+                except RouterError as error:
+                    call.failed(attempt, error)
+                    continue
+                except asyncio.CancelledError:
+                    call.cancelled(attempt)
+                    raise
+                call.succeeded(attempt, result.usage, result.upstream_request_id)
+                return result
         finally:
-            _observe(route, "complete", outcome, started)
-        _count_tokens(route, result.usage)
-        return result
+            await self._record(call)
 
     async def stream_complete(
-        self, *, request_id: str, model: str, body_json: bytes, deadline: float | None = None
+        self,
+        *,
+        request_id: str,
+        model: str,
+        body_json: bytes,
+        deadline: float | None = None,
+        account_id: str = "",
+        constraints: Constraints | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """Chunks, then one ``StreamEnded``; errors before the first chunk are raised before anything is yielded."""
-        route, body = self._prepare(model, body_json)
-        adapter = self._adapters[route.provider.kind]
-        started = time.perf_counter()
-        outcome = "cancelled"  # unless the stream ends or fails: the caller went away
+        call = self._start(
+            request_id=request_id,
+            account_id=account_id,
+            model=model,
+            body_json=body_json,
+            deadline=deadline,
+            constraints=constraints or Constraints(),
+            streamed=True,
+        )
         try:
-            ended = False
-            events = adapter.stream(route, body, request_id=request_id, timeout=self._timeout_for(deadline))
-            # aclosing: a caller that goes away mid-stream closes the upstream response at once, not at GC.
-            async with aclosing(events):
-                async for event in events:
-                    if ended:
-                        continue  # nothing may follow the end (an adapter bug); drained, not forwarded
-                    if isinstance(event, bytes):
-                        yield event
-                    else:
-                        ended = True
-                        _count_tokens(route, event.usage)
-                        outcome = "ok"
-                        yield event
-            if not ended:
-                raise UpstreamUnavailable(f"The provider '{route.provider.name}' stream ended without usage.")
-        except RouterError as error:
-            outcome = error.reason
-            raise
+            while True:
+                route = await call.next_route()
+                attempt = call.begin(route)
+                events = self._adapters[route.provider.kind].stream(
+                    route, call.body, request_id=request_id, timeout=call.timeout_for(route)
+                )
+                # aclosing: a caller that goes away mid-stream closes the upstream response at once, not at GC.
+                async with aclosing(events):
+                    try:
+                        first = await anext(events)
+                    except StopAsyncIteration:
+                        call.failed(attempt, _no_usage(route))
+                        continue
+                    except RouterError as error:
+                        call.failed(attempt, error)  # nothing went to the caller yet: retry or fall back
+                        continue
+                    except asyncio.CancelledError:
+                        call.cancelled(attempt)
+                        raise
+                    attempt.ttft_ms = call.elapsed_ms(attempt)
+                    # From here on the caller has output: an error ends the stream, never a retry.
+                    try:
+                        ended = False
+                        if isinstance(first, bytes):
+                            yield first
+                            async for event in events:
+                                if isinstance(event, bytes):
+                                    yield event
+                                else:
+                                    first = event
+                                    ended = True
+                                    break
+                        else:
+                            ended = True
+                        if not ended or isinstance(first, bytes):
+                            raise _no_usage(route)
+                        call.succeeded(attempt, first.usage, first.upstream_request_id)
+                        yield first
+                        return
+                    except RouterError as error:
+                        call.failed(attempt, error, final=True)
+                        raise
+                    except (asyncio.CancelledError, GeneratorExit):
+                        call.cancelled(attempt)
+                        raise
         finally:
-            _observe(route, "stream", outcome, started)
+            await self._record(call)
 
-    def list_models(self) -> list[Route]:
-        return self.catalogue.routes()
+    async def _record(self, call: _Call) -> None:
+        if self._attempts is not None and call.attempts:
+            await self._attempts.record(call.attempts)
+
+    def list_models(self, constraints: Constraints | None = None) -> list[ModelEntry]:
+        """The catalogue's models the constraints allow, each cut to its allowed deployments."""
+        c = constraints or Constraints()
+        listed = []
+        for entry in self.catalogue.models():
+            if not c.admits_model(entry.name):
+                continue
+            deployments = tuple(r for r in entry.deployments if c.admits(r))
+            if deployments:
+                listed.append(ModelEntry(entry.name, deployments, entry.owned_by, entry.aliases, entry.strategy))
+        return listed
 
 
-def _observe(route: Route, mode: str, outcome: str, started: float) -> None:
-    UPSTREAM_CALLS.labels(route.provider.name, mode, outcome).inc()
-    UPSTREAM_SECONDS.labels(route.provider.name, mode).observe(time.perf_counter() - started)
+def _no_usage(route: Route) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"The provider '{route.provider.name}' stream ended without usage.")
 
 
-def _count_tokens(route: Route, usage: Usage) -> None:
-    UPSTREAM_TOKENS.labels(route.provider.name, "prompt").inc(usage.prompt_tokens)
-    UPSTREAM_TOKENS.labels(route.provider.name, "completion").inc(usage.completion_tokens)
+class _Call:
+    """One request's walk over its candidates: which deployment next, how long to wait, what each attempt did."""
+
+    def __init__(
+        self,
+        router: Router,
+        request_id: str,
+        account_id: str,
+        body: dict[str, Any],
+        overrides: Overrides,
+        candidates: list[Route],
+        deadline_at: float,
+        streamed: bool,
+    ) -> None:
+        self.router = router
+        self.request_id = request_id
+        self.account_id = account_id
+        self.body = body
+        self.overrides = overrides
+        self.candidates = candidates
+        self.deadline_at = deadline_at
+        self.streamed = streamed
+        self.attempts: list[Attempt] = []
+        self._index = 0
+        self._retry: tuple[Route, float] | None = None
+        self._same_tries = 0
+        self._last_error: RouterError | None = None
+        self._started: dict[int, float] = {}
+
+    def remaining(self) -> float:
+        return self.deadline_at - self.router._clock()
+
+    def timeout_for(self, route: Route) -> float:
+        own = route.timeout_seconds or route.provider.timeout_seconds or self.router._timeout
+        return max(0.001, min(own, self.remaining()))
+
+    def _deadline_error(self) -> UpstreamTimeout:
+        return UpstreamTimeout("The request's deadline passed before a provider answered.")
+
+    async def next_route(self) -> Route:
+        """The deployment to try next (after any backoff); raises the last error when none is left."""
+        breakers = self.router.breakers
+        if self._retry is not None:
+            route, wait = self._retry
+            self._retry = None
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self.remaining() <= 0:
+                raise self._deadline_error()
+            if breakers[route.name].allow():
+                return route
+        self._same_tries = 0
+        while self._index < len(self.candidates):
+            route = self.candidates[self._index]
+            self._index += 1
+            if breakers[route.name].allow():
+                return route
+        if self._last_error is not None:
+            raise self._last_error
+        raise UpstreamUnavailable(
+            "Every provider for this model is temporarily unavailable (circuit open); try again later."
+        )
+
+    def begin(self, route: Route) -> Attempt:
+        if self.remaining() <= 0:
+            raise self._deadline_error()
+        attempt = Attempt(
+            request_id=self.request_id,
+            account_id=self.account_id,
+            number=len(self.attempts) + 1,
+            model=route.model,
+            route=route,
+            streamed=self.streamed,
+            started_at_unix_ms=now_ms(),
+        )
+        self.attempts.append(attempt)
+        self._started[attempt.number] = time.perf_counter()
+        return attempt
+
+    def elapsed_ms(self, attempt: Attempt) -> int:
+        return int((time.perf_counter() - self._started[attempt.number]) * 1000)
+
+    def _finish(self, attempt: Attempt, outcome: str) -> float:
+        seconds = time.perf_counter() - self._started[attempt.number]
+        attempt.latency_ms = int(seconds * 1000)
+        provider = attempt.route.provider.name
+        mode = "stream" if self.streamed else "complete"
+        UPSTREAM_CALLS.labels(provider, mode, outcome).inc()
+        UPSTREAM_SECONDS.labels(provider, mode).observe(seconds)
+        return seconds
+
+    def succeeded(self, attempt: Attempt, usage: Usage, upstream_request_id: str) -> None:
+        seconds = self._finish(attempt, "ok")
+        attempt.outcome = outcome_of(None)
+        attempt.http_status = 200
+        attempt.usage = usage
+        attempt.upstream_request_id = upstream_request_id
+        route = attempt.route
+        self._breaker_result(route, True)
+        self.router.latency.observe(route.name, attempt.ttft_ms / 1000 if self.streamed else seconds)
+        UPSTREAM_TOKENS.labels(route.provider.name, "prompt").inc(usage.prompt_tokens)
+        UPSTREAM_TOKENS.labels(route.provider.name, "completion").inc(usage.completion_tokens)
+
+    def cancelled(self, attempt: Attempt) -> None:
+        self._finish(attempt, "cancelled")
+        attempt.outcome = outcome_of(None, cancelled=True)
+        self.router.breakers[attempt.route.name].release()
+
+    def failed(self, attempt: Attempt, error: RouterError, *, final: bool = False) -> None:
+        """Record a failed attempt, then decide: raise (no more tries) or set up the next one."""
+        self._finish(attempt, error.reason)
+        attempt.outcome = outcome_of(error)
+        attempt.error_reason = error.reason
+        attempt.http_status = int(getattr(error, "status", 0) or (429 if isinstance(error, UpstreamRateLimited) else 0))
+        route = attempt.route
+        if counts_against_health(error):
+            self._breaker_result(route, False)
+        else:
+            self.router.breakers[route.name].release()
+        self._last_error = error
+        settings = self.router.resilience
+        if final or not (is_retryable(error) or isinstance(error, UpstreamAuthFailed)):
+            raise error
+        if len(self.attempts) >= settings.max_attempts:
+            raise error
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise self._deadline_error() if not isinstance(error, UpstreamRateLimited) else error
+        if is_retryable(error) and self._same_tries < settings.retries_per_deployment:
+            wait = retry_wait(
+                error,
+                self._same_tries,
+                remaining=remaining,
+                base=settings.backoff_base_seconds,
+                cap=settings.backoff_cap_seconds,
+                rng=self.router._rng,
+            )
+            if wait is not None:
+                self._same_tries += 1
+                self._retry = (route, wait)
+                return
+        if self._index >= len(self.candidates):
+            raise error
+
+    def _breaker_result(self, route: Route, ok: bool) -> None:
+        breaker = self.router.breakers[route.name]
+        was = breaker.state
+        breaker.record(ok)
+        now = breaker.state
+        if was != now:
+            BREAKER_OPEN.labels(route.name).set(0 if now == "closed" else 1)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +19,8 @@ from urllib.parse import urlsplit
 import yaml
 from tollgate_common.config import EnvReader
 
-from .domain import SUPPORTED_KINDS, Catalogue, Provider, Route
+from .domain import STRATEGIES, SUPPORTED_KINDS, Catalogue, Provider, Route
+from .resilience import BreakerSettings, ResilienceSettings
 
 __all__ = ["DEMO_MODELS", "Settings", "catalogue_from_env", "catalogue_from_file"]
 
@@ -35,8 +37,20 @@ DEMO_MODELS: dict[str, str] = {
 }
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEEPSEEK_BASE_URL = "https://api.deepseek.com/v1"
-_PROVIDER_KEYS = {"kind", "base_url", "api_key_env"}
-_MODEL_KEYS = {"provider", "upstream_model", "owned_by"}
+_PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "options", "region", "timeout_seconds"}
+_DEPLOYMENT_KEYS = {
+    "provider",
+    "upstream_model",
+    "name",
+    "weight",
+    "priority",
+    "region",
+    "input_price_per_mtok",
+    "output_price_per_mtok",
+    "timeout_seconds",
+}
+_MODEL_KEYS = {"owned_by", "aliases", "strategy", "deployments"} | _DEPLOYMENT_KEYS
+NANOS_PER_UNIT = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +68,13 @@ class Settings:
     shutdown_grace_seconds: float = 15.0
     metrics_port: int = 0
     log_level: str = "INFO"
+    #: Retries, fallback, deadline and breakers (``ROUTER_MAX_ATTEMPTS``, ``ROUTER_BREAKER_*``…).
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    #: The router's own database: the outbox of its ``AttemptRecorded`` events.
+    database_url: str = "sqlite:///var/router.db"
+    database_schema: str = "router"
+    #: Empty: attempts stay in the outbox (logged once at start) until a broker is configured.
+    kafka_bootstrap_servers: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +96,24 @@ class Settings:
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 15.0, minimum=0.0),
             metrics_port=env.port("METRICS_PORT", 0),
             log_level=env.str("LOG_LEVEL", "INFO").upper(),
+            resilience=ResilienceSettings(
+                max_attempts=env.int("MAX_ATTEMPTS", 4, minimum=1, maximum=20),
+                retries_per_deployment=env.int("RETRIES_PER_DEPLOYMENT", 1, minimum=0, maximum=10),
+                backoff_base_seconds=env.float("BACKOFF_BASE_SECONDS", 0.2, minimum=0.0),
+                backoff_cap_seconds=env.float("BACKOFF_CAP_SECONDS", 5.0, minimum=0.0),
+                request_timeout_seconds=env.float("REQUEST_TIMEOUT_SECONDS", 300.0, minimum=0.001),
+                latency_epsilon=env.float("LATENCY_EPSILON", 0.05, minimum=0.0),
+                breaker=BreakerSettings(
+                    failure_threshold=env.int("BREAKER_FAILURE_THRESHOLD", 5, minimum=1, maximum=10_000),
+                    failure_rate=env.float("BREAKER_FAILURE_RATE", 0.5, minimum=0.01),
+                    window=env.int("BREAKER_WINDOW", 20, minimum=1, maximum=10_000),
+                    min_calls=env.int("BREAKER_MIN_CALLS", 10, minimum=1, maximum=10_000),
+                    cooldown_seconds=env.float("BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.0),
+                ),
+            ),
+            database_url=env.str("DATABASE_URL", "sqlite:///var/router.db"),
+            database_schema=env.str("DATABASE_SCHEMA", "router"),
+            kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS"),
         )
         if settings.log_level not in _LEVELS:
             env.problems.append(f"{env.name('LOG_LEVEL')}={settings.log_level!r} must be one of {', '.join(_LEVELS)}")
@@ -131,16 +170,35 @@ def catalogue_from_env(mock_base_url: str, environ: Mapping[str, str]) -> tuple[
 
 
 def catalogue_from_file(path: Path, environ: Mapping[str, str]) -> tuple[Catalogue, list[str]]:
-    """Read the operator's YAML::
+    """Read the operator's YAML (the full format is in the router's README)::
 
+        currency: USD                     # of every price below (default USD)
+        default_strategy: priority        # priority | weighted | latency | price (default priority)
         providers:
-          openai: {kind: openai, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
+          openai: {kind: openai, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY, region: us}
+          azure-eu:
+            kind: azure
+            base_url: https://example-eu.openai.azure.com
+            api_key_env: AZURE_EU_KEY
+            options: {api_version: "2024-10-21"}
+            region: eu
+            timeout_seconds: 30
           local-vllm: {kind: openai, base_url: http://vllm:8000/v1}          # no key
         models:
-          gpt-4o: {provider: openai, upstream_model: gpt-4o-2024-08-06}
+          gpt-4o:
+            owned_by: openai
+            aliases: [gpt-4o-2024-08-06]
+            strategy: weighted
+            deployments:
+              - {provider: openai, upstream_model: gpt-4o-2024-08-06, weight: 3,
+                 input_price_per_mtok: "2.50", output_price_per_mtok: 10}
+              - {provider: azure-eu, upstream_model: gpt4o-prod, weight: 1, priority: 1}
           llama-3.1-8b: {provider: local-vllm, upstream_model: meta-llama/Llama-3.1-8B-Instruct, owned_by: meta}
 
-    ``upstream_model`` defaults to the public name, ``owned_by`` to the provider's name.
+    The single-deployment form (``provider``/``upstream_model`` directly under the model) stays valid.
+    ``upstream_model`` defaults to the public name, ``owned_by`` to the first deployment's provider, a
+    deployment's ``region`` and ``timeout_seconds`` to its provider's. Prices are decimal amounts of the currency
+    per million tokens, stored as integer nano-units (never through a float).
     """
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -151,12 +209,60 @@ def catalogue_from_file(path: Path, environ: Mapping[str, str]) -> tuple[Catalog
     if not isinstance(document, dict):
         return Catalogue(()), ["must be a mapping with 'providers' and 'models'"]
     problems: list[str] = []
-    unknown = set(document) - {"providers", "models"}
+    unknown = set(document) - {"providers", "models", "currency", "default_strategy"}
     if unknown:
         problems.append(f"unknown top-level keys: {', '.join(sorted(map(str, unknown)))}")
+    currency = document.get("currency", "USD")
+    if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
+        problems.append(f"currency: {currency!r} must be an ISO 4217 code such as USD")
+        currency = "USD"
+    default_strategy = document.get("default_strategy", "priority")
+    if default_strategy not in STRATEGIES:
+        problems.append(f"default_strategy: {default_strategy!r} is not one of {', '.join(STRATEGIES)}")
+        default_strategy = "priority"
     providers = _providers(document.get("providers"), environ, problems)
-    routes = _routes(document.get("models"), providers, problems)
-    return Catalogue(routes), problems
+    routes, aliases, strategies = _models(document.get("models"), providers, problems)
+    catalogue = Catalogue(
+        routes, aliases=aliases, strategies=strategies, default_strategy=default_strategy, currency=currency
+    )
+    return catalogue, problems
+
+
+def _timeout(value: Any, where: str, problems: list[str]) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        problems.append(f"{where}: {value!r} must be a number of seconds in (0, 3600]")
+        return None
+    return float(value)
+
+
+def _region(value: Any, where: str, problems: list[str]) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not _NAME.match(value):
+        problems.append(f"{where}: {value!r} must be a short name such as eu or us-east")
+        return ""
+    return value
+
+
+def _price(value: Any, where: str, problems: list[str]) -> int | None:
+    """A decimal amount (string or integer; a YAML float is refused: it may already be rounded) → nano-units."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        problems.append(f'{where}: {value!r} must be an integer or a decimal string such as "2.50"')
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        problems.append(f"{where}: {value!r} is not a decimal amount")
+        return None
+    nanos = amount * NANOS_PER_UNIT
+    if not amount.is_finite() or amount < 0 or nanos != nanos.to_integral_value():
+        problems.append(f"{where}: {value!r} must be a non-negative amount with at most 9 decimals")
+        return None
+    return int(nanos)
 
 
 def _providers(section: Any, environ: Mapping[str, str], problems: list[str]) -> dict[str, Provider]:
@@ -194,38 +300,134 @@ def _providers(section: Any, environ: Mapping[str, str], problems: list[str]) ->
                 api_key = environ.get(key_env, "").strip()
                 if not api_key:
                     problems.append(f"{where}.api_key_env: the variable {key_env} is not set")
-        providers[name] = Provider(name, str(kind), base_url.rstrip("/"), api_key)
+        options = spec.get("options") or {}
+        if not isinstance(options, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+            for k, v in options.items()
+        ):
+            problems.append(f"{where}.options must be a mapping of names to strings")
+            options = {}
+        providers[name] = Provider(
+            name,
+            str(kind),
+            base_url.rstrip("/"),
+            api_key,
+            {str(k): str(v) for k, v in options.items()},
+            _region(spec.get("region"), f"{where}.region", problems),
+            _timeout(spec.get("timeout_seconds"), f"{where}.timeout_seconds", problems),
+        )
     return providers
 
 
-def _routes(section: Any, providers: dict[str, Provider], problems: list[str]) -> list[Route]:
+def _models(
+    section: Any, providers: dict[str, Provider], problems: list[str]
+) -> tuple[list[Route], dict[str, str], dict[str, str]]:
     if not isinstance(section, dict) or not section:
         problems.append("'models' must be a non-empty mapping of public name -> {provider, upstream_model}")
-        return []
+        return [], {}, {}
     routes: list[Route] = []
+    aliases: dict[str, str] = {}
+    strategies: dict[str, str] = {}
+    deployment_names: set[str] = set()
     for model, spec in section.items():
         where = f"models.{model}"
         if not isinstance(model, str) or not _NAME.match(model):
             problems.append(f"{where}: invalid model name")
             continue
         if not isinstance(spec, dict):
-            problems.append(f"{where}: must be a mapping with provider and upstream_model")
+            problems.append(f"{where}: must be a mapping with provider and upstream_model, or deployments")
             continue
         unknown = set(spec) - _MODEL_KEYS
         if unknown:
             problems.append(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))}")
-        provider_name = spec.get("provider")
-        provider = providers.get(provider_name) if isinstance(provider_name, str) else None
-        if provider is None:
-            problems.append(f"{where}.provider: {spec.get('provider')!r} is not a configured provider")
-            continue
-        upstream_model = spec.get("upstream_model", model)
-        if not isinstance(upstream_model, str) or not upstream_model:
-            problems.append(f"{where}.upstream_model must be a non-empty string")
-            continue
-        owned_by = spec.get("owned_by", provider.name)
-        if not isinstance(owned_by, str) or not owned_by:
+        if "deployments" in spec:
+            if _DEPLOYMENT_KEYS & set(spec):
+                problems.append(f"{where}: give either deployments or provider/upstream_model, not both")
+            specs = spec["deployments"]
+            if not isinstance(specs, list) or not specs:
+                problems.append(f"{where}.deployments must be a non-empty list")
+                continue
+            listed = [(f"{where}.deployments[{i}]", d) for i, d in enumerate(specs)]
+        else:
+            listed = [(where, {k: v for k, v in spec.items() if k in _DEPLOYMENT_KEYS})]
+        owned_by = spec.get("owned_by")
+        if owned_by is not None and (not isinstance(owned_by, str) or not owned_by):
             problems.append(f"{where}.owned_by must be a non-empty string")
+            owned_by = None
+        strategy = spec.get("strategy")
+        if strategy is not None:
+            if strategy not in STRATEGIES:
+                problems.append(f"{where}.strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+            else:
+                strategies[model] = strategy
+        for dwhere, dspec in listed:
+            route = _deployment(model, dwhere, dspec, providers, owned_by, problems)
+            if route is None:
+                continue
+            if route.name in deployment_names:
+                problems.append(f"{dwhere}: deployment name {route.name!r} is used twice (set 'name')")
+                continue
+            deployment_names.add(route.name)
+            routes.append(route)
+        names = spec.get("aliases") or []
+        if not isinstance(names, list) or not all(isinstance(a, str) and _NAME.match(a) for a in names):
+            problems.append(f"{where}.aliases must be a list of model names")
             continue
-        routes.append(Route(model, provider, upstream_model, owned_by))
-    return routes
+        for alias in names:
+            if alias in section or alias in aliases:
+                problems.append(f"{where}.aliases: {alias!r} already names another model or alias")
+            else:
+                aliases[alias] = model
+    return routes, aliases, strategies
+
+
+def _deployment(
+    model: str,
+    where: str,
+    spec: Any,
+    providers: dict[str, Provider],
+    owned_by: str | None,
+    problems: list[str],
+) -> Route | None:
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: must be a mapping with provider and upstream_model")
+        return None
+    unknown = set(spec) - _DEPLOYMENT_KEYS
+    if unknown:
+        problems.append(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))}")
+    provider_name = spec.get("provider")
+    provider = providers.get(provider_name) if isinstance(provider_name, str) else None
+    if provider is None:
+        problems.append(f"{where}.provider: {spec.get('provider')!r} is not a configured provider")
+        return None
+    upstream_model = spec.get("upstream_model", model)
+    if not isinstance(upstream_model, str) or not upstream_model:
+        problems.append(f"{where}.upstream_model must be a non-empty string")
+        return None
+    name = spec.get("name", "")
+    if not isinstance(name, str) or (name and not _NAME.match(name)):
+        problems.append(f"{where}.name: invalid deployment name")
+        name = ""
+    weight = spec.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1_000_000:
+        problems.append(f"{where}.weight: {weight!r} must be an integer in [0, 1000000]")
+        weight = 1
+    priority = spec.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+        problems.append(f"{where}.priority: {priority!r} must be an integer in [-1000, 1000]")
+        priority = 0
+    return Route(
+        model,
+        provider,
+        upstream_model,
+        owned_by or provider.name,
+        deployment=name or f"{model}/{provider.name}",
+        weight=weight,
+        priority=priority,
+        region=_region(spec.get("region"), f"{where}.region", problems) or provider.region,
+        input_price_per_mtok_nanos=_price(spec.get("input_price_per_mtok"), f"{where}.input_price_per_mtok", problems),
+        output_price_per_mtok_nanos=_price(
+            spec.get("output_price_per_mtok"), f"{where}.output_price_per_mtok", problems
+        ),
+        timeout_seconds=_timeout(spec.get("timeout_seconds"), f"{where}.timeout_seconds", problems),
+    )

@@ -12,9 +12,11 @@ from typing import Any
 from .errors import InvalidRequest, ModelNotFound, UpstreamUnavailable
 
 __all__ = [
+    "STRATEGIES",
     "SUPPORTED_KINDS",
     "Catalogue",
     "Completion",
+    "ModelEntry",
     "Provider",
     "Route",
     "StreamEnded",
@@ -37,41 +39,112 @@ class Provider:
     api_key: str = field(default="", repr=False)
     #: Per-kind settings from the operator's file (e.g. Azure's ``api_version``, Anthropic's ``anthropic_version``).
     options: Mapping[str, str] = field(default_factory=dict)
+    #: Where the provider processes requests (e.g. ``eu``, ``us``); deployments inherit it unless they say.
+    region: str = ""
+    #: The provider's own upstream timeout; ``None``: the router's ``ROUTER_UPSTREAM_TIMEOUT_SECONDS``.
+    timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A public model name and where it goes."""
+    """One deployment of a public model: a provider, its name for the model, and how routing weighs it."""
 
     model: str
     provider: Provider
     upstream_model: str
     owned_by: str
+    #: Unique in the catalogue (``<model>/<provider>`` unless the operator names it); breakers and latency keyed by it.
+    deployment: str = ""
+    weight: int = 1
+    #: Lower is tried first by the ``priority`` strategy.
+    priority: int = 0
+    region: str = ""
+    #: Upstream price per million tokens in nano-units of the catalogue's currency; ``None``: unknown.
+    input_price_per_mtok_nanos: int | None = None
+    output_price_per_mtok_nanos: int | None = None
+    #: ``None``: the provider's timeout, else the router's.
+    timeout_seconds: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The deployment's name (``deployment``, or ``<model>/<provider>``)."""
+        return self.deployment or f"{self.model}/{self.provider.name}"
+
+
+#: Routing strategies a model (or the catalogue) may default to; see :mod:`tollgate_router.routing`.
+STRATEGIES = ("priority", "weighted", "latency", "price")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """A public model: its deployments in catalogue order, the other names it answers to, its default strategy."""
+
+    name: str
+    deployments: tuple[Route, ...]
+    owned_by: str
+    aliases: tuple[str, ...] = ()
+    strategy: str = "priority"
 
 
 class Catalogue:
-    """Public model name → route; the only source of truth for what a caller may ask for."""
+    """Public model name (or alias) → its deployments; the only source of truth for what a caller may ask for."""
 
-    def __init__(self, routes: Iterable[Route]) -> None:
-        self._routes: dict[str, Route] = {route.model: route for route in routes}
+    def __init__(
+        self,
+        routes: Iterable[Route],
+        *,
+        aliases: Mapping[str, str] | None = None,
+        strategies: Mapping[str, str] | None = None,
+        default_strategy: str = "priority",
+        currency: str = "USD",
+    ) -> None:
+        grouped: dict[str, list[Route]] = {}
+        for route in routes:
+            grouped.setdefault(route.model, []).append(route)
+        alias_map = dict(aliases or {})
+        by_target: dict[str, list[str]] = {}
+        for alias, target in alias_map.items():
+            by_target.setdefault(target, []).append(alias)
+        self.default_strategy = default_strategy
+        self.currency = currency
+        self._models: dict[str, ModelEntry] = {
+            name: ModelEntry(
+                name,
+                tuple(deployments),
+                deployments[0].owned_by,
+                tuple(sorted(by_target.get(name, ()))),
+                (strategies or {}).get(name, default_strategy),
+            )
+            for name, deployments in grouped.items()
+        }
+        self._aliases = {a: t for a, t in alias_map.items() if t in self._models}
+
+    def entry(self, model: str) -> ModelEntry:
+        """The model a public name or alias designates; :class:`ModelNotFound` otherwise."""
+        found = self._models.get(model) or self._models.get(self._aliases.get(model, ""))
+        if found is None:
+            raise ModelNotFound(f"The model '{model}' does not exist or is not served by this gateway.")
+        return found
 
     def resolve(self, model: str) -> Route:
-        route = self._routes.get(model)
-        if route is None:
-            raise ModelNotFound(f"The model '{model}' does not exist or is not served by this gateway.")
-        return route
+        """The model's first deployment (in catalogue order)."""
+        return self.entry(model).deployments[0]
+
+    def models(self) -> list[ModelEntry]:
+        return sorted(self._models.values(), key=lambda m: m.name)
 
     def routes(self) -> list[Route]:
-        return sorted(self._routes.values(), key=lambda r: r.model)
+        """Every deployment, by model name then catalogue order."""
+        return [route for entry in self.models() for route in entry.deployments]
 
     def providers(self) -> list[Provider]:
         seen: dict[str, Provider] = {}
-        for route in self._routes.values():
+        for route in self.routes():
             seen.setdefault(route.provider.name, route.provider)
         return sorted(seen.values(), key=lambda p: p.name)
 
     def __len__(self) -> int:
-        return len(self._routes)
+        return len(self._models)
 
 
 def _count(value: Any, key: str) -> int:

@@ -18,7 +18,7 @@ from tollgate_common.grpc import abort
 from tollgate_common.logs import request_id_var
 
 from .application import Router
-from .domain import Usage
+from .domain import ModelEntry, Usage
 from .errors import (
     InvalidRequest,
     ModelNotFound,
@@ -29,6 +29,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .routing import Constraints, NoEligibleDeployment
 
 __all__ = ["SERVICE_NAME", "RouterServicer"]
 
@@ -44,6 +45,7 @@ STATUS_CODES: dict[type[RouterError], grpc.StatusCode] = {
     UpstreamAuthFailed: grpc.StatusCode.UNAVAILABLE,
     UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
     UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    NoEligibleDeployment: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -84,6 +86,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                 model=request.model,
                 body_json=request.body_json,
                 deadline=context.time_remaining(),
+                account_id=request.account_id,
+                constraints=_constraints(request.constraints),
             )
         except RouterError as error:
             await _abort(context, error)
@@ -104,6 +108,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             model=request.model,
             body_json=request.body_json,
             deadline=context.time_remaining(),
+            account_id=request.account_id,
+            constraints=_constraints(request.constraints),
         )
         try:
             async with aclosing(events):  # a cancelled call closes the upstream response now, not at GC
@@ -125,11 +131,42 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(
-            models=[
-                pb.Model(id=r.model, provider=r.provider.name, owned_by=r.owned_by) for r in self.router.list_models()
-            ]
-        )
+        currency = self.router.catalogue.currency
+        listed = self.router.list_models(_constraints(request.constraints))
+        return pb.ListModelsResponse(models=[_model(entry, currency) for entry in listed])
+
+
+def _constraints(message: pb.RoutingConstraints) -> Constraints:
+    return Constraints(
+        frozenset(message.allowed_providers),
+        frozenset(message.denied_providers),
+        frozenset(message.allowed_regions),
+        frozenset(message.allowed_models),
+    )
+
+
+def _model(entry: ModelEntry, currency: str) -> pb.Model:
+    """A catalogue entry; prices are the cheapest known deployment's (by input + output), 0 when none is known."""
+    priced = [
+        d
+        for d in entry.deployments
+        if d.input_price_per_mtok_nanos is not None and d.output_price_per_mtok_nanos is not None
+    ]
+    cheapest = min(
+        priced,
+        key=lambda d: (d.input_price_per_mtok_nanos or 0) + (d.output_price_per_mtok_nanos or 0),
+        default=None,
+    )
+    return pb.Model(
+        id=entry.name,
+        provider=entry.deployments[0].provider.name,
+        owned_by=entry.owned_by,
+        providers=list(dict.fromkeys(d.provider.name for d in entry.deployments)),
+        aliases=list(entry.aliases),
+        input_price_per_mtok_nanos=(cheapest.input_price_per_mtok_nanos or 0) if cheapest else 0,
+        output_price_per_mtok_nanos=(cheapest.output_price_per_mtok_nanos or 0) if cheapest else 0,
+        currency=currency,
+    )
 
 
 def register(servicer: object, server: grpc.aio.Server) -> None:

@@ -5,9 +5,9 @@ Exposed on ``ROUTER_METRICS_PORT``; a label set per provider and outcome, never 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["UPSTREAM_CALLS", "UPSTREAM_SECONDS", "UPSTREAM_TOKENS"]
+__all__ = ["BREAKER_OPEN", "UPSTREAM_CALLS", "UPSTREAM_SECONDS", "UPSTREAM_TOKENS"]
 
 UPSTREAM_CALLS = Counter(
     "tollgate_router_upstream_calls_total",
@@ -24,4 +24,9 @@ UPSTREAM_TOKENS = Counter(
     "tollgate_router_upstream_tokens_total",
     "Tokens the providers reported, by kind (prompt/completion).",
     ["provider", "kind"],
+)
+BREAKER_OPEN = Gauge(
+    "tollgate_router_breaker_open",
+    "1 while a deployment's circuit breaker is open or half-open, 0 once it closed again.",
+    ["deployment"],
 )

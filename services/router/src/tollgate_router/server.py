@@ -8,18 +8,25 @@ then is the HTTP pool closed under them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aiohttp
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tollgate_common.db import session_maker
+from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
 from tollgate_common.runtime import serve_until
 
 from .anthropic import AnthropicAdapter
 from .application import Router
+from .attempts import AttemptLog, open_database
 from .config import Settings
 from .gemini import GeminiAdapter
 from .grpc_server import SERVICE_NAME, RouterServicer, register
 from .openai_compat import OpenAICompatibleAdapter, create_session
+from .tables import messaging
 
 __all__ = ["RouterServer", "serve"]
 
@@ -32,6 +39,11 @@ class RouterServer:
         self.port = 0
         self._grpc: GrpcServer | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._engine: AsyncEngine | None = None
+        self._attempts: AttemptLog | None = None
+        self._kafka: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._connecting = False
 
     @property
     def address(self) -> str:
@@ -40,6 +52,9 @@ class RouterServer:
     async def start(self) -> int:
         """Listen (port 0 picks a free one) and return the port."""
         settings = self.settings
+        self._engine = await open_database(settings.database_url, settings.database_schema)
+        self._attempts = AttemptLog(session_maker(self._engine))
+        self._attempts.start()
         self._session = create_session(settings.upstream_max_connections)
         router = Router(
             settings.catalogue,
@@ -50,6 +65,8 @@ class RouterServer:
                 "gemini": GeminiAdapter(self._session),
             },
             upstream_timeout=settings.upstream_timeout_seconds,
+            resilience=settings.resilience,
+            attempts=self._attempts,
         )
         self._grpc = GrpcServer(settings.grpc_host, settings.grpc_port)
         self._grpc.add(register, RouterServicer(router), SERVICE_NAME)
@@ -57,7 +74,12 @@ class RouterServer:
             self.port = await self._grpc.start()
         except BaseException:
             await self._session.close()
+            await self._close_database()
             raise
+        if settings.kafka_bootstrap_servers:
+            self._kafka = asyncio.create_task(self._relay(), name="router-attempts-relay")
+        else:
+            log.warning("ROUTER_KAFKA_BOOTSTRAP_SERVERS is unset: attempt events are only kept in the outbox")
         log.info(
             "router serving",
             extra={
@@ -69,6 +91,45 @@ class RouterServer:
         )
         return self.port
 
+    async def _relay(self) -> None:
+        """Publish the outbox to ``tollgate.attempts.v1`` until stopped; reconnects with backoff."""
+        assert self._attempts is not None
+        bootstrap = self.settings.kafka_bootstrap_servers
+        backoff = 0.5
+        while not self._stop.is_set():
+            producer = make_producer(bootstrap, client_id="tollgate-router")
+            try:
+                self._connecting = True  # nothing to drain yet: stop() may cancel this phase outright
+                await ensure_topics(bootstrap, [Topics.ATTEMPTS], attempts=4)
+                await producer.start()
+                self._connecting = False
+                # keep=False: a published attempt has nothing more to give; the topic is its record.
+                relay = OutboxRelay(self._attempts.sessions, messaging, producer, keep=False, linger_seconds=0.005)
+                self._attempts.after_commit.append(relay.notify)
+                try:
+                    await relay.run(self._stop)
+                    await relay.publish_pending()  # what the last requests committed before the stop
+                finally:
+                    self._attempts.after_commit.remove(relay.notify)
+                backoff = 0.5
+            except Exception as exc:
+                self._connecting = True
+                log.warning("Kafka unavailable; the router's attempt relay retries", extra={"error": repr(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+    async def _close_database(self) -> None:
+        if self._attempts is not None:
+            await self._attempts.stop()
+            self._attempts = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         if self._grpc is not None:
@@ -77,6 +138,14 @@ class RouterServer:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._stop.set()
+        if self._kafka is not None:
+            if self._connecting:
+                self._kafka.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._kafka
+            self._kafka = None
+        await self._close_database()
         log.info("router stopped")
 
 

@@ -1,0 +1,189 @@
+"""Retries, fallback, breakers and deadlines through the real router process against two real mock upstreams.
+
+Two deployments of one public model: ``primary`` (priority 0) on one mock and ``backup`` (priority 1) on a
+second mock process, so a fault armed on the first (``POST /_mock/faults``'s rules, via ``mock.faults``) shows
+exactly which deployment each attempt reached, in each mock's own record of calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tollgate.router.v1 import router_service_pb2 as pb
+from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
+from tollgate_dev.mock_faults import FaultRule
+from tollgate_dev.mock_upstream import MockUpstream, start_mock_upstream
+from tollgate_router.config import Settings
+from tollgate_router.server import RouterServer
+
+Start = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[MockUpstream]:
+    upstream = await start_mock_upstream("127.0.0.1", 0)
+    yield upstream
+    await upstream.stop()
+
+
+@pytest.fixture
+async def start(mock: MockUpstream, backup: MockUpstream, tmp_path: Path) -> AsyncIterator[Start]:
+    """A router whose model ``m`` has two deployments: primary (the ``mock`` fixture), then backup."""
+    catalogue = tmp_path / "providers.yaml"
+    catalogue.write_text(
+        f"""
+providers:
+  primary: {{kind: openai, base_url: "{mock.base_url}"}}
+  backup: {{kind: openai, base_url: "{backup.base_url}"}}
+models:
+  m:
+    deployments:
+      - {{provider: primary, upstream_model: gpt-4o-mini, priority: 0}}
+      - {{provider: backup, upstream_model: gpt-4o-mini, priority: 1}}
+  solo: {{provider: primary, upstream_model: gpt-4o-mini}}
+"""
+    )
+    servers: list[tuple[RouterServer, grpc.aio.Channel]] = []
+
+    async def run(**env: str) -> pb_grpc.RouterServiceStub:
+        environ = {
+            "ROUTER_PROVIDERS_FILE": str(catalogue),
+            "ROUTER_GRPC_PORT": "0",
+            "ROUTER_DATABASE_URL": f"sqlite:///{tmp_path}/router.db",
+            "ROUTER_BACKOFF_BASE_SECONDS": "0.01",
+            **env,
+        }
+        server = RouterServer(Settings.from_env(environ))
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        servers.append((server, channel))
+        return pb_grpc.RouterServiceStub(channel)
+
+    yield run
+    for server, channel in servers:
+        await channel.close()
+        await server.stop(grace=0)
+
+
+def _request(model: str = "m", **extra: Any) -> pb.CompleteRequest:
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
+    return pb.CompleteRequest(request_id="req_1", account_id="acc_1", model=model, body_json=json.dumps(body).encode())
+
+
+def _statuses(upstream: MockUpstream) -> list[int | None]:
+    return [call["status"] for call in upstream.calls]
+
+
+async def test_a_failing_deployment_is_retried_then_the_request_falls_back(
+    start: Start, mock: MockUpstream, backup: MockUpstream
+) -> None:
+    stub = await start()
+    mock.faults.arm(FaultRule(fault="500", times=2))
+    reply = await stub.Complete(_request())
+    assert reply.provider == "backup" and reply.usage.total_tokens > 0
+    assert _statuses(mock) == [500, 500]  # first try, one retry (ROUTER_RETRIES_PER_DEPLOYMENT=1)
+    assert _statuses(backup) == [200]
+
+
+async def test_a_rate_limited_call_is_retried_after_its_retry_after(
+    start: Start, mock: MockUpstream, backup: MockUpstream
+) -> None:
+    stub = await start()
+    mock.faults.arm(FaultRule(fault="429", times=1, retry_after=1))
+    reply = await stub.Complete(_request("solo"))
+    assert reply.provider == "primary"
+    assert _statuses(mock) == [429, 200]
+    first, second = (call["received_at"] for call in mock.calls)
+    gap = _seconds(second) - _seconds(first)
+    assert gap >= 0.99  # waited for Retry-After: 1 (a lower bound, not a speed claim)
+
+
+async def test_a_retry_after_beyond_the_deadline_falls_back_at_once(
+    start: Start, mock: MockUpstream, backup: MockUpstream
+) -> None:
+    stub = await start()
+    mock.faults.arm(FaultRule(fault="429", times=5, retry_after=30))
+    reply = await stub.Complete(_request(), timeout=10)
+    assert reply.provider == "backup"
+    assert _statuses(mock) == [429] and _statuses(backup) == [200]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # nowhere else to go: the 429 itself, with its Retry-After
+        await stub.Complete(_request("solo"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _trailer(caught.value, "retry-after") == "30"
+
+
+async def test_the_breaker_opens_skips_the_deployment_and_recovers_by_itself(
+    start: Start, mock: MockUpstream, backup: MockUpstream
+) -> None:
+    stub = await start(
+        ROUTER_RETRIES_PER_DEPLOYMENT="0",
+        ROUTER_BREAKER_FAILURE_THRESHOLD="2",
+        ROUTER_BREAKER_COOLDOWN_SECONDS="0.5",
+    )
+    mock.faults.arm(FaultRule(fault="500", times=2))
+    for _ in range(2):
+        assert (await stub.Complete(_request())).provider == "backup"
+    assert _statuses(mock) == [500, 500]  # two consecutive failures: open
+    for _ in range(3):
+        assert (await stub.Complete(_request())).provider == "backup"
+    assert len(mock.calls) == 2  # skipped while open
+    await asyncio.sleep(0.6)  # the cool-down: half-open, one probe goes through and succeeds
+    assert (await stub.Complete(_request())).provider == "primary"
+    assert (await stub.Complete(_request())).provider == "primary"  # closed again
+    assert _statuses(mock) == [500, 500, 200, 200]
+
+
+async def test_the_request_deadline_ends_a_hanging_call_with_deadline_exceeded(
+    start: Start, mock: MockUpstream, backup: MockUpstream
+) -> None:
+    stub = await start(ROUTER_REQUEST_TIMEOUT_SECONDS="0.5")
+    mock.faults.arm(FaultRule(fault="timeout", times=1))  # the mock would sleep 30 s
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Complete(_request(), timeout=20)  # the router's own deadline, not the caller's, ends it
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _trailer(caught.value, "tollgate-reason") == "upstream_timeout"
+    assert backup.calls == []  # no time left for a fallback
+    for _ in range(50):  # the upstream call was closed, not left running
+        if _statuses(mock) == [499]:
+            break
+        await asyncio.sleep(0.02)
+    assert _statuses(mock) == [499]
+
+
+async def test_a_stream_falls_back_before_its_first_chunk_but_never_after(
+    start: Start, mock: MockUpstream, backup: MockUpstream
+) -> None:
+    stub = await start()
+    mock.faults.arm(FaultRule(fault="500", times=2))
+    messages = [m async for m in stub.StreamComplete(_request(stream=True))]
+    assert messages[-1].end.provider == "backup" and messages[-1].end.usage.total_tokens > 0
+    mock.clear()
+    backup.clear()
+
+    mock.faults.arm(FaultRule(fault="disconnect", times=1))  # cut after the first chunk
+    chunks: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in stub.StreamComplete(_request(stream=True)):
+            chunks.append(message.chunk_json)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(chunks) >= 1  # the caller had output, so no retry and no fallback
+    assert len(mock.calls) == 1 and backup.calls == []
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
+    for name, value in error.trailing_metadata() or ():
+        if name == key:
+            return str(value)
+    return None
