@@ -63,13 +63,14 @@ def _redact_whole(text: str) -> str:
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    """A chunk as OpenAI sends it (``logprobs: null`` on every choice)."""
     return orjson.dumps(
         {
             "id": "chatcmpl-1",
             "object": "chat.completion.chunk",
             "created": 7,
             "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             **extra,
         }
     )

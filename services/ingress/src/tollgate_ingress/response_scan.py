@@ -184,7 +184,7 @@ class StreamScanner:
         if content is not None and not (isinstance(content, str) and content):
             delta["content"] = content  # "" or null: kept as sent
         out: list[bytes] = []
-        if delta:
+        if any(v is not None for v in delta.values()):  # a role (OpenAI also sends "refusal": null with it)
             out += await self._flush()
             out.append(self._chunk([{"index": index, "delta": delta}]))
         if isinstance(content, str) and content:
@@ -202,7 +202,8 @@ class StreamScanner:
                 out.append(self._chunk([{"index": index, "delta": {"tool_calls": [call]}}]))
             if isinstance(arguments, str) and arguments:
                 out += await self._add(self._channel(index, tool), arguments)
-        extra = {k: v for k, v in choice.items() if k not in ("index", "delta", "finish_reason")}
+        # "logprobs": null rides on every OpenAI chunk: only a real value stops the text from being windowed.
+        extra = {k: v for k, v in choice.items() if k not in ("index", "delta", "finish_reason") and v is not None}
         if choice.get("finish_reason") is not None or extra:
             out += await self._flush()
             out.append(
