@@ -230,7 +230,7 @@ class MockUpstream:
         self._calls.clear()
         return web.Response(status=204)
 
-    def _record(self, request: web.Request, fmt: str, key_header: str) -> dict[str, Any]:
+    def _record(self, request: web.Request, fmt: str, *key_headers: str) -> dict[str, Any]:
         record: dict[str, Any] = {
             "id": "req_" + secrets.token_hex(12),
             "received_at": _now_iso(),
@@ -241,7 +241,7 @@ class MockUpstream:
             "body": None,
             "usage": None,
             "status": None,
-            "authorization_present": key_header in request.headers,
+            "authorization_present": any(h in request.headers for h in key_headers) or "key" in request.query,
             "fault": None,
         }
         self._calls.append(record)
@@ -497,7 +497,7 @@ class MockUpstream:
     # ---- Anthropic Messages ----
 
     async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
-        record = self._record(request, "anthropic", "x-api-key")
+        record = self._record(request, "anthropic", "x-api-key", "Authorization")
         return await self._recorded(record, self._serve_anthropic(request, record))
 
     async def _serve_anthropic(self, request: web.Request, record: dict[str, Any]) -> web.StreamResponse:
