@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx2
 import orjson
 import pytest
@@ -17,7 +18,7 @@ from tollgate.policy.v1 import policy_service_pb2 as ppb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pgrpc
 from tollgate.router.v1 import router_service_pb2 as rpb
 from tollgate.router.v1 import router_service_pb2_grpc as rgrpc
-from tollgate_common.grpc import GrpcServer
+from tollgate_common.grpc import GrpcServer, abort
 
 CHAT = "/v1/chat/completions"
 SECRET = "sk-live-PLANTED0123456789"
@@ -37,10 +38,13 @@ class ContextPolicy(FakePolicy):
         self.requests: list[ppb.InspectRequest] = []
         self.extra = ppb.InspectResponse()
         self.response_rules: dict[str, tuple[str, int]] = {}
+        self.fail_responses = False
 
     async def Inspect(self, request: ppb.InspectRequest, context: Any) -> ppb.InspectResponse:
         self.requests.append(request)
         if request.direction == ppb.DIRECTION_RESPONSE:
+            if self.fail_responses:
+                await abort(context, grpc.StatusCode.UNAVAILABLE, "policy database down", reason="unavailable")
             saved, self.rules = self.rules, self.response_rules
             try:
                 return await super().Inspect(request, context)
@@ -293,3 +297,16 @@ async def test_models_pass_the_keys_constraints_and_are_cached_per_key(
     assert list(_router(fakes).list_requests[0].constraints.allowed_models) == ["gpt-4o-mini"]
     inspect = _policy(fakes).requests[-1]
     assert (inspect.account_id, inspect.key_id, list(inspect.texts), inspect.model) == ("acct_1", "key_1", [], "")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_policy_failure_on_the_answer_fails_closed(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str, stream: bool
+) -> None:
+    _policy(fakes).extra = ppb.InspectResponse(scan_responses=True)
+    _policy(fakes).fail_responses = True
+    resp = await client.post(CHAT, json=body(stream=stream), headers=auth())
+    assert resp.status_code == 503
+    assert "Sure." not in resp.text and SECRET not in resp.text  # nothing unscanned reaches the caller
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_SUCCEEDED and event.usage.total_tokens == 19
