@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from tollgate.router.v1 import router_service_pb2 as pb
+from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
 from tollgate_common.config import ConfigError
 from tollgate_router.config import Settings
+
+StartRouter = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
 
 FULL = """
 currency: EUR
@@ -114,3 +119,33 @@ models:
         "models.c.deployments must be a non-empty list",
     ):
         assert expected in found, expected
+
+
+async def test_list_models_honours_constraints_and_carries_providers_aliases_and_prices(
+    start_router: StartRouter, tmp_path: Path
+) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text(FULL)
+    stub = await start_router(ROUTER_PROVIDERS_FILE=str(path), OPENAI_KEY="sk-o", AZURE_KEY="key-az-secret")
+    everything = {m.id: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}
+    assert set(everything) == {"gpt-4o", "llama"}
+    gpt = everything["gpt-4o"]
+    assert (gpt.provider, list(gpt.providers), list(gpt.aliases), gpt.owned_by) == (
+        "openai",
+        ["openai", "azure-eu"],
+        ["gpt-4o-2024-08-06", "gpt4o"],
+        "openai",
+    )
+    # the cheapest deployment (input + output) gives the price: azure's 0.000000001 + 7.125
+    assert (gpt.input_price_per_mtok_nanos, gpt.output_price_per_mtok_nanos, gpt.currency) == (1, 7_125_000_000, "EUR")
+    assert everything["llama"].input_price_per_mtok_nanos == 0
+
+    async def listed(**limits: list[str]) -> dict[str, list[str]]:
+        reply = await stub.ListModels(pb.ListModelsRequest(constraints=pb.RoutingConstraints(**limits)))
+        return {m.id: list(m.providers) for m in reply.models}
+
+    assert await listed(allowed_regions=["eu"]) == {"gpt-4o": ["azure-eu"]}
+    assert await listed(denied_providers=["azure-eu"]) == {"gpt-4o": ["openai"], "llama": ["vllm"]}
+    assert await listed(allowed_models=["llama"]) == {"llama": ["vllm"]}
+    us_only = await stub.ListModels(pb.ListModelsRequest(constraints=pb.RoutingConstraints(allowed_regions=["us"])))
+    assert us_only.models[0].input_price_per_mtok_nanos == 2_500_000_000  # the cheapest *allowed* deployment
