@@ -248,6 +248,6 @@ async def test_over_grpc_scopes_effective_policy_constraints_and_errors(stub: pb
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PromoteShadow(pb.ShadowRequest(account_id="acc_1"))
     assert (caught.value.code(), error_reason(caught.value)) == (
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
         "no_shadow_policy",
     )

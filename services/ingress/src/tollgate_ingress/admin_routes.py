@@ -34,6 +34,7 @@ _ACTIONS = {
     "allow": policy_service_pb2.ACTION_ALLOW,
     "redact": policy_service_pb2.ACTION_REDACT,
     "block": policy_service_pb2.ACTION_BLOCK,
+    "flag": policy_service_pb2.ACTION_FLAG,
 }
 _ACTION_NAMES = {v: k for k, v in _ACTIONS.items()}
 
@@ -212,25 +213,83 @@ async def get_ledger(account_id: str, request: Request) -> Response:
     return _json({"object": "list", "account_id": account_id, "entries": entries})
 
 
-def _policy_json(account_id: str, policy: policy_service_pb2.PolicySet) -> Response:
-    return _json(
-        {
-            "object": "policy",
-            "account_id": policy.account_id or account_id,
-            "version": policy.version,
-            "rules": [
-                {"detector": r.detector, "action": _ACTION_NAMES.get(r.action, "unspecified")} for r in policy.rules
-            ],
-        }
+# --- DLP policy ---------------------------------------------------------------------------------------------
+# An account's policy is one versioned document with three kinds of scope (account, team, key; see the policy
+# service's README). Each PUT replaces one scope's settings and makes a new version; a shadow version is only
+# evaluated and recorded until promoted or discarded. Bodies are the scope's document:
+#     {"rules": {"<detector>": "allow"|"flag"|"redact"|"block"},
+#      "routing": {"allowed_models": [...], "allowed_providers": [...], "denied_providers": [...],
+#                  "allowed_regions": [...]},
+#      "when_found": [{"types": ["<detector>", ...], "allowed_regions": ["eu"], ...}]}
+# The older form {"rules": [{"detector", "action"}]} on the account still works (it replaces the account's rules).
+
+
+def _policy_json(
+    account_id: str, policy: policy_service_pb2.PolicySet, effective_json: str = ""
+) -> Response:
+    payload: dict[str, Any] = {
+        "object": "policy",
+        "account_id": policy.account_id or account_id,
+        "version": policy.version,
+        "rules": [{"detector": r.detector, "action": _ACTION_NAMES.get(r.action, "unspecified")} for r in policy.rules],
+    }
+    if effective_json:
+        effective = json.loads(effective_json)
+        payload.update(
+            sources={r.detector: r.source for r in policy.rules},
+            scope=effective["scope"],
+            routing=effective["routing"],
+            when_found=effective["when_found"],
+            document=effective["document"],
+            shadow_version=effective["shadow_version"],
+        )
+    return _json(payload)
+
+
+def _version_json(version: policy_service_pb2.PolicyVersion) -> dict[str, Any]:
+    return {
+        "object": "policy.version",
+        "account_id": version.account_id,
+        "version": version.version,
+        "kind": version.kind,
+        "document": json.loads(version.document_json or "{}"),
+        "created_at": version.created_at_unix_ms // 1000,
+    }
+
+
+async def _document(request: Request) -> str:
+    """The body as a scope document (policy validates its content); JSON text for PutScopePolicy."""
+    body = await _body(request)
+    return json.dumps(body, default=str)  # Decimal numbers have no place in a policy; policy refuses them
+
+
+async def _put_scope(request: Request, account_id: str, scope: str, document: str, *, shadow: bool) -> Response:
+    reply = await services(request).admin.policy_call(
+        "PutScopePolicy",
+        policy_service_pb2.PutScopePolicyRequest(
+            account_id=account_id, scope=scope, document_json=document, shadow=shadow
+        ),
     )
+    assert isinstance(reply, policy_service_pb2.PolicyVersion)
+    return _json(_version_json(reply))
+
+
+async def _effective(request: Request, account_id: str, *, team: str = "", key_id: str = "") -> Response:
+    reply = await services(request).admin.policy_call(
+        "GetPolicy", policy_service_pb2.GetPolicyRequest(account_id=account_id, team=team, key_id=key_id)
+    )
+    assert isinstance(reply, policy_service_pb2.GetPolicyResponse)
+    return _policy_json(account_id, reply.policy, reply.effective_json)
 
 
 @router.put("/accounts/{account_id}/policy")
 async def set_policy(account_id: str, request: Request) -> Response:
     body = await _body(request)
     rules = body.get("rules")
+    if isinstance(rules, dict) or "rules" not in body:
+        return await _put_scope(request, account_id, "account", json.dumps(body, default=str), shadow=False)
     if not isinstance(rules, list):
-        raise InvalidRequest("'rules' must be an array of {detector, action}", param="rules", code="invalid_type")
+        raise InvalidRequest("'rules' must be an object {detector: action}", param="rules", code="invalid_type")
     parsed: list[policy_service_pb2.PolicyRule] = []
     for i, rule in enumerate(rules):
         if not isinstance(rule, dict):
@@ -238,7 +297,7 @@ async def set_policy(account_id: str, request: Request) -> Response:
         detector = _str(rule, "detector", required=True)
         action = _ACTIONS.get(str(rule.get("action", "")).lower())
         if action is None:
-            raise InvalidRequest(f"'rules[{i}].action' must be one of allow, redact, block",
+            raise InvalidRequest(f"'rules[{i}].action' must be one of allow, flag, redact, block",
                                  param=f"rules[{i}].action")
         parsed.append(policy_service_pb2.PolicyRule(detector=detector, action=action))
     return _policy_json(account_id, await services(request).admin.set_policy(account_id, parsed))
@@ -246,4 +305,66 @@ async def set_policy(account_id: str, request: Request) -> Response:
 
 @router.get("/accounts/{account_id}/policy")
 async def get_policy(account_id: str, request: Request) -> Response:
-    return _policy_json(account_id, await services(request).admin.get_policy(account_id))
+    return await _effective(request, account_id)
+
+
+@router.put("/accounts/{account_id}/teams/{team}/policy")
+async def set_team_policy(account_id: str, team: str, request: Request) -> Response:
+    return await _put_scope(request, account_id, f"team:{team}", await _document(request), shadow=False)
+
+
+@router.get("/accounts/{account_id}/teams/{team}/policy")
+async def get_team_policy(account_id: str, team: str, request: Request) -> Response:
+    return await _effective(request, account_id, team=team)
+
+
+@router.put("/accounts/{account_id}/keys/{key_id}/policy")
+async def set_key_policy(account_id: str, key_id: str, request: Request) -> Response:
+    return await _put_scope(request, account_id, f"key:{key_id}", await _document(request), shadow=False)
+
+
+@router.get("/accounts/{account_id}/keys/{key_id}/policy")
+async def get_key_policy(account_id: str, key_id: str, request: Request) -> Response:
+    """The key's effective policy; ``?team=<name>`` resolves it through the key's team too."""
+    return await _effective(request, account_id, team=request.query_params.get("team", ""), key_id=key_id)
+
+
+@router.post("/accounts/{account_id}/policy/shadow")
+async def set_shadow_policy(account_id: str, request: Request) -> Response:
+    """Body: {"scope": "account" | "team:<name>" | "key:<id>" (default account), "policy": <scope document>}."""
+    body = await _body(request)
+    scope = _str(body, "scope", default="account")
+    document = body.get("policy", {})
+    if not isinstance(document, dict):
+        raise InvalidRequest("'policy' must be a policy document object", param="policy", code="invalid_type")
+    return await _put_scope(request, account_id, scope, json.dumps(document, default=str), shadow=True)
+
+
+@router.post("/accounts/{account_id}/policy/shadow/promote")
+async def promote_shadow_policy(account_id: str, request: Request) -> Response:
+    reply = await services(request).admin.policy_call(
+        "PromoteShadow", policy_service_pb2.ShadowRequest(account_id=account_id)
+    )
+    assert isinstance(reply, policy_service_pb2.PolicyVersion)
+    return _json(_version_json(reply))
+
+
+@router.post("/accounts/{account_id}/policy/shadow/discard")
+async def discard_shadow_policy(account_id: str, request: Request) -> Response:
+    reply = await services(request).admin.policy_call(
+        "DiscardShadow", policy_service_pb2.ShadowRequest(account_id=account_id)
+    )
+    assert isinstance(reply, policy_service_pb2.PolicyVersion)
+    return _json(_version_json(reply))
+
+
+@router.get("/accounts/{account_id}/policy/versions")
+async def list_policy_versions(account_id: str, request: Request) -> Response:
+    raw = request.query_params.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+    reply = await services(request).admin.policy_call(
+        "ListPolicyVersions", policy_service_pb2.ListPolicyVersionsRequest(account_id=account_id, limit=int(raw))
+    )
+    assert isinstance(reply, policy_service_pb2.ListPolicyVersionsResponse)
+    return _json({"object": "list", "account_id": account_id, "data": [_version_json(v) for v in reply.versions]})

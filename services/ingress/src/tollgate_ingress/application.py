@@ -656,3 +656,7 @@ class Admin:
         reply = await self._policy("GetPolicy", policy_service_pb2.GetPolicyRequest(account_id=account_id))
         assert isinstance(reply, policy_service_pb2.GetPolicyResponse)
         return reply.policy
+
+    async def policy_call(self, rpc: str, request: object) -> object:
+        """Any other PolicyService call of the policy admin API (admin_routes.py), errors mapped as above."""
+        return await self._policy(rpc, request)

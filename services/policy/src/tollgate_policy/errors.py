@@ -7,7 +7,7 @@ metadata ``tollgate-reason`` (:func:`tollgate_common.grpc.abort`)::
     ├── InvalidArgument               INVALID_ARGUMENT     invalid_argument
     │   ├── UnknownDetector           INVALID_ARGUMENT     unknown_detector
     │   └── InvalidRule               INVALID_ARGUMENT     invalid_rule   (no action, or a detector named twice)
-    ├── NoShadowPolicy                FAILED_PRECONDITION  no_shadow_policy  (promote/discard without a shadow)
+    ├── NoShadowPolicy                NOT_FOUND            no_shadow_policy  (promote/discard without a shadow)
     ├── ConcurrentUpdate              ABORTED              concurrent_update  (retryable)
     └── StorageUnavailable            UNAVAILABLE          storage_unavailable  (retryable)
 
@@ -57,7 +57,7 @@ class InvalidRule(InvalidArgument):
 class NoShadowPolicy(PolicyError):
     """Promote or discard asked for while the account has no pending shadow version."""
 
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    status = grpc.StatusCode.NOT_FOUND
     reason = "no_shadow_policy"
 
 
