@@ -22,6 +22,8 @@ from tollgate_ingress.response_scan import (
 PATTERNS = {
     "email": re.compile(r"[a-z0-9.]+@[a-z0-9-]+(?:\.[a-z]+)+"),
     "payment_card": re.compile(r"\d{4} \d{4} \d{4} \d{4}"),
+    # Open-ended, like real key detectors: it also matches a prefix of a key cut off by the window's end.
+    "secret": re.compile(r"sk-[A-Za-z0-9]{20,}"),
 }
 
 
@@ -123,6 +125,21 @@ async def test_entities_on_window_boundaries_are_caught_whatever_the_chunking(se
     assert not any(p.search(sent) for p in PATTERNS.values())
     assert planted > 10 and len(policy.calls) > 5
     assert [seq for _texts, seq in policy.calls] == list(range(len(policy.calls)))
+
+
+async def test_keys_longer_than_the_overlap_are_redacted_whole_when_the_detector_matches_a_prefix() -> None:
+    rng = random.Random(7)
+    keys = ["sk-" + "".join(rng.choice("ABCDEFabcdef0123456789") for _ in range(n)) for n in (150, 200, 300)]
+    text = " ".join(f"some filler words here to move the key around {k} and more." for k in keys) * 2
+    for chunk_size in (1, 7, 50):
+        scanner = StreamScanner(RegexPolicy())
+        out: list[bytes] = []
+        for at in range(0, len(text), chunk_size):
+            out += await scanner.feed(_chunk({"content": text[at : at + chunk_size]}))
+        out += await scanner.finish()
+        sent = _text(out)
+        assert sent == _redact_whole(text)
+        assert not any(k[3:40] in sent for k in keys)
 
 
 async def test_chunk_order_is_kept_role_text_finish_usage() -> None:

@@ -19,8 +19,10 @@ arguments) and inspected in windows:
 **Max entity length covered:** any entity of at most ``overlap`` characters is seen whole by one inspection: if it
 starts before the cut ``c`` it ends before ``c + overlap ≤ len(pending)``; if it starts at or after ``c`` it stays
 pending and is inspected again. With the defaults (window 192, overlap 128) that covers every card, IBAN, email,
-phone, IP, SSN and API key or token; longer entities (private-key blocks, long JWTs) are caught only if the
-detector matches their prefix.
+phone, IP, SSN, AWS/GitHub/Slack/Anthropic key. Up to ``window + overlap`` (320) characters when the detector also
+matches a prefix of the entity, as open-ended key patterns do (OpenAI project keys, ~164): the crossing match moves
+the cut back to its start, and the next window sees it whole from the start. Longer ones (PEM blocks, long JWTs)
+only in part.
 
 Placeholders in a stream are made here from the findings' types, ``[TYPE_n]`` numbered by value across the whole
 stream (policy numbers per Inspect call, and a stream is many calls). Anything other than text in a chunk (the
