@@ -7,7 +7,8 @@ the JSON, BLOCK raises :class:`ResponseBlocked`.
 Streaming (:class:`StreamScanner`): text is buffered per *channel* (a choice's content, or one tool call's
 arguments) and inspected in windows:
 
-- A channel's pending text is inspected once it reaches ``window + overlap`` characters. The part that goes out
+- A channel's pending text is inspected once it reaches ``window + overlap`` characters (``first_window +
+  overlap`` before anything of it was sent, so the first words are not held for a whole window). The part that goes out
   ends at a cut ``c ≤ len(pending) - overlap``, moved back to the last whitespace (so words are not split); the
   last ``overlap`` characters (at least) stay pending and are inspected again with the next window.
 - A finding that crosses the cut moves the cut back to the finding's start (the entity stays pending whole), or,
@@ -40,6 +41,7 @@ import orjson
 from tollgate.policy.v1 import policy_service_pb2 as ppb
 
 __all__ = [
+    "DEFAULT_FIRST_WINDOW",
     "DEFAULT_OVERLAP",
     "DEFAULT_WINDOW",
     "Inspector",
@@ -50,6 +52,8 @@ __all__ = [
 
 DEFAULT_WINDOW = 192
 DEFAULT_OVERLAP = 128
+#: A channel's first window is smaller, so the first words reach the caller sooner (160 characters, ~40 tokens).
+DEFAULT_FIRST_WINDOW = 32
 
 #: ``inspect(texts, sequence)`` → policy's answer for the model's output (direction RESPONSE).
 Inspector = Callable[[list[str], int], Awaitable[ppb.InspectResponse]]
@@ -130,6 +134,7 @@ class StreamScanner:
     inspect: Inspector
     window: int = DEFAULT_WINDOW
     overlap: int = DEFAULT_OVERLAP
+    first_window: int = DEFAULT_FIRST_WINDOW
     sequence: int = 0
     _channels: dict[tuple[int, int | None], _Channel] = field(default_factory=dict)
     _template: dict[str, Any] = field(default_factory=dict)
@@ -230,7 +235,8 @@ class StreamScanner:
 
     async def _add(self, channel: _Channel, text: str) -> list[bytes]:
         channel.pending += text
-        if len(channel.pending) < self.window + self.overlap:
+        window = self.window if channel.sent_tail else min(self.first_window, self.window)
+        if len(channel.pending) < window + self.overlap:
             return []
         return await self._window(channel, final=False)
 
