@@ -7,6 +7,7 @@ convention (``input_tokens`` without cache reads); the router must report it in 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -20,6 +21,8 @@ from tollgate_dev.mock_wire import TOOL_INPUT
 from tollgate_router.anthropic import to_anthropic
 from tollgate_router.domain import Provider, Route
 from tollgate_router.errors import InvalidRequest
+
+StartRouter = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
 
 MODEL = "claude-3-5-haiku"
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, Claude"}]
@@ -304,3 +307,22 @@ def test_unsupported_or_malformed_requests_are_rejected(fields: dict[str, Any]) 
 def test_defaults_are_harmless() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "n": 1, "seed": None, "response_format": {"type": "text"}}
     assert to_anthropic(ROUTE, body)["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+
+
+async def test_silence_is_a_timeout_and_a_bad_key_is_upstream_auth(
+    start_router: StartRouter, mock: MockUpstream
+) -> None:
+    stub = await start_router(ROUTER_UPSTREAM_TIMEOUT_SECONDS="0.3")
+    mock.faults.arm(FaultRule(fault="timeout", times=20, model=MODEL))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Complete(request())
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error_reason(caught.value) == "upstream_timeout"
+    mock.faults.clear()
+
+    mock.faults.arm(FaultRule(fault="401", times=20, model=MODEL))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(stub.StreamComplete(request()))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(caught.value) == "upstream_auth"
+    assert "mock fault" not in (caught.value.details() or "")  # the provider's own text is withheld
