@@ -192,11 +192,19 @@ class Platform:
                 INGRESS_ADMIN_TOKEN=self.config.admin_token,
             )
         elif name == "router":
-            env["ROUTER_GRPC_PORT"] = str(p["router"])
+            env.update(
+                ROUTER_GRPC_PORT=str(p["router"]),
+                ROUTER_DATABASE_URL=self.database_url("router"),
+                ROUTER_KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            )
             if self.config.use_mock:
                 env["ROUTER_MOCK_BASE_URL"] = f"{self.mock_url}/v1"
         elif name == "policy":
-            env.update(POLICY_GRPC_PORT=str(p["policy"]), POLICY_DATABASE_URL=self.database_url("policy"))
+            env.update(
+                POLICY_GRPC_PORT=str(p["policy"]),
+                POLICY_DATABASE_URL=self.database_url("policy"),
+                POLICY_KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            )
         elif name == "billing":
             env.update(
                 BILLING_GRPC_PORT=str(p["billing"]),
