@@ -90,7 +90,7 @@ policy:
   hostEnv: GRPC_HOST
   portEnv: GRPC_PORT
   metricsEnv: METRICS_PORT
-  kafka: false
+  kafka: true
   databaseEnv: DATABASE_URL
   sqliteFile: policy.db
   peers: {}
