@@ -20,7 +20,8 @@ from tollgate_dev.mock_upstream import DEFAULT_REPLY, MockUpstream
 from tollgate_dev.mock_wire import TOOL_INPUT
 from tollgate_router.anthropic import to_anthropic
 from tollgate_router.domain import Provider, Route
-from tollgate_router.errors import InvalidRequest
+from tollgate_router.errors import InvalidRequest, UpstreamRateLimited, UpstreamUnavailable
+from tollgate_router.translate import status_error
 
 StartRouter = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
 
@@ -326,3 +327,11 @@ async def test_silence_is_a_timeout_and_a_bad_key_is_upstream_auth(
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_reason(caught.value) == "upstream_auth"
     assert "mock fault" not in (caught.value.details() or "")  # the provider's own text is withheld
+
+
+def test_a_status_error_keeps_the_upstream_status_for_the_attempt_record() -> None:
+    error = status_error(ROUTE, 503, {}, b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}')
+    assert isinstance(error, UpstreamUnavailable) and "busy" in error.message
+    assert getattr(error, "status", None) == 503
+    limited = status_error(ROUTE, 429, {"retry-after": "4"}, b"{}")
+    assert isinstance(limited, UpstreamRateLimited) and limited.retry_after == 4 and limited.status == 429  # type: ignore[attr-defined]

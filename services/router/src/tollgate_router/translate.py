@@ -102,7 +102,13 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
 
 
 def status_error(route: Route, status: int, headers: Mapping[str, str], raw: bytes) -> RouterError:
-    """The error an upstream HTTP status means for the caller (see :mod:`tollgate_router.errors`)."""
+    """The error an upstream HTTP status means for the caller; ``error.status`` keeps the status (attempt records)."""
+    error = _status_error(route, status, headers, raw)
+    error.status = status  # type: ignore[attr-defined]
+    return error
+
+
+def _status_error(route: Route, status: int, headers: Mapping[str, str], raw: bytes) -> RouterError:
     provider = route.provider.name
     if status in _REJECTED_STATUSES:
         return UpstreamRejected(upstream_message(raw) or f"The upstream rejected the request (HTTP {status}).")
