@@ -6,7 +6,8 @@ this load generator run on CPU 1, so the figures are "Tollgate on one core". Pri
 Measured:
 - added latency at concurrency 1: p50/p99 of (through ingress) minus (direct to the mock upstream), non-streaming,
   and the same for time to first streamed byte;
-- requests per second at concurrency 32 (and errors), non-streaming and streaming.
+- requests per second at concurrency 32 (and errors), non-streaming and streaming;
+- the router alone over gRPC (``bench.router``): its added latency over the mock and its throughput.
 """
 
 from __future__ import annotations
@@ -127,6 +128,11 @@ async def run_bench(platform: Platform, api_key: str, *, n_latency: int, seconds
               f"errors {s.errors}")
     s = await measure(direct, direct_headers, BODY, concurrency=concurrency, seconds=seconds / 2)
     print(f"  {'mock direct':14} {s.rps:8.1f} requests/s   (the upstream's own ceiling on its core)")
+
+    from .router import run_router_bench  # imported here: it reuses this module's helpers
+
+    await run_router_bench(platform.grpc_addr("router"), platform.mock_url, n_latency=n_latency,
+                           seconds=seconds / 2, concurrency=concurrency)
 
 
 def main() -> int:

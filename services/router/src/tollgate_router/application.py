@@ -196,6 +196,7 @@ class Router:
                         if not ended or isinstance(first, bytes):
                             raise _no_usage(route)
                         call.succeeded(attempt, first.usage, first.upstream_request_id)
+                        await self._record(call)  # durable before the caller sees the end of its stream
                         yield first
                         return
                     except RouterError as error:
@@ -208,8 +209,10 @@ class Router:
             await self._record(call)
 
     async def _record(self, call: _Call) -> None:
-        if self._attempts is not None and call.attempts:
-            await self._attempts.record(call.attempts)
+        """Commit the call's attempts not yet recorded (once each)."""
+        fresh, call.recorded = call.attempts[call.recorded :], len(call.attempts)
+        if self._attempts is not None and fresh:
+            await self._attempts.record(fresh)
 
     def list_models(self, constraints: Constraints | None = None) -> list[ModelEntry]:
         """The catalogue's models the constraints allow, each cut to its allowed deployments."""
@@ -251,6 +254,8 @@ class _Call:
         self.deadline_at = deadline_at
         self.streamed = streamed
         self.attempts: list[Attempt] = []
+        #: How many of ``attempts`` were handed to the attempt log already.
+        self.recorded = 0
         self._index = 0
         self._retry: tuple[Route, float] | None = None
         self._same_tries = 0
