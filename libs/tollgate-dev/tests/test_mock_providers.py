@@ -217,9 +217,18 @@ async def test_armed_faults_match_by_model_and_format_and_are_consumed(mock: Moc
     await post(mock, "/_mock/faults", {"latency_ms": 1, "model": "other"})
     async with aiohttp.ClientSession() as http, http.get(root(mock) + "/_mock/faults") as resp:
         assert [r["model"] for r in await resp.json()] == ["gpt-4o", "other"]
+    await post(mock, "/_mock/faults", {"fault": "429", "model": "never-called"})
     statuses = [(await post(mock, "/v1/chat/completions", chat))[0] for _ in range(3)]
     assert statuses == [500, 500, 200]
     assert (await post(mock, "/v1/chat/completions", {**chat, "model": "gpt-4o-mini"}))[0] == 200
+    assert (await post(mock, "/v1/chat/completions", {**chat, "model": "other"}))[0] == 200
+    assert [(c["model"], c["fault"], c["latency_ms"]) for c in mock.calls] == [
+        ("gpt-4o", "500", 0),
+        ("gpt-4o", "500", 0),
+        ("gpt-4o", None, 0),
+        ("gpt-4o-mini", None, 0),
+        ("other", None, 1),
+    ]
     status, body, _ = await post(mock, "/_mock/faults", {"fault": "boom"})
     assert status == 400 and "fault must be one of" in body["error"]["message"]
     async with aiohttp.ClientSession() as http, http.delete(root(mock) + "/_mock/faults") as resp:

@@ -243,9 +243,17 @@ class MockUpstream:
             "status": None,
             "authorization_present": any(h in request.headers for h in key_headers) or "key" in request.query,
             "fault": None,
+            "latency_ms": 0,
         }
         self._calls.append(record)
         return record
+
+    @staticmethod
+    async def _delay(record: dict[str, Any], latency_ms: int) -> None:
+        """Wait the injected latency before answering, and note it in the record."""
+        record["latency_ms"] = latency_ms
+        if latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
 
     @staticmethod
     async def _recorded(record: dict[str, Any], serve: Any) -> web.StreamResponse:
@@ -322,8 +330,7 @@ class MockUpstream:
         except _BadRequest as exc:
             return _error(400, exc.message, "invalid_request_error", param=exc.param)
 
-        if latency_ms:
-            await asyncio.sleep(latency_ms / 1000)
+        await self._delay(record, latency_ms)
         if fault == "500":
             return _error(500, "The server had an error while processing your request. (mock fault)", "server_error")
         if fault == "429":
@@ -524,8 +531,7 @@ class MockUpstream:
         problem = wire.validate_anthropic(body)
         if problem:
             return error(400, problem)
-        if latency_ms:
-            await asyncio.sleep(latency_ms / 1000)
+        await self._delay(record, latency_ms)
         if fault == "500":
             return error(500, "Internal server error (mock fault)")
         if fault == "429":
@@ -594,8 +600,7 @@ class MockUpstream:
         problem = wire.validate_gemini(body)
         if problem:
             return error(400, problem)
-        if latency_ms:
-            await asyncio.sleep(latency_ms / 1000)
+        await self._delay(record, latency_ms)
         if fault == "500":
             return error(500, "An internal error has occurred. (mock fault)")
         if fault == "429":
