@@ -392,8 +392,8 @@ class ChatCompletions:
             async for message in call:
                 if message.HasField("chunk_json"):
                     delivered.append(message.chunk_json)
-                    if stopped:
-                        continue
+                    if stopped or (scanner is not None and session.client_gone):
+                        continue  # nobody to send it to: drained for the usage only, no policy call
                     if scanner is None:
                         if not session.client_gone:
                             queue.put_nowait(message.chunk_json)
@@ -402,7 +402,7 @@ class ChatCompletions:
                 elif message.HasField("end"):
                     end = message.end
                     usage = _usage(end.usage)
-            if scanner is not None and not stopped:
+            if scanner is not None and not stopped and not session.client_gone:
                 stopped = not await self._forward(session, scanner.finish())
         except grpc.aio.AioRpcError as exc:
             settlement.close(Outcome.FAILED, self._estimate(session.prepared, delivered))
