@@ -177,6 +177,16 @@ def _turns(body: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     return "\n\n".join(system), turns
 
 
+def _default_max_tokens(route: Route) -> int:
+    """``options.default_max_tokens`` of the provider, else 4096 (Anthropic requires a ``max_tokens``)."""
+    value = route.provider.options.get("default_max_tokens")
+    if not value:
+        return DEFAULT_MAX_TOKENS
+    if not value.isdigit() or int(value) < 1:
+        raise UpstreamUnavailable(f"The provider '{route.provider.name}' has an invalid options.default_max_tokens.")
+    return int(value)
+
+
 def to_anthropic(route: Route, body: Mapping[str, Any]) -> dict[str, Any]:
     """The Messages API request for an OpenAI chat request (see the module docstring for every field)."""
     reject_unsupported(body, UNSUPPORTED, "Anthropic")
@@ -189,10 +199,9 @@ def to_anthropic(route: Route, body: Mapping[str, Any]) -> dict[str, Any]:
             "models; use a tool with an input schema instead."
         )
     system, turns = _turns(body)
-    default = route.provider.options.get("default_max_tokens")
     request: dict[str, Any] = {
         "model": route.upstream_model,
-        "max_tokens": max_tokens(body) or (int(default) if default else DEFAULT_MAX_TOKENS),
+        "max_tokens": max_tokens(body) or _default_max_tokens(route),
         "messages": turns,
     }
     if system:

@@ -21,7 +21,7 @@ import orjson
 
 from .adapters import StreamEvent
 from .domain import Completion, Route, StreamEnded, Usage
-from .errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from .errors import UpstreamTimeout, UpstreamUnavailable
 from .sse import SseDecoder
 from .translate import retry_after_seconds, status_error, unreachable
 
@@ -70,8 +70,8 @@ class OpenAICompatibleAdapter:
             return base + "/chat/completions"
         version = route.provider.options.get("api_version", "")
         if not version:
-            # config validation should catch this; a request must not reach Azure without it.
-            raise InvalidRequest(f"The provider '{route.provider.name}' has no api_version configured.")
+            # An operator's mistake, not the caller's: Azure rejects every call without it.
+            raise UpstreamUnavailable(f"The provider '{route.provider.name}' has no options.api_version configured.")
         deployment = quote(route.upstream_model, safe="")
         return f"{base}/openai/deployments/{deployment}/chat/completions?api-version={quote(version, safe='')}"
 
