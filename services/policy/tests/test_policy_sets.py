@@ -251,3 +251,56 @@ async def test_over_grpc_scopes_effective_policy_constraints_and_errors(stub: pb
         grpc.StatusCode.NOT_FOUND,
         "no_shadow_policy",
     )
+
+
+async def put(stub: pb_grpc.PolicyServiceStub, scope: str, doc: dict[str, object]) -> pb.PolicyVersion:
+    request = pb.PutScopePolicyRequest(account_id="acc_1", scope=scope, document_json=json.dumps(doc))
+    reply: pb.PolicyVersion = await stub.PutScopePolicy(request)
+    return reply
+
+
+async def test_custom_detectors_are_compiled_per_account_and_ruled_like_built_ins(
+    stub: pb_grpc.PolicyServiceStub,
+) -> None:
+    await put(
+        stub,
+        "account",
+        {
+            "custom_detectors": [
+                {"name": "custom:employee_id", "pattern": r"EMP-[0-9]{6}", "label": "EMPLOYEE_ID"},
+                {"name": "custom:codename", "keywords": ["falcon", "osprey"]},
+            ],
+            "rules": {"custom:employee_id": "redact"},
+        },
+    )
+    await put(stub, "team:secret", {"rules": {"custom:codename": "block"}})
+    texts = ["EMP-123456 and EMP-654321 met EMP-123456 about Falcon"]
+    reply = await stub.Inspect(pb.InspectRequest(request_id="req_1", account_id="acc_1", texts=texts))
+    assert reply.verdict == pb.VERDICT_REDACT
+    assert list(reply.redacted_texts) == ["[EMPLOYEE_ID_1] and [EMPLOYEE_ID_2] met [EMPLOYEE_ID_1] about Falcon"]
+    actions = {(f.type, f.action) for f in reply.findings}
+    assert actions == {("custom:employee_id", pb.ACTION_REDACT), ("custom:codename", pb.ACTION_FLAG)}
+    assert all(0 < f.confidence <= 1 for f in reply.findings)
+    blocked = await stub.Inspect(pb.InspectRequest(request_id="req_2", account_id="acc_1", texts=texts, team="secret"))
+    assert blocked.verdict == pb.VERDICT_BLOCK
+    other = await stub.Inspect(pb.InspectRequest(request_id="req_3", account_id="acc_2", texts=texts))
+    assert not other.findings  # another account does not have them
+
+
+@pytest.mark.parametrize(
+    ("scope", "doc", "reason"),
+    [
+        ("account", {"custom_detectors": [{"name": "custom:bad", "pattern": "(unclosed"}]}, "invalid_argument"),
+        ("account", {"custom_detectors": [{"name": "employee", "pattern": "x"}]}, "invalid_argument"),
+        ("team:ml", {"custom_detectors": [{"name": "custom:x", "keywords": ["x"]}]}, "invalid_argument"),
+        ("key:k1", {"rules": {"custom:undefined": "block"}}, "unknown_detector"),
+    ],
+)
+async def test_bad_custom_detectors_are_invalid_argument_and_store_nothing(
+    stub: pb_grpc.PolicyServiceStub, scope: str, doc: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await put(stub, scope, doc)
+    assert (caught.value.code(), error_reason(caught.value)) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    versions = await stub.ListPolicyVersions(pb.ListPolicyVersionsRequest(account_id="acc_1"))
+    assert not versions.versions

@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -37,14 +38,14 @@ from types import MappingProxyType
 from tollgate_common.events import Envelope
 
 from . import domain
-from .detectors import Match, scan
+from .detectors import CustomDetector, Match, build_scanner, scan
 from .domain import Action, Inspection, PolicySet, Verdict
 from .errors import ConcurrentUpdate, InvalidArgument, NoShadowPolicy, StorageUnavailable
 from .events import DEV_HASH_KEY, Decision, DecisionLog, decided_event, match_hasher
 from .metrics import FINDINGS, INSPECT_SECONDS, INSPECTIONS, SCANNED_CHARACTERS
 from .repository import DISCARD, ENFORCED, SHADOW, PolicyRepository, PolicyState, StoredVersion
 
-__all__ = ["PolicyCache", "PolicyService"]
+__all__ = ["PolicyCache", "PolicyService", "ScannerCache"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,32 @@ class PolicyCache:
         return state
 
 
+Scan = Callable[[str], list[Match]]
+
+
+class ScannerCache:
+    """One compiled scanner per set of custom detectors (so per account policy version, shared by versions with the
+    same set); the built-ins alone use the module's default scanner. Least recently used sets are dropped."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._scanners: OrderedDict[tuple[CustomDetector, ...], Scan] = OrderedDict()
+
+    def get(self, custom: tuple[CustomDetector, ...]) -> Scan:
+        """The scanner's ``scan``; ValueError (from the engine) when a custom detector cannot be compiled."""
+        if not custom:
+            return scan
+        found = self._scanners.get(custom)
+        if found is None:
+            found = build_scanner(custom).scan
+            self._scanners[custom] = found
+            if len(self._scanners) > self.size:
+                self._scanners.popitem(last=False)
+        else:
+            self._scanners.move_to_end(custom)
+        return found
+
+
 def _check_account(account_id: str) -> None:
     if not account_id:
         raise InvalidArgument("account_id is required")
@@ -112,6 +139,7 @@ class PolicyService:
         self.decisions = decisions
         self.hash = match_hasher(hash_key)
         self._loads: dict[str, asyncio.Future[PolicyState]] = {}
+        self.scanners = ScannerCache()
 
     async def inspect(
         self,
@@ -132,7 +160,8 @@ class PolicyService:
             raise InvalidArgument(f"direction must be one of {', '.join(_DIRECTIONS)}")
         state = await self._state(account_id)
         started = time.perf_counter()
-        matches: list[list[Match]] = [scan(text) for text in texts]
+        scanner = self.scanners.get(state.enforced.custom)
+        matches: list[list[Match]] = [scanner(text) for text in texts]
         scan_micros = int((time.perf_counter() - started) * 1_000_000)
         checked_model = model if direction == "request" else ""
         result = domain.inspect(texts, state.enforced, team=team, key_id=key_id, model=checked_model, matches=matches)
@@ -155,8 +184,13 @@ class PolicyService:
             )
             events: list[Envelope] = [decided_event(decision, result, texts, self.hash, shadow=False)]
             if state.shadow is not None:
+                if state.shadow.custom != state.enforced.custom:
+                    shadow_scan = self.scanners.get(state.shadow.custom)
+                    shadow_matches = [shadow_scan(text) for text in texts]
+                else:
+                    shadow_matches = matches
                 shadow = domain.inspect(
-                    texts, state.shadow, team=team, key_id=key_id, model=checked_model, matches=matches
+                    texts, state.shadow, team=team, key_id=key_id, model=checked_model, matches=shadow_matches
                 )
                 events.append(decided_event(decision, shadow, texts, self.hash, shadow=True))
             await self.decisions.record(events)
@@ -256,6 +290,11 @@ class PolicyService:
         for attempt in range(1, _SET_ATTEMPTS + 1):
             state = await self.repository.state(account_id) or PolicyState.default(account_id)
             policy, kind = change(state)
+            policy.check()
+            try:
+                self.scanners.get(policy.custom)  # compiles (and caches) the account's custom detectors
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
             try:
                 await self.repository.add(policy, kind)
             except ConcurrentUpdate:

@@ -9,7 +9,9 @@ An account's policy is ONE document, versioned as a whole, with up to three kind
     SCOPE = {"rules":   {"<detector>": "allow" | "flag" | "redact" | "block"},
              "routing": {"allowed_models": [...], "allowed_providers": [...],
                          "denied_providers": [...], "allowed_regions": [...]},
-             "when_found": [{"types": ["<detector>", ...], "allowed_regions": ["eu"], ...any routing list}]}
+             "when_found": [{"types": ["<detector>", ...], "allowed_regions": ["eu"], ...any routing list}],
+             "custom_detectors": [{"name": "custom:<name>", "pattern": "<regex>" | "keywords": [...],
+                                   "label": "<PLACEHOLDER LABEL>"}]}     (account scope only)
 
 Every part is optional. A request made with key K of team T resolves **account → team T → key K**:
 
@@ -20,6 +22,9 @@ Every part is optional. A request made with key K of team T resolves **account �
   set them (an empty or missing list means "no limit"); ``denied_providers`` are united.
 - ``when_found``: conditional limits from every scope in the chain, applied when the request has at least one
   finding of a listed type (whatever that finding's action): "if there is an email or a card, only region eu".
+
+Custom detectors are defined at account scope (one scanner per account policy version) and named like built-in
+ones in ``rules`` and ``when_found`` of any scope (``"custom:employee_id": "block"``); without a rule they FLAG.
 
 The verdict is the strongest action among the findings (BLOCK > REDACT > FLAG > ALLOW). Routing can block too:
 when ``allowed_models`` is set and the requested model is not in it (rule ``model_not_allowed``), or when two
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from .detectors import DETECTORS, EMAIL, PAYMENT_CARD, Detector, Match, scan
+from .detectors import DETECTORS, EMAIL, PAYMENT_CARD, CustomDetector, Detector, Match, scan
 from .errors import InvalidArgument, InvalidRule, UnknownDetector
 
 __all__ = [
@@ -96,6 +101,7 @@ _FALLBACK = Action.FLAG
 MODEL_NOT_ALLOWED = "model_not_allowed"
 NO_ROUTE_ALLOWED = "no_route_allowed"
 
+_CUSTOM_PREFIX = "custom:"
 _ROUTING_LISTS = ("allowed_models", "allowed_providers", "denied_providers", "allowed_regions")
 _MAX_SCOPE_NAME = 200
 
@@ -108,7 +114,7 @@ def validate_rules(rules: Iterable[tuple[str, Action | None]]) -> dict[str, Acti
     """The rules a caller sent, checked: known detectors, an action each, each detector at most once."""
     checked: dict[str, Action] = {}
     for detector, action in rules:
-        if detector not in DETECTORS:
+        if detector not in DETECTORS and not detector.startswith(_CUSTOM_PREFIX):
             known = ", ".join(DETECTORS)
             raise UnknownDetector(f"unknown detector {detector!r} (known: {known})")
         if action is None:
@@ -165,6 +171,8 @@ class ScopePolicy:
     rules: Mapping[str, Action] = field(default_factory=lambda: MappingProxyType({}))
     routing: Routing = Routing()
     when_found: tuple[Conditional, ...] = ()
+    #: Only at account scope (PolicySet.check).
+    custom: tuple[CustomDetector, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -174,7 +182,43 @@ class ScopePolicy:
             out["routing"] = self.routing.to_json()
         if self.when_found:
             out["when_found"] = [c.to_json() for c in self.when_found]
+        if self.custom:
+            out["custom_detectors"] = [_custom_json(c) for c in self.custom]
         return out
+
+
+def _custom_json(custom: CustomDetector) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": custom.name}
+    if custom.pattern:
+        out["pattern"] = custom.pattern
+    if custom.keywords:
+        out["keywords"] = list(custom.keywords)
+    if custom.label:
+        out["label"] = custom.label
+    return out
+
+
+def _parse_custom(raw: object) -> tuple[CustomDetector, ...]:
+    """The shape of ``custom_detectors``; whether each one compiles is the scanner's call (application.py)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidArgument("custom_detectors must be a list")
+    out: list[CustomDetector] = []
+    for i, item in enumerate(raw):
+        where = f"custom_detectors[{i}]"
+        if not isinstance(item, dict) or set(item) - {"name", "pattern", "keywords", "label"}:
+            raise InvalidArgument(f"{where} must be an object with name, pattern or keywords, and label")
+        name, pattern, label = item.get("name"), item.get("pattern", ""), item.get("label", "")
+        if not isinstance(name, str) or not name.startswith(_CUSTOM_PREFIX):
+            raise InvalidArgument(f"{where}.name must look like 'custom:employee_id'")
+        if not isinstance(pattern, str) or not isinstance(label, str):
+            raise InvalidArgument(f"{where}.pattern and .label must be strings")
+        keywords = _string_list(item.get("keywords"), f"{where}.keywords")
+        out.append(CustomDetector(name=name, pattern=pattern, keywords=keywords, label=label))
+    if len({c.name for c in out}) != len(out):
+        raise InvalidArgument("custom_detectors names must be unique")
+    return tuple(out)
 
 
 _EMPTY_SCOPE = ScopePolicy()
@@ -206,7 +250,7 @@ def parse_scope_document(raw: object) -> ScopePolicy:
     """A scope's JSON document, validated (unknown keys, detectors and actions are errors, never ignored)."""
     if not isinstance(raw, dict):
         raise InvalidArgument("a policy document must be a JSON object")
-    unknown = set(raw) - {"rules", "routing", "when_found"}
+    unknown = set(raw) - {"rules", "routing", "when_found", "custom_detectors"}
     if unknown:
         raise InvalidArgument(f"unknown policy field(s): {', '.join(sorted(unknown))}")
     rules_raw = raw.get("rules") or {}
@@ -233,10 +277,11 @@ def parse_scope_document(raw: object) -> ScopePolicy:
         if not types:
             raise InvalidArgument(f"{where}.types must name at least one detector")
         for t in types:
-            if t not in DETECTORS:
+            if t not in DETECTORS and not t.startswith(_CUSTOM_PREFIX):
                 raise UnknownDetector(f"unknown detector {t!r} in {where}.types")
         conditionals.append(Conditional(frozenset(types), _routing(item, where)))
-    return ScopePolicy(MappingProxyType(rules), _routing(routing_raw, "routing"), tuple(conditionals))
+    custom = _parse_custom(raw.get("custom_detectors"))
+    return ScopePolicy(MappingProxyType(rules), _routing(routing_raw, "routing"), tuple(conditionals), custom)
 
 
 @dataclass(frozen=True)
@@ -269,6 +314,22 @@ class PolicySet:
         """The account scope's own rules."""
         return self.scopes.get("account", _EMPTY_SCOPE).rules
 
+    @property
+    def custom(self) -> tuple[CustomDetector, ...]:
+        """The account's custom detectors (what its scanner is built from)."""
+        return self.scopes.get("account", _EMPTY_SCOPE).custom
+
+    def check(self) -> None:
+        """Custom detectors only at account scope; every custom name a rule or condition uses is defined."""
+        defined = {c.name for c in self.custom}
+        for scope, policy in self.scopes.items():
+            if policy.custom and scope != "account":
+                raise InvalidArgument(f"custom_detectors can only be set on the account, not on {scope}")
+            used = set(policy.rules) | {t for c in policy.when_found for t in c.types}
+            for name in sorted(used):
+                if name.startswith(_CUSTOM_PREFIX) and name not in defined:
+                    raise UnknownDetector(f"{scope} uses {name!r}, which the account's custom_detectors do not define")
+
     def action_for(self, detector: str) -> Action:
         return self.rules.get(detector) or default_action(detector)
 
@@ -297,8 +358,9 @@ class PolicySet:
             chain.append((f"team:{team}", self.scopes.get(f"team:{team}")))
         if key_id:
             chain.append((f"key:{key_id}", self.scopes.get(f"key:{key_id}")))
-        actions = {name: default_action(name) for name in DETECTORS}
-        sources = dict.fromkeys(DETECTORS, "default")
+        names = [*DETECTORS, *(c.name for c in self.custom)]
+        actions = {name: default_action(name) for name in names}
+        sources = dict.fromkeys(names, "default")
         routing, ok = Routing(), True
         when: list[Conditional] = []
         scope = "account"
@@ -349,6 +411,8 @@ class Finding(NamedTuple):
     end: int
     detector_version: str
     action: Action
+    #: 0..1, from the detector (1 for validated formats).
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -411,6 +475,7 @@ def inspect(
                     end=match.end,
                     detector_version=detector.version,
                     action=action,
+                    confidence=match.confidence,
                 )
             )
     routing, ok = resolved.routing, resolved.routing_ok

@@ -128,6 +128,7 @@ def _inspect_response(result: Inspection) -> pb.InspectResponse:
                 end=f.end,
                 detector_version=f.detector_version,
                 action=_ACTION_TO_PB[f.action],
+                confidence=f.confidence,
             )
             for f in result.findings
         ],
