@@ -335,3 +335,16 @@ def test_a_status_error_keeps_the_upstream_status_for_the_attempt_record() -> No
     assert getattr(error, "status", None) == 503
     limited = status_error(ROUTE, 429, {"retry-after": "4"}, b"{}")
     assert isinstance(limited, UpstreamRateLimited) and limited.retry_after == 4 and limited.status == 429  # type: ignore[attr-defined]
+
+
+def test_an_empty_assistant_turn_is_dropped_and_the_user_turns_merge() -> None:
+    body = {
+        "messages": [
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "two"},
+        ]
+    }
+    assert to_anthropic(ROUTE, body)["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}
+    ]

@@ -160,7 +160,9 @@ def _turns(body: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         elif role == "user":
             add("user", _user_blocks(message.get("content"), f"{where}.content"))
         elif role == "assistant":
-            add("assistant", _assistant_blocks(message, where))
+            blocks = _assistant_blocks(message, where)
+            if blocks:  # Anthropic rejects an empty turn; an empty assistant message says nothing
+                add("assistant", blocks)
         elif role == "tool":
             if not isinstance(message.get("tool_call_id"), str):
                 raise InvalidRequest(f"Invalid '{where}.tool_call_id': required for a tool message.")

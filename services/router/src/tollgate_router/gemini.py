@@ -242,6 +242,12 @@ def gemini_usage(metadata: Mapping[str, Any]) -> Usage:
     )
 
 
+def _tool_call(n: int, call: Mapping[str, Any]) -> ToolCall:
+    """A ``functionCall`` part as an OpenAI tool call; its own ``id`` when Gemini gives one, else ``call_<n>``."""
+    call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else f"call_{n}"
+    return ToolCall(str(call_id), str(call.get("name")), orjson.dumps(call.get("args", {})).decode())
+
+
 def _finish(reason: str, has_calls: bool) -> str:
     if reason in FILTERED:
         return "content_filter"
@@ -301,12 +307,8 @@ class GeminiAdapter:
         parts, reason = _parts(reply)
         texts = [p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought")]
         calls = [
-            ToolCall(
-                f"call_{n}",
-                str(p["functionCall"].get("name")),
-                orjson.dumps(p["functionCall"].get("args", {})).decode(),
-            )
-            for n, p in enumerate(p for p in parts if isinstance(p.get("functionCall"), dict))
+            _tool_call(n, part["functionCall"])
+            for n, part in enumerate(p for p in parts if isinstance(p.get("functionCall"), dict))
         ]
         response_id = str(reply.get("responseId") or "")
         return Completion(
@@ -362,16 +364,8 @@ class GeminiAdapter:
                     if isinstance(part.get("text"), str) and not part.get("thought"):
                         yield write({"content": part["text"]})
                     elif isinstance(part.get("functionCall"), dict):
-                        call = part["functionCall"]
-                        delta = {
-                            "index": calls,
-                            "id": f"call_{calls}",
-                            "type": "function",
-                            "function": {
-                                "name": call.get("name"),
-                                "arguments": orjson.dumps(call.get("args", {})).decode(),
-                            },
-                        }
+                        call = _tool_call(calls, part["functionCall"]).as_openai()
+                        delta = {"index": calls, **call}
                         calls += 1
                         yield write({"tool_calls": [delta]})
                 if reason is not None and finished is None:
