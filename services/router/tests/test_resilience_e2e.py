@@ -187,3 +187,25 @@ def _trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
         if name == key:
             return str(value)
     return None
+
+
+async def test_active_probes_close_a_recovered_breaker_without_live_traffic(
+    start: Start, mock: MockUpstream, backup: MockUpstream
+) -> None:
+    stub = await start(
+        ROUTER_RETRIES_PER_DEPLOYMENT="0",
+        ROUTER_BREAKER_FAILURE_THRESHOLD="1",
+        ROUTER_BREAKER_COOLDOWN_SECONDS="0.2",
+        ROUTER_PROBE_INTERVAL_SECONDS="0.1",
+    )
+    mock.faults.arm(FaultRule(fault="500", times=1))
+    assert (await stub.Complete(_request())).provider == "backup"  # primary failed once: open
+    # No request from us: only the router's probes reach the primary mock now, a round every 0.1 s to each
+    # deployment that is closed (``solo``) or due for its half-open probe (``m`` once its 0.2 s cool-down passed).
+    for _ in range(200):
+        if _statuses(mock).count(200) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    probes = [call for call in mock.calls if call["status"] == 200]
+    assert probes and probes[0]["body"]["max_tokens"] == 1
+    assert (await stub.Complete(_request())).provider == "primary"  # the probe closed the breaker

@@ -17,8 +17,11 @@ translate, the transport only maps protobuf. For each request:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -41,6 +44,11 @@ from .resilience import Breakers, ResilienceSettings, counts_against_health, is_
 from .routing import Constraints, LatencyTracker, Overrides, plan, split_overrides
 
 __all__ = ["ResilienceSettings", "Router"]
+
+log = logging.getLogger(__name__)
+
+#: The cheapest call that proves a deployment answers: one short message, one token back.
+_PROBE_BODY = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
 
 
 class Router:
@@ -133,6 +141,9 @@ class Router:
                 except asyncio.CancelledError:
                     call.cancelled(attempt)
                     raise
+                except Exception as exc:
+                    call.failed(attempt, _adapter_bug(route, exc))
+                    continue
                 call.succeeded(attempt, result.usage, result.upstream_request_id)
                 return result
         finally:
@@ -178,6 +189,9 @@ class Router:
                     except asyncio.CancelledError:
                         call.cancelled(attempt)
                         raise
+                    except Exception as exc:
+                        call.failed(attempt, _adapter_bug(route, exc))
+                        continue
                     attempt.ttft_ms = call.elapsed_ms(attempt)
                     # From here on the caller has output: an error ends the stream, never a retry.
                     try:
@@ -205,6 +219,49 @@ class Router:
                     except (asyncio.CancelledError, GeneratorExit):
                         call.cancelled(attempt)
                         raise
+                    except Exception as exc:
+                        call.failed(attempt, _adapter_bug(route, exc), final=True)
+                        raise AssertionError("unreachable") from exc
+        finally:
+            await self._record(call)
+
+    async def probe(self) -> int:
+        """One round of active health checks: a one-token call to every deployment whose breaker is closed or
+        due for its half-open probe (open ones still cooling down are left alone); the result feeds the breaker.
+        Each probe is an attempt like any other (account ``""``, request id ``probe_…``). Returns the count."""
+        due = [r for r in self.catalogue.routes() if self.breakers[r.name].available()]
+        await asyncio.gather(*(self._probe_one(route) for route in due))
+        return len(due)
+
+    async def _probe_one(self, route: Route) -> None:
+        if not self.breakers[route.name].allow():
+            return
+        call = _Call(
+            self,
+            f"probe_{uuid.uuid4().hex}",
+            "",
+            dict(_PROBE_BODY),
+            Overrides(),
+            [route],
+            self._clock() + self._timeout,
+            streamed=False,
+        )
+        attempt = call.begin(route)
+        try:
+            result = await self._adapters[route.provider.kind].complete(
+                route, call.body, request_id=call.request_id, timeout=call.timeout_for(route)
+            )
+        except RouterError as error:
+            with contextlib.suppress(RouterError):
+                call.failed(attempt, error, final=True)
+        except asyncio.CancelledError:
+            call.cancelled(attempt)
+            raise
+        except Exception as exc:
+            with contextlib.suppress(RouterError):
+                call.failed(attempt, _adapter_bug(route, exc), final=True)
+        else:
+            call.succeeded(attempt, result.usage, result.upstream_request_id)
         finally:
             await self._record(call)
 
@@ -225,6 +282,13 @@ class Router:
             if deployments:
                 listed.append(ModelEntry(entry.name, deployments, entry.owned_by, entry.aliases, entry.strategy))
         return listed
+
+
+def _adapter_bug(route: Route, exc: Exception) -> UpstreamUnavailable:
+    """An adapter raised something other than a RouterError: logged with its traceback, treated as an upstream
+    error (so the attempt is recorded and a half-open breaker gets its verdict)."""
+    log.error("adapter failed unexpectedly", exc_info=exc, extra={"provider": route.provider.name})
+    return UpstreamUnavailable(f"The provider '{route.provider.name}' answered in a way the router cannot read.")
 
 
 def _no_usage(route: Route) -> UpstreamUnavailable:
@@ -275,6 +339,8 @@ class _Call:
     async def next_route(self) -> Route:
         """The deployment to try next (after any backoff); raises the last error when none is left."""
         breakers = self.router.breakers
+        if self.remaining() <= 0:
+            raise self._deadline_error()
         if self._retry is not None:
             route, wait = self._retry
             self._retry = None
@@ -297,8 +363,8 @@ class _Call:
         )
 
     def begin(self, route: Route) -> Attempt:
-        if self.remaining() <= 0:
-            raise self._deadline_error()
+        """Start an attempt on ``route`` (whose breaker already let it through: it must end in one of
+        :meth:`succeeded`, :meth:`failed` or :meth:`cancelled`, or a half-open breaker would wait forever)."""
         attempt = Attempt(
             request_id=self.request_id,
             account_id=self.account_id,

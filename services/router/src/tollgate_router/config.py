@@ -103,6 +103,7 @@ class Settings:
                 backoff_cap_seconds=env.float("BACKOFF_CAP_SECONDS", 5.0, minimum=0.0),
                 request_timeout_seconds=env.float("REQUEST_TIMEOUT_SECONDS", 300.0, minimum=0.001),
                 latency_epsilon=env.float("LATENCY_EPSILON", 0.05, minimum=0.0),
+                probe_interval_seconds=env.float("PROBE_INTERVAL_SECONDS", 0.0, minimum=0.0),
                 breaker=BreakerSettings(
                     failure_threshold=env.int("BREAKER_FAILURE_THRESHOLD", 5, minimum=1, maximum=10_000),
                     failure_rate=env.float("BREAKER_FAILURE_RATE", 0.5, minimum=0.01),

@@ -166,4 +166,6 @@ class ResilienceSettings:
     backoff_cap_seconds: float = 5.0
     request_timeout_seconds: float = 300.0
     latency_epsilon: float = 0.05
+    #: Active health checks: a one-token call to each deployment this often; 0 (the default) = off.
+    probe_interval_seconds: float = 0.0
     breaker: BreakerSettings = field(default_factory=BreakerSettings)

@@ -42,6 +42,7 @@ class RouterServer:
         self._engine: AsyncEngine | None = None
         self._attempts: AttemptLog | None = None
         self._kafka: asyncio.Task[None] | None = None
+        self._probes: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._connecting = False
 
@@ -76,6 +77,8 @@ class RouterServer:
             await self._session.close()
             await self._close_database()
             raise
+        if settings.resilience.probe_interval_seconds > 0:
+            self._probes = asyncio.create_task(self._probe(router), name="router-probes")
         if settings.kafka_bootstrap_servers:
             self._kafka = asyncio.create_task(self._relay(), name="router-attempts-relay")
         else:
@@ -122,6 +125,18 @@ class RouterServer:
                 with contextlib.suppress(Exception):
                     await producer.stop()
 
+    async def _probe(self, router: Router) -> None:
+        """Active health checks every ``ROUTER_PROBE_INTERVAL_SECONDS`` until stopped (errors logged, never fatal)."""
+        interval = self.settings.resilience.probe_interval_seconds
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+                return
+            try:
+                await router.probe()
+            except Exception as exc:
+                log.warning("active probe round failed", extra={"error": repr(exc)})
+
     async def _close_database(self) -> None:
         if self._attempts is not None:
             await self._attempts.stop()
@@ -132,6 +147,11 @@ class RouterServer:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self._probes is not None:  # first: a probe must not outlive the HTTP pool
+            self._probes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probes
+            self._probes = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
