@@ -85,7 +85,7 @@ class TestRouting:
         )
         assert inspect(["plain"], policy, key_id="k1").verdict is Verdict.ALLOW
         result = inspect([EMAIL], policy, key_id="k1")
-        assert (result.verdict, result.rule) == (Verdict.BLOCK, "no_route_allowed")
+        assert (result.verdict, result.rule) == (Verdict.BLOCK, "region_not_allowed")
 
     @pytest.mark.parametrize(
         ("raw", "error"),

@@ -28,7 +28,8 @@ ones in ``rules`` and ``when_found`` of any scope (``"custom:employee_id": "bloc
 
 The verdict is the strongest action among the findings (BLOCK > REDACT > FLAG > ALLOW). Routing can block too:
 when ``allowed_models`` is set and the requested model is not in it (rule ``model_not_allowed``), or when two
-``allowed_*`` lists that apply have nothing in common (rule ``no_route_allowed``). Otherwise the merged limits are
+``allowed_*`` lists that apply have nothing in common (rule ``model_not_allowed``, ``provider_not_allowed`` or
+``region_not_allowed``). Otherwise the merged limits are
 returned as :class:`Routing` for the router.
 
 REDACT rewrites every redacted match into a typed, numbered placeholder such as ``[PAYMENT_CARD_1]``; the same
@@ -97,9 +98,14 @@ DEFAULT_RULES: Mapping[str, Action] = MappingProxyType(
 )
 _FALLBACK = Action.FLAG
 
-#: Routing rules that block: the requested model is not allowed / the limits that apply exclude everything.
+#: Routing rules that block (InspectResponse.rule): the requested model is not allowed, or the allow-lists that
+#: apply have nothing in common for models, providers or regions.
 MODEL_NOT_ALLOWED = "model_not_allowed"
-NO_ROUTE_ALLOWED = "no_route_allowed"
+_CONFLICT_RULE = {
+    "allowed_models": MODEL_NOT_ALLOWED,
+    "allowed_providers": "provider_not_allowed",
+    "allowed_regions": "region_not_allowed",
+}
 
 _CUSTOM_PREFIX = "custom:"
 _ROUTING_LISTS = ("allowed_models", "allowed_providers", "denied_providers", "allowed_regions")
@@ -134,20 +140,21 @@ class Routing:
     denied_providers: tuple[str, ...] = ()
     allowed_regions: tuple[str, ...] = ()
 
-    def narrowed(self, other: Routing) -> tuple[Routing, bool]:
-        """Both limits at once, and False when an ``allowed_*`` intersection is empty (nothing is allowed)."""
-        ok = True
+    def narrowed(self, other: Routing) -> tuple[Routing, str]:
+        """Both limits at once, and the blocking rule when an ``allowed_*`` intersection is empty ("" if none)."""
+        conflict = ""
         merged: dict[str, tuple[str, ...]] = {}
         for name in ("allowed_models", "allowed_providers", "allowed_regions"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine and theirs:
                 both = tuple(v for v in mine if v in theirs)
-                ok = ok and bool(both)
+                if not both:
+                    conflict = conflict or _CONFLICT_RULE[name]
                 merged[name] = both
             else:
                 merged[name] = mine or theirs
         merged["denied_providers"] = tuple(dict.fromkeys(self.denied_providers + other.denied_providers))
-        return Routing(**merged), ok
+        return Routing(**merged), conflict
 
     def to_json(self) -> dict[str, list[str]]:
         return {name: list(getattr(self, name)) for name in _ROUTING_LISTS if getattr(self, name)}
@@ -291,7 +298,8 @@ class Resolved:
     actions: Mapping[str, Action]
     sources: Mapping[str, str]
     routing: Routing
-    routing_ok: bool
+    #: The blocking rule when the scopes' allow-lists exclude each other ("" if none).
+    conflict: str
     when_found: tuple[Conditional, ...]
     #: The most specific scope that exists in the document: "key:<id>", "team:<name>" or "account".
     scope: str
@@ -361,7 +369,7 @@ class PolicySet:
         names = [*DETECTORS, *(c.name for c in self.custom)]
         actions = {name: default_action(name) for name in names}
         sources = dict.fromkeys(names, "default")
-        routing, ok = Routing(), True
+        routing, conflict = Routing(), ""
         when: list[Conditional] = []
         scope = "account"
         for name, policy in chain:
@@ -372,10 +380,10 @@ class PolicySet:
                 if detector in actions:
                     actions[detector] = action
                     sources[detector] = name
-            routing, step_ok = routing.narrowed(policy.routing)
-            ok = ok and step_ok
+            routing, step = routing.narrowed(policy.routing)
+            conflict = conflict or step
             when.extend(policy.when_found)
-        return Resolved(actions, sources, routing, ok, tuple(when), scope)
+        return Resolved(actions, sources, routing, conflict, tuple(when), scope)
 
     def to_json(self) -> dict[str, Any]:
         """The stored document: {"account": {...}, "teams": {name: {...}}, "keys": {id: {...}}}."""
@@ -478,15 +486,12 @@ def inspect(
                     confidence=match.confidence,
                 )
             )
-    routing, ok = resolved.routing, resolved.routing_ok
+    routing, rule = resolved.routing, resolved.conflict
     for conditional in resolved.when_found:
         if conditional.types.intersection(counts):
-            routing, step_ok = routing.narrowed(conditional.routing)
-            ok = ok and step_ok
-    rule = ""
-    if not ok:
-        rule = NO_ROUTE_ALLOWED
-    elif model and routing.allowed_models and model not in routing.allowed_models:
+            routing, step = routing.narrowed(conditional.routing)
+            rule = rule or step
+    if not rule and model and routing.allowed_models and model not in routing.allowed_models:
         rule = MODEL_NOT_ALLOWED
     verdict = Verdict.BLOCK if rule else _VERDICT_OF[strongest]
     redacted: tuple[str, ...] = ()
