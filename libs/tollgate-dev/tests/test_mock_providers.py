@@ -234,3 +234,23 @@ async def test_armed_faults_match_by_model_and_format_and_are_consumed(mock: Moc
     async with aiohttp.ClientSession() as http, http.delete(root(mock) + "/_mock/faults") as resp:
         assert resp.status == 204
     assert mock.faults.rules() == []
+
+
+async def test_anthropic_overload_is_529_or_a_mid_stream_error_event(
+    mock: MockUpstream, claude: anthropic.AsyncAnthropic
+) -> None:
+    overloaded = {"X-Mock-Fault": "overloaded"}
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await claude.messages.create(
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}], extra_headers=overloaded
+        )
+    assert caught.value.status_code == 529
+    received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        async with claude.messages.stream(
+            model="m", max_tokens=50, messages=[{"role": "user", "content": "x"}], extra_headers=overloaded
+        ) as stream:
+            async for piece in stream.text_stream:
+                received.append(piece)
+    assert "Overloaded" in str(caught.value) and received
+    assert [c["status"] for c in mock.calls] == [529, 200]

@@ -348,3 +348,21 @@ def test_an_empty_assistant_turn_is_dropped_and_the_user_turns_merge() -> None:
     assert to_anthropic(ROUTE, body)["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}
     ]
+
+
+async def test_an_error_event_mid_stream_fails_after_the_chunks_sent(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    mock.faults.arm(FaultRule(fault="overloaded", times=20, model=MODEL))
+    received: list[pb.StreamCompleteResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in stub.StreamComplete(request()):
+            received.append(message)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Overloaded" in (caught.value.details() or "")
+    assert len(received) == 2  # the role chunk and the first text, before the error event
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Complete(request())
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # HTTP 529
+    assert 529 in {c["status"] for c in mock.calls}

@@ -4,8 +4,9 @@ The router forwards neither client headers nor, for Anthropic and Gemini, unknow
 drives the router arms the mock instead: ``POST /_mock/faults`` with ``{"fault": "429", "times": 2, "model":
 "claude-3-5-haiku", "format": "anthropic", "retry_after": 3, "latency_ms": 0}`` makes the next 2 matching calls
 fail. ``model`` and ``format`` narrow the match (absent: any); ``fault`` may be omitted to only add latency.
-``GET /_mock/faults`` lists the armed rules, ``DELETE /_mock/faults`` clears them. Rules are consumed in the
-order they were armed.
+``overloaded`` is the provider's own overload signal: OpenAI 503, Anthropic 529 (or, on a stream, an
+``error`` event after the first text), Gemini 503 UNAVAILABLE. ``GET /_mock/faults`` lists the armed rules,
+``DELETE /_mock/faults`` clears them. Rules are consumed in the order they were armed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 __all__ = ["FAULTS", "FORMATS", "FaultRule", "Faults"]
 
-FAULTS = ("500", "429", "401", "timeout", "disconnect")
+FAULTS = ("500", "429", "401", "timeout", "disconnect", "overloaded")
 FORMATS = ("openai", "azure", "anthropic", "gemini")
 
 

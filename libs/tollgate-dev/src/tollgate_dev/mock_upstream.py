@@ -21,9 +21,9 @@ deterministic:
 Fault injection (mock only; a real provider ignores or rejects these), each by request header or, because the
 router forwards request bodies unchanged but not client headers, by the same-named body field:
 
-- ``X-Mock-Fault`` / ``"mock_fault"``: ``500`` (server error), ``429`` (rate limit, ``Retry-After: 1``),
-  ``401`` (bad provider key), ``timeout`` (sleeps 30 s before answering), ``disconnect`` (streaming: closes
-  the connection after the first chunk).
+- ``X-Mock-Fault`` / ``"mock_fault"``: ``500`` (server error), ``overloaded`` (503; Anthropic 529 or a
+  mid-stream ``error`` event), ``429`` (rate limit, ``Retry-After: 1``), ``401`` (bad provider key), ``timeout``
+  (sleeps 30 s before answering), ``disconnect`` (streaming: closes the connection after the first chunk).
 - ``X-Mock-Latency-Ms`` / ``"mock_latency_ms"``: wait N ms before answering.
 - ``X-Mock-Chunk-Delay-Ms`` / ``"mock_chunk_delay_ms"``: wait N ms between streamed chunks.
 
@@ -333,6 +333,10 @@ class MockUpstream:
         await self._delay(record, latency_ms)
         if fault == "500":
             return _error(500, "The server had an error while processing your request. (mock fault)", "server_error")
+        if fault == "overloaded":
+            return _error(
+                503, "The engine is currently overloaded, please try again later. (mock fault)", "server_error"
+            )
         if fault == "429":
             return _error(
                 429,
@@ -534,6 +538,8 @@ class MockUpstream:
         await self._delay(record, latency_ms)
         if fault == "500":
             return error(500, "Internal server error (mock fault)")
+        if fault == "overloaded" and not record["stream"]:
+            return error(529, "Overloaded (mock fault)")
         if fault == "429":
             return error(
                 429, "Number of requests has exceeded your rate limit (mock fault)", {"retry-after": str(retry_after)}
@@ -568,6 +574,9 @@ class MockUpstream:
             return web.Response(body=_dumps(message), content_type="application/json", headers=headers)
         events = wire.anthropic_events(message_id, body["model"], pieces, self.chunk_tokens, tool, stop_reason, usage)
         # a cut stream stops after the first content delta (message_start, block start, ping, delta)
+        if fault == "overloaded":  # Anthropic reports an overload met mid-stream as an error event
+            overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock fault)"}}
+            events = [*events[:4], b"event: error\ndata: " + _dumps(overloaded) + b"\n\n"]
         return await self._write_events(request, headers, events, 4 if fault == "disconnect" else None)
 
     # ---- Gemini ----
@@ -603,6 +612,8 @@ class MockUpstream:
         await self._delay(record, latency_ms)
         if fault == "500":
             return error(500, "An internal error has occurred. (mock fault)")
+        if fault == "overloaded":
+            return error(503, "The model is overloaded. Please try again later. (mock fault)")
         if fault == "429":
             return error(
                 429, "Resource has been exhausted (e.g. check quota). (mock fault)", {"Retry-After": str(retry_after)}
