@@ -169,6 +169,10 @@ def main() -> int:
                                   concurrency=args.concurrency))
         finally:
             platform.stop()
+    from .dlp import main as dlp_main  # the DLP section: detection quality and scan speed (python -m bench.dlp)
+
+    print()
+    dlp_main(["--latency-requests", str(max(args.latency_requests, 300))])
     return 0
 
 
