@@ -3,8 +3,11 @@ real embedded Kafka broker, with the right outcomes, usage and numbering."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +20,12 @@ from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
 from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope, Topics, decode
+from tollgate_common.grpc import wait_for_health
 from tollgate_common.migrations import migrate, schema_drift
 from tollgate_dev.broker import EmbeddedBroker
 from tollgate_dev.mock_faults import FaultRule
 from tollgate_dev.mock_upstream import MockUpstream, start_mock_upstream
+from tollgate_dev.ports import free_port
 from tollgate_router.config import Settings
 from tollgate_router.server import RouterServer
 from tollgate_router.tables import metadata
@@ -174,3 +179,42 @@ async def test_the_migrations_match_the_tables(tmp_path: Path) -> None:
         assert await schema_drift(engine, metadata) == []
     finally:
         await engine.dispose()
+
+
+async def test_a_kill_9_right_after_the_answer_loses_no_attempt(mock: MockUpstream, tmp_path: Path) -> None:
+    db = tmp_path / "router.db"
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and not k.endswith("_API_KEY")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tollgate_router",
+        env={
+            **clean,
+            "OTEL_SDK_DISABLED": "true",
+            "ROUTER_MOCK_BASE_URL": mock.base_url,
+            "ROUTER_GRPC_PORT": str(port),
+            "ROUTER_DATABASE_URL": f"sqlite:///{db}",
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_health(f"127.0.0.1:{port}", service="tollgate.router.v1.RouterService", timeout=30)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.RouterServiceStub(channel)
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            request = pb.CompleteRequest(request_id="req_k", account_id="acc_k", body_json=json.dumps(body).encode())
+            reply = await stub.Complete(request)
+            proc.kill()  # SIGKILL: no drain, no flush
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT event_id, value FROM outbox").fetchall()
+    assert [event_id for event_id, _ in rows] == ["req_k:1"]
+    event = apb.AttemptRecorded.FromString(rows[0][1])
+    assert event.outcome == apb.ATTEMPT_OUTCOME_SUCCEEDED
+    assert event.usage.total_tokens == reply.usage.total_tokens > 0
