@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from .detectors import DETECTORS, EMAIL, PAYMENT_CARD, CustomDetector, Detector, Match, scan
+from .detectors import DETECTORS, EMAIL, PAYMENT_CARD, CustomDetector, Match, scan
 from .errors import InvalidArgument, InvalidRule, UnknownDetector
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "ScopePolicy",
     "Verdict",
     "check_scope",
+    "identity",
     "inspect",
     "parse_scope_document",
     "validate_rules",
@@ -522,7 +523,7 @@ def _redact(texts: Sequence[str], matches: list[list[Match]], actions: Mapping[s
             detector = match.detector
             if actions[detector.name] is not Action.REDACT:
                 continue
-            key = (detector.name, _identity(detector, text[match.start : match.end]))
+            key = (detector.name, identity(detector.name, text[match.start : match.end]))
             number = numbers.get(key)
             if number is None:
                 number = per_label.get(detector.label, 0) + 1
@@ -536,10 +537,13 @@ def _redact(texts: Sequence[str], matches: list[list[Match]], actions: Mapping[s
     return tuple(out)
 
 
-def _identity(detector: Detector, value: str) -> str:
-    """What makes two matches "the same value": a card's digits whatever the grouping; an email ignoring case."""
-    if detector is PAYMENT_CARD:
+def identity(detector: str, value: str) -> str:
+    """What makes two matches "the same value" (placeholders, and the hashes in PolicyDecided): a card's digits or
+    an IBAN whatever the grouping; an email ignoring case; anything else as matched."""
+    if detector == PAYMENT_CARD.name:
         return value.replace(" ", "").replace("-", "")
-    if detector is EMAIL:
+    if detector == "iban":
+        return value.replace(" ", "").upper()
+    if detector == EMAIL.name:
         return value.lower()
     return value

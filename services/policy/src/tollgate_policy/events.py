@@ -3,9 +3,11 @@
 What an event holds
 -------------------
 Request id, account, key, team, model, the deciding scope and version, the verdict, per finding type its count, the
-action taken and an HMAC-SHA256 of each matched value (hex) — never the value, never the prompt. The HMAC key is
-``POLICY_HASH_KEY``; without it the service uses :data:`DEV_HASH_KEY`, a public development key (it is derived from
-a fixed string, so hashes made with it are NOT secret: set a real key in production; the service warns at start).
+action taken and an HMAC-SHA256 of each matched value (hex) — never the value, never the prompt. The value is
+normalised first (``domain.identity``: a card's digits whatever the grouping, an email in lower case), so the same
+card hashes the same however it was written. The HMAC key is ``POLICY_HASH_KEY``; without it the service uses
+:data:`DEV_HASH_KEY`, a public development key (derived from a fixed string, so hashes made with it are NOT
+secret: set a real key in production; the service warns at start).
 
 Durability: group commit
 ------------------------
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from tollgate.events.v1 import policy_pb2 as ev
 from tollgate_common.events import Envelope, envelope_for
 
-from .domain import Inspection, Verdict
+from .domain import Inspection, Verdict, identity
 from .errors import StorageUnavailable
 from .repository import PolicyRepository
 
@@ -91,7 +93,7 @@ def decided_event(
     """One PolicyDecided envelope (id: request_id:direction[:shadow][:sequence], see policy.proto)."""
     hashes: dict[str, list[str]] = {}
     for f in result.findings:
-        hashes.setdefault(f.type, []).append(hasher(texts[f.text_index][f.start : f.end]))
+        hashes.setdefault(f.type, []).append(hasher(identity(f.type, texts[f.text_index][f.start : f.end])))
     now = int(time.time() * 1000)
     message = ev.PolicyDecided(
         request_id=decision.request_id,
