@@ -3,8 +3,15 @@ it served as the proof of what left. Policies are set through ingress's admin AP
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import httpx
 import openai
 import pytest
+from tollgate.events.v1 import policy_pb2
+from tollgate_common.events import Envelope, Topics
+from tollgate_common.kafka import replay_topics
 from tollgate_dev.platform import Platform
 
 from .tenant import NANOS, Tenant, mock_calls
@@ -21,6 +28,27 @@ PROMPT = f"Please check my card {CARD}, mail me at {EMAIL}; the deploy key is {A
 def set_policy(platform: Platform, tenant: Tenant, action: str) -> None:
     rules = [{"detector": d, "action": action} for d in ("email", "payment_card", "secret")]
     platform.admin("PUT", f"/admin/v1/accounts/{tenant.account_id}/policy", {"rules": rules})
+
+
+def policy_decisions(
+    platform: Platform, event_ids: set[str], timeout: float = 30.0
+) -> dict[str, policy_pb2.PolicyDecided]:
+    """The PolicyDecided events with these ids, read from the beginning of tollgate.policy.v1 (a bounded wait)."""
+    found: dict[str, policy_pb2.PolicyDecided] = {}
+
+    async def collect(items: list[tuple[Envelope, object]]) -> None:
+        for env, _record in items:
+            if env.id in event_ids:
+                message = env.message()
+                assert isinstance(message, policy_pb2.PolicyDecided)
+                found[env.id] = message
+
+    deadline = time.monotonic() + timeout
+    while True:
+        asyncio.run(replay_topics(platform.bootstrap, [Topics.POLICY], collect))
+        if event_ids <= found.keys() or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def test_redact_policy_keeps_planted_data_from_the_upstream(platform: Platform) -> None:
@@ -70,3 +98,41 @@ def test_block_policy_never_calls_the_upstream_and_charges_nothing(platform: Pla
     assert after["balance_nanos"] == 10 * NANOS and after["held_nanos"] == 0
     kinds = {str(e["kind"]) for e in tenant.ledger()}
     assert kinds == {"credit_purchase"}, f"a blocked request must not be charged: {kinds}"
+
+
+def test_model_allow_list_blocks_other_models_lists_only_allowed_ones_and_is_audited(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    client = tenant.client()
+    others = sorted(m.id for m in client.models.list() if m.id != "gpt-4o-mini")
+    assert others, "the catalogue needs a second model for this test"
+    platform.admin(
+        "PUT", f"/admin/v1/accounts/{tenant.account_id}/policy", {"routing": {"allowed_models": ["gpt-4o-mini"]}}
+    )
+    before = len(mock_calls(platform))
+
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        client.chat.completions.create(model=others[0], messages=[{"role": "user", "content": "hi"}])
+    assert err.value.code == "policy_violation" and "model_not_allowed" in str(err.value.body)
+    assert len(mock_calls(platform)) == before, "the upstream must never be called"
+    blocked_id = err.value.response.headers["x-request-id"]
+
+    reply = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"write to {EMAIL}"}]
+    )
+    allowed_id = reply.headers["x-request-id"]
+    assert len(mock_calls(platform)) == before + 1
+
+    # /v1/models lists what a key may use (asked with a second key: the first one's listing is cached per key).
+    other_key = str(platform.admin("POST", f"/admin/v1/accounts/{tenant.account_id}/keys", {"label": "two"})["key"])
+    listed = httpx.get(f"{platform.ingress_url}/v1/models", headers={"Authorization": f"Bearer {other_key}"})
+    assert listed.status_code == 200
+    assert {m["id"] for m in listed.json()["data"]} == {"gpt-4o-mini"}
+
+    # Every decision is audited on tollgate.policy.v1, without the data.
+    events = policy_decisions(platform, {f"{blocked_id}:request", f"{allowed_id}:request"})
+    blocked, allowed = events[f"{blocked_id}:request"], events[f"{allowed_id}:request"]
+    assert blocked.verdict == policy_pb2.POLICY_VERDICT_BLOCK and blocked.rule == "model_not_allowed"
+    assert blocked.account_id == tenant.account_id and blocked.model == others[0]
+    assert allowed.verdict != policy_pb2.POLICY_VERDICT_BLOCK
+    assert [f.type for f in allowed.findings] == ["email"] and allowed.findings[0].count == 1
+    assert EMAIL not in str(allowed) and all(EMAIL not in h for h in allowed.findings[0].match_hashes)

@@ -505,8 +505,7 @@ _VERDICTS = frozenset(
 #: What a routing rule means, for the 403's message (the rule's name is always given too).
 _RULE_MESSAGES = {
     "model_not_allowed": "the model is not on the allowed list",
-    "provider_not_allowed": "no allowed provider serves this model",
-    "region_not_allowed": "no deployment in an allowed region serves this model",
+    "no_route_allowed": "the model, provider and region limits that apply leave no allowed route",
 }
 
 

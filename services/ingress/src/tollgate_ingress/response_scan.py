@@ -59,6 +59,7 @@ DEFAULT_FIRST_WINDOW = 32
 Inspector = Callable[[list[str], int], Awaitable[ppb.InspectResponse]]
 
 _WHITESPACE = re.compile(r"\s")
+_NOT_LABEL = re.compile(r"[^A-Z0-9]+")
 
 
 class ResponseBlocked(Exception):
@@ -277,7 +278,7 @@ class StreamScanner:
                 continue
             parts.append(text[at:start])
             number = self._numbers.setdefault((kind, value), 1 + sum(1 for k, _ in self._numbers if k == kind))
-            parts.append(f"[{kind.upper()}_{number}]")
+            parts.append(f"[{_label(kind)}_{number}]")
             at = end
         parts.append(text[at:])
         return "".join(parts)
@@ -294,6 +295,11 @@ class StreamScanner:
         for choice in choices:
             choice.setdefault("finish_reason", None)
         return orjson.dumps({**self._template, "object": "chat.completion.chunk", "choices": choices})
+
+
+def _label(kind: str) -> str:
+    """The placeholder's label for a finding type: ``email`` → ``EMAIL``, ``custom:employee_id`` → ``EMPLOYEE_ID``."""
+    return _NOT_LABEL.sub("_", kind.rpartition(":")[2].upper()).strip("_") or "REDACTED"
 
 
 def _cut(pending: str, overlap: int, findings: list[tuple[int, int, str, int]]) -> int:
