@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -18,57 +17,9 @@ import pytest
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
 from tollgate_dev.mock_faults import FaultRule
-from tollgate_dev.mock_upstream import MockUpstream, start_mock_upstream
-from tollgate_router.config import Settings
-from tollgate_router.server import RouterServer
+from tollgate_dev.mock_upstream import MockUpstream
 
-Start = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
-
-
-@pytest.fixture
-async def backup() -> AsyncIterator[MockUpstream]:
-    upstream = await start_mock_upstream("127.0.0.1", 0)
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def start(mock: MockUpstream, backup: MockUpstream, tmp_path: Path) -> AsyncIterator[Start]:
-    """A router whose model ``m`` has two deployments: primary (the ``mock`` fixture), then backup."""
-    catalogue = tmp_path / "providers.yaml"
-    catalogue.write_text(
-        f"""
-providers:
-  primary: {{kind: openai, base_url: "{mock.base_url}"}}
-  backup: {{kind: openai, base_url: "{backup.base_url}"}}
-models:
-  m:
-    deployments:
-      - {{provider: primary, upstream_model: gpt-4o-mini, priority: 0}}
-      - {{provider: backup, upstream_model: gpt-4o-mini, priority: 1}}
-  solo: {{provider: primary, upstream_model: gpt-4o-mini}}
-"""
-    )
-    servers: list[tuple[RouterServer, grpc.aio.Channel]] = []
-
-    async def run(**env: str) -> pb_grpc.RouterServiceStub:
-        environ = {
-            "ROUTER_PROVIDERS_FILE": str(catalogue),
-            "ROUTER_GRPC_PORT": "0",
-            "ROUTER_DATABASE_URL": f"sqlite:///{tmp_path}/router.db",
-            "ROUTER_BACKOFF_BASE_SECONDS": "0.01",
-            **env,
-        }
-        server = RouterServer(Settings.from_env(environ))
-        port = await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        servers.append((server, channel))
-        return pb_grpc.RouterServiceStub(channel)
-
-    yield run
-    for server, channel in servers:
-        await channel.close()
-        await server.stop(grace=0)
+Start = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]  # the ``start`` fixture of conftest.py
 
 
 def _request(model: str = "m", **extra: Any) -> pb.CompleteRequest:
