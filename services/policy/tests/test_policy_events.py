@@ -27,6 +27,10 @@ from tollgate_common.grpc import wait_for_health
 from tollgate_dev.broker import EmbeddedBroker
 from tollgate_dev.ports import free_port
 from tollgate_policy import PolicyApp, Settings
+from tollgate_policy.application import PolicyCache, PolicyService
+from tollgate_policy.domain import PolicySet, Verdict
+from tollgate_policy.events import DecisionLog
+from tollgate_policy.repository import PolicyRepository, PolicyState
 from tollgate_policy.tables import messaging
 
 CARD = "4111 1111 1111 1111"
@@ -176,3 +180,24 @@ async def test_every_answered_inspect_survives_a_kill_9(tmp_path: Path) -> None:
         await engine.dispose()
     assert sorted(r.event_id for r in rows) == sorted(f"req_{i}:request" for i in range(40))
     assert all(["ce_type", "tollgate.policy.v1.policy.decided"] in json.loads(r.headers) for r in rows)
+
+
+async def test_a_database_outage_keeps_decisions_in_memory_until_a_write_succeeds(tmp_path: Path) -> None:
+    down = create_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/test", schema="policy")
+    live = create_engine(f"sqlite:///{tmp_path / 'policy.db'}")
+    live_repository = PolicyRepository(live)
+    await live_repository.create_tables()
+    decisions = DecisionLog(PolicyRepository(down, schema="policy"))
+    service = PolicyService(PolicyRepository(down, schema="policy"), PolicyCache(30.0), decisions=decisions)
+    service.cache.offer(PolicyState(PolicySet.default("acc_1")))
+    try:
+        result = await service.inspect("req_1", "acc_1", [CARD])  # answers although nothing could be written
+        assert result.verdict is Verdict.REDACT
+        decisions.repository = live_repository  # the database is back
+        await service.inspect("req_2", "acc_1", [CARD])
+        async with live.connect() as conn:
+            ids = (await conn.execute(select(messaging.outbox.c.event_id).order_by(messaging.outbox.c.id))).all()
+        assert [r.event_id for r in ids] == ["req_1:request", "req_2:request"]
+    finally:
+        await down.dispose()
+        await live.dispose()
