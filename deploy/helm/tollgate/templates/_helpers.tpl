@@ -83,6 +83,8 @@ router:
   metricsEnv: METRICS_PORT
   kafka: false
   databaseEnv: ""
+  # The attempt outbox: SQLite under /app/var (its default ROUTER_DATABASE_URL) on an emptyDir.
+  localVar: true
   peers: {}
 policy:
   prefix: POLICY
