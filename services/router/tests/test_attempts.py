@@ -93,10 +93,10 @@ async def test_attempts_are_in_the_outbox_before_the_answer(mock: MockUpstream, 
         (Topics.ATTEMPTS, "acc_7", "req_a:3"),
     ]
     events = [apb.AttemptRecorded.FromString(value) for *_, value in rows]
-    assert [(e.deployment, e.outcome, e.error_reason, e.region) for e in events] == [
-        ("m-primary", apb.ATTEMPT_OUTCOME_UPSTREAM_ERROR, "upstream_error", "eu"),
-        ("m-primary", apb.ATTEMPT_OUTCOME_UPSTREAM_ERROR, "upstream_error", "eu"),
-        ("m/backup", apb.ATTEMPT_OUTCOME_SUCCEEDED, "", "us"),
+    assert [(e.deployment, e.outcome, e.error_reason, e.region, e.http_status) for e in events] == [
+        ("m-primary", apb.ATTEMPT_OUTCOME_UPSTREAM_ERROR, "upstream_error", "eu", 500),
+        ("m-primary", apb.ATTEMPT_OUTCOME_UPSTREAM_ERROR, "upstream_error", "eu", 500),
+        ("m/backup", apb.ATTEMPT_OUTCOME_SUCCEEDED, "", "us", 200),
     ]
     last = events[-1]
     assert (last.provider, last.upstream_model, last.upstream_request_id) == (
@@ -140,7 +140,7 @@ async def test_attempts_arrive_on_the_broker_with_outcomes_and_usage(
     assert streamed.usage.completion_tokens == end.usage.completion_tokens > 0
     assert streamed.time_to_first_token_ms <= streamed.latency_ms and streamed.streamed
     auth, served = by_id["req_c:1"][1], by_id["req_c:2"][1]
-    assert (auth.outcome, auth.error_reason) == (apb.ATTEMPT_OUTCOME_AUTH_ERROR, "upstream_auth")
+    assert (auth.outcome, auth.error_reason, auth.http_status) == (apb.ATTEMPT_OUTCOME_AUTH_ERROR, "upstream_auth", 401)
     assert (served.outcome, served.provider) == (apb.ATTEMPT_OUTCOME_SUCCEEDED, "backup")
     assert served.usage.total_tokens == reply.usage.total_tokens
     assert served.request_id == "req_c" and served.account_id == "acc_7" and served.started_at_unix_ms > 0
