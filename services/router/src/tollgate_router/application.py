@@ -325,6 +325,7 @@ class _Call:
         self._same_tries = 0
         self._last_error: RouterError | None = None
         self._started: dict[int, float] = {}
+        self._finished: set[int] = set()
 
     def remaining(self) -> float:
         return self.deadline_at - self.router._clock()
@@ -382,6 +383,7 @@ class _Call:
         return int((time.perf_counter() - self._started[attempt.number]) * 1000)
 
     def _finish(self, attempt: Attempt, outcome: str) -> float:
+        self._finished.add(attempt.number)
         seconds = time.perf_counter() - self._started[attempt.number]
         attempt.latency_ms = int(seconds * 1000)
         provider = attempt.route.provider.name
@@ -403,6 +405,8 @@ class _Call:
         UPSTREAM_TOKENS.labels(route.provider.name, "completion").inc(usage.completion_tokens)
 
     def cancelled(self, attempt: Attempt) -> None:
+        if attempt.number in self._finished:
+            return  # e.g. the caller left while the stream's end message was being sent: it already succeeded
         self._finish(attempt, "cancelled")
         attempt.outcome = outcome_of(None, cancelled=True)
         self.router.breakers[attempt.route.name].release()
