@@ -385,8 +385,8 @@ SPECS: Final[tuple[Spec, ...]] = (
         IP_ADDRESS,
         "ipv6",
         r"(?<![\w:.])[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{2,41}(?![\w:])",
-        r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:",
-        10,
+        r"::|(?:[0-9A-Fa-f]{1,4}:){6}",  # every valid address has "::" or 8 groups (6 + an IPv4 tail)
+        48,
         _ipv6,
         ":",
     ),

@@ -6,7 +6,10 @@ the same code; only the way they find *where to look* differs. The ``re`` engine
 whose required literal is absent). The Hyperscan engine scans once for every spec's look-around-free anchor; each
 anchor hit ending at ``b`` means a match may start in ``[b - reach, b]`` (custom patterns: ``[from, to]`` of the
 Hyperscan match itself, with ``SOM_LEFTMOST``), and ``re`` enumerates starts only inside those merged windows.
-Every real match contains an anchor hit, so the candidate sets, and hence the findings, are the same.
+Every match that validates contains an anchor hit, so both engines see the same valid candidates in the same
+order. Per spec, the enumeration is the same left-to-right walk in both: after a candidate that fails validation
+the next search starts one character later, after a finding it starts at the finding's end (the engines differ
+only in skipping stretches where no valid match can start), so the candidate sets, and the findings, are equal.
 
 ``POLICY_ENGINE=auto|hyperscan|python`` picks the engine of the default scanner; ``auto`` takes Hyperscan when it
 imports.
@@ -150,8 +153,9 @@ class Scanner:
         for index, spans in windows.items():
             spec = self.specs[index]
             search, validate, width = spec.pattern.search, spec.validate, self._widths[index]
+            pos = 0
             for low, high in _merged(spans):
-                pos = max(low, 0)
+                pos = max(low, pos)
                 # A match starting by ``high`` reads at most ``width`` characters plus a 2-character look-ahead,
                 # so stopping the search there finds exactly what an unbounded search finds (and no further).
                 stop = size if width is None else min(size, high + width + 3)
@@ -160,9 +164,11 @@ class Scanner:
                     if m is None or m.start() > high:
                         break
                     found = validate(text, m.start(), m.end())
-                    if found is not None:
+                    if found is None:
+                        pos = m.start() + 1
+                    else:  # the same spec resumes after its finding (both engines: see the module docstring)
                         candidates.append((found[0], -found[1], index, found[2]))
-                    pos = m.start() + 1
+                        pos = max(found[1], m.start() + 1)
         candidates.sort()
         kept: list[Match] = []
         last_end = 0
