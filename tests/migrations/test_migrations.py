@@ -12,7 +12,13 @@ from tollgate_common.db import create_engine
 from tollgate_common.migrations import migrate, schema_drift
 from tollgate_dev.testing import fresh_postgres
 
-SERVICES_WITH_A_DATABASE = ["tollgate_billing", "tollgate_metering", "tollgate_policy", "tollgate_ingress"]
+SERVICES_WITH_A_DATABASE = [
+    "tollgate_billing",
+    "tollgate_metering",
+    "tollgate_policy",
+    "tollgate_ingress",
+    "tollgate_router",
+]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -81,7 +81,8 @@ router:
   hostEnv: GRPC_HOST
   portEnv: GRPC_PORT
   metricsEnv: METRICS_PORT
-  kafka: false
+  # Publishes AttemptRecorded to tollgate.attempts.v1 from its outbox.
+  kafka: true
   databaseEnv: ""
   # The attempt outbox: SQLite under /app/var (its default ROUTER_DATABASE_URL) on an emptyDir.
   localVar: true
