@@ -32,7 +32,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from tollgate_common.events import Envelope
@@ -154,7 +154,10 @@ class PolicyService:
         sequence: int = 0,
     ) -> Inspection:
         """The verdict, findings, routing limits and (for REDACT) rewritten texts; records the decision (and the
-        shadow's) before answering. Logs counts, never text."""
+        shadow's) before answering. Logs counts, never text.
+
+        A call with no texts and no model decides nothing about a request (ingress's ``/v1/models`` asks this way
+        for a key's routing limits): it is answered but not recorded, so the audit trail holds only requests."""
         _check_account(account_id)
         if direction not in _DIRECTIONS:
             raise InvalidArgument(f"direction must be one of {', '.join(_DIRECTIONS)}")
@@ -170,7 +173,7 @@ class PolicyService:
         SCANNED_CHARACTERS.inc(sum(map(len, texts)))
         for finding in result.findings:
             FINDINGS.labels(finding.type, finding.action.value).inc()
-        if self.decisions is not None:
+        if self.decisions is not None and (texts or model):
             decision = Decision(
                 request_id=request_id,
                 account_id=account_id,
@@ -219,7 +222,7 @@ class PolicyService:
 
         def change(state: PolicyState) -> tuple[PolicySet, str]:
             current = state.enforced.scopes.get("account", domain.ScopePolicy())
-            scope = domain.ScopePolicy(MappingProxyType(checked), current.routing, current.when_found)
+            scope = replace(current, rules=MappingProxyType(checked))
             return state.enforced.with_scope("account", scope, state.head + 1), ENFORCED
 
         return (await self._change(account_id, change)).enforced

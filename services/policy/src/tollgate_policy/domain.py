@@ -11,7 +11,8 @@ An account's policy is ONE document, versioned as a whole, with up to three kind
                          "denied_providers": [...], "allowed_regions": [...]},
              "when_found": [{"types": ["<detector>", ...], "allowed_regions": ["eu"], ...any routing list}],
              "custom_detectors": [{"name": "custom:<name>", "pattern": "<regex>" | "keywords": [...],
-                                   "label": "<PLACEHOLDER LABEL>"}]}     (account scope only)
+                                   "label": "<PLACEHOLDER LABEL>"}],     (account scope only)
+             "responses": "scan" | "off"}
 
 Every part is optional. A request made with key K of team T resolves **account → team T → key K**:
 
@@ -22,6 +23,10 @@ Every part is optional. A request made with key K of team T resolves **account �
   set them (an empty or missing list means "no limit"); ``denied_providers`` are united.
 - ``when_found``: conditional limits from every scope in the chain, applied when the request has at least one
   finding of a listed type (whatever that finding's action): "if there is an email or a card, only region eu".
+- ``responses``: whether ingress inspects the model's answers too (``InspectResponse.scan_responses``). The most
+  specific scope that sets it wins; unset everywhere, answers are scanned when some detector's resolved action is
+  redact or block (the default policy's are), since an answer can carry what a prompt may not. ``flag``-only
+  policies skip it: a flag changes nothing, so scanning would only add latency.
 
 Custom detectors are defined at account scope (one scanner per account policy version) and named like built-in
 ones in ``rules`` and ``when_found`` of any scope (``"custom:employee_id": "block"``); without a rule they FLAG.
@@ -110,6 +115,9 @@ _CONFLICT_RULE = {
 
 _CUSTOM_PREFIX = "custom:"
 _ROUTING_LISTS = ("allowed_models", "allowed_providers", "denied_providers", "allowed_regions")
+#: Values of a scope's ``responses`` setting (absent = inherit, then "scan when a rule redacts or blocks").
+RESPONSES_SCAN = "scan"
+RESPONSES_OFF = "off"
 _MAX_SCOPE_NAME = 200
 
 
@@ -181,6 +189,8 @@ class ScopePolicy:
     when_found: tuple[Conditional, ...] = ()
     #: Only at account scope (PolicySet.check).
     custom: tuple[CustomDetector, ...] = ()
+    #: "scan", "off", or "" (inherit; see the module docstring).
+    responses: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -192,6 +202,8 @@ class ScopePolicy:
             out["when_found"] = [c.to_json() for c in self.when_found]
         if self.custom:
             out["custom_detectors"] = [_custom_json(c) for c in self.custom]
+        if self.responses:
+            out["responses"] = self.responses
         return out
 
 
@@ -258,7 +270,7 @@ def parse_scope_document(raw: object) -> ScopePolicy:
     """A scope's JSON document, validated (unknown keys, detectors and actions are errors, never ignored)."""
     if not isinstance(raw, dict):
         raise InvalidArgument("a policy document must be a JSON object")
-    unknown = set(raw) - {"rules", "routing", "when_found", "custom_detectors"}
+    unknown = set(raw) - {"rules", "routing", "when_found", "custom_detectors", "responses"}
     if unknown:
         raise InvalidArgument(f"unknown policy field(s): {', '.join(sorted(unknown))}")
     rules_raw = raw.get("rules") or {}
@@ -289,7 +301,12 @@ def parse_scope_document(raw: object) -> ScopePolicy:
                 raise UnknownDetector(f"unknown detector {t!r} in {where}.types")
         conditionals.append(Conditional(frozenset(types), _routing(item, where)))
     custom = _parse_custom(raw.get("custom_detectors"))
-    return ScopePolicy(MappingProxyType(rules), _routing(routing_raw, "routing"), tuple(conditionals), custom)
+    responses = raw.get("responses", "")
+    if responses not in ("", RESPONSES_SCAN, RESPONSES_OFF):
+        raise InvalidArgument(f"responses must be {RESPONSES_SCAN!r} or {RESPONSES_OFF!r}")
+    return ScopePolicy(
+        MappingProxyType(rules), _routing(routing_raw, "routing"), tuple(conditionals), custom, responses
+    )
 
 
 @dataclass(frozen=True)
@@ -304,6 +321,8 @@ class Resolved:
     when_found: tuple[Conditional, ...]
     #: The most specific scope that exists in the document: "key:<id>", "team:<name>" or "account".
     scope: str
+    #: Whether ingress must inspect the model's answers (``responses``, see the module docstring).
+    scan_responses: bool = False
 
 
 @dataclass(frozen=True)
@@ -373,10 +392,12 @@ class PolicySet:
         routing, conflict = Routing(), ""
         when: list[Conditional] = []
         scope = "account"
+        responses = ""
         for name, policy in chain:
             if policy is None:
                 continue
             scope = name
+            responses = policy.responses or responses
             for detector, action in policy.rules.items():
                 if detector in actions:
                     actions[detector] = action
@@ -384,7 +405,11 @@ class PolicySet:
             routing, step = routing.narrowed(policy.routing)
             conflict = conflict or step
             when.extend(policy.when_found)
-        return Resolved(actions, sources, routing, conflict, tuple(when), scope)
+        if responses:
+            scan_responses = responses == RESPONSES_SCAN
+        else:
+            scan_responses = any(a in (Action.REDACT, Action.BLOCK) for a in actions.values())
+        return Resolved(actions, sources, routing, conflict, tuple(when), scope, scan_responses)
 
     def to_json(self) -> dict[str, Any]:
         """The stored document: {"account": {...}, "teams": {name: {...}}, "keys": {id: {...}}}."""
@@ -439,6 +464,8 @@ class Inspection:
     rule: str = ""
     #: Per finding type, the action taken (for the PolicyDecided event).
     actions: Mapping[str, Action] = field(default_factory=dict)
+    #: The resolved policy wants the model's answers inspected too (Resolved.scan_responses).
+    scan_responses: bool = False
 
 
 _VERDICT_OF = {
@@ -508,6 +535,7 @@ def inspect(
         scope=resolved.scope,
         rule=rule,
         actions={t: actions[t] for t in counts},
+        scan_responses=resolved.scan_responses,
     )
 
 

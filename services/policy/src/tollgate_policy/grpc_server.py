@@ -100,6 +100,7 @@ def _effective_json(state: PolicyState, team: str, key_id: str) -> str:
             "rules": {d: {"action": a.value, "source": resolved.sources[d]} for d, a in resolved.actions.items()},
             "routing": resolved.routing.to_json(),
             "when_found": [c.to_json() for c in resolved.when_found],
+            "scan_responses": resolved.scan_responses,
             "document": policy.to_json(),
             "shadow_version": None if state.shadow is None else state.shadow.version,
         }
@@ -116,7 +117,8 @@ def _version(stored: StoredVersion) -> pb.PolicyVersion:
     )
 
 
-def _inspect_response(result: Inspection) -> pb.InspectResponse:
+def _inspect_response(result: Inspection, direction: str) -> pb.InspectResponse:
+    """``scan_responses`` is only said on a request's answer (a response window needs no further scan)."""
     routing = result.routing
     return pb.InspectResponse(
         verdict=_VERDICT_TO_PB[result.verdict],
@@ -142,6 +144,7 @@ def _inspect_response(result: Inspection) -> pb.InspectResponse:
         ),
         policy_scope=result.scope,
         rule=result.rule,
+        scan_responses=result.scan_responses and direction == "request",
     )
 
 
@@ -152,6 +155,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):  # type: ignore[misc]
     @_mapped
     async def Inspect(self, request: pb.InspectRequest, context: grpc.aio.ServicerContext) -> pb.InspectResponse:
         request_id_var.set(request.request_id)
+        direction = _DIRECTION_FROM_PB.get(request.direction, "request")
         result = await self.service.inspect(
             request.request_id,
             request.account_id,
@@ -159,10 +163,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):  # type: ignore[misc]
             key_id=request.key_id,
             team=request.team,
             model=request.model,
-            direction=_DIRECTION_FROM_PB.get(request.direction, "request"),
+            direction=direction,
             sequence=request.sequence,
         )
-        return _inspect_response(result)
+        return _inspect_response(result, direction)
 
     @_mapped
     async def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.SetPolicyResponse:
