@@ -124,12 +124,25 @@ def ipv6_valid(candidate: str) -> bool:
 
 
 def phone_possible(candidate: str) -> bool:
-    """An international number whose country code exists and whose length is possible there (libphonenumber)."""
-    try:
-        number = phonenumbers.parse(candidate, None)
-    except phonenumbers.NumberParseException:
+    """An international number whose country code exists and whose length is possible there (libphonenumber).
+
+    Built directly from the digits (ITU country codes are prefix-free), which is ~10x cheaper than
+    ``phonenumbers.parse``; a ``(0)`` trunk prefix written inside is dropped as libphonenumber does.
+    """
+    digits = "".join(c for c in candidate.replace("(0)", "") if c.isdigit())
+    if not 8 <= len(digits) <= 15:
         return False
-    return bool(phonenumbers.is_possible_number(number))
+    for size in (1, 2, 3):
+        code = int(digits[:size])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            national = digits[size:]
+            number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+            zeros = len(national) - len(national.lstrip("0"))
+            if zeros:
+                number.italian_leading_zero = True
+                number.number_of_leading_zeros = zeros
+            return bool(phonenumbers.is_possible_number(number))
+    return False
 
 
 def jwt_header_valid(header: str) -> bool:
