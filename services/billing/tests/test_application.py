@@ -400,6 +400,26 @@ class ApplicationContract:
         finally:
             await fresh.dispose()
 
+    async def test_the_account_admin_flag_is_stored_shown_and_rebuilt_from_the_log(
+        self, h: Harness, tmp_path: Path
+    ) -> None:
+        _, _, admin_key = await h.funded_key(account_admin=True)
+        _, _, plain_key = await h.funded_key()
+        assert (await h.billing.get_key_info(admin_key)).key.account_admin is True
+        assert (await h.billing.get_key_info(plain_key)).key.account_admin is False
+        fresh = create_engine(f"sqlite:///{tmp_path}/replayed.db")
+        await create_schema(fresh, metadata)
+        try:
+            await replay_outbox(h.engine, fresh)
+            report = await compare(h.engine, fresh)
+            assert report.equal, report.render()
+            async with fresh.connect() as conn:
+                flags = (await conn.execute(select(api_keys.c.key_hash, api_keys.c.account_admin))).all()
+            assert {r.key_hash: bool(r.account_admin) for r in flags} == {
+                hash_api_key(admin_key): True, hash_api_key(plain_key): False}
+        finally:
+            await fresh.dispose()
+
 
 class TestApplicationOnSqlite(ApplicationContract):
     @pytest.fixture

@@ -146,6 +146,16 @@ async def test_create_account_with_id_and_key_info(client: Client) -> None:
         grpc.StatusCode.UNAUTHENTICATED, "invalid_api_key", None)
 
 
+async def test_the_account_admin_flag_round_trips_through_create_and_key_info(client: Client) -> None:
+    await client.stub.CreateAccount(pb.CreateAccountRequest(name="Admins", account_id="acct_adm"))
+    admin = await client.stub.CreateApiKey(pb.CreateApiKeyRequest(account_id="acct_adm", account_admin=True))
+    plain = await client.stub.CreateApiKey(pb.CreateApiKeyRequest(account_id="acct_adm"))
+    admin_info = await client.stub.GetKeyInfo(pb.GetKeyInfoRequest(api_key=admin.api_key))
+    plain_info = await client.stub.GetKeyInfo(pb.GetKeyInfoRequest(api_key=plain.api_key))
+    assert (admin_info.key_id, admin_info.account_id, admin_info.account_admin) == (admin.key_id, "acct_adm", True)
+    assert (plain_info.key_id, plain_info.account_admin) == (plain.key_id, False)
+
+
 async def test_price_book_unavailable_until_metering_answers(sqlite_db: Database) -> None:
     port = free_port()
     app = BillingApp(sqlite_db.settings(metering_addr=f"127.0.0.1:{port}"))

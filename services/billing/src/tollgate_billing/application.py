@@ -312,6 +312,7 @@ class Billing:
         team: str = "",
         project: str = "",
         rate_limit_rpm: int = 0,
+        account_admin: bool = False,
     ) -> CreatedApiKey:
         plaintext, prefix = domain.new_api_key()
         event = domain.api_key_created(
@@ -327,6 +328,7 @@ class Billing:
             project=project,
             rate_limit_rpm=rate_limit_rpm,
             at_unix_ms=self._now_ms(),
+            account_admin=account_admin,
         )
         async with self._write() as conn:
             if await repository.get_account(conn, account_id) is None:

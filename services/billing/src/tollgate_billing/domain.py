@@ -240,6 +240,7 @@ def api_key_created(
     project: str,
     rate_limit_rpm: int,
     at_unix_ms: int,
+    account_admin: bool = False,
 ) -> billing_pb2.ApiKeyCreated:
     if has_limit and limit_nanos < 0:
         raise InvalidArgument("limit_nanos must not be negative")
@@ -258,6 +259,7 @@ def api_key_created(
         project=project,
         rate_limit_rpm=rate_limit_rpm,
         created_at_unix_ms=at_unix_ms,
+        account_admin=account_admin,
     )
 
 

@@ -91,6 +91,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
             has_limit=grant.has_limit,
             limit_nanos=grant.limit_nanos,
             limit_remaining_nanos=info.limit_remaining_nanos,
+            account_admin=info.key.account_admin,
         )
 
     @_mapped
@@ -113,6 +114,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
             team=request.team,
             project=request.project,
             rate_limit_rpm=request.rate_limit_rpm,
+            account_admin=request.account_admin,
         )
         return pb.CreateApiKeyResponse(key_id=created.key_id, api_key=created.api_key, prefix=created.prefix)
 

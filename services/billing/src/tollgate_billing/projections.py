@@ -255,6 +255,7 @@ async def _api_keys_created(conn: Executor, events: list[billing_pb2.ApiKeyCreat
             "label": ev.label, "has_limit": ev.has_limit, "limit_nanos": ev.limit_nanos, "usage_nanos": 0,
             "held_nanos": 0, "allowed_models": json.dumps(sorted(ev.allowed_models)), "team": ev.team,
             "project": ev.project, "rate_limit_rpm": ev.rate_limit_rpm, "created_at_unix_ms": ev.created_at_unix_ms,
+            "account_admin": ev.account_admin,
         }
         for ev in events
     ])

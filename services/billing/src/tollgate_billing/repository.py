@@ -111,6 +111,7 @@ class KeyRow:
     label: str
     usage_nanos: int
     held_nanos: int
+    account_admin: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ _KEY_COLUMNS = (
     api_keys.c.label,
     api_keys.c.usage_nanos,
     api_keys.c.held_nanos,
+    api_keys.c.account_admin,
 )
 
 
@@ -172,7 +174,13 @@ async def find_key(conn: Executor, *, key_hash: str | None = None, key_id: str |
         project=row.project,
         rate_limit_rpm=row.rate_limit_rpm,
     )
-    return KeyRow(grant=grant, label=row.label, usage_nanos=row.usage_nanos, held_nanos=row.held_nanos)
+    return KeyRow(
+        grant=grant,
+        label=row.label,
+        usage_nanos=row.usage_nanos,
+        held_nanos=row.held_nanos,
+        account_admin=bool(row.account_admin),
+    )
 
 
 def _hold_view(row: object) -> HoldView:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from tollgate_common.db import messaging_tables
 
@@ -75,6 +76,8 @@ api_keys = Table(
     Column("project", String(200), nullable=False),
     Column("rate_limit_rpm", Integer, nullable=False),
     Column("created_at_unix_ms", BigInteger, nullable=False),
+    #: The key may manage its own account's DLP policy (ingress's admin API).
+    Column("account_admin", Boolean, nullable=False, server_default=false()),
 )
 Index("ix_api_keys_account", api_keys.c.account_id)
 
