@@ -19,6 +19,7 @@ def rpc_error(code: grpc.StatusCode, details: str = "details", **trailers: str) 
         (grpc.StatusCode.INVALID_ARGUMENT, "router", 400, "invalid_request_error"),
         (grpc.StatusCode.UNAUTHENTICATED, "billing", 401, "authentication_error"),
         (grpc.StatusCode.FAILED_PRECONDITION, "billing", 402, "insufficient_quota"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "router", 400, "invalid_request_error"),
         (grpc.StatusCode.PERMISSION_DENIED, "billing", 403, "permission_error"),
         (grpc.StatusCode.NOT_FOUND, "router", 404, "invalid_request_error"),
         (grpc.StatusCode.ALREADY_EXISTS, "billing", 409, "invalid_request_error"),
@@ -64,3 +65,12 @@ async def test_fastapi_validation_errors_become_openai_400s() -> None:
     assert orjson.loads(response.body) == {"error": {"message": "Input should be a valid integer",
                                                      "type": "invalid_request_error", "code": "invalid_value",
                                                      "param": "limit"}}
+
+
+def test_no_eligible_deployment_is_the_callers_request_not_their_balance() -> None:
+    error = from_grpc(
+        rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "no provider left", tollgate_reason="no_eligible_deployment"),
+        service="router",
+    )
+    assert error.status == 400
+    assert error.payload()["error"]["code"] == "no_eligible_deployment"

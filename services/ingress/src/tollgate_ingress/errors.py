@@ -169,6 +169,10 @@ def from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:
     message = error.details() or f"{service} failed ({code.name})"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return RateLimited(message, code=reason, retry_after_seconds=retry_after(error))
+    if service == "router" and code == grpc.StatusCode.FAILED_PRECONDITION:
+        # No deployment left after policy limits and the caller's `provider`/`models` overrides: the request
+        # can't be served as asked (OpenRouter answers such a request with a 4xx too), not a balance problem.
+        return InvalidRequest(message, code=reason or "no_eligible_deployment")
     cls = _BY_CODE.get(code)
     if cls is not None:
         return cls(message, code=reason)

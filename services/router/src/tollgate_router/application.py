@@ -416,7 +416,7 @@ class _Call:
         self._finish(attempt, error.reason)
         attempt.outcome = outcome_of(error)
         attempt.error_reason = error.reason
-        attempt.http_status = int(getattr(error, "status", 0) or (429 if isinstance(error, UpstreamRateLimited) else 0))
+        attempt.http_status = error.status or (429 if isinstance(error, UpstreamRateLimited) else 0)
         route = attempt.route
         if counts_against_health(error):
             self._breaker_result(route, False)

@@ -37,10 +37,12 @@ __all__ = [
 class RouterError(Exception):
     reason: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None, status: int = 0) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        #: The provider's HTTP status when it answered with an error; 0 when there was no answer.
+        self.status = status
 
 
 class InvalidRequest(RouterError):

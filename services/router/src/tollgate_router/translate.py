@@ -104,7 +104,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
 def status_error(route: Route, status: int, headers: Mapping[str, str], raw: bytes) -> RouterError:
     """The error an upstream HTTP status means for the caller; ``error.status`` keeps the status (attempt records)."""
     error = _status_error(route, status, headers, raw)
-    error.status = status  # type: ignore[attr-defined]
+    error.status = status
     return error
 
 
