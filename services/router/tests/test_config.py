@@ -113,6 +113,8 @@ providers:
   a: {kind: cohere, base_url: "https://api.anthropic.com"}
   b: {kind: openai, base_url: "not a url", api_key_env: UNSET_KEY}
   c: {kind: openai, base_url: "http://ok:1/v1", timeout: 3}
+  d: {kind: azure, base_url: "https://x.openai.azure.com"}
+  e: {kind: anthropic, base_url: "https://api.anthropic.com", options: {default_max_tokens: "lots"}}
 models:
   m1: {provider: nowhere}
   m2: {provider: c, upstream_model: 7}
@@ -123,9 +125,11 @@ models:
     assert "providers.b.base_url" in text
     assert "UNSET_KEY is not set" in text
     assert "providers.c: unknown keys timeout" in text
+    assert "providers.d.options.api_version is required for an azure provider" in text
+    assert "providers.e.options.default_max_tokens must be a positive integer, not 'lots'" in text
     assert "models.m1.provider: 'nowhere'" in text
     assert "models.m2.upstream_model" in text
-    assert text.count("ROUTER_PROVIDERS_FILE=") == 6
+    assert text.count("ROUTER_PROVIDERS_FILE=") == 8
 
 
 @pytest.mark.parametrize(

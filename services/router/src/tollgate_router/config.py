@@ -308,6 +308,7 @@ def _providers(section: Any, environ: Mapping[str, str], problems: list[str]) ->
         ):
             problems.append(f"{where}.options must be a mapping of names to strings")
             options = {}
+        problems.extend(f"{where}.options.{p}" for p in _option_problems(str(kind), options))
         providers[name] = Provider(
             name,
             str(kind),
@@ -318,6 +319,18 @@ def _providers(section: Any, environ: Mapping[str, str], problems: list[str]) ->
             _timeout(spec.get("timeout_seconds"), f"{where}.timeout_seconds", problems),
         )
     return providers
+
+
+def _option_problems(kind: str, options: Mapping[str, Any]) -> list[str]:
+    """Per-kind options the adapters need, checked at start rather than on the first request."""
+    problems: list[str] = []
+    if kind == "azure" and not str(options.get("api_version", "")).strip():
+        problems.append('api_version is required for an azure provider (e.g. "2024-10-21")')
+    if "default_max_tokens" in options:
+        value = str(options["default_max_tokens"])
+        if not value.isdigit() or int(value) < 1:
+            problems.append(f"default_max_tokens must be a positive integer, not {value!r}")
+    return problems
 
 
 def _models(
