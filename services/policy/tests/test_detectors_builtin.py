@@ -79,6 +79,9 @@ def test_finds_the_value_with_its_exact_span(scanner: Scanner, text: str, detect
         ("octets 256.1.1.1 and 01.2.3.4", "ip_address"),
         ("at 10:30:45 and MAC 00:1A:2B:3C:4D:5E", "ip_address"),
         ("order 4111111111111112 fails Luhn", "payment_card"),
+        ("The account GB31 QGWG 3952 8450 3554 04 was rejected", None),  # bad IBAN; its tail passes Luhn
+        ("The account IT64 8110 0203 8429 3575 5138 828 was rejected", None),
+        ("Call sk-learn-Boden-pipeline from the notebook", "secret"),
         ("luhn-valid but no brand: 1234567812345670", "payment_card"),
         ("visa length 17: 41111111111111113", "payment_card"),
         (f"not a JWT: {NOT_JWT}", "secret"),

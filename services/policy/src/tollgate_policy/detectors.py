@@ -116,9 +116,16 @@ def _accept(confidence: float) -> Validator:
 # --- validators ---------------------------------------------------------------------------------------------------
 
 
+#: The start of an IBAN before a card-like run of digit groups ("GB31 QGWG 3952 8450…"): the digits are the
+#: rest of that (possibly invalid) IBAN, not a card.
+_IBAN_BEFORE: Final = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4}){0,6} \Z")
+
+
 def _card(text: str, start: int, end: int) -> tuple[int, int, float] | None:
     candidate = text[start:end]
     if " " in candidate and "-" in candidate:
+        return None
+    if _IBAN_BEFORE.search(text, max(0, start - 40), start):
         return None
     digits = candidate.replace(" ", "").replace("-", "")
     return (start, end, 1.0) if v.card_brand(digits) else None

@@ -163,7 +163,8 @@ def entropy_bits(value: str) -> float:
 
 
 def looks_random(body: str) -> bool:
-    """A digit, or both upper and lower case letters: true of real keys, false of kebab-case words."""
+    """A digit, or both letter cases in one unbroken run: true of real keys, false of kebab-case words
+    (``sk-learn-Some-pipeline``)."""
     if any(c.isdigit() for c in body):
         return True
-    return any(c.isupper() for c in body) and any(c.islower() for c in body)
+    return "-" not in body and any(c.isupper() for c in body) and any(c.islower() for c in body)
