@@ -12,9 +12,10 @@ import pytest
 from tollgate.events.v1 import policy_pb2
 from tollgate_common.events import Envelope, Topics
 from tollgate_common.kafka import replay_topics
+from tollgate_dev.mock_upstream import DEFAULT_REPLY
 from tollgate_dev.platform import Platform
 
-from .tenant import NANOS, Tenant, mock_calls
+from .tenant import NANOS, Tenant, mock_calls, resale_price
 
 pytestmark = pytest.mark.e2e
 
@@ -136,3 +137,58 @@ def test_model_allow_list_blocks_other_models_lists_only_allowed_ones_and_is_aud
     assert allowed.verdict != policy_pb2.POLICY_VERDICT_BLOCK
     assert [f.type for f in allowed.findings] == ["email"] and allowed.findings[0].count == 1
     assert EMAIL not in str(allowed) and all(EMAIL not in h for h in allowed.findings[0].match_hashes)
+
+
+def set_codename_policy(platform: Platform, tenant: Tenant, action: str) -> None:
+    """A custom keyword detector that matches the mock upstream's fixed reply (never the prompt)."""
+    document = {
+        "custom_detectors": [{"name": "custom:codename", "keywords": ["Tollgate mock upstream"]}],
+        "rules": {"custom:codename": action},
+    }
+    platform.admin("PUT", f"/admin/v1/accounts/{tenant.account_id}/policy", document)
+
+
+def charged_for(platform: Platform, served: list[dict[str, object]]) -> int:
+    return sum(
+        resale_price(platform, "gpt-4o-mini", int(c["usage"]["prompt_tokens"]), int(c["usage"]["completion_tokens"]))  # type: ignore[index]
+        for c in served
+    )
+
+
+def test_answers_are_redacted_whole_and_streamed_and_still_charged_once(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    set_codename_policy(platform, tenant, "redact")
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    expected = DEFAULT_REPLY.replace("Tollgate mock upstream", "[CODENAME_1]")
+    assert expected != DEFAULT_REPLY
+
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "say hi"}])
+    assert reply.choices[0].message.content == expected
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "say hi"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+
+    served = mock_calls(platform)[before:]
+    assert len(served) == 2, served
+    after = tenant.settle()
+    assert after["balance_nanos"] == 10 * NANOS - charged_for(platform, served) < 10 * NANOS
+
+
+def test_a_blocked_answer_is_refused_but_still_charged(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    set_codename_policy(platform, tenant, "block")
+    before = len(mock_calls(platform))
+
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        tenant.client().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.code == "policy_violation" and "custom:codename" in str(err.value.body)
+    assert "Tollgate mock upstream" not in str(err.value.body)
+
+    served = mock_calls(platform)[before:]
+    assert len(served) == 1, "the answer was served upstream, so it is billed"
+    after = tenant.settle()
+    assert after["balance_nanos"] == 10 * NANOS - charged_for(platform, served) < 10 * NANOS
