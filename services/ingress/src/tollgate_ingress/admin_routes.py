@@ -1,6 +1,16 @@
-"""The operator API under ``/admin/v1/``: accounts, keys, credits, balances, ledger, DLP policy.
+"""The admin API under ``/admin/v1/``: accounts, keys, credits, balances, ledger, DLP policy.
 
-Authenticated by ``Authorization: Bearer $INGRESS_ADMIN_TOKEN`` (compared in constant time). Bodies are parsed with
+Who may call what (two routers, one dependency each):
+
+* accounts, keys, credits, balances, ledger: the operator only, ``Authorization: Bearer $INGRESS_ADMIN_TOKEN``
+  (compared in constant time). Any other credential, API keys included, is 401 ``invalid_admin_token``; these
+  routes never look a key up.
+* an account's DLP policy (``/accounts/{account_id}/policy…``, ``teams/…/policy``, ``keys/…/policy``, shadow,
+  promote, discard, versions): the operator, or an API key of that account created with ``account_admin``
+  (billing's GetKeyInfo says so). An unknown key is 401; a valid key that is not an admin of the path's account is
+  403 ``permission_denied``.
+
+Bodies are parsed with
 exact decimals, so an amount sent as the JSON number ``0.1`` is one tenth, not a float near it.
 
 Amounts in responses come twice: ``"<name>"`` as the shortest exact decimal string in the account's currency
@@ -22,7 +32,7 @@ from tollgate.billing.v1 import billing_service_pb2
 from tollgate.policy.v1 import policy_service_pb2
 
 from .deps import services
-from .errors import AuthenticationFailed, InvalidRequest
+from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from .money import nanos_to_text, parse_amount
 from .openai_routes import bearer_token, read_body
 
@@ -39,18 +49,40 @@ _ACTIONS = {
 _ACTION_NAMES = {v: k for k, v in _ACTIONS.items()}
 
 
-async def require_admin(request: Request) -> None:
+def _admin_credential(request: Request) -> str:
     try:
-        token = bearer_token(request)
+        return bearer_token(request)
     except AuthenticationFailed:
-        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.",
+        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token or API key>'.",
                                    code="invalid_admin_token") from None
+
+
+def _is_operator(request: Request, token: str) -> bool:
     expected = services(request).settings.admin_token
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    return hmac.compare_digest(token.encode(), expected.encode())
+
+
+async def require_operator(request: Request) -> None:
+    """Operator-only routes: the admin token and nothing else (no key look-up)."""
+    if not _is_operator(request, _admin_credential(request)):
         raise AuthenticationFailed("Invalid admin token.", code="invalid_admin_token")
 
 
-router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+async def require_account_admin(account_id: str, request: Request) -> None:
+    """Policy routes: the operator, or an API key that billing says is an admin of the path's account."""
+    token = _admin_credential(request)
+    if _is_operator(request, token):
+        return
+    info = await services(request).keys.key_info(token)  # unknown key: billing's UNAUTHENTICATED, a 401
+    if not (info.account_admin and info.account_id == account_id):
+        raise PermissionDenied("This API key may not manage this account's policy.", code="permission_denied")
+
+
+router = APIRouter(prefix="/admin/v1")
+#: Accounts, keys, credits, balances, ledger.
+operator_router = APIRouter(dependencies=[Depends(require_operator)])
+#: An account's DLP policy; every path has ``{account_id}``, which require_account_admin checks the key against.
+policy_router = APIRouter(dependencies=[Depends(require_account_admin)])
 
 
 def _reject_constant(name: str) -> None:
@@ -93,7 +125,7 @@ def _amounts(**nanos: int) -> dict[str, object]:
     return out
 
 
-@router.post("/accounts")
+@operator_router.post("/accounts")
 async def create_account(request: Request) -> Response:
     body = await _body(request)
     name = _str(body, "name", required=True)
@@ -114,7 +146,7 @@ async def create_account(request: Request) -> Response:
     )
 
 
-@router.post("/accounts/{account_id}/keys")
+@operator_router.post("/accounts/{account_id}/keys")
 async def create_key(account_id: str, request: Request) -> Response:
     body = await _body(request)
     label = _str(body, "label")
@@ -129,6 +161,9 @@ async def create_key(account_id: str, request: Request) -> Response:
         raise InvalidRequest("'rate_limit_rpm' must be a non-negative integer", param="rate_limit_rpm")
     team = _str(body, "team")
     project = _str(body, "project")
+    account_admin = body.get("account_admin", False)
+    if not isinstance(account_admin, bool):
+        raise InvalidRequest("'account_admin' must be a boolean", param="account_admin", code="invalid_type")
     reply = await services(request).admin.create_key(
         billing_service_pb2.CreateApiKeyRequest(
             account_id=account_id,
@@ -139,6 +174,7 @@ async def create_key(account_id: str, request: Request) -> Response:
             team=team,
             project=project,
             rate_limit_rpm=rpm,
+            account_admin=account_admin,
         )
     )
     return _json(
@@ -155,12 +191,13 @@ async def create_key(account_id: str, request: Request) -> Response:
             "team": team,
             "project": project,
             "rate_limit_rpm": rpm,
+            "account_admin": account_admin,
         },
         201,
     )
 
 
-@router.post("/accounts/{account_id}/credits")
+@operator_router.post("/accounts/{account_id}/credits")
 async def add_credits(account_id: str, request: Request) -> Response:
     body = await _body(request)
     if "amount" not in body:
@@ -180,7 +217,7 @@ async def add_credits(account_id: str, request: Request) -> Response:
     )
 
 
-@router.get("/accounts/{account_id}/balance")
+@operator_router.get("/accounts/{account_id}/balance")
 async def get_balance(account_id: str, request: Request) -> Response:
     reply = await services(request).admin.balance(account_id)
     return _json(
@@ -193,7 +230,7 @@ async def get_balance(account_id: str, request: Request) -> Response:
     )
 
 
-@router.get("/accounts/{account_id}/ledger")
+@operator_router.get("/accounts/{account_id}/ledger")
 async def get_ledger(account_id: str, request: Request) -> Response:
     raw_limit = request.query_params.get("limit", "1000")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
@@ -282,7 +319,7 @@ async def _effective(request: Request, account_id: str, *, team: str = "", key_i
     return _policy_json(account_id, reply.policy, reply.effective_json)
 
 
-@router.put("/accounts/{account_id}/policy")
+@policy_router.put("/accounts/{account_id}/policy")
 async def set_policy(account_id: str, request: Request) -> Response:
     body = await _body(request)
     rules = body.get("rules")
@@ -303,33 +340,33 @@ async def set_policy(account_id: str, request: Request) -> Response:
     return _policy_json(account_id, await services(request).admin.set_policy(account_id, parsed))
 
 
-@router.get("/accounts/{account_id}/policy")
+@policy_router.get("/accounts/{account_id}/policy")
 async def get_policy(account_id: str, request: Request) -> Response:
     return await _effective(request, account_id)
 
 
-@router.put("/accounts/{account_id}/teams/{team}/policy")
+@policy_router.put("/accounts/{account_id}/teams/{team}/policy")
 async def set_team_policy(account_id: str, team: str, request: Request) -> Response:
     return await _put_scope(request, account_id, f"team:{team}", await _document(request), shadow=False)
 
 
-@router.get("/accounts/{account_id}/teams/{team}/policy")
+@policy_router.get("/accounts/{account_id}/teams/{team}/policy")
 async def get_team_policy(account_id: str, team: str, request: Request) -> Response:
     return await _effective(request, account_id, team=team)
 
 
-@router.put("/accounts/{account_id}/keys/{key_id}/policy")
+@policy_router.put("/accounts/{account_id}/keys/{key_id}/policy")
 async def set_key_policy(account_id: str, key_id: str, request: Request) -> Response:
     return await _put_scope(request, account_id, f"key:{key_id}", await _document(request), shadow=False)
 
 
-@router.get("/accounts/{account_id}/keys/{key_id}/policy")
+@policy_router.get("/accounts/{account_id}/keys/{key_id}/policy")
 async def get_key_policy(account_id: str, key_id: str, request: Request) -> Response:
     """The key's effective policy; ``?team=<name>`` resolves it through the key's team too."""
     return await _effective(request, account_id, team=request.query_params.get("team", ""), key_id=key_id)
 
 
-@router.post("/accounts/{account_id}/policy/shadow")
+@policy_router.post("/accounts/{account_id}/policy/shadow")
 async def set_shadow_policy(account_id: str, request: Request) -> Response:
     """Body: {"scope": "account" | "team:<name>" | "key:<id>" (default account), "policy": <scope document>}."""
     body = await _body(request)
@@ -340,7 +377,7 @@ async def set_shadow_policy(account_id: str, request: Request) -> Response:
     return await _put_scope(request, account_id, scope, json.dumps(document, default=str), shadow=True)
 
 
-@router.post("/accounts/{account_id}/policy/shadow/promote")
+@policy_router.post("/accounts/{account_id}/policy/shadow/promote")
 async def promote_shadow_policy(account_id: str, request: Request) -> Response:
     reply = await services(request).admin.policy_call(
         "PromoteShadow", policy_service_pb2.ShadowRequest(account_id=account_id)
@@ -349,7 +386,7 @@ async def promote_shadow_policy(account_id: str, request: Request) -> Response:
     return _json(_version_json(reply))
 
 
-@router.post("/accounts/{account_id}/policy/shadow/discard")
+@policy_router.post("/accounts/{account_id}/policy/shadow/discard")
 async def discard_shadow_policy(account_id: str, request: Request) -> Response:
     reply = await services(request).admin.policy_call(
         "DiscardShadow", policy_service_pb2.ShadowRequest(account_id=account_id)
@@ -358,7 +395,7 @@ async def discard_shadow_policy(account_id: str, request: Request) -> Response:
     return _json(_version_json(reply))
 
 
-@router.get("/accounts/{account_id}/policy/versions")
+@policy_router.get("/accounts/{account_id}/policy/versions")
 async def list_policy_versions(account_id: str, request: Request) -> Response:
     raw = request.query_params.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= 100:
@@ -368,3 +405,8 @@ async def list_policy_versions(account_id: str, request: Request) -> Response:
     )
     assert isinstance(reply, policy_service_pb2.ListPolicyVersionsResponse)
     return _json({"object": "list", "account_id": account_id, "data": [_version_json(v) for v in reply.versions]})
+
+
+# Included last: include_router copies the routes defined on each sub-router so far.
+router.include_router(operator_router)
+router.include_router(policy_router)
