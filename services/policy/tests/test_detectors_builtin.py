@@ -48,6 +48,7 @@ NOT_JWT = _b64url({"typ": "JWT"}) + "." + _b64url({"sub": "42"}) + "." + "SflKxw
         ("host 192.168.1.20 is down", "ip_address", "192.168.1.20"),
         ("ping 2001:db8:85a3::8a2e:370:7334.", "ip_address", "2001:db8:85a3::8a2e:370:7334"),
         ("loopback ::1 only", "ip_address", "::1"),
+        ("link-local fe80::1 here", "ip_address", "fe80::1"),
         ("mc 5555 5555 5555 4444", "payment_card", "5555 5555 5555 4444"),
         ("mc2 2223003122003222", "payment_card", "2223003122003222"),
         ("amex 3782-822463-10005", "payment_card", "3782-822463-10005"),
@@ -82,6 +83,8 @@ def test_finds_the_value_with_its_exact_span(scanner: Scanner, text: str, detect
         ("The account GB31 QGWG 3952 8450 3554 04 was rejected", None),  # bad IBAN; its tail passes Luhn
         ("The account IT64 8110 0203 8429 3575 5138 828 was rejected", None),
         ("Call sk-learn-Boden-pipeline from the notebook", "secret"),
+        ("secret=Action.REDACT and password: {{ .Values.existingSecret }} and token=${API_TOKEN_V2}", "secret"),
+        ("evens = digits[0::2]; odds = digits[1::2]", "ip_address"),
         ("luhn-valid but no brand: 1234567812345670", "payment_card"),
         ("visa length 17: 41111111111111113", "payment_card"),
         (f"not a JWT: {NOT_JWT}", "secret"),

@@ -173,9 +173,16 @@ def _ipv4(text: str, start: int, end: int) -> tuple[int, int, float] | None:
 
 
 def _ipv6(text: str, start: int, end: int) -> tuple[int, int, float] | None:
+    """A valid address; short compressed forms such as ``0::2`` (a Python slice) only as ``::1`` or with a real
+    first group (``fe80::1``)."""
     while end > start and text[end - 1] == ".":
         end -= 1
-    return (start, end, 0.95) if v.ipv6_valid(text[start:end]) else None
+    candidate = text[start:end]
+    if "::" in candidate and candidate != "::1":
+        groups = [g for g in candidate.split(":") if g]
+        if len(groups) < 3 and len(candidate.split(":")[0]) < 3:
+            return None
+    return (start, end, 0.95) if v.ipv6_valid(candidate) else None
 
 
 def _phone_international(text: str, start: int, end: int) -> tuple[int, int, float] | None:
@@ -219,6 +226,7 @@ def _jwt(text: str, start: int, end: int) -> tuple[int, int, float] | None:
 
 
 _DIGIT: Final = re.compile(r"[0-9]")
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+(?:\(\))?")
 
 
 def _assignment(text: str, start: int, end: int) -> tuple[int, int, float] | None:
@@ -227,6 +235,8 @@ def _assignment(text: str, start: int, end: int) -> tuple[int, int, float] | Non
     if m is None:  # pragma: no cover - the engine only passes matches of this very pattern
         return None
     begin, value = m.start("value"), m.group("value")
+    if value[0] in "{$<%(" or _IDENTIFIER.fullmatch(value):  # a template placeholder or code, not a value
+        return None
     # lower, upper, digit, symbol present (the value is ASCII: the pattern allows nothing else)
     classes = (value.upper() != value) + (value.lower() != value) + (_DIGIT.search(value) is not None)
     classes += not value.isalnum()
