@@ -14,7 +14,7 @@ from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.db import create_engine
 from tollgate_policy.application import PolicyCache, PolicyService
 from tollgate_policy.detectors import DETECTORS
-from tollgate_policy.domain import PolicySet, inspect, parse_scope_document
+from tollgate_policy.domain import Action, PolicySet, inspect, parse_scope_document
 from tollgate_policy.errors import InvalidArgument
 from tollgate_policy.events import DecisionLog
 from tollgate_policy.repository import PolicyRepository
@@ -106,3 +106,11 @@ async def test_a_routing_only_inspect_is_answered_but_not_recorded(engine: Async
     assert await outbox_rows(engine) == 2  # the decision and its shadow evaluation
     await service.inspect("req_empty", "acc_1", [], key_id="k1", model="m2")  # a model is a decision
     assert await outbox_rows(engine) == 4
+
+
+async def test_set_policy_replaces_the_rules_and_keeps_the_responses_setting(engine: AsyncEngine) -> None:
+    service = PolicyService(PolicyRepository(engine, schema="policy"), PolicyCache(30.0))
+    await service.put_scope("acc_1", "account", '{"responses": "off"}', shadow=False)
+    policy = await service.set_policy("acc_1", [("email", Action.BLOCK)])
+    assert policy.to_json()["account"] == {"rules": {"email": "block"}, "responses": "off"}
+    assert not (await service.inspect("req_1", "acc_1", ["hi"])).scan_responses
