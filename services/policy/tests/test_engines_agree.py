@@ -17,6 +17,10 @@ CUSTOM = (
 )
 HYPERSCAN = build_scanner(CUSTOM, engine="hyperscan")
 PYTHON = build_scanner(CUSTOM, engine="python")
+# A non-ASCII custom literal makes the Hyperscan engine scan UTF-8 bytes and map offsets back (the other path).
+CUSTOM_UNICODE = (*CUSTOM, CustomDetector(name="custom:size", keywords=("Größe",)))
+HYPERSCAN_UTF8 = build_scanner(CUSTOM_UNICODE, engine="hyperscan")
+PYTHON_UTF8 = build_scanner(CUSTOM_UNICODE, engine="python")
 
 FRAGMENTS = [
     "4111 1111 1111 1111", "4111111111111111", "378282246310005", "5555-5555-5555-4444", "4111111111111112",
@@ -30,7 +34,7 @@ FRAGMENTS = [
     "sk-" + "proj-Ab3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1", "sk-" + "ant-api03-Zq8_Rt5Yu7Io9Pa1Sd3Fg5Hj7",
     "xox" + "b-1234567890-AbCdEfGhIj", "tg-" + "Qm9vYmFyQmF6Qm9vYmFyQmF6", "-----BEGIN RSA PRIVATE KEY-----",
     "-----END RSA PRIVATE KEY-----", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.SflKxwRJSMeKKF2QT4fw",
-    "password=", "api_key: \"", "Xk9#mP2vL7q!zz", "token=", "EMP-123456", "Blue Falcon", "nightjar",
+    "password=", "api_key: \"", "Xk9#mP2vL7q!zz", "token=", "EMP-123456", "Blue Falcon", "nightjar", "Größe", "GRÖSSE",
     " ", "  ", "-", ".", ",", ":", "\n", "_", "+", "(", ")", "é", "日本", "\U0001f600", "\ud800",
 ]  # fmt: skip
 
@@ -43,12 +47,14 @@ texts = st.lists(
 @given(texts)
 def test_engines_agree_on_generated_text(text: str) -> None:
     assert HYPERSCAN.scan(text) == PYTHON.scan(text)
+    assert HYPERSCAN_UTF8.scan(text) == PYTHON_UTF8.scan(text)
 
 
 def test_engines_agree_on_the_corpus() -> None:
     samples = generate(800)
     disagreements = [s.text for s in samples if HYPERSCAN.scan(s.text) != PYTHON.scan(s.text)]
     assert disagreements == []
+    assert [s.text for s in samples if HYPERSCAN_UTF8.scan(s.text) != PYTHON_UTF8.scan(s.text)] == []
     assert sum(len(HYPERSCAN.scan(s.text)) for s in samples) > 300  # the corpus does exercise the detectors
 
 

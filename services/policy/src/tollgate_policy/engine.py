@@ -129,6 +129,10 @@ class Scanner:
         self.specs = tuple(specs)
         self.engine = engine
         self._custom_from = len(self.specs) - custom_count
+        self._ascii_anchors = all(
+            _ascii_only(sre_parse.parse(spec.pattern.pattern, spec.pattern.flags))
+            for spec in self.specs[self._custom_from :]
+        )
         self._database: Any = None
         self._widths = [_max_width(spec.pattern) for spec in self.specs]
         if engine == "hyperscan":
@@ -184,10 +188,15 @@ class Scanner:
         return {i: everywhere for i, spec in enumerate(self.specs) if not spec.needle or spec.needle in text}
 
     def _windows(self, text: str) -> dict[int, list[tuple[int, int]]] | None:
-        try:
-            raw = text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: not valid UTF-8 for Hyperscan; look everywhere instead
-            return None
+        if self._ascii_anchors:
+            # Every anchor is ASCII and none matches "?": scanning with each non-ASCII character replaced by "?"
+            # finds the same windows, and byte offsets are then character offsets (no mapping needed).
+            raw = text.encode("ascii", "replace")
+        else:
+            try:
+                raw = text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: not valid UTF-8 for Hyperscan; look everywhere instead
+                return None
         hits: dict[int, list[tuple[int, int]]] = {}
         custom_from, specs = self._custom_from, self.specs
 
@@ -204,6 +213,30 @@ class Scanner:
                 reach = specs[index].reach
                 hits[index] = [(hi - reach, hi) for _, hi in spans]
         return hits
+
+
+def _ascii_only(parsed: Any) -> bool:
+    """No literal outside ASCII anywhere in a parsed pattern (``é``, ``\\xe9``, ``[à-ü]``)."""
+    for op, arg in parsed:
+        if op in (sre_constants.LITERAL, sre_constants.NOT_LITERAL):
+            if arg > 127:
+                return False
+        elif op == sre_constants.RANGE:
+            if arg[1] > 127:
+                return False
+        elif op == sre_constants.IN:
+            if not _ascii_only(arg):
+                return False
+        elif op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
+            if not _ascii_only(arg[2]):
+                return False
+        elif op == sre_constants.SUBPATTERN:
+            if not _ascii_only(arg[-1]):
+                return False
+        elif op == sre_constants.BRANCH:
+            if not all(_ascii_only(branch) for branch in arg[1]):
+                return False
+    return True
 
 
 def _max_width(pattern: re.Pattern[str]) -> int | None:
