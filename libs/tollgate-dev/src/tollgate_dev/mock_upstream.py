@@ -59,6 +59,7 @@ import secrets
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -281,6 +282,21 @@ class MockUpstream:
         if fault is not None and str(fault) not in FAULTS:
             raise _BadRequest(f"mock_fault must be one of {', '.join(FAULTS)}", "mock_fault")
         return (str(fault) if fault is not None else None), retry_after, latency_ms
+
+    async def _admit(
+        self, request: web.Request, body: Any, record: dict[str, Any], problem_of: Callable[[Any], str | None]
+    ) -> tuple[str | None, int]:
+        """A provider-native call's fault and Retry-After, once its latency is waited; a bad knob or body raises.
+
+        Native formats take the knobs by header only; ``problem_of`` is the format's own body check.
+        """
+        fault, retry_after, latency_ms = self._fault(request, body, record, None)
+        latency_ms += self._knob(request, body, "X-Mock-Latency-Ms", "")
+        problem = problem_of(body)
+        if problem:
+            raise _BadRequest(problem)
+        await self._delay(record, latency_ms)
+        return fault, retry_after
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         record = self._record(request, "openai", "Authorization")
@@ -528,14 +544,9 @@ class MockUpstream:
         if not request.headers.get("anthropic-version"):
             return error(400, "anthropic-version: header is required")
         try:
-            fault, retry_after, latency_ms = self._fault(request, body, record, None)
-            latency_ms += self._knob(request, body, "X-Mock-Latency-Ms", "")
+            fault, retry_after = await self._admit(request, body, record, wire.validate_anthropic)
         except _BadRequest as exc:
             return error(400, exc.message)
-        problem = wire.validate_anthropic(body)
-        if problem:
-            return error(400, problem)
-        await self._delay(record, latency_ms)
         if fault == "500":
             return error(500, "Internal server error (mock fault)")
         if fault == "overloaded" and not record["stream"]:
@@ -602,14 +613,9 @@ class MockUpstream:
             return error(400, "Invalid JSON payload received.")
         record["body"] = body
         try:
-            fault, retry_after, latency_ms = self._fault(request, body, record, None)
-            latency_ms += self._knob(request, body, "X-Mock-Latency-Ms", "")
+            fault, retry_after = await self._admit(request, body, record, wire.validate_gemini)
         except _BadRequest as exc:
             return error(400, exc.message)
-        problem = wire.validate_gemini(body)
-        if problem:
-            return error(400, problem)
-        await self._delay(record, latency_ms)
         if fault == "500":
             return error(500, "An internal error has occurred. (mock fault)")
         if fault == "overloaded":
