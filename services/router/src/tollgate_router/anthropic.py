@@ -47,7 +47,6 @@ from .translate import (
     ChunkWriter,
     StreamMeta,
     ToolCall,
-    completion_body,
     count,
     data_url,
     functions,
@@ -58,9 +57,11 @@ from .translate import (
     post_sse,
     reject_unsupported,
     stop_sequences,
+    stream_failure,
     text_of,
     tool_arguments,
     tool_choice,
+    translated_completion,
 )
 
 __all__ = ["AnthropicAdapter", "anthropic_usage", "to_anthropic"]
@@ -317,18 +318,14 @@ class AnthropicAdapter:
                     ToolCall(str(block.get("id")), str(block.get("name")), orjson.dumps(block.get("input")).decode())
                 )
         message_id = str(reply.get("id") or "")
-        return Completion(
-            body_json=completion_body(
-                completion_id=message_id,
-                model=str(reply.get("model") or route.upstream_model),
-                content="".join(texts) if texts or not calls else None,
-                tool_calls=calls,
-                finish_reason=_finish(reply.get("stop_reason")),
-                usage=usage,
-            ),
+        return translated_completion(
+            route,
+            completion_id=message_id,
+            model=str(reply.get("model") or route.upstream_model),
+            texts=texts,
+            tool_calls=calls,
+            finish_reason=_finish(reply.get("stop_reason")),
             usage=usage,
-            provider=route.provider.name,
-            upstream_model=route.upstream_model,
             upstream_request_id=header_id or message_id,
         )
 
@@ -357,9 +354,7 @@ class AnthropicAdapter:
             async for event in events:
                 kind = event.get("type")
                 if kind == "error":
-                    error = event.get("error")
-                    message = error.get("message") if isinstance(error, dict) else error
-                    raise UpstreamUnavailable(f"The provider '{provider}' failed mid-stream: {message}")
+                    raise stream_failure(provider, event.get("error"))
                 if kind == "message_start":
                     message = event.get("message") or {}
                     start_usage = dict(message.get("usage") or {})

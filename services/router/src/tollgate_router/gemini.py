@@ -47,7 +47,6 @@ from .translate import (
     ChunkWriter,
     StreamMeta,
     ToolCall,
-    completion_body,
     count,
     data_url,
     functions,
@@ -58,9 +57,11 @@ from .translate import (
     post_sse,
     reject_unsupported,
     stop_sequences,
+    stream_failure,
     text_of,
     tool_arguments,
     tool_choice,
+    translated_completion,
 )
 
 __all__ = ["GeminiAdapter", "gemini_usage", "to_gemini"]
@@ -311,18 +312,14 @@ class GeminiAdapter:
             for n, part in enumerate(p for p in parts if isinstance(p.get("functionCall"), dict))
         ]
         response_id = str(reply.get("responseId") or "")
-        return Completion(
-            body_json=completion_body(
-                completion_id=response_id,
-                model=str(reply.get("modelVersion") or route.upstream_model),
-                content="".join(texts) if texts or not calls else None,
-                tool_calls=calls,
-                finish_reason=_finish(reason or "STOP", bool(calls)),
-                usage=usage,
-            ),
+        return translated_completion(
+            route,
+            completion_id=response_id,
+            model=str(reply.get("modelVersion") or route.upstream_model),
+            texts=texts,
+            tool_calls=calls,
+            finish_reason=_finish(reason or "STOP", bool(calls)),
             usage=usage,
-            provider=route.provider.name,
-            upstream_model=route.upstream_model,
             upstream_request_id=response_id,
         )
 
@@ -349,9 +346,7 @@ class GeminiAdapter:
         async with aclosing(events):
             async for event in events:
                 if "error" in event and "candidates" not in event:
-                    error = event["error"]
-                    message = error.get("message") if isinstance(error, dict) else error
-                    raise UpstreamUnavailable(f"The provider '{provider}' failed mid-stream: {message}")
+                    raise stream_failure(provider, event["error"])
                 if write is None:
                     write = ChunkWriter(
                         str(event.get("responseId") or ""), str(event.get("modelVersion") or route.upstream_model)

@@ -23,7 +23,7 @@ from .adapters import StreamEvent
 from .domain import Completion, Route, StreamEnded, Usage
 from .errors import UpstreamTimeout, UpstreamUnavailable
 from .sse import SseDecoder
-from .translate import retry_after_seconds, status_error, unreachable
+from .translate import post_raw, retry_after_seconds, status_error, stream_failure, unreachable
 
 __all__ = ["OpenAICompatibleAdapter", "create_session", "retry_after_seconds"]
 
@@ -79,21 +79,15 @@ class OpenAICompatibleAdapter:
         body = {**body, "model": route.upstream_model}
         body.pop("stream", None)
         body.pop("stream_options", None)
-        try:
-            async with self._session.post(
-                self._url(route),
-                data=orjson.dumps(body),
-                headers=self._headers_for(route, request_id),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    raise status_error(route, response.status, response.headers, raw)
-                header_id = response.headers.get("x-request-id", "")
-        except TimeoutError:
-            raise UpstreamTimeout(f"The provider '{route.provider.name}' did not answer within {timeout:g}s.") from None
-        except aiohttp.ClientError as exc:
-            raise unreachable(route, exc) from None
+        raw, header_id = await post_raw(
+            self._session,
+            route,
+            self._url(route),
+            self._headers_for(route, request_id),
+            body,
+            timeout=timeout,
+            request_id_header="x-request-id",
+        )
         try:
             reply = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -176,8 +170,6 @@ class OpenAICompatibleAdapter:
         if not isinstance(chunk, dict):
             raise UpstreamUnavailable(f"The provider '{route.provider.name}' streamed an unexpected event.")
         if "error" in chunk and "choices" not in chunk:
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' failed mid-stream: {message}")
+            raise stream_failure(route.provider.name, chunk["error"])
         usage = chunk.pop("usage", None)
         return chunk, Usage.from_openai(usage) if isinstance(usage, dict) else None

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .domain import Route, Usage
+from .domain import Completion, Route, Usage
 from .errors import (
     InvalidRequest,
     RouterError,
@@ -41,13 +41,16 @@ __all__ = [
     "completion_body",
     "max_tokens",
     "post_json",
+    "post_raw",
     "post_sse",
     "reject_unsupported",
     "retry_after_seconds",
     "status_error",
     "stop_sequences",
+    "stream_failure",
     "text_of",
     "tool_arguments",
+    "translated_completion",
     "usage_json",
 ]
 
@@ -134,6 +137,31 @@ def unreachable(route: Route, exc: aiohttp.ClientError) -> UpstreamUnavailable:
     return UpstreamUnavailable(f"The provider '{route.provider.name}' could not be reached ({type(exc).__name__}).")
 
 
+async def post_raw(
+    session: aiohttp.ClientSession,
+    route: Route,
+    url: str,
+    headers: Mapping[str, str],
+    body: Any,
+    *,
+    timeout: float,
+    request_id_header: str,
+) -> tuple[bytes, str]:
+    """POST ``body``; the bytes answered with 200 and the upstream's request id (header, may be empty)."""
+    try:
+        async with session.post(
+            url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            raw = await response.read()
+            if response.status != 200:
+                raise status_error(route, response.status, response.headers, raw)
+            return raw, response.headers.get(request_id_header, "")
+    except TimeoutError:
+        raise UpstreamTimeout(f"The provider '{route.provider.name}' did not answer within {timeout:g}s.") from None
+    except aiohttp.ClientError as exc:
+        raise unreachable(route, exc) from None
+
+
 async def post_json(
     session: aiohttp.ClientSession,
     route: Route,
@@ -145,18 +173,9 @@ async def post_json(
     request_id_header: str,
 ) -> tuple[dict[str, Any], str]:
     """POST ``body``; the JSON object answered with 200 and the upstream's request id (header, may be empty)."""
-    try:
-        async with session.post(
-            url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as response:
-            raw = await response.read()
-            if response.status != 200:
-                raise status_error(route, response.status, response.headers, raw)
-            header_id = response.headers.get(request_id_header, "")
-    except TimeoutError:
-        raise UpstreamTimeout(f"The provider '{route.provider.name}' did not answer within {timeout:g}s.") from None
-    except aiohttp.ClientError as exc:
-        raise unreachable(route, exc) from None
+    raw, header_id = await post_raw(
+        session, route, url, headers, body, timeout=timeout, request_id_header=request_id_header
+    )
     try:
         reply = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -410,6 +429,40 @@ def completion_body(
         "usage": usage_json(usage),
     }
     return orjson.dumps(body)
+
+
+def translated_completion(
+    route: Route,
+    *,
+    completion_id: str,
+    model: str,
+    texts: list[str],
+    tool_calls: list[ToolCall],
+    finish_reason: str,
+    usage: Usage,
+    upstream_request_id: str,
+) -> Completion:
+    """A translated answer as the :class:`Completion` the router returns (``content`` is null for a tool-only reply)."""
+    return Completion(
+        body_json=completion_body(
+            completion_id=completion_id,
+            model=model,
+            content="".join(texts) if texts or not tool_calls else None,
+            tool_calls=tool_calls,
+            finish_reason=finish_reason,
+            usage=usage,
+        ),
+        usage=usage,
+        provider=route.provider.name,
+        upstream_model=route.upstream_model,
+        upstream_request_id=upstream_request_id,
+    )
+
+
+def stream_failure(provider: str, error: Any) -> UpstreamUnavailable:
+    """The failure an error event in a provider's stream means (``error`` is its ``error`` object or text)."""
+    message = error.get("message") if isinstance(error, dict) else error
+    return UpstreamUnavailable(f"The provider '{provider}' failed mid-stream: {message}")
 
 
 @dataclass(slots=True)
