@@ -226,6 +226,7 @@ def _jwt(text: str, start: int, end: int) -> tuple[int, int, float] | None:
 
 
 _DIGIT: Final = re.compile(r"[0-9]")
+_PLACEHOLDERS: Final = ("{", "<", "(", "${", "$(", "%(")
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+(?:\(\))?")
 
 
@@ -235,7 +236,7 @@ def _assignment(text: str, start: int, end: int) -> tuple[int, int, float] | Non
     if m is None:  # pragma: no cover - the engine only passes matches of this very pattern
         return None
     begin, value = m.start("value"), m.group("value")
-    if value[0] in "{$<%(" or _IDENTIFIER.fullmatch(value):  # a template placeholder or code, not a value
+    if value.startswith(_PLACEHOLDERS) or _IDENTIFIER.fullmatch(value):  # a template or code, not a value
         return None
     # lower, upper, digit, symbol present (the value is ASCII: the pattern allows nothing else)
     classes = (value.upper() != value) + (value.lower() != value) + (_DIGIT.search(value) is not None)
