@@ -234,6 +234,15 @@ _TEMPLATES: tuple[tuple[str, ...], ...] = (
     ("db settings: password={password} host=db.internal", "password"),
     ("Log line: user={email} ip={ipv4} status=403", "email", "ip_address"),
     ("Patient {name}, phone {phone}, SSN {ssn}.", "phone", "ssn"),
+    ("From: {name} <{email}>", "email"),
+    ("curl http://{ipv4}:8080/health returned 502", "ip_address"),
+    ("listen on [{ipv6}]:443", "ip_address"),
+    ("(card: {card}) was declined", "payment_card"),
+    ("IBAN:{iban};BIC:DEUTDEFF", "iban"),
+    ("{ssn} is the SSN on file for {name}", "ssn"),
+    ("ring {phone}!", "phone"),
+    ('{{"user": "{email}", "ip": "{ipv4}", "card": "{card}"}}', "email", "ip_address", "payment_card"),
+    ("AWS_SECRET_ACCESS_KEY and {secret} leaked in the CI log", "secret"),
 )
 
 
