@@ -14,6 +14,9 @@ from bench.dlp_corpus import generate
 CUSTOM = (
     CustomDetector(name="custom:employee_id", pattern=r"EMP-[0-9]{6}"),
     CustomDetector(name="custom:project", keywords=("Blue Falcon", "nightjar")),
+    # ASCII patterns that still match non-ASCII characters under re (\W, ".", a negated class)
+    CustomDetector(name="custom:ticket", pattern=r"T\W[0-9]{3}"),
+    CustomDetector(name="custom:xy", pattern=r"X.[^a]Y"),
 )
 HYPERSCAN = build_scanner(CUSTOM, engine="hyperscan")
 PYTHON = build_scanner(CUSTOM, engine="python")
@@ -35,6 +38,7 @@ FRAGMENTS = [
     "xox" + "b-1234567890-AbCdEfGhIj", "tg-" + "Qm9vYmFyQmF6Qm9vYmFyQmF6", "-----BEGIN RSA PRIVATE KEY-----",
     "-----END RSA PRIVATE KEY-----", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.SflKxwRJSMeKKF2QT4fw",
     "password=", "api_key: \"", "Xk9#mP2vL7q!zz", "token=", "EMP-123456", "Blue Falcon", "nightjar", "Größe", "GRÖSSE",
+    "Té123", "T 123", "XééY", "X\U0001f600\U0001f600Y",
     " ", "  ", "-", ".", ",", ":", "\n", "_", "+", "(", ")", "é", "日本", "\U0001f600", "\ud800",
 ]  # fmt: skip
 
