@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
@@ -21,9 +22,8 @@ import orjson
 
 from .adapters import StreamEvent
 from .domain import Completion, Route, StreamEnded, Usage
-from .errors import UpstreamTimeout, UpstreamUnavailable
-from .sse import SseDecoder
-from .translate import post_raw, retry_after_seconds, status_error, stream_failure, unreachable
+from .errors import UpstreamUnavailable
+from .translate import StreamMeta, event_json, post_raw, post_sse_data, retry_after_seconds, stream_failure
 
 __all__ = ["OpenAICompatibleAdapter", "create_session", "retry_after_seconds"]
 
@@ -114,46 +114,33 @@ class OpenAICompatibleAdapter:
         }
         provider = route.provider.name
         usage: Usage | None = None
+        meta = StreamMeta()
         upstream_id = ""
-        try:
-            # sock_read bounds each wait (for the headers, then between chunks), not the whole answer: a long
-            # stream that keeps flowing is healthy.
-            async with self._session.post(
-                self._url(route),
-                data=orjson.dumps(body),
-                headers=self._headers_for(route, request_id),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
-            ) as response:
-                if response.status != 200:
-                    raise status_error(route, response.status, response.headers, await response.read())
-                upstream_id = response.headers.get("x-request-id", "")
-                decoder = SseDecoder()
-                done = False
-                async for data in response.content.iter_any():
-                    for payload in decoder.feed(data):
-                        if done:
-                            continue
-                        if payload == b"[DONE]":
-                            done = True  # keep reading to the end so the connection returns to the pool
-                            continue
-                        chunk, chunk_usage = self._chunk(route, payload)
-                        if not upstream_id:
-                            upstream_id = str(chunk.get("id") or "")
-                        if chunk_usage is not None:
-                            usage = chunk_usage
-                            if not chunk.get("choices"):
-                                continue  # the usage-only final chunk: its content travels in StreamEnded
-                        yield orjson.dumps(chunk)
-                for payload in decoder.close():
-                    if not done and payload != b"[DONE]":
-                        chunk, chunk_usage = self._chunk(route, payload)
-                        usage = chunk_usage or usage
-                        if chunk.get("choices"):
-                            yield orjson.dumps(chunk)
-        except TimeoutError:
-            raise UpstreamTimeout(f"The provider '{provider}' went silent for {timeout:g}s.") from None
-        except aiohttp.ClientError as exc:
-            raise unreachable(route, exc) from None
+        payloads = post_sse_data(
+            self._session,
+            route,
+            self._url(route),
+            self._headers_for(route, request_id),
+            body,
+            timeout=timeout,
+            request_id_header="x-request-id",
+            meta=meta,
+        )
+        done = False
+        async with aclosing(payloads):
+            async for payload in payloads:
+                if done:
+                    continue
+                if payload == b"[DONE]":
+                    done = True  # keep reading to the end so the connection returns to the pool
+                    continue
+                chunk, chunk_usage = self._chunk(route, payload)
+                upstream_id = upstream_id or meta.request_id or str(chunk.get("id") or "")
+                if chunk_usage is not None:
+                    usage = chunk_usage
+                    if not chunk.get("choices"):
+                        continue  # the usage-only final chunk: its content travels in StreamEnded
+                yield orjson.dumps(chunk)
         if usage is None:
             raise UpstreamUnavailable(f"The provider '{provider}' ended the stream without reporting usage.")
         yield StreamEnded(
@@ -163,12 +150,7 @@ class OpenAICompatibleAdapter:
     @staticmethod
     def _chunk(route: Route, payload: bytes) -> tuple[dict[str, Any], Usage | None]:
         """One chunk without its ``usage`` key, and that usage when present."""
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' streamed invalid JSON.") from None
-        if not isinstance(chunk, dict):
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' streamed an unexpected event.")
+        chunk = event_json(route.provider.name, payload)
         if "error" in chunk and "choices" not in chunk:
             raise stream_failure(route.provider.name, chunk["error"])
         usage = chunk.pop("usage", None)

@@ -1,8 +1,11 @@
 """What every adapter shares: the HTTP exchange with a provider, its errors, and the OpenAI shapes built back.
 
-- :func:`post_json` and :func:`post_sse` speak HTTP to a provider and turn transport failures and error statuses
-  into :mod:`tollgate_router.errors` (the one mapping: 400/413/422 → rejected, 401/403 → auth, 429 → rate
-  limited with ``Retry-After``, 408/504 → timeout, anything else → unavailable).
+- :func:`post_raw`/:func:`post_json` and :func:`post_sse_data`/:func:`post_sse` (raw bytes / parsed JSON; every
+  adapter, OpenAI-compatible included, goes through them) speak HTTP to a provider and turn transport failures
+  and error statuses into :mod:`tollgate_router.errors` (the one mapping: 400/413/422 → rejected, 401/403 →
+  auth, 429 → rate limited with ``Retry-After``, 408/504 → timeout, anything else → unavailable).
+- :func:`translated_completion` and :func:`stream_failure` finish a translating adapter's answer and turn an
+  error event met mid-stream into a failure.
 - :func:`reject_unsupported`, :func:`max_tokens`, :func:`stop_sequences`, :func:`tool_arguments` read an OpenAI
   chat request; what a provider cannot honour is an :class:`~tollgate_router.errors.InvalidRequest` (400), never
   silently dropped.
@@ -17,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +43,12 @@ __all__ = [
     "ToolCall",
     "chunk",
     "completion_body",
+    "event_json",
     "max_tokens",
     "post_json",
     "post_raw",
     "post_sse",
+    "post_sse_data",
     "reject_unsupported",
     "retry_after_seconds",
     "status_error",
@@ -187,7 +193,7 @@ async def post_json(
 
 @dataclass(slots=True)
 class StreamMeta:
-    """Filled by :func:`post_sse` once the headers arrived."""
+    """Filled by :func:`post_sse_data` (and so :func:`post_sse`) once the headers arrived."""
 
     request_id: str = ""
     headers: dict[str, str] = field(default_factory=dict)
@@ -204,10 +210,30 @@ async def post_sse(
     request_id_header: str,
     meta: StreamMeta,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """POST ``body`` and yield each server-sent event's JSON ``data`` object, in order.
+    """POST ``body`` and yield each server-sent event's JSON ``data`` object, in order (see :func:`post_sse_data`)."""
+    payloads = post_sse_data(
+        session, route, url, headers, body, timeout=timeout, request_id_header=request_id_header, meta=meta
+    )
+    async with aclosing(payloads):
+        async for payload in payloads:
+            yield event_json(route.provider.name, payload)
 
-    ``timeout`` bounds each silence (the headers, then the gap between reads), not the whole stream. A status
-    other than 200 raises before anything is yielded.
+
+async def post_sse_data(
+    session: aiohttp.ClientSession,
+    route: Route,
+    url: str,
+    headers: Mapping[str, str],
+    body: Any,
+    *,
+    timeout: float,
+    request_id_header: str,
+    meta: StreamMeta,
+) -> AsyncGenerator[bytes, None]:
+    """POST ``body`` and yield each server-sent event's raw ``data``, in order.
+
+    ``timeout`` bounds each silence (the headers, then the gap between reads), not the whole stream: a long
+    stream that keeps flowing is healthy. A status other than 200 raises before anything is yielded.
     """
     provider = route.provider.name
     try:
@@ -223,16 +249,17 @@ async def post_sse(
             decoder = SseDecoder()
             async for data in response.content.iter_any():
                 for payload in decoder.feed(data):
-                    yield _event(provider, payload)
+                    yield payload
             for payload in decoder.close():
-                yield _event(provider, payload)
+                yield payload
     except TimeoutError:
         raise UpstreamTimeout(f"The provider '{provider}' went silent for {timeout:g}s.") from None
     except aiohttp.ClientError as exc:
         raise unreachable(route, exc) from None
 
 
-def _event(provider: str, payload: bytes) -> dict[str, Any]:
+def event_json(provider: str, payload: bytes) -> dict[str, Any]:
+    """One server-sent event's ``data`` as the JSON object it must be."""
     try:
         event = orjson.loads(payload)
     except orjson.JSONDecodeError:
