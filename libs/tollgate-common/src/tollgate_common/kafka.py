@@ -34,6 +34,7 @@ __all__ = [
     "ensure_topics",
     "make_producer",
     "replay_topics",
+    "run_with_producer",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,46 @@ def make_producer(bootstrap: str, *, client_id: str = "tollgate", linger_ms: int
         request_timeout_ms=10_000,
         retry_backoff_ms=200,
     )
+
+
+async def run_with_producer(
+    bootstrap: str,
+    work: Callable[[AIOKafkaProducer], Awaitable[None]],
+    *,
+    stop: asyncio.Event,
+    client_id: str,
+    topics: Sequence[str],
+    connecting: Callable[[bool], None] | None = None,
+) -> None:
+    """Run ``work(producer)`` until ``stop`` is set, through any number of broker outages.
+
+    Each round creates ``topics`` if missing, starts a fresh producer and hands it to ``work``; when the broker is
+    unreachable or ``work`` fails, it logs, waits (0.5 s doubling to 10 s, cut short by ``stop``) and starts again.
+    ``connecting(True/False)`` tells the owner whether a round is still connecting (nothing to drain yet, so a
+    shutdown may cancel it outright). The producer is always stopped before the next round.
+    """
+    backoff = 0.5
+    while not stop.is_set():
+        producer = make_producer(bootstrap, client_id=client_id)
+        try:
+            if connecting is not None:
+                connecting(True)
+            await ensure_topics(bootstrap, topics, attempts=4)
+            await producer.start()
+            if connecting is not None:
+                connecting(False)
+            await work(producer)
+            backoff = 0.5
+        except Exception as exc:
+            if connecting is not None:
+                connecting(True)
+            log.warning("Kafka unavailable; %s retries", client_id, extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 10.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
 
 
 async def ensure_topics(
@@ -141,9 +182,7 @@ class OutboxRelay:
         futures = []
         for row in rows:
             headers = [(k, v.encode()) for k, v in json.loads(row.headers)]
-            futures.append(
-                await self.producer.send(row.topic, value=row.value, key=row.key.encode(), headers=headers)
-            )
+            futures.append(await self.producer.send(row.topic, value=row.value, key=row.key.encode(), headers=headers))
         await asyncio.gather(*futures)
         ids = [row.id for row in rows]
         async with contextlib.AsyncExitStack() as stack:
@@ -302,8 +341,12 @@ class DbOffsetConsumer:
                     except (ValueError, UnicodeDecodeError) as exc:
                         log.error(
                             "skipping a message that is not a Tollgate CloudEvent",
-                            extra={"topic": tp.topic, "partition": tp.partition, "offset": record.offset,
-                                   "error": str(exc)},
+                            extra={
+                                "topic": tp.topic,
+                                "partition": tp.partition,
+                                "offset": record.offset,
+                                "error": str(exc),
+                            },
                         )
             fresh_flags = await self.tables.mark_processed(session, [(env.source, env.id) for env, _ in parsed])
             fresh = [item for item, is_new in zip(parsed, fresh_flags, strict=True) if is_new]
@@ -355,8 +398,10 @@ async def replay_topics(
                     try:
                         items.append((Envelope.from_kafka(record.headers, record.value), record))
                     except (ValueError, UnicodeDecodeError):
-                        log.error("replay skipped a non-CloudEvent message",
-                                  extra={"topic": tp.topic, "offset": record.offset})
+                        log.error(
+                            "replay skipped a non-CloudEvent message",
+                            extra={"topic": tp.topic, "offset": record.offset},
+                        )
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import logging
 
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from tollgate_common.db import session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
-from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
+from tollgate_common.kafka import OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
 from .application import Metering
@@ -70,34 +71,30 @@ class MeteringApp:
         return self.port
 
     async def _run_kafka(self) -> None:
+        await run_with_producer(
+            self.settings.kafka_bootstrap_servers,
+            self._relay_and_consume,
+            stop=self._stop,
+            client_id="tollgate-metering",
+            topics=[Topics.USAGE, Topics.USAGE_RATED],
+            connecting=self._set_connecting,
+        )
+
+    def _set_connecting(self, connecting: bool) -> None:
+        self._connecting = connecting  # nothing to drain while connecting: stop() may cancel this phase outright
+
+    async def _relay_and_consume(self, producer: AIOKafkaProducer) -> None:
         assert self.metering is not None
-        bootstrap = self.settings.kafka_bootstrap_servers
-        backoff = 0.5
-        while not self._stop.is_set():
-            producer = make_producer(bootstrap, client_id="tollgate-metering")
-            try:
-                self._connecting = True  # nothing to drain yet: stop() may cancel this phase outright
-                await ensure_topics(bootstrap, [Topics.USAGE, Topics.USAGE_RATED], attempts=4)
-                await producer.start()
-                self._connecting = False
-                # keep=False: published UsageRated rows are deleted; rated_usage holds everything to re-derive them,
-                # and the archive (not the outbox) is metering's durable log.
-                self.relay = OutboxRelay(self.metering.sessions, messaging, producer, keep=False)
-                self.consumer = UsageConsumer(self.metering, bootstrap, after_commit=self.relay.notify)
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self.relay.run(self._stop))
-                    tasks.create_task(self.consumer.run(self._stop))
-                await self.relay.publish_pending()  # what the last batches committed before the stop
-                backoff = 0.5
-            except Exception as exc:
-                self._connecting = True
-                log.warning("Kafka unavailable; metering retries", extra={"error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+        # keep=False: published UsageRated rows are deleted; rated_usage holds everything to re-derive them,
+        # and the archive (not the outbox) is metering's durable log.
+        self.relay = OutboxRelay(self.metering.sessions, messaging, producer, keep=False)
+        self.consumer = UsageConsumer(
+            self.metering, self.settings.kafka_bootstrap_servers, after_commit=self.relay.notify
+        )
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.relay.run(self._stop))
+            tasks.create_task(self.consumer.run(self._stop))
+        await self.relay.publish_pending()  # what the last batches committed before the stop
 
     async def stop(self, grace: float = 10.0) -> None:
         """Graceful: NOT_SERVING and drain in-flight calls, finish the consumer's batch, flush the outbox."""

@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.policy.v1 import policy_service_pb2_grpc
 from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
-from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
+from tollgate_common.kafka import OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
 from .application import PolicyCache, PolicyService
@@ -82,28 +83,23 @@ class PolicyApp:
 
     async def _run_relay(self) -> None:
         """Publish the outbox to Kafka until stopped; reconnects with backoff while Kafka is away."""
+        await run_with_producer(
+            self.settings.kafka_bootstrap_servers,
+            self._relay,
+            stop=self._stop,
+            client_id="tollgate-policy",
+            topics=[Topics.POLICY],
+        )
+
+    async def _relay(self, producer: AIOKafkaProducer) -> None:
         assert self.engine is not None
-        bootstrap = self.settings.kafka_bootstrap_servers
-        backoff = 0.5
-        while not self._stop.is_set():
-            producer = make_producer(bootstrap, client_id="tollgate-policy")
-            try:
-                await ensure_topics(bootstrap, [Topics.POLICY], attempts=4)
-                await producer.start()
-                # keep=False: published rows are deleted; the events are the audit log, Kafka holds them.
-                self.relay = OutboxRelay(session_maker(self.engine), messaging, producer, keep=False)
-                await self.relay.run(self._stop)
-                await self.relay.publish_pending()  # what the last Inspects wrote before the stop
-                backoff = 0.5
-            except Exception as exc:
-                log.warning("Kafka unavailable; policy retries", extra={"error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                self.relay = None
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+        # keep=False: published rows are deleted; the events are the audit log, Kafka holds them.
+        self.relay = OutboxRelay(session_maker(self.engine), messaging, producer, keep=False)
+        try:
+            await self.relay.run(self._stop)
+            await self.relay.publish_pending()  # what the last Inspects wrote before the stop
+        finally:
+            self.relay = None
 
     async def stop(self) -> None:
         """Graceful: report NOT_SERVING, refuse new calls, let in-flight ones finish, then close the database."""

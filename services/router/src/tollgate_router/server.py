@@ -12,11 +12,12 @@ import contextlib
 import logging
 
 import aiohttp
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_common.db import session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
-from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
+from tollgate_common.kafka import OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
 from .anthropic import AnthropicAdapter
@@ -96,34 +97,28 @@ class RouterServer:
 
     async def _relay(self) -> None:
         """Publish the outbox to ``tollgate.attempts.v1`` until stopped; reconnects with backoff."""
+        await run_with_producer(
+            self.settings.kafka_bootstrap_servers,
+            self._relay_attempts,
+            stop=self._stop,
+            client_id="tollgate-router",
+            topics=[Topics.ATTEMPTS],
+            connecting=self._set_connecting,
+        )
+
+    def _set_connecting(self, connecting: bool) -> None:
+        self._connecting = connecting  # nothing to drain while connecting: stop() may cancel this phase outright
+
+    async def _relay_attempts(self, producer: AIOKafkaProducer) -> None:
         assert self._attempts is not None
-        bootstrap = self.settings.kafka_bootstrap_servers
-        backoff = 0.5
-        while not self._stop.is_set():
-            producer = make_producer(bootstrap, client_id="tollgate-router")
-            try:
-                self._connecting = True  # nothing to drain yet: stop() may cancel this phase outright
-                await ensure_topics(bootstrap, [Topics.ATTEMPTS], attempts=4)
-                await producer.start()
-                self._connecting = False
-                # keep=False: a published attempt has nothing more to give; the topic is its record.
-                relay = OutboxRelay(self._attempts.sessions, messaging, producer, keep=False, linger_seconds=0.005)
-                self._attempts.after_commit.append(relay.notify)
-                try:
-                    await relay.run(self._stop)
-                    await relay.publish_pending()  # what the last requests committed before the stop
-                finally:
-                    self._attempts.after_commit.remove(relay.notify)
-                backoff = 0.5
-            except Exception as exc:
-                self._connecting = True
-                log.warning("Kafka unavailable; the router's attempt relay retries", extra={"error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+        # keep=False: a published attempt has nothing more to give; the topic is its record.
+        relay = OutboxRelay(self._attempts.sessions, messaging, producer, keep=False, linger_seconds=0.005)
+        self._attempts.after_commit.append(relay.notify)
+        try:
+            await relay.run(self._stop)
+            await relay.publish_pending()  # what the last requests committed before the stop
+        finally:
+            self._attempts.after_commit.remove(relay.notify)
 
     async def _probe(self, router: Router) -> None:
         """Active health checks every ``ROUTER_PROBE_INTERVAL_SECONDS`` until stopped (errors logged, never fatal)."""
