@@ -15,9 +15,13 @@ import random
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import phonenumbers
 from faker import Faker
+
+_START = datetime(1980, 1, 1)
+_END = datetime(2030, 1, 1)
 
 __all__ = ["Label", "Sample", "generate"]
 
@@ -196,7 +200,11 @@ def near_miss(rng: random.Random, fake: Faker) -> str:
         lambda: f"Fixed in commit {_token(rng, hexdigits, 40)}.",
         lambda: f"Cherry-pick {_token(rng, hexdigits, 7)} onto main.",
         lambda: f"Request id {fake.uuid4()} timed out.",
-        lambda: f"Logged at {fake.iso8601()} and again at {r(0, 23):02d}:{r(0, 59):02d}:{r(0, 59):02d}.",
+        # Fixed bounds: Faker's default range ends at "now", which would make the corpus depend on the clock.
+        lambda: (
+            f"Logged at {fake.date_time_between(_START, _END).isoformat()}"
+            f" and again at {r(0, 23):02d}:{r(0, 59):02d}:{r(0, 59):02d}."
+        ),
         lambda: f"Invoice INV-{rng.randint(2019, 2026)}-{rng.randint(100, 999)}-{rng.randint(1000, 9999)} is overdue.",
         lambda: f"Attachment: {base64.b64encode(rng.randbytes(rng.randint(24, 60))).decode()}",
         lambda: f"The account {iban(rng, valid=False)} was rejected.",
