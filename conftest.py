@@ -1,10 +1,20 @@
-"""Root conftest: says, at the top of every test run, which real broker and databases the tests will use."""
+"""Root conftest: says, at the top of every test run, which real broker and databases the tests will use.
+
+Hypothesis runs the same examples on every run by default (``derandomize``), so a red CI run can be reproduced and a
+green one is not luck. ``TOLLGATE_HYPOTHESIS_EXPLORE=1`` draws new examples instead: run it when touching the
+detectors, the ledger or the rating code, and turn what it finds into a fixed test.
+"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("explore" if os.environ.get("TOLLGATE_HYPOTHESIS_EXPLORE") == "1" else "fixed")
 
 pytest_plugins = ["tollgate_dev.pytest_plugin"]
 
