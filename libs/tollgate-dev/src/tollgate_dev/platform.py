@@ -233,6 +233,9 @@ class Platform:
             stderr=subprocess.STDOUT,
             env=env if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"},
             cwd=self.config.var_dir.parent if self.config.var_dir.name == "var" else None,
+            # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which then stops the children
+            # in order, instead of every child at once (and each reported as having died).
+            start_new_session=True,
         )
         self.processes[name] = proc
         log_file = open(self.logs_dir / f"{name}.log", "ab")
