@@ -201,16 +201,24 @@ async def test_constraints_and_key_go_to_the_router(client: httpx2.AsyncClient, 
         ) == (["azure-eu"], ["openai"], ["eu"], ["gpt-4o-mini"])
 
 
+@pytest.mark.parametrize(
+    ("rule", "explained"),
+    [
+        ("model_not_allowed", "the model is not on the allowed list"),
+        ("provider_not_allowed", "no allowed provider"),
+        ("region_not_allowed", "no allowed region"),
+    ],
+)
 async def test_rule_block_is_403_naming_the_rule_and_never_routed(
-    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str, rule: str, explained: str
 ) -> None:
     _policy(fakes).verdict_override = ppb.VERDICT_BLOCK
-    _policy(fakes).extra = ppb.InspectResponse(rule="model_not_allowed")
+    _policy(fakes).extra = ppb.InspectResponse(rule=rule)
     resp = await client.post(CHAT, json=body(model="gpt-9-secret"), headers=auth())
     assert resp.status_code == 403
     error = resp.json()["error"]
     assert error["code"] == "policy_violation" and error["type"] == "permission_error"
-    assert "model_not_allowed" in error["message"]
+    assert rule in error["message"] and explained in error["message"]
     assert _router(fakes).requests == []
     _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
     assert event.outcome == usage_pb2.REQUEST_OUTCOME_BLOCKED and event.usage.total_tokens == 0

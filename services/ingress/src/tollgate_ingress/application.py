@@ -505,7 +505,9 @@ _VERDICTS = frozenset(
 #: What a routing rule means, for the 403's message (the rule's name is always given too).
 _RULE_MESSAGES = {
     "model_not_allowed": "the model is not on the allowed list",
-    "no_route_allowed": "the model, provider and region limits that apply leave no allowed route",
+    # The team's and the key's allow-lists exclude each other: nothing is left to route to.
+    "provider_not_allowed": "the provider limits that apply leave no allowed provider",
+    "region_not_allowed": "the region limits that apply leave no allowed region",
 }
 
 
