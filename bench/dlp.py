@@ -4,7 +4,10 @@ Prints, for the labelled corpus of :mod:`bench.dlp_corpus` (fixed seed):
 - precision and recall per detector, and recall per secret kind. A finding is a true positive when a label of the
   same detector overlaps it; a label is found when a finding of its detector overlaps it;
 - scan throughput in MB/s on one core for each engine (Hyperscan, pure ``re``) over the whole corpus and over
-  4 KB prompts;
+  4 KB prompts made of it (dense: nearly every sentence holds a candidate);
+- the same, with p50/p99, for three 4 KB prompt shapes closer to real traffic: chat prose with one card, one email
+  and one key planted, Python source, and digit-dense JSON (the slowest shape for a card detector); plus the whole
+  in-process inspection (scan, policy, redaction) for each;
 - p99 latency for a 4 KB prompt: the in-process scan, and ``Inspect`` over gRPC against a real policy process
   (``python -m tollgate_policy`` on a fresh SQLite file), which adds the policy lookup, redaction and gRPC.
 Asserts nothing: the targets are checked for quality by ``test_corpus_quality.py``; speed lives here.
@@ -14,16 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from tollgate_policy import domain
 from tollgate_policy.detectors import Match
 from tollgate_policy.engine import Scanner, build_scanner
 
@@ -88,16 +94,76 @@ def _prompts_4k(samples: Sequence[Sample]) -> list[str]:
     return prompts
 
 
+SIZE = 4096
+_WORDS = (
+    "please summarize the following report about quarterly revenue growth customer retention and churn for each "
+    "region then draft a short email to the team explaining what changed since last year and which metrics we "
+    "should watch next quarter keep it friendly but precise"
+).split()
+
+
+def _chat_prompt(rng: random.Random) -> str:
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < SIZE:
+        roll = rng.random()
+        if roll < 0.03:
+            words.append(str(rng.randint(1, 99_999)))
+        elif roll < 0.035:
+            words.append(f"{rng.randint(1, 12)}.{rng.randint(0, 9)}.{rng.randint(0, 30)}")
+        else:
+            words.append(rng.choice(_WORDS))
+    planted = ["card 4111 1111 1111 1111,", "mail dana@example.com", "key AKIA" + "IOSFODNN7EXAMPLE"]
+    for item in planted:
+        words.insert(rng.randrange(len(words)), item)
+    return " ".join(words)[:SIZE]
+
+
+def _code_prompt() -> str:
+    text = Path(domain.__file__).read_text(encoding="utf-8")
+    return (text * (SIZE // len(text) + 1))[:SIZE]
+
+
+def _json_prompt(rng: random.Random) -> str:
+    rows = [
+        {
+            "id": rng.randint(10**5, 10**12),
+            "price": round(rng.random() * 100, 4),
+            "sku": f"SKU-{rng.randint(1000, 9999)}-{rng.randint(100, 999)}",
+            "ts": "2026-11-23T17:56:23Z",
+        }
+        for _ in range(80)
+    ]
+    return json.dumps(rows)[:SIZE]
+
+
+def shaped_prompts() -> dict[str, str]:
+    """The three 4 KB prompt shapes (fixed seed)."""
+    rng = random.Random(7)
+    return {"chat": _chat_prompt(rng), "code": _code_prompt(), "json": _json_prompt(rng)}
+
+
+def _measure(
+    work: Callable[[], object], size: int, seconds: float, *, warm_up: int = 200
+) -> tuple[float, float, float]:
+    """(MB/s from the mean, p50 µs, p99 µs) of ``work`` over ``size`` bytes, run as often as fits in ``seconds``."""
+    for _ in range(warm_up):
+        work()
+    samples: list[float] = []
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    while clock() < deadline:
+        started = clock()
+        work()
+        samples.append(clock() - started)
+    samples.sort()
+    mean = sum(samples) / len(samples)
+    return size / mean / 1e6, samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6
+
+
 def _throughput(scanner: Scanner, texts: Sequence[str], seconds: float = 1.0) -> float:
+    """MB/s on one core scanning every text of ``texts`` in turn."""
     size = sum(len(t.encode()) for t in texts)
-    for t in texts[:20]:
-        scanner.scan(t)
-    rounds, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for t in texts:
-            scanner.scan(t)
-        rounds += 1
-    return size * rounds / (time.perf_counter() - start) / 1e6
+    return _measure(lambda: [scanner.scan(t) for t in texts], size, seconds, warm_up=1)[0]
 
 
 def _p99(latencies: list[float]) -> float:
@@ -156,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sentences", type=int, default=2400)
     parser.add_argument("--latency-requests", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per prompt-shape measurement")
     parser.add_argument("--no-grpc", action="store_true", help="skip the Inspect-over-gRPC measurement")
     args = parser.parse_args(argv)
 
@@ -181,6 +248,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{_throughput(scanner, prompts):7.1f} MB/s (4 KB prompts), one core; "
             f"in-process p99 for 4 KB: {_scan_latency_ms(scanner, prompts, args.latency_requests):.3f} ms"
         )
+    policy = domain.PolicySet.default("acct-bench")
+    print(f"4 KB prompt shapes, one core: {'shape':<6}{'engine':<11}{'work':<9}{'MB/s':>8}{'p50 us':>9}{'p99 us':>9}")
+    for shape, text in shaped_prompts().items():
+        size = len(text.encode())
+        for name, scanner in engines.items():
+            runs: list[tuple[str, Callable[[], object]]] = [("scan", lambda s=scanner, t=text: s.scan(t))]
+            if name == "hyperscan":  # the service's default engine: the whole decision too (policy, redaction)
+                runs.append(("inspect", lambda t=text: domain.inspect([t], policy)))
+            for work_name, work in runs:
+                mb_s, p50, p99 = _measure(work, size, args.seconds)
+                print(f"{'':<30}{shape:<6}{name:<11}{work_name:<9}{mb_s:>8.1f}{p50:>9.1f}{p99:>9.1f}")
     if not args.no_grpc:
         p50, p99 = asyncio.run(_grpc_latency_ms(prompts, args.latency_requests))
         print(f"Inspect over gRPC, real policy process, 4 KB prompt: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
