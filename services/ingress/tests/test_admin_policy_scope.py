@@ -2,8 +2,9 @@
 that account. Against the REAL billing service (keys and GetKeyInfo) and the REAL policy service, both in-process
 over gRPC on fresh SQLite files; the router stays the fake (no chat request is made).
 
-Decided here: the operator-only routes (accounts, keys, credits, balance, ledger) take the admin token and nothing
-else, so an account admin's key gets 401 ``invalid_admin_token`` there, as any non-operator credential does."""
+Decided here: the operator-only routes (accounts, credits, balance, ledger) take the admin token and nothing else,
+so an account admin's key gets 401 ``invalid_admin_token`` there, as any non-operator credential does. (An account
+admin manages its own account's keys: test_admin_keys.py.)"""
 
 from __future__ import annotations
 
@@ -130,7 +131,6 @@ async def test_keys_that_are_not_admins_of_the_account_are_refused(
 async def test_operator_routes_take_the_admin_token_only(client: httpx2.AsyncClient, keys: dict[str, str]) -> None:
     me = auth(keys["admin_a"])
     for method, path, body in [
-        ("POST", f"/admin/v1/accounts/{A}/keys", {"account_admin": True}),
         ("POST", f"/admin/v1/accounts/{A}/credits", {"amount": "5", "idempotency_key": "k1"}),
         ("GET", f"/admin/v1/accounts/{A}/balance", None),
         ("GET", f"/admin/v1/accounts/{A}/ledger", None),

@@ -130,6 +130,11 @@ class _KeyCache:
             self._entries.clear()
         self._entries[key_hash] = (self.clock() + self.ttl, grant)
 
+    def evict(self, *key_hashes: str) -> None:
+        """Forget these secrets at once (a key revoked or rotated through this process)."""
+        for key_hash in key_hashes:
+            self._entries.pop(key_hash, None)
+
 
 class Billing:
     """The billing application service. One per process; transports (gRPC, the consumer) call into it."""
@@ -140,7 +145,7 @@ class Billing:
         prices: PriceSource,
         *,
         hold_ttl_seconds: int = 600,
-        key_cache_seconds: float = 5.0,
+        key_cache_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         on_commit: Callable[[], None] | None = None,
@@ -208,6 +213,7 @@ class Billing:
                 raise InvalidApiKey("invalid API key")
             grant = row.grant
             self.keys.put(key_hash, grant)
+        grant.check_usable(self._now_ms())  # revoked, expired or past its rotation grace: 401, even from the cache
         return grant
 
     async def authorize(
@@ -271,6 +277,7 @@ class Billing:
             key = await repository.find_key(conn, key_hash=domain.hash_api_key(api_key))
             if key is None:
                 raise InvalidApiKey("invalid API key")
+            key.grant.check_usable(self._now_ms())
             wallet = await repository.get_wallet(conn, key.grant.account_id)
         if wallet is None:
             raise AccountNotFound(f"account {key.grant.account_id} has no wallet")
@@ -313,6 +320,7 @@ class Billing:
         project: str = "",
         rate_limit_rpm: int = 0,
         account_admin: bool = False,
+        expires_at_unix_ms: int = 0,
     ) -> CreatedApiKey:
         plaintext, prefix = domain.new_api_key()
         event = domain.api_key_created(
@@ -329,6 +337,7 @@ class Billing:
             rate_limit_rpm=rate_limit_rpm,
             at_unix_ms=self._now_ms(),
             account_admin=account_admin,
+            expires_at_unix_ms=expires_at_unix_ms,
         )
         async with self._write() as conn:
             if await repository.get_account(conn, account_id) is None:

@@ -32,8 +32,9 @@ class Settings:
     hold_sweep_seconds: float = 5.0
     #: How often metering's price book is fetched again (until the first load: every second).
     price_book_refresh_seconds: float = 30.0
-    #: How long a resolved API key stays in the in-process cache (keys are never deleted, only added).
-    key_cache_seconds: float = 5.0
+    #: How long a resolved API key stays in the in-process cache. A revocation or rotation through this replica
+    #: evicts the key at once; on the other replicas it takes effect within this many seconds (keep it ≤ 1).
+    key_cache_seconds: float = 1.0
     metrics_port: int = 0
     log_level: str = "INFO"
     #: Seconds in-flight calls get to finish on SIGTERM.

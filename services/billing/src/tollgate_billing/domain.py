@@ -22,7 +22,8 @@ from enum import StrEnum
 
 from tollgate.events.v1 import billing_pb2, usage_pb2
 
-from .errors import InvalidArgument, ModelNotAllowed, ModelNotFound, RateLimited
+from .errors import ExpiredApiKey, InvalidArgument, ModelNotAllowed, ModelNotFound, RateLimited, RevokedApiKey
+from .key_lifecycle import check_expiry, check_label, clean_models
 
 __all__ = [
     "FUNDING_EXTERNAL",
@@ -108,6 +109,16 @@ class ApiKeyGrant:
     team: str
     project: str
     rate_limit_rpm: int
+    #: When this secret stops working (unix ms; 0 = never): the key's expiry, or for a rotated-out secret the
+    #: end of its grace, whichever is first. Checked on every use, so a cached grant expires on time too.
+    valid_until_unix_ms: int = 0
+    revoked: bool = False
+
+    def check_usable(self, now_unix_ms: int) -> None:
+        if self.revoked:
+            raise RevokedApiKey("this API key has been revoked")
+        if self.valid_until_unix_ms and now_unix_ms >= self.valid_until_unix_ms:
+            raise ExpiredApiKey("this API key has expired")
 
     def check_model(self, model: str) -> None:
         if self.allowed_models and model not in self.allowed_models:
@@ -241,6 +252,7 @@ def api_key_created(
     rate_limit_rpm: int,
     at_unix_ms: int,
     account_admin: bool = False,
+    expires_at_unix_ms: int = 0,
 ) -> billing_pb2.ApiKeyCreated:
     if has_limit and limit_nanos < 0:
         raise InvalidArgument("limit_nanos must not be negative")
@@ -251,15 +263,16 @@ def api_key_created(
         account_id=account_id,
         key_hash=key_hash,
         prefix=prefix,
-        label=label,
+        label=check_label(label),
         has_limit=has_limit,
         limit_nanos=limit_nanos if has_limit else 0,
-        allowed_models=sorted({m for m in allowed_models if m}),
+        allowed_models=clean_models(allowed_models),
         team=team,
         project=project,
         rate_limit_rpm=rate_limit_rpm,
         created_at_unix_ms=at_unix_ms,
         account_admin=account_admin,
+        expires_at_unix_ms=check_expiry(expires_at_unix_ms, at_unix_ms),
     )
 
 

@@ -7,14 +7,18 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     ├── InvalidArgument          INVALID_ARGUMENT     invalid_argument
     │   └── RequestIdConflict    INVALID_ARGUMENT     request_id_conflict
     ├── InvalidApiKey            UNAUTHENTICATED      invalid_api_key
+    │   ├── RevokedApiKey        UNAUTHENTICATED      api_key_revoked
+    │   └── ExpiredApiKey        UNAUTHENTICATED      api_key_expired (past expires_at, or a rotation's grace)
     ├── ModelNotAllowed          PERMISSION_DENIED    model_not_allowed
     ├── NotFound                 NOT_FOUND            not_found
     │   ├── AccountNotFound      NOT_FOUND            account_not_found
-    │   └── ModelNotFound        NOT_FOUND            model_not_found
+    │   ├── ModelNotFound        NOT_FOUND            model_not_found
+    │   └── KeyNotFound          NOT_FOUND            key_not_found (also: a key of another account)
     ├── PaymentRequired          FAILED_PRECONDITION  (abstract: money is missing)
     │   ├── InsufficientBalance  FAILED_PRECONDITION  insufficient_balance
     │   ├── KeyLimitExceeded     FAILED_PRECONDITION  key_limit_exceeded
     │   └── CurrencyMismatch     FAILED_PRECONDITION  currency_mismatch
+    ├── KeyRevoked               FAILED_PRECONDITION  key_revoked (an admin change to a revoked key)
     ├── RateLimited              RESOURCE_EXHAUSTED   rate_limited (+ retry-after seconds)
     ├── PriceBookUnavailable     UNAVAILABLE          price_book_unavailable
     ├── ConcurrentUpdate         ABORTED              concurrent_update (retryable; the consumer retries the batch)
@@ -30,11 +34,14 @@ __all__ = [
     "BillingError",
     "ConcurrentUpdate",
     "CurrencyMismatch",
+    "ExpiredApiKey",
     "InconsistentEvent",
     "InsufficientBalance",
     "InvalidApiKey",
     "InvalidArgument",
     "KeyLimitExceeded",
+    "KeyNotFound",
+    "KeyRevoked",
     "ModelNotAllowed",
     "ModelNotFound",
     "NotFound",
@@ -42,6 +49,7 @@ __all__ = [
     "PriceBookUnavailable",
     "RateLimited",
     "RequestIdConflict",
+    "RevokedApiKey",
 ]
 
 
@@ -69,6 +77,14 @@ class InvalidApiKey(BillingError):
     reason = "invalid_api_key"
 
 
+class RevokedApiKey(InvalidApiKey):
+    reason = "api_key_revoked"
+
+
+class ExpiredApiKey(InvalidApiKey):
+    reason = "api_key_expired"
+
+
 class ModelNotAllowed(BillingError):
     status = grpc.StatusCode.PERMISSION_DENIED
     reason = "model_not_allowed"
@@ -85,6 +101,17 @@ class AccountNotFound(NotFound):
 
 class ModelNotFound(NotFound):
     reason = "model_not_found"
+
+
+class KeyNotFound(NotFound):
+    reason = "key_not_found"
+
+
+class KeyRevoked(BillingError):
+    """A revoked key is final: it is not updated or rotated (ingress answers 409)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "key_revoked"
 
 
 class PaymentRequired(BillingError):

@@ -16,6 +16,8 @@ from tollgate_common.logs import request_id_var
 
 from .application import Billing
 from .errors import BillingError
+from .grpc_keys import KeyRpcs
+from .key_admin import KeyAdmin
 from .repository import AccountRow
 
 __all__ = ["SERVICE_NAME", "BillingServicer"]
@@ -57,6 +59,14 @@ def _account(row: AccountRow) -> pb.Account:
 class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     def __init__(self, billing: Billing) -> None:
         self.billing = billing
+        self.key_admin = KeyAdmin(billing)
+
+    # The key lifecycle RPCs live in grpc_keys.py; mapped like the rest.
+    ListApiKeys = _mapped(KeyRpcs.ListApiKeys)
+    GetApiKey = _mapped(KeyRpcs.GetApiKey)
+    UpdateApiKey = _mapped(KeyRpcs.UpdateApiKey)
+    RevokeApiKey = _mapped(KeyRpcs.RevokeApiKey)
+    RotateApiKey = _mapped(KeyRpcs.RotateApiKey)
 
     @_mapped
     async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:
@@ -115,6 +125,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
             project=request.project,
             rate_limit_rpm=request.rate_limit_rpm,
             account_admin=request.account_admin,
+            expires_at_unix_ms=request.expires_at_unix_ms,
         )
         return pb.CreateApiKeyResponse(key_id=created.key_id, api_key=created.api_key, prefix=created.prefix)
 

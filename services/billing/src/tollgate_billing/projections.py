@@ -8,9 +8,9 @@ fails. In a replay (``strict=False``) an event is a fact already decided: it is 
 that does not fit the stored rows raises :class:`~tollgate_billing.errors.InconsistentEvent`.
 
 Events are applied in batches, one statement per table and kind (a Kafka batch of usage, a replay batch), which is
-equivalent to applying them one by one in order: kinds are applied in causal order (account → key → credits →
-placed → captured → expired → reconciled), a hold only ever moves forward along that order, and money moves are
-additive. A single event (Authorize, an admin call) is a batch of one.
+equivalent to applying them one by one in order: kinds are applied in causal order (account → key → key changes,
+in their own order → credits → placed → captured → expired → reconciled), a hold only ever moves forward along that
+order, and money moves are additive. A single event (Authorize, an admin call) is a batch of one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from tollgate.events.v1 import billing_pb2
 
+from . import key_changes
 from .domain import HoldStatus
 from .errors import ConcurrentUpdate, InconsistentEvent, InsufficientBalance, KeyLimitExceeded
 from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, wallets
@@ -38,6 +39,7 @@ Executor: TypeAlias = AsyncConnection | AsyncSession
 _KINDS: tuple[type[Message], ...] = (
     billing_pb2.AccountCreated,
     billing_pb2.ApiKeyCreated,
+    *key_changes.KINDS,
     billing_pb2.CreditsAdded,
     billing_pb2.HoldPlaced,
     billing_pb2.HoldCaptured,
@@ -113,6 +115,8 @@ async def apply(conn: Executor, event: Message, *, strict: bool = False) -> None
 async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool = False) -> None:
     """Apply billing events, as if one by one in order, inside the caller's transaction."""
     by_kind: dict[type[Message], list[Any]] = {kind: [] for kind in _KINDS}
+    changes: list[Any] = []  # one list for every kind of key change: they apply in their order
+    by_kind.update({kind: changes for kind in key_changes.KINDS})
     for event in events:
         bucket = by_kind.get(type(event))
         if bucket is None:
@@ -121,6 +125,7 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
     moves = _Moves()
     await _accounts_created(conn, by_kind[billing_pb2.AccountCreated])
     await _api_keys_created(conn, by_kind[billing_pb2.ApiKeyCreated])
+    await key_changes.apply(conn, changes, strict=strict)
     _credits_added(by_kind[billing_pb2.CreditsAdded], moves)
     if by_kind[billing_pb2.CreditsAdded]:
         await _execute(conn, _INSERT_CREDIT, [
@@ -255,7 +260,9 @@ async def _api_keys_created(conn: Executor, events: list[billing_pb2.ApiKeyCreat
             "label": ev.label, "has_limit": ev.has_limit, "limit_nanos": ev.limit_nanos, "usage_nanos": 0,
             "held_nanos": 0, "allowed_models": json.dumps(sorted(ev.allowed_models)), "team": ev.team,
             "project": ev.project, "rate_limit_rpm": ev.rate_limit_rpm, "created_at_unix_ms": ev.created_at_unix_ms,
-            "account_admin": ev.account_admin,
+            "account_admin": ev.account_admin, "expires_at_unix_ms": ev.expires_at_unix_ms or None,
+            "revoked_at_unix_ms": None, "previous_key_hash": None, "previous_prefix": None,
+            "previous_valid_until_unix_ms": None, "revision": 0, "updated_at_unix_ms": None,
         }
         for ev in events
     ])

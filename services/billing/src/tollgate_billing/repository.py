@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.events import Envelope, Topics, envelope_for
 
 from . import projections
 from .domain import ApiKeyGrant, HoldStatus, HoldView
+from .key_lifecycle import KeyRecord
 from .projections import Executor
 from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, messaging, wallets
 
@@ -43,6 +45,12 @@ def event_id(event: Message) -> str:
         return f"account.created:{event.account_id}"
     if isinstance(event, billing_pb2.ApiKeyCreated):
         return f"api_key.created:{event.key_id}"
+    if isinstance(event, billing_pb2.ApiKeyUpdated):
+        return f"api_key.updated:{event.key_id}:{event.revision}"
+    if isinstance(event, billing_pb2.ApiKeyRevoked):
+        return f"api_key.revoked:{event.key_id}"
+    if isinstance(event, billing_pb2.ApiKeyRotated):
+        return f"api_key.rotated:{event.key_id}:{event.revision}"
     if isinstance(event, billing_pb2.CreditsAdded):
         return f"credits.added:{event.transaction.transaction_id}"
     if isinstance(event, billing_pb2.HoldPlaced):
@@ -152,16 +160,31 @@ _KEY_COLUMNS = (
     api_keys.c.usage_nanos,
     api_keys.c.held_nanos,
     api_keys.c.account_admin,
+    api_keys.c.expires_at_unix_ms,
+    api_keys.c.revoked_at_unix_ms,
+    api_keys.c.previous_valid_until_unix_ms,
 )
+_KEYS_WITH_ACCOUNT = select(*_KEY_COLUMNS).join(accounts, accounts.c.account_id == api_keys.c.account_id)
+_KEY_BY_HASH = _KEYS_WITH_ACCOUNT.where(api_keys.c.key_hash == bindparam("p_hash"))
+_KEY_BY_PREVIOUS_HASH = _KEYS_WITH_ACCOUNT.where(api_keys.c.previous_key_hash == bindparam("p_hash"))
 
 
 async def find_key(conn: Executor, *, key_hash: str | None = None, key_id: str | None = None) -> KeyRow | None:
-    query = select(*_KEY_COLUMNS).join(accounts, accounts.c.account_id == api_keys.c.account_id)
-    query = query.where(api_keys.c.key_hash == key_hash) if key_hash is not None else query.where(
-        api_keys.c.key_id == key_id
-    )
-    row = (await conn.execute(query)).first()
+    """The key a secret (or a key id) names. A secret rotated out and still in its grace finds its key too, with
+    the grace's end as the grant's ``valid_until``; revoked and expired keys are found (the caller refuses them,
+    naming why)."""
+    previous = False
+    if key_hash is not None:
+        row = (await conn.execute(_KEY_BY_HASH, {"p_hash": key_hash})).first()
+        if row is None:  # only unknown (or rotated-out) secrets pay for the second look-up
+            row = (await conn.execute(_KEY_BY_PREVIOUS_HASH, {"p_hash": key_hash})).first()
+            previous = row is not None
+    else:
+        row = (await conn.execute(_KEYS_WITH_ACCOUNT.where(api_keys.c.key_id == key_id))).first()
     if row is None:
+        return None
+    ends = [t for t in (row.expires_at_unix_ms, row.previous_valid_until_unix_ms if previous else None) if t]
+    if previous and not ends:  # a stored previous hash always has a grace end; be safe if it has not
         return None
     grant = ApiKeyGrant(
         key_id=row.key_id,
@@ -173,6 +196,8 @@ async def find_key(conn: Executor, *, key_hash: str | None = None, key_id: str |
         team=row.team,
         project=row.project,
         rate_limit_rpm=row.rate_limit_rpm,
+        valid_until_unix_ms=min(ends) if ends else 0,
+        revoked=row.revoked_at_unix_ms is not None,
     )
     return KeyRow(
         grant=grant,
@@ -181,6 +206,36 @@ async def find_key(conn: Executor, *, key_hash: str | None = None, key_id: str |
         held_nanos=row.held_nanos,
         account_admin=bool(row.account_admin),
     )
+
+
+def _key_record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        key_id=row.key_id, account_id=row.account_id, key_hash=row.key_hash, prefix=row.prefix, label=row.label,
+        has_limit=bool(row.has_limit), limit_nanos=row.limit_nanos, usage_nanos=row.usage_nanos,
+        allowed_models=tuple(json.loads(row.allowed_models)), team=row.team, project=row.project,
+        rate_limit_rpm=row.rate_limit_rpm, account_admin=bool(row.account_admin),
+        created_at_unix_ms=row.created_at_unix_ms, expires_at_unix_ms=row.expires_at_unix_ms,
+        revoked_at_unix_ms=row.revoked_at_unix_ms, previous_key_hash=row.previous_key_hash,
+        previous_prefix=row.previous_prefix,
+        previous_valid_until_unix_ms=row.previous_valid_until_unix_ms, revision=row.revision,
+        updated_at_unix_ms=row.updated_at_unix_ms,
+    )
+
+
+async def key_record(conn: Executor, account_id: str, key_id: str) -> KeyRecord | None:
+    """One key of one account (a key id of another account is not found: ids are not a way across accounts)."""
+    row = (
+        await conn.execute(select(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.account_id == account_id))
+    ).first()
+    return None if row is None else _key_record(row)
+
+
+async def key_records(conn: Executor, account_id: str, *, include_revoked: bool = False) -> list[KeyRecord]:
+    query = select(api_keys).where(api_keys.c.account_id == account_id)
+    if not include_revoked:
+        query = query.where(api_keys.c.revoked_at_unix_ms.is_(None))
+    rows = await conn.execute(query.order_by(api_keys.c.created_at_unix_ms, api_keys.c.key_id))
+    return [_key_record(row) for row in rows]
 
 
 def _hold_view(row: object) -> HoldView:

@@ -78,8 +78,19 @@ api_keys = Table(
     Column("created_at_unix_ms", BigInteger, nullable=False),
     #: The key may manage its own account's DLP policy (ingress's admin API).
     Column("account_admin", Boolean, nullable=False, server_default=false()),
+    #: Lifecycle (migration 0003): NULL = never expires / not revoked.
+    Column("expires_at_unix_ms", BigInteger, nullable=True),
+    Column("revoked_at_unix_ms", BigInteger, nullable=True),
+    #: After a rotation, the old secret's hash works until previous_valid_until_unix_ms (the grace period).
+    Column("previous_key_hash", String(64), nullable=True),
+    Column("previous_prefix", String(20), nullable=True),
+    Column("previous_valid_until_unix_ms", BigInteger, nullable=True),
+    #: Changes since creation (the n of api_key.updated:<key_id>:<n>); guards concurrent admin writes.
+    Column("revision", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at_unix_ms", BigInteger, nullable=True),
 )
 Index("ix_api_keys_account", api_keys.c.account_id)
+Index("ux_api_keys_previous_key_hash", api_keys.c.previous_key_hash, unique=True)
 
 holds = Table(
     "holds",

@@ -2,11 +2,12 @@
 
 Who may call what (two routers, one dependency each):
 
-* accounts, keys, credits, balances, ledger: the operator only, ``Authorization: Bearer $INGRESS_ADMIN_TOKEN``
+* accounts, credits, balances, ledger: the operator only, ``Authorization: Bearer $INGRESS_ADMIN_TOKEN``
   (compared in constant time). Any other credential, API keys included, is 401 ``invalid_admin_token``; these
   routes never look a key up.
-* an account's DLP policy (``/accounts/{account_id}/policy…``, ``teams/…/policy``, ``keys/…/policy``, shadow,
-  promote, discard, versions): the operator, or an API key of that account created with ``account_admin``
+* an account's keys (key_routes.py) and DLP policy (``/accounts/{account_id}/policy…``, ``teams/…/policy``,
+  ``keys/…/policy``, shadow, promote, discard, versions): the operator, or an API key of that account created with
+  ``account_admin``
   (billing's GetKeyInfo says so). An unknown key is 401; a valid key that is not an admin of the path's account is
   403 ``permission_denied``.
 
@@ -28,7 +29,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
-from tollgate.billing.v1 import billing_service_pb2
 from tollgate.policy.v1 import policy_service_pb2
 
 from .deps import services
@@ -69,17 +69,18 @@ async def require_operator(request: Request) -> None:
 
 
 async def require_account_admin(account_id: str, request: Request) -> None:
-    """Policy routes: the operator, or an API key that billing says is an admin of the path's account."""
+    """Keys and policy routes: the operator, or an API key that billing says is an admin of the path's account
+    (a revoked or expired key is refused by billing: 401)."""
     token = _admin_credential(request)
     if _is_operator(request, token):
         return
     info = await services(request).keys.key_info(token)  # unknown key: billing's UNAUTHENTICATED, a 401
     if not (info.account_admin and info.account_id == account_id):
-        raise PermissionDenied("This API key may not manage this account's policy.", code="permission_denied")
+        raise PermissionDenied("This API key may not manage this account.", code="permission_denied")
 
 
 router = APIRouter(prefix="/admin/v1")
-#: Accounts, keys, credits, balances, ledger.
+#: Accounts, credits, balances, ledger.
 operator_router = APIRouter(dependencies=[Depends(require_operator)])
 #: An account's DLP policy; every path has ``{account_id}``, which require_account_admin checks the key against.
 policy_router = APIRouter(dependencies=[Depends(require_account_admin)])
@@ -141,57 +142,6 @@ async def create_account(request: Request) -> Response:
             "name": account.name,
             "currency": account.currency,
             "created_at_unix_ms": account.created_at_unix_ms,
-        },
-        201,
-    )
-
-
-@operator_router.post("/accounts/{account_id}/keys")
-async def create_key(account_id: str, request: Request) -> Response:
-    body = await _body(request)
-    label = _str(body, "label")
-    limit = body.get("limit")
-    limit_nanos = parse_amount(limit, param="limit", allow_zero=True) if limit is not None else None
-    allowed = body.get("allowed_models") or []
-    if not isinstance(allowed, list) or not all(isinstance(m, str) and m for m in allowed):
-        raise InvalidRequest("'allowed_models' must be an array of model ids", param="allowed_models",
-                             code="invalid_type")
-    rpm = body.get("rate_limit_rpm") or 0
-    if isinstance(rpm, bool) or not isinstance(rpm, int) or not 0 <= rpm <= 2**31 - 1:
-        raise InvalidRequest("'rate_limit_rpm' must be a non-negative integer", param="rate_limit_rpm")
-    team = _str(body, "team")
-    project = _str(body, "project")
-    account_admin = body.get("account_admin", False)
-    if not isinstance(account_admin, bool):
-        raise InvalidRequest("'account_admin' must be a boolean", param="account_admin", code="invalid_type")
-    reply = await services(request).admin.create_key(
-        billing_service_pb2.CreateApiKeyRequest(
-            account_id=account_id,
-            label=label,
-            has_limit=limit_nanos is not None,
-            limit_nanos=limit_nanos or 0,
-            allowed_models=allowed,
-            team=team,
-            project=project,
-            rate_limit_rpm=rpm,
-            account_admin=account_admin,
-        )
-    )
-    return _json(
-        {
-            "object": "api_key",
-            "id": reply.key_id,
-            "key": reply.api_key,  # shown this once; billing keeps only its hash
-            "prefix": reply.prefix,
-            "account_id": account_id,
-            "label": label,
-            "limit": nanos_to_text(limit_nanos) if limit_nanos is not None else None,
-            "limit_nanos": limit_nanos,
-            "allowed_models": allowed,
-            "team": team,
-            "project": project,
-            "rate_limit_rpm": rpm,
-            "account_admin": account_admin,
         },
         201,
     )

@@ -658,6 +658,10 @@ class Admin:
         assert isinstance(reply, policy_service_pb2.GetPolicyResponse)
         return reply.policy
 
+    async def billing_call(self, rpc: str, request: object) -> Any:
+        """Any other BillingService call of the admin API (key_routes.py), errors mapped as above."""
+        return await self._billing(rpc, request)
+
     async def policy_call(self, rpc: str, request: object) -> object:
         """Any other PolicyService call of the policy admin API (admin_routes.py), errors mapped as above."""
         return await self._policy(rpc, request)

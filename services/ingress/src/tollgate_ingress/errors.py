@@ -158,6 +158,10 @@ _BY_CODE: dict[grpc.StatusCode, type[IngressError]] = {
 }
 
 
+#: FAILED_PRECONDITION reasons that are about the resource's state, not about money (409, not 402).
+_CONFLICTS = frozenset({"key_revoked"})
+
+
 def from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:
     """Translate a failed call to ``service`` ("billing", "policy" or "router") into the client's error.
 
@@ -173,6 +177,8 @@ def from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:
         # No deployment left after policy limits and the caller's `provider`/`models` overrides: the request
         # can't be served as asked (OpenRouter answers such a request with a 4xx too), not a balance problem.
         return InvalidRequest(message, code=reason or "no_eligible_deployment")
+    if code == grpc.StatusCode.FAILED_PRECONDITION and reason in _CONFLICTS:
+        return Conflict(message, code=reason)
     cls = _BY_CODE.get(code)
     if cls is not None:
         return cls(message, code=reason)
