@@ -1,13 +1,18 @@
 """Key lifecycle through real processes: chat requests with a key that is rotated (old secret within and past its
-grace), revoked and expired, answered by the real billing behind the real ingress; and the billing log, rebuilt,
-equals the live keys."""
+grace), revoked and expired, answered by the real billing behind the real ingress; teams and projects and the tags
+that the usage events carry; and the billing log, rebuilt, equals the live keys."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import httpx
 import openai
 import pytest
+from tollgate.events.v1 import usage_pb2
+from tollgate_common.events import Envelope, Topics
+from tollgate_common.kafka import replay_topics
 from tollgate_dev.platform import Platform
 
 from .tenant import Tenant, mock_calls
@@ -59,3 +64,47 @@ def test_rotate_with_grace_then_revoke_and_expiry_over_real_requests(platform: P
 
     tenant.settle()
     check_rebuilds_equal_live(platform, "key-lifecycle")
+
+
+def _usage_event(platform: Platform, request_id: str) -> usage_pb2.UsageRecorded:
+    """The UsageRecorded ingress published for ``request_id``, read back from the real broker."""
+    found: list[usage_pb2.UsageRecorded] = []
+
+    async def on_batch(items: list[tuple[Envelope, object]]) -> None:
+        found.extend(env.message() for env, _ in items if env.id == request_id)  # type: ignore[misc]
+
+    deadline = time.monotonic() + 30
+    while not found:
+        asyncio.run(replay_topics(platform.bootstrap, [Topics.USAGE], on_batch))
+        if not found:
+            assert time.monotonic() < deadline, f"no usage event for {request_id}"
+            time.sleep(0.5)
+    return found[0]
+
+
+def test_a_key_in_a_team_and_project_meters_them_with_the_callers_tags(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    base = f"/admin/v1/accounts/{tenant.account_id}"
+    team = platform.admin("POST", f"{base}/teams", {"id": "research", "name": "Research"})
+    project = platform.admin("POST", f"{base}/projects", {"name": "Chat bot"})
+    key = platform.admin("POST", f"{base}/keys", {"team": team["id"], "project": project["id"]})
+    resp = httpx.post(
+        f"{platform.ingress_url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+              "metadata": {"feature": "search"}, "user": "end-user-9"},
+        headers={"Authorization": f"Bearer {key['key']}", "X-Tollgate-Tags": "env=prod,cost-center=cc%2F7"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    event = _usage_event(platform, resp.headers["x-request-id"])
+    assert (event.account_id, event.key_id, event.team, event.project) == (
+        tenant.account_id, key["id"], "research", project["id"])
+    assert dict(event.tags) == {"feature": "search", "user": "end-user-9", "env": "prod", "cost-center": "cc/7"}
+
+    bad = httpx.post(f"{platform.ingress_url}/v1/chat/completions",
+                     json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                     headers={"Authorization": f"Bearer {key['key']}", "X-Tollgate-Tags": "no pairs here"},
+                     timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Tollgate-Tags"
+    tenant.settle()
+    check_rebuilds_equal_live(platform, "groups")

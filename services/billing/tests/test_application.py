@@ -25,9 +25,11 @@ from billing_support import (
 )
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tollgate.events.v1.billing_pb2 import GROUP_KIND_PROJECT, GROUP_KIND_TEAM
 from tollgate_billing import errors
 from tollgate_billing.application import Billing
 from tollgate_billing.domain import hash_api_key
+from tollgate_billing.group_admin import GroupAdmin
 from tollgate_billing.rebuild import compare, replay_outbox
 from tollgate_billing.tables import api_keys, holds, ledger_postings, messaging, metadata
 from tollgate_common.db import create_engine, create_schema, session_maker
@@ -48,6 +50,10 @@ class Harness:
         account, _ = await self.billing.create_account("Acme")
         if credit:
             await self.billing.add_credits(account.account_id, credit, "initial")
+        groups = GroupAdmin(self.billing)  # a key's team and project must exist in its account
+        for kind, field in ((GROUP_KIND_TEAM, "team"), (GROUP_KIND_PROJECT, "project")):
+            if key_options.get(field):
+                await groups.create_group(account.account_id, kind, str(key_options[field]), str(key_options[field]))
         key = await self.billing.create_api_key(account.account_id, label="test", **key_options)  # type: ignore[arg-type]
         return account.account_id, key.key_id, key.api_key
 

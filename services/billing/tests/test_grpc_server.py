@@ -15,6 +15,8 @@ import pytest
 from billing_support import MODEL, OTHER_MODEL, Database, FakeMeteringServer, hold_for, start_fake_metering
 from tollgate.billing.v1 import billing_service_pb2 as pb
 from tollgate.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from tollgate.billing.v1 import tenancy_pb2 as tpb
+from tollgate.events.v1.billing_pb2 import GROUP_KIND_PROJECT, GROUP_KIND_TEAM
 from tollgate_billing.app import BillingApp
 from tollgate_common.grpc import error_reason, retry_after
 from tollgate_dev.ports import free_port
@@ -32,6 +34,11 @@ class Client:
         if credit:
             await self.stub.AddCredits(pb.AddCreditsRequest(account_id=account.account_id, amount_nanos=credit,
                                                             idempotency_key="seed"))
+        for kind, field in ((GROUP_KIND_TEAM, "team"), (GROUP_KIND_PROJECT, "project")):
+            if key_fields.get(field):  # a key's team and project must exist in its account
+                await self.stub.CreateGroup(tpb.CreateGroupRequest(
+                    account_id=account.account_id, kind=kind, group_id=str(key_fields[field]),
+                    name=str(key_fields[field])))
         key = await self.stub.CreateApiKey(pb.CreateApiKeyRequest(account_id=account.account_id, label="t",
                                                                   **key_fields))  # type: ignore[arg-type]
         return account.account_id, key

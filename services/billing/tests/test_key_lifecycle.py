@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.events.v1 import billing_pb2
 from tollgate_billing import errors, repository
 from tollgate_billing.application import Billing
+from tollgate_billing.group_admin import GroupAdmin
 from tollgate_billing.key_admin import KeyAdmin
 from tollgate_billing.rebuild import compare, replay_outbox
 from tollgate_billing.tables import messaging, metadata
@@ -75,6 +76,7 @@ class KeyLifecycleContract:
 
     async def test_list_and_get_show_everything_but_the_secret(self, rig: Rig) -> None:
         account = await rig.account()
+        await GroupAdmin(rig.billing).create_group(account, billing_pb2.GROUP_KIND_TEAM, "ML", "ml")
         a = await rig.billing.create_api_key(account, label="ci", allowed_models=[MODEL], team="ml")
         b = await rig.billing.create_api_key(account, label="batch", expires_at_unix_ms=rig.now_ms + 60_000)
         listed = await rig.keys.list_keys(account)

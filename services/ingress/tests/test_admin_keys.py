@@ -197,3 +197,64 @@ async def test_an_account_admin_manages_its_own_keys_but_not_another_accounts_no
     _error(await client.get(f"/admin/v1/accounts/{A}/keys", headers=auth(plain["key"])), 403, "permission_denied")
     await client.delete(f"/admin/v1/accounts/{A}/keys/{mine['id']}", headers=admin())
     _error(await client.get(f"/admin/v1/accounts/{A}/keys", headers=me), 401, "api_key_revoked")
+
+
+async def test_teams_and_projects_and_the_keys_that_belong_to_them(client: httpx2.AsyncClient) -> None:
+    resp = await client.post(f"/admin/v1/accounts/{A}/teams", json={"id": "research", "name": "Research"},
+                             headers=admin())
+    assert resp.status_code == 201, resp.text
+    assert resp.json() | {"created_at": 0} == {"object": "team", "id": "research", "account_id": A,
+                                               "name": "Research", "archived": False, "created_at": 0,
+                                               "archived_at": None, "updated_at": None}
+    again = await client.post(f"/admin/v1/accounts/{A}/teams", json={"id": "research", "name": "Research"},
+                              headers=admin())
+    assert again.json()["created_at"] == resp.json()["created_at"]  # idempotent with the same id and name
+    _error(await client.post(f"/admin/v1/accounts/{A}/teams", json={"id": "research", "name": "Other"},
+                             headers=admin()), 409, "group_exists")
+    _error(await client.post(f"/admin/v1/accounts/{A}/teams", json={"id": "bad id", "name": "x"}, headers=admin()),
+           400, "invalid_argument")
+    _error(await client.post(f"/admin/v1/accounts/{A}/teams", json={}, headers=admin()), 400,
+           "missing_required_parameter")
+    project = (await client.post(f"/admin/v1/accounts/{A}/projects", json={"name": "Chat bot"},
+                                 headers=admin())).json()
+    assert project["object"] == "project" and project["id"].startswith("project_")
+
+    key = await _create(client, A, team="research", project=project["id"])
+    assert (key["team"], key["project"]) == ("research", project["id"])
+    _error(await client.post(f"/admin/v1/accounts/{A}/keys", json={"team": "ghost"}, headers=admin()),
+           404, "team_not_found")
+    _error(await client.post(f"/admin/v1/accounts/{B}/keys", json={"team": "research"}, headers=admin()),
+           404, "team_not_found")  # A's team does not exist in B
+
+    resp = await client.patch(f"/admin/v1/accounts/{A}/teams/research", json={"name": "R&D", "archived": True},
+                              headers=admin())
+    assert resp.status_code == 200 and resp.json()["archived"] and resp.json()["name"] == "R&D"
+    assert (await client.get(f"/admin/v1/accounts/{A}/teams", headers=admin())).json()["data"] == []
+    listed = (await client.get(f"/admin/v1/accounts/{A}/teams?include_archived=true", headers=admin())).json()
+    assert [t["id"] for t in listed["data"]] == ["research"]
+    _error(await client.post(f"/admin/v1/accounts/{A}/keys", json={"team": "research"}, headers=admin()),
+           409, "group_archived")
+    assert await _works(client, key["key"])  # a key already in it keeps working
+    _error(await client.patch(f"/admin/v1/accounts/{A}/teams/research", json={"archived": "yes"}, headers=admin()),
+           400, "invalid_type")
+    _error(await client.get(f"/admin/v1/accounts/{A}/projects/ghost", headers=admin()), 404, "project_not_found")
+
+    await client.post(f"/admin/v1/accounts/{A}/teams", json={"id": "search", "name": "Search"}, headers=admin())
+    moved = await client.patch(f"/admin/v1/accounts/{A}/keys/{key['id']}", json={"team": "search", "project": ""},
+                               headers=admin())
+    assert moved.status_code == 200 and (moved.json()["team"], moved.json()["project"]) == ("search", "")
+
+    # An account admin manages its own account's teams and projects, never another account's.
+    me = auth((await _create(client, A, account_admin=True))["key"])
+    resp = await client.post(f"/admin/v1/accounts/{A}/projects", json={"id": "infra", "name": "Infra"}, headers=me)
+    assert resp.status_code == 201
+    resp = await client.patch(f"/admin/v1/accounts/{A}/teams/search", json={"name": "Find"}, headers=me)
+    assert resp.status_code == 200 and resp.json()["name"] == "Find"
+    for method, path, body in [
+        ("POST", f"/admin/v1/accounts/{B}/teams", {"name": "intruders"}),
+        ("GET", f"/admin/v1/accounts/{B}/teams", None),
+        ("GET", f"/admin/v1/accounts/{B}/projects", None),
+        ("PATCH", f"/admin/v1/accounts/{B}/teams/x", {"name": "y"}),
+    ]:
+        _error(await client.request(method, path, json=body, headers=me), 403, "permission_denied")
+    assert (await client.get(f"/admin/v1/accounts/{B}/teams", headers=admin())).json()["data"] == []

@@ -24,7 +24,8 @@ def body(**extra: object) -> dict[str, object]:
 async def test_non_streaming_returns_upstream_body_and_publishes_usage(
     client: httpx2.AsyncClient, fakes: Fakes, broker: str
 ) -> None:
-    resp = await client.post(CHAT, json=body(metadata={"feature": "search", "n": 3}), headers=auth())
+    resp = await client.post(CHAT, json=body(metadata={"feature": "search", "n": 3}, user="end-user-7"),
+                             headers={**auth(), "X-Tollgate-Tags": "env=prod"})
     assert resp.status_code == 200, resp.text
     data = resp.json()
     assert data["choices"][0]["message"]["content"] == "echo: hello world"
@@ -50,7 +51,7 @@ async def test_non_streaming_returns_upstream_body_and_publishes_usage(
     assert event.usage.cached_prompt_tokens == 2 and event.usage.reasoning_tokens == 1
     assert (event.provider, event.upstream_model, event.upstream_request_id) == ("fakeai", "gpt-fake-2024", "up_1")
     assert (event.team, event.project, event.key_id, event.model) == ("team-a", "proj-x", "key_1", "gpt-4o-mini")
-    assert dict(event.tags) == {"feature": "search"}
+    assert dict(event.tags) == {"feature": "search", "user": "end-user-7", "env": "prod"}
 
 
 async def test_streaming_sends_chunks_usage_chunk_and_done(client: httpx2.AsyncClient, broker: str) -> None:

@@ -32,6 +32,31 @@ def test_stream_options_and_tags() -> None:
     assert req.tags == {"team": "search"}  # string values only
 
 
+def test_tags_come_from_metadata_the_user_field_and_the_tags_header_in_that_order() -> None:
+    req = parse_chat_request(raw(metadata={"env": "dev", "feature": "search"}, user="user-42"),
+                             "env=prod, cost-center=cc%2F7 ,team.name=ml")
+    assert req.tags == {"env": "prod", "feature": "search", "user": "user-42", "cost-center": "cc/7",
+                        "team.name": "ml"}
+    assert parse_chat_request(raw(user=""), "").tags == {}
+    full = parse_chat_request(raw(metadata={f"m{i}": "v" for i in range(16)}, user="u"),
+                              ",".join(f"h{i}=v" for i in range(16)))
+    assert len(full.tags) == 33  # each source bounded on its own
+
+
+@pytest.mark.parametrize(
+    ("header", "user"),
+    [
+        ("novalue", None), ("=v", None), ("bad key=v", None), ("k=v,k=w", None), ("k=%0Aline", None),
+        ("k=" + "v" * 513, None), (",".join(f"h{i}=v" for i in range(17)), None), ("k=v" + " " * 5000, None),
+        (None, 7), (None, "u" * 513),
+    ],
+)
+def test_bad_tags_are_400_naming_where(header: str | None, user: object) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse_chat_request(raw(**({} if user is None else {"user": user})), header)
+    assert err.value.status == 400 and err.value.param == ("X-Tollgate-Tags" if header else "user")
+
+
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
@@ -65,6 +90,7 @@ def test_stream_options_and_tags() -> None:
         (raw(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage", "invalid_type"),
         (raw(metadata=["a"]), "metadata", "invalid_type"),
         (raw(metadata={f"k{i}": "v" for i in range(17)}), "metadata", "invalid_value"),
+        (raw(metadata={"": "v"}), "metadata", "invalid_value"),
     ],
 )
 def test_invalid_requests_name_the_param(body: bytes, param: str | None, code: str) -> None:

@@ -44,6 +44,8 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "tollgate.billing.v1.api_key.updated": billing_pb2.ApiKeyUpdated,
     "tollgate.billing.v1.api_key.revoked": billing_pb2.ApiKeyRevoked,
     "tollgate.billing.v1.api_key.rotated": billing_pb2.ApiKeyRotated,
+    "tollgate.billing.v1.group.created": billing_pb2.GroupCreated,
+    "tollgate.billing.v1.group.updated": billing_pb2.GroupUpdated,
     "tollgate.billing.v1.credits.added": billing_pb2.CreditsAdded,
     "tollgate.billing.v1.hold.placed": billing_pb2.HoldPlaced,
     "tollgate.billing.v1.hold.captured": billing_pb2.HoldCaptured,

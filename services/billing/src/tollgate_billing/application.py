@@ -33,6 +33,7 @@ from .errors import (
     PriceBookUnavailable,
     RequestIdConflict,
 )
+from .memberships import check_membership
 from .repository import AccountRow, KeyRow, LedgerRow, WalletRow
 
 __all__ = [
@@ -342,6 +343,7 @@ class Billing:
         async with self._write() as conn:
             if await repository.get_account(conn, account_id) is None:
                 raise AccountNotFound(f"account {account_id} not found")
+            await check_membership(conn, account_id, team=team, project=project)
             await repository.record(conn, event)
         self._committed()
         log.info("api key created", extra={"account_id": account_id, "key_id": event.key_id})

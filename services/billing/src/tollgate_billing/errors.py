@@ -13,7 +13,10 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     ├── NotFound                 NOT_FOUND            not_found
     │   ├── AccountNotFound      NOT_FOUND            account_not_found
     │   ├── ModelNotFound        NOT_FOUND            model_not_found
-    │   └── KeyNotFound          NOT_FOUND            key_not_found (also: a key of another account)
+    │   ├── KeyNotFound          NOT_FOUND            key_not_found (also: a key of another account)
+    │   └── GroupNotFound        NOT_FOUND            team_not_found / project_not_found
+    ├── GroupExists              ALREADY_EXISTS       group_exists (the id is taken, with another name)
+    ├── GroupArchived            FAILED_PRECONDITION  group_archived (a key cannot join an archived group)
     ├── PaymentRequired          FAILED_PRECONDITION  (abstract: money is missing)
     │   ├── InsufficientBalance  FAILED_PRECONDITION  insufficient_balance
     │   ├── KeyLimitExceeded     FAILED_PRECONDITION  key_limit_exceeded
@@ -35,6 +38,9 @@ __all__ = [
     "ConcurrentUpdate",
     "CurrencyMismatch",
     "ExpiredApiKey",
+    "GroupArchived",
+    "GroupExists",
+    "GroupNotFound",
     "InconsistentEvent",
     "InsufficientBalance",
     "InvalidApiKey",
@@ -105,6 +111,24 @@ class ModelNotFound(NotFound):
 
 class KeyNotFound(NotFound):
     reason = "key_not_found"
+
+
+class GroupNotFound(NotFound):
+    def __init__(self, kind: str, group_id: str) -> None:
+        super().__init__(f"{kind} {group_id!r} not found in this account")
+        self.reason = f"{kind}_not_found"
+
+
+class GroupExists(BillingError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+    reason = "group_exists"
+
+
+class GroupArchived(BillingError):
+    """An archived team or project takes no new keys (ingress answers 409)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "group_archived"
 
 
 class KeyRevoked(BillingError):

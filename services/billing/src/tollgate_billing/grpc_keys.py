@@ -1,4 +1,5 @@
-"""The key lifecycle RPCs of BillingService (ListApiKeys, GetApiKey, UpdateApiKey, RevokeApiKey, RotateApiKey).
+"""The tenancy RPCs of BillingService: keys (ListApiKeys, GetApiKey, UpdateApiKey, RevokeApiKey, RotateApiKey) and
+teams / projects (CreateGroup, ListGroups, GetGroup, UpdateGroup).
 
 A mixin of :class:`~tollgate_billing.grpc_server.BillingServicer`: protobuf in, :class:`KeyAdmin` call, protobuf
 out; errors are mapped by the servicer's ``_mapped`` like every other RPC.
@@ -8,11 +9,25 @@ from __future__ import annotations
 
 import grpc
 from tollgate.billing.v1 import key_admin_pb2 as kpb
+from tollgate.billing.v1 import tenancy_pb2 as tpb
+from tollgate.events.v1 import billing_pb2
 
+from .group_admin import GroupAdmin
+from .groups import GroupRecord
 from .key_admin import KeyAdmin
 from .key_lifecycle import KeyRecord
 
-__all__ = ["KeyRpcs", "key_message"]
+__all__ = ["GroupRpcs", "KeyRpcs", "group_message", "key_message"]
+
+_KINDS = {"team": billing_pb2.GROUP_KIND_TEAM, "project": billing_pb2.GROUP_KIND_PROJECT}
+
+
+def group_message(group: GroupRecord) -> tpb.Group:
+    return tpb.Group(
+        account_id=group.account_id, kind=_KINDS[group.kind], group_id=group.group_id, name=group.name,
+        created_at_unix_ms=group.created_at_unix_ms, archived_at_unix_ms=group.archived_at_unix_ms or 0,
+        updated_at_unix_ms=group.updated_at_unix_ms or 0,
+    )
 
 
 def key_message(key: KeyRecord, now_unix_ms: int) -> kpb.ApiKey:
@@ -64,6 +79,8 @@ class KeyRpcs:
             label=request.label if request.HasField("label") else None,
             allowed_models=list(request.allowed_models) if request.replace_allowed_models else None,
             expires_at_unix_ms=request.expires_at_unix_ms if request.HasField("expires_at_unix_ms") else None,
+            team=request.team if request.HasField("team") else None,
+            project=request.project if request.HasField("project") else None,
         )
         return key_message(key, self.key_admin.now_ms())
 
@@ -76,3 +93,32 @@ class KeyRpcs:
     ) -> kpb.RotateApiKeyResponse:
         rotated = await self.key_admin.rotate_key(request.account_id, request.key_id, request.grace_seconds)
         return kpb.RotateApiKeyResponse(key=key_message(rotated.key, self.key_admin.now_ms()), api_key=rotated.api_key)
+
+
+class GroupRpcs:
+    """Borrowed by BillingServicer (which has ``group_admin``), like :class:`KeyRpcs`."""
+
+    group_admin: GroupAdmin
+
+    async def CreateGroup(self, request: tpb.CreateGroupRequest, context: grpc.aio.ServicerContext) -> tpb.Group:
+        group, _created = await self.group_admin.create_group(request.account_id, request.kind, request.name,
+                                                              request.group_id)
+        return group_message(group)
+
+    async def ListGroups(
+        self, request: tpb.ListGroupsRequest, context: grpc.aio.ServicerContext
+    ) -> tpb.ListGroupsResponse:
+        groups = await self.group_admin.list_groups(request.account_id, request.kind,
+                                                    include_archived=request.include_archived)
+        return tpb.ListGroupsResponse(groups=[group_message(g) for g in groups])
+
+    async def GetGroup(self, request: tpb.GetGroupRequest, context: grpc.aio.ServicerContext) -> tpb.Group:
+        return group_message(await self.group_admin.get_group(request.account_id, request.kind, request.group_id))
+
+    async def UpdateGroup(self, request: tpb.UpdateGroupRequest, context: grpc.aio.ServicerContext) -> tpb.Group:
+        group = await self.group_admin.update_group(
+            request.account_id, request.kind, request.group_id,
+            name=request.name if request.HasField("name") else None,
+            archived=request.archived if request.HasField("archived") else None,
+        )
+        return group_message(group)

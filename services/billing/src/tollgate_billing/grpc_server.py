@@ -16,7 +16,8 @@ from tollgate_common.logs import request_id_var
 
 from .application import Billing
 from .errors import BillingError
-from .grpc_keys import KeyRpcs
+from .group_admin import GroupAdmin
+from .grpc_keys import GroupRpcs, KeyRpcs
 from .key_admin import KeyAdmin
 from .repository import AccountRow
 
@@ -60,6 +61,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     def __init__(self, billing: Billing) -> None:
         self.billing = billing
         self.key_admin = KeyAdmin(billing)
+        self.group_admin = GroupAdmin(billing)
 
     # The key lifecycle RPCs live in grpc_keys.py; mapped like the rest.
     ListApiKeys = _mapped(KeyRpcs.ListApiKeys)
@@ -67,6 +69,10 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     UpdateApiKey = _mapped(KeyRpcs.UpdateApiKey)
     RevokeApiKey = _mapped(KeyRpcs.RevokeApiKey)
     RotateApiKey = _mapped(KeyRpcs.RotateApiKey)
+    CreateGroup = _mapped(GroupRpcs.CreateGroup)
+    ListGroups = _mapped(GroupRpcs.ListGroups)
+    GetGroup = _mapped(GroupRpcs.GetGroup)
+    UpdateGroup = _mapped(GroupRpcs.UpdateGroup)
 
     @_mapped
     async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:

@@ -19,6 +19,7 @@ from . import domain, repository
 from .application import Billing
 from .errors import AccountNotFound, ConcurrentUpdate, KeyNotFound
 from .key_lifecycle import KeyRecord, api_key_revoked, api_key_rotated, api_key_updated
+from .memberships import check_membership
 
 __all__ = ["KeyAdmin", "RotatedKey"]
 
@@ -59,10 +60,14 @@ class KeyAdmin:
             raise KeyNotFound(f"API key {key_id} not found in account {account_id}")
         return key
 
-    async def _change(self, account_id: str, key_id: str, decide: _Decision) -> KeyRecord:
+    async def _change(
+        self, account_id: str, key_id: str, decide: _Decision, *, team: str | None = None, project: str | None = None
+    ) -> KeyRecord:
         """Read the key, decide, record: in one write transaction, so the decision sees the row it changes."""
         async with self.billing._write() as conn:
             key = await self._key(conn, account_id, key_id)
+            await check_membership(conn, account_id, team=team if team != key.team else None,
+                                   project=project if project != key.project else None)
             event = decide(key)
             if event is not None:
                 await repository.record(conn, event)
@@ -81,13 +86,16 @@ class KeyAdmin:
         label: str | None = None,
         allowed_models: Iterable[str] | None = None,
         expires_at_unix_ms: int | None = None,
+        team: str | None = None,
+        project: str | None = None,
     ) -> KeyRecord:
         """Change the given settings (None = leave as is). Expiry changes apply from the next request: the grant
         cache re-reads the key within its TTL, and this replica forgets it now."""
         now = self.now_ms()
         models = None if allowed_models is None else list(allowed_models)
         key = await self._change(account_id, key_id, lambda k: api_key_updated(
-            k, label=label, allowed_models=models, expires_at_unix_ms=expires_at_unix_ms, at_unix_ms=now))
+            k, label=label, allowed_models=models, expires_at_unix_ms=expires_at_unix_ms, team=team,
+            project=project, at_unix_ms=now), team=team, project=project)
         self._forget(key)  # a new allow-list or expiry: no stale grant on this replica
         return key
 

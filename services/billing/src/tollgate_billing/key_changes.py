@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, func, update
 from tollgate.events.v1 import billing_pb2
 
 from .errors import ConcurrentUpdate, InconsistentEvent
@@ -37,7 +37,10 @@ def _change(**values: Any) -> Any:
 
 
 _UPDATED = _change(label=bindparam("p_label"), allowed_models=bindparam("p_models"),
-                   expires_at_unix_ms=bindparam("p_expires"))
+                   expires_at_unix_ms=bindparam("p_expires"),
+                   # team / project are optional on the event: NULL leaves them as they are
+                   team=func.coalesce(bindparam("p_team"), api_keys.c.team),
+                   project=func.coalesce(bindparam("p_project"), api_keys.c.project))
 _REVOKED = _change(revoked_at_unix_ms=bindparam("p_at"))
 _ROTATED = _change(key_hash=bindparam("p_hash"), prefix=bindparam("p_prefix"),
                    previous_key_hash=bindparam("p_previous_hash"), previous_prefix=bindparam("p_previous_prefix"),
@@ -49,7 +52,9 @@ def _statement(ev: Message) -> tuple[Any, dict[str, Any]]:
     if isinstance(ev, billing_pb2.ApiKeyUpdated):
         return _UPDATED, {**base, "p_at": ev.updated_at_unix_ms, "p_label": ev.label,
                           "p_models": json.dumps(sorted(ev.allowed_models)),
-                          "p_expires": ev.expires_at_unix_ms or None}
+                          "p_expires": ev.expires_at_unix_ms or None,
+                          "p_team": ev.team if ev.HasField("team") else None,
+                          "p_project": ev.project if ev.HasField("project") else None}
     if isinstance(ev, billing_pb2.ApiKeyRevoked):
         return _REVOKED, {**base, "p_at": ev.revoked_at_unix_ms}
     if isinstance(ev, billing_pb2.ApiKeyRotated):

@@ -120,6 +120,8 @@ def api_key_updated(
     allowed_models: Iterable[str] | None,
     expires_at_unix_ms: int | None,
     at_unix_ms: int,
+    team: str | None = None,
+    project: str | None = None,
 ) -> billing_pb2.ApiKeyUpdated | None:
     """The key's settings after the change; None when nothing would change (no event for a no-op)."""
     key._changeable()
@@ -127,9 +129,12 @@ def api_key_updated(
     new_models = list(key.allowed_models) if allowed_models is None else clean_models(allowed_models)
     current_expiry = key.expires_at_unix_ms or 0
     new_expiry = current_expiry if expires_at_unix_ms is None else check_expiry(expires_at_unix_ms, at_unix_ms)
-    if (new_label, new_models, new_expiry) == (key.label, list(key.allowed_models), current_expiry):
+    moves_team = team is not None and team != key.team
+    moves_project = project is not None and project != key.project
+    unchanged = (new_label, new_models, new_expiry) == (key.label, list(key.allowed_models), current_expiry)
+    if unchanged and not moves_team and not moves_project:
         return None
-    return billing_pb2.ApiKeyUpdated(
+    event = billing_pb2.ApiKeyUpdated(
         key_id=key.key_id,
         account_id=key.account_id,
         revision=key.revision + 1,
@@ -138,6 +143,11 @@ def api_key_updated(
         expires_at_unix_ms=new_expiry,
         updated_at_unix_ms=at_unix_ms,
     )
+    if moves_team:
+        event.team = team
+    if moves_project:
+        event.project = project
+    return event
 
 
 def api_key_revoked(key: KeyRecord, at_unix_ms: int) -> billing_pb2.ApiKeyRevoked | None:

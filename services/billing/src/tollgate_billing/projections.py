@@ -8,9 +8,9 @@ fails. In a replay (``strict=False``) an event is a fact already decided: it is 
 that does not fit the stored rows raises :class:`~tollgate_billing.errors.InconsistentEvent`.
 
 Events are applied in batches, one statement per table and kind (a Kafka batch of usage, a replay batch), which is
-equivalent to applying them one by one in order: kinds are applied in causal order (account → key → key changes,
-in their own order → credits → placed → captured → expired → reconciled), a hold only ever moves forward along that
-order, and money moves are additive. A single event (Authorize, an admin call) is a batch of one.
+equivalent to applying them one by one in order: kinds are applied in causal order (account → teams/projects →
+key → key changes, in their own order → credits → placed → captured → expired → reconciled), a hold only ever moves
+forward along that order, and money moves are additive. A single event (Authorize, an admin call) is a batch of one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from tollgate.events.v1 import billing_pb2
 
-from . import key_changes
+from . import group_changes, key_changes
 from .domain import HoldStatus
 from .errors import ConcurrentUpdate, InconsistentEvent, InsufficientBalance, KeyLimitExceeded
 from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, wallets
@@ -38,6 +38,8 @@ Executor: TypeAlias = AsyncConnection | AsyncSession
 #: Causal order of the kinds inside one batch.
 _KINDS: tuple[type[Message], ...] = (
     billing_pb2.AccountCreated,
+    billing_pb2.GroupCreated,
+    billing_pb2.GroupUpdated,
     billing_pb2.ApiKeyCreated,
     *key_changes.KINDS,
     billing_pb2.CreditsAdded,
@@ -124,6 +126,8 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
         bucket.append(event)
     moves = _Moves()
     await _accounts_created(conn, by_kind[billing_pb2.AccountCreated])
+    await group_changes.apply_created(conn, by_kind[billing_pb2.GroupCreated])
+    await group_changes.apply_updated(conn, by_kind[billing_pb2.GroupUpdated], strict=strict)
     await _api_keys_created(conn, by_kind[billing_pb2.ApiKeyCreated])
     await key_changes.apply(conn, changes, strict=strict)
     _credits_added(by_kind[billing_pb2.CreditsAdded], moves)

@@ -37,6 +37,7 @@ from .tables import (
     accounts,
     api_keys,
     credit_grants,
+    groups,
     holds,
     ledger_postings,
     ledger_transactions,
@@ -285,6 +286,7 @@ async def _ledger_invariants(engine: AsyncEngine) -> list[str]:
 
 _COMPARED: tuple[tuple[str, Table], ...] = (
     ("accounts", accounts),
+    ("groups", groups),
     ("api_keys", api_keys),
     ("wallets", wallets),
     ("holds", holds),

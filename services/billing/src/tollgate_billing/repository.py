@@ -19,9 +19,20 @@ from tollgate_common.events import Envelope, Topics, envelope_for
 
 from . import projections
 from .domain import ApiKeyGrant, HoldStatus, HoldView
+from .groups import GroupRecord
 from .key_lifecycle import KeyRecord
 from .projections import Executor
-from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, messaging, wallets
+from .tables import (
+    accounts,
+    api_keys,
+    credit_grants,
+    groups,
+    holds,
+    ledger_postings,
+    ledger_transactions,
+    messaging,
+    wallets,
+)
 
 __all__ = [
     "SERVICE",
@@ -51,6 +62,10 @@ def event_id(event: Message) -> str:
         return f"api_key.revoked:{event.key_id}"
     if isinstance(event, billing_pb2.ApiKeyRotated):
         return f"api_key.rotated:{event.key_id}:{event.revision}"
+    if isinstance(event, billing_pb2.GroupCreated):
+        return f"group.created:{event.account_id}:{event.kind}:{event.group_id}"
+    if isinstance(event, billing_pb2.GroupUpdated):
+        return f"group.updated:{event.account_id}:{event.kind}:{event.group_id}:{event.revision}"
     if isinstance(event, billing_pb2.CreditsAdded):
         return f"credits.added:{event.transaction.transaction_id}"
     if isinstance(event, billing_pb2.HoldPlaced):
@@ -236,6 +251,30 @@ async def key_records(conn: Executor, account_id: str, *, include_revoked: bool 
         query = query.where(api_keys.c.revoked_at_unix_ms.is_(None))
     rows = await conn.execute(query.order_by(api_keys.c.created_at_unix_ms, api_keys.c.key_id))
     return [_key_record(row) for row in rows]
+
+
+def _group_record(row: Any) -> GroupRecord:
+    return GroupRecord(
+        account_id=row.account_id, kind=row.kind, group_id=row.group_id, name=row.name,
+        created_at_unix_ms=row.created_at_unix_ms, archived_at_unix_ms=row.archived_at_unix_ms,
+        revision=row.revision, updated_at_unix_ms=row.updated_at_unix_ms,
+    )
+
+
+async def group_record(conn: Executor, account_id: str, kind: str, group_id: str) -> GroupRecord | None:
+    row = (
+        await conn.execute(select(groups).where(groups.c.account_id == account_id, groups.c.kind == kind,
+                                                groups.c.group_id == group_id))
+    ).first()
+    return None if row is None else _group_record(row)
+
+
+async def group_records(conn: Executor, account_id: str, kind: str, *, include_archived: bool) -> list[GroupRecord]:
+    query = select(groups).where(groups.c.account_id == account_id, groups.c.kind == kind)
+    if not include_archived:
+        query = query.where(groups.c.archived_at_unix_ms.is_(None))
+    rows = await conn.execute(query.order_by(groups.c.created_at_unix_ms, groups.c.group_id))
+    return [_group_record(row) for row in rows]
 
 
 def _hold_view(row: object) -> HoldView:

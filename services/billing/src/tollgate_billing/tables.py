@@ -27,6 +27,7 @@ __all__ = [
     "accounts",
     "api_keys",
     "credit_grants",
+    "groups",
     "holds",
     "ledger_postings",
     "ledger_transactions",
@@ -91,6 +92,22 @@ api_keys = Table(
 )
 Index("ix_api_keys_account", api_keys.c.account_id)
 Index("ux_api_keys_previous_key_hash", api_keys.c.previous_key_hash, unique=True)
+
+#: Teams and projects inside an account (kind "team" | "project"); a key's team / project column holds a group_id.
+groups = Table(
+    "groups",
+    metadata,
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("kind", String(10), nullable=False),
+    Column("group_id", String(100), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+    #: NULL = active; an archived group takes no new keys.
+    Column("archived_at_unix_ms", BigInteger, nullable=True),
+    Column("revision", BigInteger, nullable=False),
+    Column("updated_at_unix_ms", BigInteger, nullable=True),
+    PrimaryKeyConstraint("account_id", "kind", "group_id"),
+)
 
 holds = Table(
     "holds",

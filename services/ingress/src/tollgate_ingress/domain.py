@@ -8,10 +8,12 @@ Policy redaction is the one rewrite.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -30,6 +32,10 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 MAX_TAGS = 16
 MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 512
+#: ``X-Tollgate-Tags: team=search, env=prod%2Fblue``: W3C-baggage-like pairs, values percent-decoded.
+TAGS_HEADER = "x-tollgate-tags"
+MAX_TAGS_HEADER = 4096
+_HEADER_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
 
 class Outcome(enum.Enum):
@@ -169,7 +175,9 @@ def _tags(metadata: object) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in metadata.items():
         if not isinstance(value, str):
-            continue  # only string values become metering tags; others still travel in the body
+            continue
+        if not key:
+            raise _invalid("'metadata' keys must not be empty", "metadata")  # only string values become metering tags; others still travel in the body
         if len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
             raise _invalid(f"'metadata' keys are limited to {MAX_TAG_KEY} characters and values to "
                            f"{MAX_TAG_VALUE}", "metadata")
@@ -177,8 +185,49 @@ def _tags(metadata: object) -> dict[str, str]:
     return tags
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Validate a ``/v1/chat/completions`` body. Every problem becomes a 400 naming the offending ``param``."""
+def _header_tags(header: str | None) -> dict[str, str]:
+    """The ``X-Tollgate-Tags`` header's pairs: at most 16, keys ``[A-Za-z0-9_.:/-]{1,64}``, values ≤ 512 characters
+    after percent-decoding, no control characters (tags end up in exports and reports)."""
+    if header is None or not header.strip():
+        return {}
+    param = "X-Tollgate-Tags"
+    if len(header) > MAX_TAGS_HEADER:
+        raise _invalid(f"the {param} header is limited to {MAX_TAGS_HEADER} characters", param)
+    tags: dict[str, str] = {}
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        key, value = key.strip(), unquote(value.strip())
+        if not sep or not _HEADER_TAG_KEY.match(key):
+            raise _invalid(f"the {param} header must be 'key=value' pairs separated by commas, keys of 1 to "
+                           f"{MAX_TAG_KEY} letters, digits or _.:/-", param)
+        if len(value) > MAX_TAG_VALUE or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise _invalid(f"{param} values are limited to {MAX_TAG_VALUE} printable characters", param)
+        if key in tags:
+            raise _invalid(f"the {param} header names '{key}' twice", param)
+        tags[key] = value
+    if len(tags) > MAX_TAGS:
+        raise _invalid(f"the {param} header may hold at most {MAX_TAGS} pairs", param)
+    return tags
+
+
+def _user(body: dict[str, Any]) -> dict[str, str]:
+    """OpenAI's ``user`` (an end-user id) becomes the ``user`` tag."""
+    user = body.get("user")
+    if user is None:
+        return {}
+    if not isinstance(user, str):
+        raise _invalid("'user' must be a string", "user", "invalid_type")
+    if len(user) > MAX_TAG_VALUE:
+        raise _invalid(f"'user' is limited to {MAX_TAG_VALUE} characters", "user")
+    return {"user": user} if user else {}
+
+
+def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatRequest:
+    """Validate a ``/v1/chat/completions`` body (and the ``X-Tollgate-Tags`` header). Every problem becomes a 400
+    naming the offending ``param``.
+
+    The usage event's tags are the request's ``metadata`` string pairs, then its ``user`` (as ``user``), then the
+    header's pairs, a later source winning on the same key: at most 16 + 1 + 16 pairs, each bounded."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -221,7 +270,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         stream=stream,
         include_usage=include_usage,
         max_output_tokens=max_completion or max_tokens or 0,
-        tags=_tags(body.get("metadata")),
+        tags={**_tags(body.get("metadata")), **_user(body), **_header_tags(tags_header)},
         tools=body.get("tools"),
         body=body,
         raw=raw,

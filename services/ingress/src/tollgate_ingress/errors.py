@@ -159,7 +159,7 @@ _BY_CODE: dict[grpc.StatusCode, type[IngressError]] = {
 
 
 #: FAILED_PRECONDITION reasons that are about the resource's state, not about money (409, not 402).
-_CONFLICTS = frozenset({"key_revoked"})
+_CONFLICTS = frozenset({"key_revoked", "group_archived"})
 
 
 def from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:

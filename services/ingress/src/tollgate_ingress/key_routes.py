@@ -181,12 +181,13 @@ async def get_key(account_id: str, key_id: str, request: Request) -> Response:
 
 @router.patch("/accounts/{account_id}/keys/{key_id}")
 async def update_key(account_id: str, key_id: str, request: Request) -> Response:
-    """Body: any of ``label``, ``allowed_models`` (``[]`` = every model), ``expires_at`` (``null`` = never)."""
+    """Body: any of ``label``, ``allowed_models`` (``[]`` = every model), ``expires_at`` (``null`` = never), ``team``
+    and ``project`` (a team / project id of the account; ``""`` = none)."""
     body = await _body(request)
-    unknown = sorted(set(body) - {"label", "allowed_models", "expires_at"})
+    unknown = sorted(set(body) - {"label", "allowed_models", "expires_at", "team", "project"})
     if unknown:
-        raise InvalidRequest(f"'{unknown[0]}' cannot be changed on a key (label, allowed_models, expires_at can)",
-                             param=unknown[0], code="unknown_parameter")
+        raise InvalidRequest(f"'{unknown[0]}' cannot be changed on a key (label, allowed_models, expires_at, team "
+                             "and project can)", param=unknown[0], code="unknown_parameter")
     message = key_admin_pb2.UpdateApiKeyRequest(account_id=account_id, key_id=key_id)
     if "label" in body:
         message.label = _str(body, "label")
@@ -195,6 +196,9 @@ async def update_key(account_id: str, key_id: str, request: Request) -> Response
         message.allowed_models.extend(_models(body))
     if "expires_at" in body:
         message.expires_at_unix_ms = _expires_at(body)
+    for field in ("team", "project"):  # a group id of the account; "" or null takes the key out
+        if field in body:
+            setattr(message, field, _str(body, field))
     return _json(key_json(await _call(request, "UpdateApiKey", message)))
 
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from .application import StreamFailed
 from .deps import services
-from .domain import parse_chat_request
+from .domain import TAGS_HEADER, parse_chat_request
 from .errors import AuthenticationFailed, PayloadTooLarge
 from .money import ExactNumber, dumps_exact
 from .sse import SseResponse
@@ -59,7 +59,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def chat_completions(request: Request) -> Response:
     api_key = bearer_token(request)
     svc = services(request)
-    chat_request = parse_chat_request(await read_body(request, svc.settings.max_body_bytes))
+    chat_request = parse_chat_request(await read_body(request, svc.settings.max_body_bytes),
+                                      request.headers.get(TAGS_HEADER))
     prepared = await svc.chat.prepare(api_key, request.state.request_id, chat_request)
     if not chat_request.stream:
         return Response(await svc.chat.complete(prepared), media_type=JSON)
