@@ -175,9 +175,9 @@ def _tags(metadata: object) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in metadata.items():
         if not isinstance(value, str):
-            continue
+            continue  # only string values become metering tags; others still travel in the body
         if not key:
-            raise _invalid("'metadata' keys must not be empty", "metadata")  # only string values become metering tags; others still travel in the body
+            raise _invalid("'metadata' keys must not be empty", "metadata")
         if len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
             raise _invalid(f"'metadata' keys are limited to {MAX_TAG_KEY} characters and values to "
                            f"{MAX_TAG_VALUE}", "metadata")
