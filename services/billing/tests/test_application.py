@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from billing_support import (
+    INPUT_PRICE,
     MODEL,
     OTHER_MODEL,
+    OUTPUT_PRICE,
     Database,
     FakeClock,
     StaticPrices,
@@ -203,6 +205,25 @@ class ApplicationContract:
         with pytest.raises(errors.InvalidArgument):
             await h.billing.authorize(api_key, "", MODEL, 1, 1)
         assert (await h.billing.get_balance(account_id)).held_nanos == 0
+
+    async def test_every_fallback_model_is_checked_and_the_hold_covers_the_dearest(self, h: Harness) -> None:
+        """A request that may fall back to another model is held for the most expensive candidate, and refused as
+        a whole when one candidate is outside the key's allow-list (the router could otherwise serve it)."""
+        account_id, _, limited = await h.funded_key(allowed_models=[MODEL])
+        with pytest.raises(errors.ModelNotAllowed, match=OTHER_MODEL):
+            await h.billing.authorize(limited, "r_fb1", MODEL, 10, 50, [OTHER_MODEL])
+        assert (await h.billing.get_balance(account_id)).held_nanos == 0
+        _, _, any_model = await h.funded_key()
+        with pytest.raises(errors.ModelNotFound):
+            await h.billing.authorize(any_model, "r_fb2", MODEL, 10, 50, ["no-such-model"])
+        result = await h.billing.authorize(any_model, "r_fb3", MODEL, 10, 50, [OTHER_MODEL])
+        assert result.hold_amount_nanos == 10 * 960 + 50 * 4800 > 10 * INPUT_PRICE + 50 * OUTPUT_PRICE
+        assert (result.hold_model, result.hold_output_tokens) == (OTHER_MODEL, 50)
+        # without an explicit cap each candidate is held for its own cap: the dearest total wins
+        uncapped = await h.billing.authorize(any_model, "r_fb4", OTHER_MODEL, 10, 0, [MODEL])
+        assert uncapped.hold_amount_nanos == 10 * 960 + 4096 * 4800
+        assert (uncapped.hold_model, uncapped.hold_output_tokens) == (OTHER_MODEL, 4096)
+        assert (await h.hold_row("r_fb4"))["model"] == OTHER_MODEL
 
     async def test_insufficient_balance_holds_nothing(self, h: Harness) -> None:
         account_id, _, api_key = await h.funded_key(credit=hold_for(100) - 1)

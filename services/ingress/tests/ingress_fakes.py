@@ -68,6 +68,7 @@ class FakeBilling(bgrpc.BillingServiceServicer):
         return bpb.AuthorizeResponse(
             account_id=key["account_id"], key_id=key["key_id"], hold_id=request.request_id,
             hold_amount_nanos=1000, currency="USD", team=key["team"], project=key["project"],
+            hold_model=(list(request.fallback_models) or [request.model])[-1],
         )
 
     async def GetKeyInfo(self, request: bpb.GetKeyInfoRequest, context: Ctx) -> bpb.GetKeyInfoResponse:
@@ -193,8 +194,12 @@ class FakeRouter(rgrpc.RouterServiceServicer):
     gate: asyncio.Event | None = None
     usage: rpb.Usage = field(default_factory=lambda: rpb.Usage(prompt_tokens=12, completion_tokens=7, total_tokens=19,
                                                                cached_prompt_tokens=2, reasoning_tokens=1))
+    requests: list[rpb.CompleteRequest] = field(default_factory=list)
+    #: The public model the fake reports as served ("" = the requested one).
+    served_model: str = ""
 
     async def Complete(self, request: rpb.CompleteRequest, context: Ctx) -> rpb.CompleteResponse:
+        self.requests.append(request)
         self.bodies.append(orjson.loads(request.body_json))
         if self.failure:
             await abort(context, self.failure.code, self.failure.message, reason=self.failure.reason,
@@ -209,11 +214,13 @@ class FakeRouter(rgrpc.RouterServiceServicer):
                       "total_tokens": self.usage.total_tokens},
         }
         return rpb.CompleteResponse(body_json=orjson.dumps(body), usage=self.usage, provider="fakeai",
-                                    upstream_model="gpt-fake-2024", upstream_request_id="up_1")
+                                    upstream_model="gpt-fake-2024", upstream_request_id="up_1",
+                                    model=self.served_model or request.model)
 
     async def StreamComplete(
         self, request: rpb.CompleteRequest, context: Ctx
     ) -> AsyncIterator[rpb.StreamCompleteResponse]:
+        self.requests.append(request)
         self.bodies.append(orjson.loads(request.body_json))
         if self.failure:
             await abort(context, self.failure.code, self.failure.message, reason=self.failure.reason,
@@ -225,11 +232,13 @@ class FakeRouter(rgrpc.RouterServiceServicer):
             if i == 0 and self.gate is not None:
                 await self.gate.wait()
         yield rpb.StreamCompleteResponse(end=rpb.StreamEnd(usage=self.usage, provider="fakeai",
-                                                           upstream_model="gpt-fake-2024", upstream_request_id="up_2"))
+                                                           upstream_model="gpt-fake-2024", upstream_request_id="up_2",
+                                                           model=self.served_model or request.model))
 
     async def ListModels(self, request: rpb.ListModelsRequest, context: Ctx) -> rpb.ListModelsResponse:
         return rpb.ListModelsResponse(models=[rpb.Model(id="gpt-4o-mini", provider="openai", owned_by="openai"),
-                                              rpb.Model(id="claude-3-5-haiku", provider="anthropic", owned_by="")])
+                                              rpb.Model(id="claude-3-5-haiku", provider="anthropic", owned_by="",
+                                                        aliases=["haiku-latest"])])
 
 
 @dataclass

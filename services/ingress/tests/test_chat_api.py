@@ -54,6 +54,44 @@ async def test_non_streaming_returns_upstream_body_and_publishes_usage(
     assert dict(event.tags) == {"feature": "search", "user": "end-user-7", "env": "prod"}
 
 
+async def test_fallbacks_and_aliases_are_held_for_and_the_served_model_is_what_usage_records(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    """Every model the request may reach goes to billing (aliases resolved to catalogue names); the router gets
+    them as the only models it may serve; the usage event carries the model served, the requested one beside it."""
+    fakes.router.served_model = "claude-3-5-haiku"
+    resp = await client.post(CHAT, json=body(models=["haiku-latest", "gpt-4o-mini"]), headers=auth())
+    assert resp.status_code == 200, resp.text
+    call = fakes.billing.authorize_calls[-1]
+    assert (call.model, list(call.fallback_models)) == ("gpt-4o-mini", ["claude-3-5-haiku"])
+    assert list(fakes.router.requests[-1].authorized_models) == ["gpt-4o-mini", "claude-3-5-haiku"]
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert (event.model, event.requested_model) == ("claude-3-5-haiku", "gpt-4o-mini")
+
+    resp = await client.post(CHAT, json=body(stream=True, models=["haiku-latest"]), headers=auth())
+    assert resp.status_code == 200
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert (event.model, event.requested_model) == ("claude-3-5-haiku", "gpt-4o-mini")
+
+    for bad in ("gpt-4o", [""], [1], ["m"] * 17):
+        resp = await client.post(CHAT, json=body(models=bad), headers=auth())
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["param"] == "models"
+
+
+async def test_a_broken_stream_is_estimated_at_the_holds_model(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    """Nothing reports what was served when the stream breaks: the estimate is rated at the model the hold was
+    sized for (the dearest candidate), never below what may have been served."""
+    fakes.router.fail_after_chunks = 2
+    resp = await client.post(CHAT, json=body(stream=True, models=["claude-3-5-haiku"]), headers=auth())
+    assert resp.status_code == 200
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED and event.usage.completion_tokens > 0
+    assert event.model == "claude-3-5-haiku"
+
+
 async def test_streaming_sends_chunks_usage_chunk_and_done(client: httpx2.AsyncClient, broker: str) -> None:
     resp = await client.post(CHAT, json=body(stream=True, stream_options={"include_usage": True}), headers=auth())
     assert resp.status_code == 200

@@ -62,6 +62,27 @@ async def collect(call: Any) -> tuple[list[dict[str, Any]], pb.StreamEnd | None]
 # ---- Complete ---------------------------------------------------------------------------------------------------
 
 
+async def test_the_served_catalogue_model_is_reported_and_stays_within_the_authorized_models(
+    stub: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    fallback = {"models": ["gpt-4o"], "provider": {"only": ["gpt-4o/mock"]}}
+    reply = await stub.Complete(request(**fallback))
+    assert (reply.model, reply.upstream_model) == ("gpt-4o", "gpt-4o")
+    call = stub.StreamComplete(request(**fallback, stream=True))
+    _chunks, end = await collect(call)
+    assert end is not None and end.model == "gpt-4o"
+    calls = len(mock.calls)
+    limited = request(**fallback)
+    limited.authorized_models.append("gpt-4o-mini")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Complete(limited)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(mock.calls) == calls, "a model outside the hold must never reach the upstream"
+    plain = request()
+    plain.authorized_models.extend(["gpt-4o-mini", "gpt-4o"])
+    assert (await stub.Complete(plain)).model == "gpt-4o-mini"
+
+
 async def test_complete_returns_the_upstream_body_and_the_usage_the_mock_recorded(
     stub: pb_grpc.RouterServiceStub, mock: MockUpstream
 ) -> None:

@@ -197,3 +197,18 @@ def test_split_overrides_strips_the_fields_and_reads_prices_exactly() -> None:
     ):
         with pytest.raises(InvalidRequest):
             split_overrides({"model": "m", **bad})
+
+
+def test_only_authorized_catalogue_models_are_served_whatever_the_overrides_say() -> None:
+    """The caller's hold covers `authorized_models`: a fallback or alias outside it is never planned."""
+    c = _catalogue()
+    held_for_deepseek = Constraints(authorized_models=frozenset({"deepseek-chat"}))
+    assert _plan(c, "deepseek-chat", Overrides(models=("gpt-4o",)), held_for_deepseek) == ["deepseek-chat/deepseek"]
+    with pytest.raises(NoEligibleDeployment, match="not authorized"):
+        _plan(c, "deepseek-chat", Overrides(models=("gpt-4o",), only=("gpt-4o/openai",)), held_for_deepseek)
+    # an alias is authorized by the model it resolves to, never by its own name
+    with pytest.raises(NoEligibleDeployment, match="not authorized"):
+        _plan(c, "gpt-4o-2024-08-06", constraints=Constraints(authorized_models=frozenset({"gpt-4o-2024-08-06"})))
+    assert _plan(c, "gpt-4o-2024-08-06", constraints=Constraints(authorized_models=frozenset({"gpt-4o"})))[0] == (
+        "gpt-4o/openai"
+    )

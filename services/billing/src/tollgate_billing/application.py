@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LEDGER_LIMIT = 100
 MAX_LEDGER_LIMIT = 1000
 SWEEP_BATCH = 200
+#: A request's ``models`` list is short in practice (OpenRouter allows a handful); bounded so one Authorize
+#: cannot be made to price thousands of names.
+MAX_FALLBACK_MODELS = 16
 _KEY_CACHE_MAX = 100_000
 
 
@@ -70,6 +73,9 @@ class AuthorizeResult:
     project: str
     #: True when the hold already existed (a retried Authorize for the same request id).
     replayed: bool = False
+    #: The candidate model the hold was sized for (the most expensive) and the output cap it used.
+    hold_model: str = ""
+    hold_output_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,24 +224,36 @@ class Billing:
         return grant
 
     async def authorize(
-        self, api_key: str, request_id: str, model: str, prompt_tokens: int, max_output_tokens: int
+        self,
+        api_key: str,
+        request_id: str,
+        model: str,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        fallback_models: Sequence[str] = (),
     ) -> AuthorizeResult:
-        """Resolve the key and place a hold for the request's maximum cost, atomically (one transaction)."""
+        """Resolve the key and place a hold for the request's maximum cost, atomically (one transaction).
+
+        ``fallback_models`` are the other models the request may be served by: each must pass the key's
+        allow-list and have a price, and the hold covers the most expensive candidate."""
         grant = await self._grant(api_key)
         if not request_id:
             raise InvalidArgument("request_id is required")
-        if not model:
+        if not model or any(not m for m in fallback_models):
             raise InvalidArgument("model is required")
-        grant.check_model(model)
+        if len(fallback_models) > MAX_FALLBACK_MODELS:
+            raise InvalidArgument(f"at most {MAX_FALLBACK_MODELS} fallback models")
         book = self.prices.current()
         if book is None:
+            grant.check_model(model)
             raise PriceBookUnavailable("the price book has not been loaded from metering yet")
-        price = book.price_for(model)
+        candidate = domain.hold_for_candidates(grant, book, (model, *fallback_models), prompt_tokens,
+                                               max_output_tokens)
         if book.currency != grant.currency:
             raise CurrencyMismatch(f"prices are in {book.currency}, the account in {grant.currency}")
-        amount = domain.hold_amount(price, prompt_tokens, max_output_tokens)
+        amount = candidate.amount_nanos
         self.limiter.acquire(grant.key_id, grant.rate_limit_rpm, self.monotonic())
-        event = domain.hold_placed(grant, request_id, model, amount, self._now_ms(), self.hold_ttl_seconds)
+        event = domain.hold_placed(grant, request_id, candidate.model, amount, self._now_ms(), self.hold_ttl_seconds)
         try:
             async with self._write() as conn:
                 await repository.record(conn, event)
@@ -250,6 +268,8 @@ class Billing:
             currency=grant.currency,
             team=grant.team,
             project=grant.project,
+            hold_model=candidate.model,
+            hold_output_tokens=candidate.output_tokens,
         )
 
     async def _existing_hold(self, grant: ApiKeyGrant, hold_id: str) -> AuthorizeResult:

@@ -42,6 +42,7 @@ __all__ = [
     "hash_api_key",
     "hold_amount",
     "hold_expired",
+    "hold_for_candidates",
     "hold_placed",
     "ledger_transaction",
     "new_api_key",
@@ -153,6 +154,11 @@ class PriceBook:
         return price
 
 
+def output_cap(price: ModelPrice, max_output_tokens: int) -> int:
+    """The output tokens a hold is sized for: the request's cap, else the model's."""
+    return max_output_tokens or price.max_output_tokens
+
+
 def hold_amount(price: ModelPrice, prompt_tokens: int, max_output_tokens: int) -> int:
     """The most the request can cost: prompt × resale input + (max_tokens or the model's cap) × resale output.
 
@@ -161,11 +167,38 @@ def hold_amount(price: ModelPrice, prompt_tokens: int, max_output_tokens: int) -
     """
     if prompt_tokens < 0 or max_output_tokens < 0:
         raise InvalidArgument("token counts must not be negative")
-    output = max_output_tokens or price.max_output_tokens
+    output = output_cap(price, max_output_tokens)
     amount = prompt_tokens * price.resale_input_price_nanos + output * price.resale_output_price_nanos
     if amount > INT64_MAX:
         raise InvalidArgument("the request's maximum cost does not fit in 64 bits")
     return amount
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateHold:
+    """The hold for a request that may be served by several models: sized for the most expensive of them."""
+
+    model: str
+    amount_nanos: int
+    output_tokens: int
+
+
+def hold_for_candidates(
+    grant: ApiKeyGrant, book: PriceBook, models: Iterable[str], prompt_tokens: int, max_output_tokens: int
+) -> CandidateHold:
+    """Check every model a request may reach against the key and the price book, and size the hold for the most
+    expensive. A request whose ``models`` fallback list names a model the key may not use is refused as a whole:
+    the router could otherwise serve (and the upstream bill) a model nobody checked or held for."""
+    best: CandidateHold | None = None
+    for model in dict.fromkeys(models):
+        grant.check_model(model)
+        price = book.price_for(model)
+        amount = hold_amount(price, prompt_tokens, max_output_tokens)
+        if best is None or amount > best.amount_nanos:
+            best = CandidateHold(model, amount, output_cap(price, max_output_tokens))
+    if best is None:
+        raise InvalidArgument("model is required")
+    return best
 
 
 # --- rate limits ------------------------------------------------------------------------------------------------

@@ -78,7 +78,12 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:
         request_id_var.set(request.request_id)
         result = await self.billing.authorize(
-            request.api_key, request.request_id, request.model, request.prompt_tokens, request.max_output_tokens
+            request.api_key,
+            request.request_id,
+            request.model,
+            request.prompt_tokens,
+            request.max_output_tokens,
+            list(request.fallback_models),
         )
         AUTHORIZATIONS.labels("ok").inc()
         return pb.AuthorizeResponse(
@@ -89,6 +94,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
             currency=result.currency,
             team=result.team,
             project=result.project,
+            hold_model=result.hold_model,
+            hold_output_tokens=result.hold_output_tokens,
         )
 
     @_mapped

@@ -23,6 +23,7 @@ from tollgate.events.v1 import usage_pb2
 from tollgate.policy.v1 import policy_service_pb2
 from tollgate.router.v1 import router_service_pb2
 
+from .catalogue import ModelDirectory
 from .clients import Upstreams
 from .config import Settings
 from .domain import ChatRequest, Outcome, Usage
@@ -68,6 +69,8 @@ class Authorization:
     hold_id: str
     team: str
     project: str
+    #: The candidate model the hold was sized for (the most expensive); rates a usage nothing reports a model for.
+    hold_model: str = ""
 
 
 def _usage(pb: router_service_pb2.Usage) -> Usage:
@@ -105,7 +108,11 @@ class Settlement:
         provider: str = "",
         upstream_model: str = "",
         upstream_request_id: str = "",
+        model: str = "",
     ) -> None:
+        """``model``: the public model the router served (what metering rates). Without one (nothing served, or
+        usage estimated after a broken stream) the hold's model is rated: the most expensive candidate, so an
+        estimate is never priced below what may have been served."""
         if self._closed:
             return
         self._closed = True
@@ -116,7 +123,8 @@ class Settlement:
                 account_id=self.auth.account_id,
                 key_id=self.auth.key_id,
                 hold_id=self.auth.hold_id or self.request_id,
-                model=self.request.model,
+                model=model or self.auth.hold_model or self.request.model,
+                requested_model=self.request.model,
                 provider=provider,
                 upstream_model=upstream_model,
                 upstream_request_id=upstream_request_id,
@@ -151,6 +159,8 @@ class Prepared:
     constraints: policy_service_pb2.RoutingConstraints = field(default_factory=policy_service_pb2.RoutingConstraints)
     #: The policy wants the answer inspected before the caller sees it.
     scan_responses: bool = False
+    #: The catalogue models billing checked and held for: the router may serve no other.
+    authorized_models: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +198,10 @@ class ChatCompletions:
         counter: PromptTokenCounter,
         metrics: Metrics,
         settings: Settings,
+        directory: ModelDirectory | None = None,
     ) -> None:
         self.upstreams = upstreams
+        self.directory = directory or ModelDirectory(upstreams)
         self.publisher = publisher
         self.counter = counter
         self.metrics = metrics
@@ -207,7 +219,8 @@ class ChatCompletions:
         """Authorize (place the hold) and apply the DLP verdict. After the hold is placed, every way out of here
         closes it."""
         prompt_tokens = self.counter.messages(request.messages, request.tools)
-        auth = await self._authorize(api_key, request_id, request, prompt_tokens)
+        candidates = await self.directory.resolve(request.candidate_models)
+        auth = await self._authorize(api_key, request_id, request, prompt_tokens, candidates)
         settlement = Settlement(self.publisher, request, request_id, auth)
         try:
             body, reply = await self._inspect(request_id, auth, request, settlement)
@@ -222,10 +235,11 @@ class ChatCompletions:
             prompt_tokens=prompt_tokens,
             constraints=reply.constraints,
             scan_responses=reply.scan_responses,
+            authorized_models=candidates,
         )
 
     async def _authorize(
-        self, api_key: str, request_id: str, request: ChatRequest, prompt_tokens: int
+        self, api_key: str, request_id: str, request: ChatRequest, prompt_tokens: int, candidates: list[str]
     ) -> Authorization:
         started = time.perf_counter()
         try:
@@ -233,9 +247,10 @@ class ChatCompletions:
                 billing_service_pb2.AuthorizeRequest(
                     api_key=api_key,
                     request_id=request_id,
-                    model=request.model,
+                    model=candidates[0],
                     prompt_tokens=prompt_tokens,
                     max_output_tokens=request.max_output_tokens,
+                    fallback_models=candidates[1:],
                 ),
                 timeout=self.rpc_timeout,
             )
@@ -249,6 +264,7 @@ class ChatCompletions:
             hold_id=reply.hold_id or request_id,
             team=reply.team,
             project=reply.project,
+            hold_model=reply.hold_model,
         )
 
     async def _policy_inspect(self, request: policy_service_pb2.InspectRequest) -> policy_service_pb2.InspectResponse:
@@ -332,6 +348,7 @@ class ChatCompletions:
             body_json=prepared.body_json,
             constraints=routing_constraints(prepared.constraints),
             key_id=prepared.settlement.auth.key_id,
+            authorized_models=prepared.authorized_models,
         )
 
     async def complete(self, prepared: Prepared) -> bytes:
@@ -354,6 +371,7 @@ class ChatCompletions:
             provider=reply.provider,
             upstream_model=reply.upstream_model,
             upstream_request_id=reply.upstream_request_id,
+            model=reply.model,
         )
         if not prepared.scan_responses:
             return reply.body_json
@@ -430,6 +448,7 @@ class ChatCompletions:
                 provider=end.provider,
                 upstream_model=end.upstream_model,
                 upstream_request_id=end.upstream_request_id,
+                model=end.model,
             )
             if not stopped:
                 queue.put_nowait(StreamEnded(usage))

@@ -36,6 +36,8 @@ MAX_TAG_VALUE = 512
 TAGS_HEADER = "x-tollgate-tags"
 MAX_TAGS_HEADER = 4096
 _HEADER_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+#: Fallback models a request may list (OpenRouter's ``models``); billing refuses more.
+MAX_FALLBACK_MODELS = 16
 
 
 class Outcome(enum.Enum):
@@ -82,6 +84,13 @@ class ChatRequest:
     body: dict[str, Any]
     raw: bytes
     slots: list[TextSlot] = field(default_factory=list)
+    #: OpenRouter's ``models``: other models the router may fall back to. Each is checked and held for.
+    fallback_models: tuple[str, ...] = ()
+
+    @property
+    def candidate_models(self) -> list[str]:
+        """Every model the request may be served by, as the client named them: ``model``, then ``models``."""
+        return list(dict.fromkeys((self.model, *self.fallback_models)))
 
     def prompt_texts(self) -> list[str]:
         """Every text of the prompt, in order: string contents and ``{"type": "text"}`` parts."""
@@ -222,6 +231,16 @@ def _user(body: dict[str, Any]) -> dict[str, str]:
     return {"user": user} if user else {}
 
 
+def _fallback_models(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _invalid("'models' must be an array of model ids", "models", "invalid_type")
+    if len(value) > MAX_FALLBACK_MODELS:
+        raise _invalid(f"'models' may list at most {MAX_FALLBACK_MODELS} models", "models")
+    return tuple(value)
+
+
 def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatRequest:
     """Validate a ``/v1/chat/completions`` body (and the ``X-Tollgate-Tags`` header). Every problem becomes a 400
     naming the offending ``param``.
@@ -275,6 +294,7 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
         body=body,
         raw=raw,
         slots=slots,
+        fallback_models=_fallback_models(body.get("models")),
     )
 
 

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -145,7 +146,7 @@ class Router:
                     call.failed(attempt, _adapter_bug(route, exc))
                     continue
                 call.succeeded(attempt, result.usage, result.upstream_request_id)
-                return result
+                return replace(result, model=route.model)
         finally:
             await self._record(call)
 
@@ -211,7 +212,7 @@ class Router:
                             raise _no_usage(route)
                         call.succeeded(attempt, first.usage, first.upstream_request_id)
                         await self._record(call)  # durable before the caller sees the end of its stream
-                        yield first
+                        yield replace(first, model=route.model)
                         return
                     except RouterError as error:
                         call.failed(attempt, error, final=True)

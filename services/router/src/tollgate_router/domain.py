@@ -197,6 +197,8 @@ class Completion:
     provider: str
     upstream_model: str
     upstream_request_id: str
+    #: The public catalogue model served (set by the application from the route; adapters leave it empty).
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +209,8 @@ class StreamEnded:
     provider: str
     upstream_model: str
     upstream_request_id: str
+    #: The public catalogue model served (set by the application from the route).
+    model: str = ""
 
 
 def parse_request(body: Any, model: str) -> tuple[str, dict[str, Any]]:

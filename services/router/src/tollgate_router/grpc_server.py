@@ -7,7 +7,7 @@ status codes, in the one table below.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 from typing import NoReturn
 
@@ -87,11 +87,12 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                 body_json=request.body_json,
                 deadline=context.time_remaining(),
                 account_id=request.account_id,
-                constraints=_constraints(request.constraints),
+                constraints=_constraints(request.constraints, request.authorized_models),
             )
         except RouterError as error:
             await _abort(context, error)
         return pb.CompleteResponse(
+            model=result.model,
             body_json=result.body_json,
             usage=_usage(result.usage),
             provider=result.provider,
@@ -109,7 +110,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             body_json=request.body_json,
             deadline=context.time_remaining(),
             account_id=request.account_id,
-            constraints=_constraints(request.constraints),
+            constraints=_constraints(request.constraints, request.authorized_models),
         )
         try:
             async with aclosing(events):  # a cancelled call closes the upstream response now, not at GC
@@ -119,6 +120,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                     else:
                         yield pb.StreamCompleteResponse(
                             end=pb.StreamEnd(
+                                model=event.model,
                                 usage=_usage(event.usage),
                                 provider=event.provider,
                                 upstream_model=event.upstream_model,
@@ -136,12 +138,13 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         return pb.ListModelsResponse(models=[_model(entry, currency) for entry in listed])
 
 
-def _constraints(message: pb.RoutingConstraints) -> Constraints:
+def _constraints(message: pb.RoutingConstraints, authorized_models: Iterable[str] = ()) -> Constraints:
     return Constraints(
         frozenset(message.allowed_providers),
         frozenset(message.denied_providers),
         frozenset(message.allowed_regions),
         frozenset(message.allowed_models),
+        frozenset(authorized_models),
     )
 
 

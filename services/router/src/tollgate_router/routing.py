@@ -7,7 +7,9 @@ walks it (retries, fallback, breakers). Randomness comes from an injected :class
 Order of filters, strictest first, so a caller can never loosen what policy decided:
 
 1. ``models``: the requested model, then the caller's ``models`` fallback list (duplicates dropped), cut to the
-   policy's ``allowed_models``;
+   policy's ``allowed_models`` and to ``authorized_models`` (the catalogue models the caller placed a hold for:
+   a model is served only when its public catalogue name is in that list, so a fallback or an alias can never
+   reach a model that was not checked against the key and priced into the hold);
 2. per model, deployments cut by the policy's providers (allowed/denied) and regions;
 3. then by the caller's ``provider.only`` / ``provider.ignore`` (provider or deployment names) and
    ``provider.max_price`` (a deployment without a known price is excluded when a maximum is given);
@@ -58,9 +60,16 @@ class Constraints:
     denied_providers: frozenset[str] = frozenset()
     allowed_regions: frozenset[str] = frozenset()
     allowed_models: frozenset[str] = frozenset()
+    #: Public catalogue names billing authorized (CompleteRequest.authorized_models); empty = no limit.
+    authorized_models: frozenset[str] = frozenset()
 
     def admits_model(self, name: str) -> bool:
         return not self.allowed_models or name in self.allowed_models
+
+    def authorizes(self, entry_name: str) -> bool:
+        """Whether the hold covers this catalogue model: by its public name only, never an alias (the caller
+        resolves aliases before it authorizes, so what it checked is what is served)."""
+        return not self.authorized_models or entry_name in self.authorized_models
 
     def admits(self, route: Route) -> bool:
         provider = route.provider.name
@@ -215,6 +224,9 @@ def plan(
         if not constraints.admits_model(name) and not constraints.admits_model(entry.name):
             excluded[name] = "not allowed by policy"
             continue
+        if not constraints.authorizes(entry.name):
+            excluded[name] = "not authorized for this request (not covered by its hold)"
+            continue
         routes = [r for r in entry.deployments if constraints.admits(r)]
         if not routes:
             excluded[name] = "no deployment allowed by policy (providers/regions)"
@@ -264,4 +276,5 @@ def constraints_from(values: Mapping[str, Iterable[str]]) -> Constraints:
         frozenset(values.get("denied_providers", ())),
         frozenset(values.get("allowed_regions", ())),
         frozenset(values.get("allowed_models", ())),
+        frozenset(values.get("authorized_models", ())),
     )
