@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import BigInteger, CheckConstraint, Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.db import create_engine, create_schema, messaging_tables, session_maker
@@ -44,7 +44,7 @@ async def test_outbox_relay_publishes_in_order_and_consumer_applies_once(
 ) -> None:
     url, schema = database
     md = MetaData()
-    tables = messaging_tables(md)
+    tables = messaging_tables(md, consumer=True)
     effects = Table("effects", md, Column("id", Integer, primary_key=True), Column("event_id", String(50)))
     engine = create_engine(url, schema=schema)
     await create_schema(engine, md, schema=schema)
@@ -103,7 +103,7 @@ async def test_outbox_relay_publishes_in_order_and_consumer_applies_once(
 
 async def test_consumer_rolls_back_a_failing_batch_and_retries_it(broker: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     md = MetaData()
-    tables = messaging_tables(md)
+    tables = messaging_tables(md, consumer=True)
     effects = Table("effects", md, Column("event_id", String(50), primary_key=True))
     engine = create_engine(f"sqlite:///{tmp_path}/r.db")
     await create_schema(engine, md)
@@ -141,3 +141,90 @@ async def test_consumer_rolls_back_a_failing_batch_and_retries_it(broker: str, t
         assert sorted(r.event_id for r in await s.execute(select(effects.c.event_id))) == ["req_0", "req_1", "req_2"]
     assert failures["left"] == 0
     await engine.dispose()
+
+
+class TestPoisonRecords:
+    """A record that cannot be applied is parked and its partition goes on (issue 12), on both databases."""
+
+    @pytest.fixture(params=["sqlite", "postgres"])
+    async def db(self, request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[tuple[str, str | None]]:  # type: ignore[no-untyped-def]
+        if request.param == "sqlite":
+            yield f"sqlite:///{tmp_path}/p.db", None
+            return
+        async with fresh_postgres() as found:
+            yield found
+
+    async def test_a_poison_record_is_parked_and_the_records_after_it_are_applied_once(
+        self, broker: str, db: tuple[str, str | None]
+    ) -> None:
+        url, schema = db
+        md = MetaData()
+        tables = messaging_tables(md, consumer=True)
+        effects = Table("effects", md, Column("event_id", String(50), primary_key=True),
+                        Column("tokens", BigInteger, nullable=False), CheckConstraint("tokens >= 0"))
+        engine = create_engine(url, schema=schema)
+        await create_schema(engine, md, schema=schema)
+        sessions = session_maker(engine)
+        topic = f"test.poison.{schema or 'sqlite'}.v1"
+        await ensure_topics(broker, [topic], partitions=1)
+
+        def usage(i: int, tokens: int) -> Envelope:
+            msg = usage_pb2.UsageRecorded(request_id=f"req_{i}", account_id="a",
+                                          usage=usage_pb2.TokenUsage(prompt_tokens=tokens))
+            return envelope_for(msg, id=f"req_{i}", service="test", subject="a")
+
+        # One partition: req_2 (refused by the table's constraint) and a non-CloudEvent between good records.
+        producer = make_producer(broker)
+        await producer.start()
+        poison = usage(2, -987654321)
+        for env in (usage(0, 5), usage(1, 6), poison, usage(3, 7)):
+            await producer.send(topic, env.data, key=b"a", headers=env.headers())
+        await producer.send(topic, b"not an event", key=b"a")
+        await producer.send_and_wait(topic, usage(4, 8).data, key=b"a", headers=usage(4, 8).headers())
+        await producer.send_and_wait(topic, poison.data, key=b"a", headers=poison.headers())  # republished
+        await producer.stop()
+
+        async def apply(session: AsyncSession, events: list[Envelope]) -> None:
+            rows = []
+            for env in events:
+                msg = env.message()
+                assert isinstance(msg, usage_pb2.UsageRecorded)
+                rows.append({"event_id": env.id, "tokens": msg.usage.prompt_tokens})
+            await session.execute(insert(effects), rows)
+
+        consumer = DbOffsetConsumer(bootstrap=broker, topics=[topic], group_id="poison", sessions=sessions,
+                                    tables=tables, batch_handler=apply, retry_pause_seconds=0.05)
+        parked_before = _parked_metric("poison")
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stop))
+        try:
+            for _ in range(300):
+                async with sessions() as s:
+                    offsets = await tables.load_offsets(s, "poison")
+                if offsets.get((topic, 0)) == 7:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await task
+        assert tables.parked_events is not None
+        async with sessions() as s:
+            applied = dict((await s.execute(select(effects.c.event_id, effects.c.tokens))).all())
+            parked = (await s.execute(select(tables.parked_events).order_by(tables.parked_events.c.offset))).all()
+            offsets = await tables.load_offsets(s, "poison")
+        assert offsets == {(topic, 0): 7}  # past everything: nothing blocks the partition
+        assert applied == {"req_0": 5, "req_1": 6, "req_3": 7, "req_4": 8}
+        assert [(p.offset, p.event_id, p.event_source) for p in parked] == [
+            (2, "req_2", "//tollgate/test"), (4, "", ""), (6, "req_2", "//tollgate/test")]
+        assert all(p.group_id == "poison" and p.topic == topic and p.reason for p in parked)
+        assert "CloudEvent" in parked[1].reason
+        assert "987654321" not in " ".join(p.reason for p in parked)  # the payload stays out of the reason
+        assert consumer.parked == 3 and consumer.applied == 4
+        assert _parked_metric("poison") - parked_before == 3
+        await engine.dispose()
+
+
+def _parked_metric(group: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("tollgate_consumer_parked_events_total", {"group": group}) or 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,9 +15,10 @@ from sqlalchemy import func, select
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.events import Envelope, Topics
 from tollgate_common.kafka import ensure_topics, make_producer
+from tollgate_dev.testing import fresh_postgres
 from tollgate_metering.app import MeteringApp
 from tollgate_metering.config import Settings
-from tollgate_metering.tables import aggregates, archive, rated_usage
+from tollgate_metering.tables import aggregates, archive, messaging, rated_usage
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 Rated = tuple[Any, Envelope]
@@ -153,3 +155,53 @@ async def test_a_duplicate_usage_recorded_is_rated_once_also_after_the_broker_fo
         assert row.requests == 3  # req_dup, req_marker_1, req_marker_2
     finally:
         await app.stop()
+
+
+class TestPoisonUsage:
+    """Issue 12: an upstream request id longer than its column (201 characters) made PostgreSQL refuse the whole
+    batch, which was read again forever: metering stopped rating for every account on that partition."""
+
+    @pytest.fixture(params=["sqlite", "postgres"])
+    async def poison_app(self, request: pytest.FixtureRequest, broker: str,
+                         tmp_path: Path) -> AsyncIterator[MeteringApp]:
+        env = {"METERING_GRPC_HOST": "127.0.0.1", "METERING_GRPC_PORT": "0",
+               "METERING_KAFKA_BOOTSTRAP_SERVERS": broker}
+        async with contextlib.AsyncExitStack() as stack:
+            if request.param == "sqlite":
+                env["METERING_DATABASE_URL"] = f"sqlite:///{tmp_path}/metering.db"
+            else:
+                url, schema = await stack.enter_async_context(fresh_postgres())
+                env |= {"METERING_DATABASE_URL": url, "METERING_DATABASE_SCHEMA": schema}
+            app = MeteringApp(Settings.from_env(env))
+            await app.start()
+            try:
+                yield app
+            finally:
+                await app.stop()
+
+    async def test_an_over_long_upstream_request_id_does_not_stop_rating(
+        self, poison_app: MeteringApp, broker: str, make_usage: Any
+    ) -> None:
+        bad = make_usage("req_long", account="acc_p")
+        msg = bad.message()
+        msg.upstream_request_id = "x" * 201
+        bad = dataclasses.replace(bad, data=msg.SerializeToString())
+        await publish(broker, make_usage("req_before", account="acc_p"), bad,
+                      make_usage("req_after", account="acc_p"))
+
+        seen = await read_rated(broker, _has("req_before", "req_after"))
+        assert {"req_before", "req_after"} <= {e.id for _, e in seen}
+        assert poison_app.consumer is not None and poison_app.metering is not None
+        parked = messaging.parked_events
+        assert parked is not None
+        if poison_app.engine is not None and poison_app.engine.dialect.name == "postgresql":
+            # PostgreSQL refuses the row: the event is parked, named, and not rated.
+            async with poison_app.metering.sessions() as s:
+                rows = (await s.execute(select(parked.c.event_id, parked.c.topic, parked.c.reason))).all()
+            assert [(r.event_id, r.topic) for r in rows] == [("req_long", Topics.USAGE)]
+            assert "too long" in rows[0].reason and "x" * 50 not in rows[0].reason
+            assert await _count(poison_app, rated_usage, rated_usage.c.request_id == "req_long") == 0
+        else:
+            # SQLite does not enforce VARCHAR lengths: the event is rated like any other, nothing parked.
+            assert await _count(poison_app, rated_usage, rated_usage.c.request_id == "req_long") == 1
+            assert await _count(poison_app, parked) == 0

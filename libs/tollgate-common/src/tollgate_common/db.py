@@ -6,6 +6,8 @@ The tables here are plumbing, defined per service on that service's own ``MetaDa
 - ``outbox``: events written in the same transaction as the state change that caused them, published later.
 - ``processed_events``: (source, id) of every consumed event, for dedupe.
 - ``consumer_offsets``: the next Kafka offset per partition, stored in the same transaction as the effect.
+- ``parked_events`` (consumers only): records that could not be applied, where they were and why — never the
+  payload — so one bad record does not stop its partition and an operator can find it.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    tuple_,
-    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -42,10 +42,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from .bulk import insert_rows
 from .events import Envelope
 from .sqlite_driver import one_hop_aiosqlite
 
 __all__ = [
+    "PARKED_COLUMNS",
     "READ_ONLY",
     "MessagingTables",
     "create_engine",
@@ -131,6 +133,8 @@ class MessagingTables:
     outbox: Table
     processed_events: Table
     consumer_offsets: Table
+    #: Only in services that consume (``messaging_tables(metadata, consumer=True)``).
+    parked_events: Table | None = None
 
     # --- outbox -------------------------------------------------------------------------------------------------
     async def add_to_outbox(self, conn: AsyncConnection | AsyncSession, topic: str, key: str, env: Envelope) -> None:
@@ -161,23 +165,16 @@ class MessagingTables:
         self, conn: AsyncConnection | AsyncSession, keys: Sequence[tuple[str, str]]
     ) -> list[bool]:
         """Bulk form of :meth:`seen`: record each (source, id); for each key, True if it is new (seen neither
-        before nor earlier in ``keys``)."""
-        t = self.processed_events
-        known: set[tuple[str, str]] = set()
+        before nor earlier in ``keys``). One ``INSERT … ON CONFLICT DO NOTHING RETURNING`` per batch: the rows it
+        returns are the new ones (PostgreSQL's row locks make two replicas agree on who saw an event first)."""
         unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = await conn.execute(
-                select(t.c.source, t.c.event_id).where(tuple_(t.c.source, t.c.event_id).in_(chunk))
-            )
-            known.update((r.source, r.event_id) for r in rows)
+        inserted = await insert_rows(conn, self.processed_events, ("source", "event_id"), unique,
+                                     on_conflict="ON CONFLICT DO NOTHING", returning=("source", "event_id"))
+        new: set[tuple[str, str]] = {(str(r.source), str(r.event_id)) for r in inserted}
         fresh: list[bool] = []
         for key in keys:
-            fresh.append(key not in known)
-            known.add(key)
-        new_rows = [{"source": s, "event_id": i} for (s, i), is_new in zip(keys, fresh, strict=True) if is_new]
-        if new_rows:
-            await conn.execute(insert(t), new_rows)
+            fresh.append(key in new)
+            new.discard(key)
         return fresh
 
     async def add_many_to_outbox(
@@ -207,19 +204,33 @@ class MessagingTables:
     async def store_offset(
         self, conn: AsyncConnection | AsyncSession, group_id: str, topic: str, partition: int, next_offset: int
     ) -> None:
-        t = self.consumer_offsets
-        result = await conn.execute(
-            update(t)
-            .where(t.c.group_id == group_id, t.c.topic == topic, t.c.partition == partition)
-            .values(next_offset=next_offset)
+        await self.store_offsets(conn, group_id, {(topic, partition): next_offset})
+
+    async def store_offsets(
+        self, conn: AsyncConnection | AsyncSession, group_id: str, offsets: dict[tuple[str, int], int]
+    ) -> None:
+        """Upsert the next offset of each (topic, partition), in one statement."""
+        await insert_rows(
+            conn, self.consumer_offsets, ("group_id", "topic", "partition", "next_offset"),
+            [(group_id, topic, partition, offset) for (topic, partition), offset in offsets.items()],
+            on_conflict="ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
         )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            await conn.execute(
-                insert(t).values(group_id=group_id, topic=topic, partition=partition, next_offset=next_offset)
-            )
+
+    async def park(self, conn: AsyncConnection | AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Record parked records: (group_id, topic, partition, offset, event_id, event_source, event_type, reason,
+        parked_at_unix_ms). A record parked again (read again after a crash) keeps its first row."""
+        if self.parked_events is None:
+            raise RuntimeError("these messaging tables have no parked_events table (messaging_tables(consumer=True))")
+        await insert_rows(conn, self.parked_events, PARKED_COLUMNS, rows, on_conflict="ON CONFLICT DO NOTHING")
 
 
-def messaging_tables(metadata: MetaData) -> MessagingTables:
+PARKED_COLUMNS = ("group_id", "topic", "partition", "offset", "event_id", "event_source", "event_type", "reason",
+                  "parked_at_unix_ms")
+
+
+def messaging_tables(metadata: MetaData, *, consumer: bool = False) -> MessagingTables:
+    """The messaging tables on ``metadata``; ``consumer=True`` adds ``parked_events`` (a service that runs a
+    :class:`~tollgate_common.kafka.DbOffsetConsumer`)."""
     outbox = Table(
         "outbox",
         metadata,
@@ -246,4 +257,21 @@ def messaging_tables(metadata: MetaData) -> MessagingTables:
         Column("partition", Integer, primary_key=True),
         Column("next_offset", BigInteger, nullable=False),
     )
-    return MessagingTables(outbox=outbox, processed_events=processed, consumer_offsets=offsets)
+    parked = None
+    if consumer:
+        parked = Table(
+            "parked_events",
+            metadata,
+            Column("group_id", String(200), primary_key=True),
+            Column("topic", String(200), primary_key=True),
+            Column("partition", Integer, primary_key=True),
+            Column("offset", BigInteger, primary_key=True),
+            # What identifies the record (empty when it was not even a CloudEvent); never its payload.
+            Column("event_id", String(200), nullable=False),
+            Column("event_source", String(200), nullable=False),
+            Column("event_type", String(200), nullable=False),
+            Column("reason", String(500), nullable=False),
+            Column("parked_at_unix_ms", BigInteger, nullable=False),
+        )
+    return MessagingTables(outbox=outbox, processed_events=processed, consumer_offsets=offsets,
+                           parked_events=parked)

@@ -20,17 +20,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 from sqlalchemy import select, update
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .db import READ_ONLY, MessagingTables
 from .events import Envelope
 
 __all__ = [
+    "PARKED_EVENTS",
     "BatchApply",
     "BatchHandler",
     "DbOffsetConsumer",
     "OutboxRelay",
+    "UnusableRecord",
     "ensure_topics",
     "make_producer",
     "replay_topics",
@@ -232,12 +236,46 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.owner._seek_to_stored(assigned)
 
 
-class DbOffsetConsumer:
-    """Consumes topics in a group, applying each batch in ONE database transaction that also stores the offsets
-    and the (source, id) dedupe rows. Kafka's own committed offsets are only a courtesy for lag monitoring.
+#: Records a consumer could not apply and parked (see ``DbOffsetConsumer``); alert on any increase.
+PARKED_EVENTS = Counter("tollgate_consumer_parked_events_total", "Records parked because they cannot be applied",
+                        ["group"])
 
-    On an error the transaction rolls back and the batch is read again after a pause: nothing is skipped, nothing
-    applied twice. A message that is not a CloudEvent is logged and skipped (its offset advances).
+#: Errors that say nothing about the record (the database or the network had a moment): retry the batch, never
+#: park for them.
+_TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, DisconnectionError, TimeoutError,
+                                               ConnectionError, OSError)
+
+
+class UnusableRecord(ValueError):
+    """Raised by :meth:`DbOffsetConsumer.decode` for a record that must not be applied (not a CloudEvent, or one a
+    consumer refuses, e.g. from a producer not allowed to write it); the record is parked with this reason."""
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, payload-free reason: the error's class and the first line of the driver's message (SQLAlchemy's
+    own text would append the statement's parameters, i.e. the record's values)."""
+    inner = getattr(exc, "orig", None) or exc
+    first = (str(inner).strip().splitlines() or [""])[0]
+    return f"{type(inner).__name__}: {first}"[:300]
+
+
+Item = tuple[TopicPartition, ConsumerRecord]
+
+
+class DbOffsetConsumer:
+    """Consumes topics in a group, applying each fetched batch in ONE database transaction that also stores the
+    offsets and the (source, id) dedupe rows. Kafka's own committed offsets are only a courtesy for lag monitoring.
+
+    Poison records never block a partition. When a batch fails for a reason that may be the data (not a lost
+    connection or a busy database), it is bisected — each half applied in its own transaction, in order — down to
+    the one record that fails; that record is tried once more, then parked (``parked_events``: topic, partition,
+    offset, event id, reason; never the payload) with its offset stored in the same transaction, counted in
+    ``tollgate_consumer_parked_events_total``, and the consumer moves past it. Every other record is applied once.
+    On a transient error the batch rolls back and is read again after a pause: nothing skipped, nothing doubled.
+
+    Hooks: :meth:`decode` is the one place a record becomes an :class:`Envelope` (verify it there; raise
+    :class:`UnusableRecord` to park it); ``write_turn`` is entered around each batch transaction (billing queues
+    its SQLite writers on it); ``after_commit`` runs after each committed transaction.
     """
 
     def __init__(
@@ -251,9 +289,11 @@ class DbOffsetConsumer:
         handler: Handler | None = None,
         batch_handler: BatchApply | None = None,
         after_commit: Callable[[], None] | None = None,
-        max_records: int = 500,
+        write_turn: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+        max_records: int = 2000,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        retry_pause_seconds: float = 1.0,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler (per event) or batch_handler (per Kafka batch)")
@@ -267,9 +307,19 @@ class DbOffsetConsumer:
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.after_commit = after_commit
+        self.write_turn = write_turn
         self.max_records = max_records
+        self.retry_pause_seconds = retry_pause_seconds
         self.consumer: AIOKafkaConsumer | None = None
         self.applied = 0
+        self.parked = 0
+
+    def decode(self, record: ConsumerRecord) -> Envelope:
+        """The record as an event, or :class:`UnusableRecord`. Override (calling super) to verify more."""
+        try:
+            return Envelope.from_kafka(record.headers, record.value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UnusableRecord(f"not a Tollgate CloudEvent: {exc}") from None
 
     async def _seek_to_stored(self, assigned: Iterable[TopicPartition]) -> None:
         """Resume where the database says; from the beginning when it knows nothing or the log is shorter than the
@@ -304,6 +354,7 @@ class DbOffsetConsumer:
             auto_offset_reset="earliest",
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await self.consumer.start()
         try:
@@ -314,16 +365,15 @@ class DbOffsetConsumer:
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 if not batches:
                     continue
+                items = [(tp, record) for tp, records in batches.items() for record in records]
                 try:
-                    await self._apply(batches)
+                    await self.apply_items(items)
                 except Exception:
                     log.exception("consumer batch failed; rolling back and reading it again")
                     for tp, records in batches.items():
                         self.consumer.seek(tp, records[0].offset)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(self.retry_pause_seconds)
                     continue
-                if self.after_commit:
-                    self.after_commit()
                 try:
                     await self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
                 except KafkaError:
@@ -331,35 +381,110 @@ class DbOffsetConsumer:
         finally:
             await self.consumer.stop()
 
-    async def _apply(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        async with self.sessions.begin() as session:
+    async def apply_items(self, items: list[Item]) -> None:
+        """Apply a fetched batch (per partition in offset order): whole if it can be, else bisected around the
+        records that cannot be applied, which are parked. Raises only for transient errors (nothing of this call
+        is then lost: what committed stored its offsets, the rest is read again)."""
+        try:
+            await self._transaction(items)
+        except _TRANSIENT:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                await self._retry_or_park(items[0], exc)
+                return
+            log.warning("consumer batch failed; applying it in halves to find the record that fails",
+                        extra={"records": len(items), "error": _reason(exc)})
+            middle = len(items) // 2
+            await self.apply_items(items[:middle])
+            await self.apply_items(items[middle:])
+
+    async def _retry_or_park(self, item: Item, first: Exception) -> None:
+        """One record failed alone: once more (a conflict with another writer does not repeat), then park it."""
+        await asyncio.sleep(min(self.retry_pause_seconds, 0.2))
+        try:
+            await self._transaction([item])
+            return
+        except _TRANSIENT:
+            raise
+        except Exception as exc:
+            await self._park([(item, exc if str(exc) else first)])
+
+    def _parked_rows(self, failed: list[tuple[Item, BaseException]]) -> list[tuple[Any, ...]]:
+        """``parked_events`` rows for failed records (logged; what identifies them and why, never the payload)."""
+        rows = []
+        now = int(time.time() * 1000)
+        for (tp, record), exc in failed:
+            env: Envelope | None = None
+            with contextlib.suppress(Exception):
+                env = Envelope.from_kafka(record.headers, record.value)
+            reason = _reason(exc)
+            log.error("record cannot be applied; parked, the partition goes on",
+                      extra={"group": self.group_id, "topic": tp.topic, "partition": tp.partition,
+                             "offset": record.offset, "event_id": env.id if env else "", "reason": reason})
+            rows.append((self.group_id, tp.topic, tp.partition, record.offset, (env.id if env else "")[:200],
+                         (env.source if env else "")[:200], (env.type if env else "")[:200], reason, now))
+        return rows
+
+    def _count_parked(self, n: int) -> None:
+        self.parked += n
+        PARKED_EVENTS.labels(self.group_id).inc(n)
+
+    async def _park(self, failed: list[tuple[Item, BaseException]]) -> None:
+        """Park records in a transaction of their own that also moves the offsets past them."""
+        if self.tables.parked_events is None:
+            raise RuntimeError(f"consumer {self.group_id} cannot park records: no parked_events table")
+        async with contextlib.AsyncExitStack() as stack:
+            if self.write_turn is not None:
+                await stack.enter_async_context(self.write_turn())
+            session = await stack.enter_async_context(self.sessions.begin())
+            await self.tables.park(session, self._parked_rows(failed))
+            await self.tables.store_offsets(session, self.group_id, _next_offsets([item for item, _ in failed]))
+        self._count_parked(len(failed))
+        if self.after_commit:
+            self.after_commit()
+
+    async def _transaction(self, items: list[Item]) -> None:
+        """Decode, dedupe, apply and store offsets for ``items`` in one transaction (inside ``write_turn``)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.write_turn is not None:
+                await stack.enter_async_context(self.write_turn())
+            session = await stack.enter_async_context(self.sessions.begin())
             parsed: list[tuple[Envelope, ConsumerRecord]] = []
-            for tp, records in batches.items():  # per partition in offset order: per account in order
-                for record in records:
-                    try:
-                        parsed.append((Envelope.from_kafka(record.headers, record.value), record))
-                    except (ValueError, UnicodeDecodeError) as exc:
-                        log.error(
-                            "skipping a message that is not a Tollgate CloudEvent",
-                            extra={
-                                "topic": tp.topic,
-                                "partition": tp.partition,
-                                "offset": record.offset,
-                                "error": str(exc),
-                            },
-                        )
+            unusable: list[tuple[Item, BaseException]] = []
+            for tp, record in items:
+                try:
+                    parsed.append((self.decode(record), record))
+                except UnusableRecord as exc:
+                    unusable.append(((tp, record), exc))
             fresh_flags = await self.tables.mark_processed(session, [(env.source, env.id) for env, _ in parsed])
             fresh = [item for item, is_new in zip(parsed, fresh_flags, strict=True) if is_new]
-            if self.batch_handler is not None:
-                if fresh:
+            if fresh:
+                if self.batch_handler is not None:
                     await self.batch_handler(session, [env for env, _ in fresh])
-            else:
-                assert self.handler is not None
-                for env, record in fresh:
-                    await self.handler(session, env, record)
-            self.applied += len(fresh)
-            for tp, records in batches.items():
-                await self.tables.store_offset(session, self.group_id, tp.topic, tp.partition, records[-1].offset + 1)
+                else:
+                    assert self.handler is not None
+                    for env, record in fresh:
+                        await self.handler(session, env, record)
+            if unusable and self.tables.parked_events is not None:
+                await self.tables.park(session, self._parked_rows(unusable))
+            elif unusable:
+                log.error("records that are not usable skipped (no parked_events table)",
+                          extra={"group": self.group_id, "records": len(unusable)})
+            await self.tables.store_offsets(session, self.group_id, _next_offsets(items))
+        self.applied += len(fresh)
+        if unusable and self.tables.parked_events is not None:
+            self._count_parked(len(unusable))
+        if self.after_commit:
+            self.after_commit()
+
+
+def _next_offsets(items: Iterable[Item]) -> dict[tuple[str, int], int]:
+    offsets: dict[tuple[str, int], int] = {}
+    for tp, record in items:
+        key = (tp.topic, tp.partition)
+        offsets[key] = max(offsets.get(key, 0), record.offset + 1)
+    return offsets
 
 
 async def replay_topics(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -50,6 +48,9 @@ class UsageConsumer(DbOffsetConsumer):
             tables=messaging,
             batch_handler=self._settle,
             after_commit=after_commit,
+            # Taken before each batch transaction begins (``BEGIN IMMEDIATE`` takes SQLite's write lock): taken
+            # inside the handler, Authorize could hold the turn while waiting for the lock this transaction holds.
+            write_turn=billing.sqlite_turn,
         )
         self.billing = billing
 
@@ -71,13 +72,3 @@ class UsageConsumer(DbOffsetConsumer):
             span.set_attribute("tollgate.events", len(items))
             await self.billing.settle_usage_batch(session, items)
         USAGE_EVENTS.labels("settled").inc(len(items))
-
-    async def _apply(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """The base class's batch transaction, taken in turn with Authorize's writes on SQLite.
-
-        The turn must be held before the transaction begins (``BEGIN IMMEDIATE`` takes SQLite's write lock): taken
-        inside the batch handler, Authorize could hold the turn while waiting for the lock this transaction holds.
-        ``DbOffsetConsumer`` has no hook around its transaction yet (asked of the lead), hence this override.
-        """
-        async with self.billing.sqlite_turn():
-            await super()._apply(batches)

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 metadata = MetaData()
-messaging = messaging_tables(metadata)
+messaging = messaging_tables(metadata, consumer=True)
 
 accounts = Table(
     "accounts",

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 metadata = MetaData()
-messaging = messaging_tables(metadata)
+messaging = messaging_tables(metadata, consumer=True)
 
 #: One row per price-book version; ``content`` is the canonical JSON the version names, forever.
 price_books = Table(
