@@ -15,6 +15,7 @@ import pytest
 from billing_support import MODEL, OTHER_MODEL, Database, FakeMeteringServer, hold_for, start_fake_metering
 from tollgate.billing.v1 import billing_service_pb2 as pb
 from tollgate.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from tollgate.billing.v1 import key_admin_pb2 as kpb
 from tollgate.billing.v1 import tenancy_pb2 as tpb
 from tollgate.events.v1.billing_pb2 import GROUP_KIND_PROJECT, GROUP_KIND_TEAM
 from tollgate_billing.app import BillingApp
@@ -271,3 +272,39 @@ async def test_api_keys_never_reach_the_logs(client: Client, caplog: pytest.LogC
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert key.api_key not in text and key.api_key[3:] not in text
     assert key.key_id in text  # ids are what the logs carry
+
+
+async def test_key_and_group_rpcs_carry_the_status_and_reason_ingress_maps(client: Client) -> None:
+    account_id, key = await client.account_with_key(team="ml")
+    other_account, other_key = await client.account_with_key()
+    s = client.stub
+    listed = await s.ListApiKeys(kpb.ListApiKeysRequest(account_id=account_id))
+    assert [(k.key_id, k.team, k.status) for k in listed.keys] == [(key.key_id, "ml", "active")]
+    assert key.api_key not in str(listed)
+    assert await _status(s.GetApiKey(kpb.GetApiKeyRequest(account_id=account_id, key_id=other_key.key_id))) == (
+        grpc.StatusCode.NOT_FOUND, "key_not_found", None)
+    assert await _status(s.CreateApiKey(pb.CreateApiKeyRequest(account_id=account_id, project="ghost"))) == (
+        grpc.StatusCode.NOT_FOUND, "project_not_found", None)
+    assert await _status(s.CreateGroup(tpb.CreateGroupRequest(account_id=account_id, kind=GROUP_KIND_TEAM,
+                                                              group_id="ml", name="Other name"))) == (
+        grpc.StatusCode.ALREADY_EXISTS, "group_exists", None)
+    await s.UpdateGroup(tpb.UpdateGroupRequest(account_id=account_id, kind=GROUP_KIND_TEAM, group_id="ml",
+                                               archived=True))
+    assert await _status(s.CreateApiKey(pb.CreateApiKeyRequest(account_id=account_id, team="ml"))) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "group_archived", None)
+
+    rotated = await s.RotateApiKey(kpb.RotateApiKeyRequest(account_id=account_id, key_id=key.key_id,
+                                                           grace_seconds=60))
+    assert rotated.api_key != key.api_key and rotated.key.previous_prefix == key.prefix
+    await client.authorize(key.api_key, "r_old_in_grace")
+    await client.authorize(rotated.api_key, "r_new")
+    revoked = await s.RevokeApiKey(kpb.RevokeApiKeyRequest(account_id=account_id, key_id=key.key_id))
+    assert revoked.status == "revoked" and revoked.previous_valid_until_unix_ms == 0
+    for secret in (key.api_key, rotated.api_key):
+        assert await _status(client.authorize(secret, f"r_after_{secret[-4:]}")) == (
+            grpc.StatusCode.UNAUTHENTICATED, "api_key_revoked", None)
+    assert await _status(s.UpdateApiKey(kpb.UpdateApiKeyRequest(account_id=account_id, key_id=key.key_id,
+                                                                label="x"))) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "key_revoked", None)
+    await client.authorize(other_key.api_key, "r_other")  # the other account's key is untouched
+    assert other_account != account_id

@@ -18,10 +18,12 @@ from billing_support import MODEL, Database, FakeMeteringServer, eventually, hol
 from sqlalchemy import func, select, update
 from tollgate.billing.v1 import billing_service_pb2 as pb
 from tollgate.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from tollgate.billing.v1 import key_admin_pb2 as kpb
+from tollgate.billing.v1 import tenancy_pb2 as tpb
 from tollgate.events.v1 import billing_pb2
 from tollgate_billing.app import BillingApp
 from tollgate_billing.rebuild import TargetNotEmpty, read_log, rebuild
-from tollgate_billing.tables import messaging, wallets
+from tollgate_billing.tables import api_keys, messaging, wallets
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import make_producer
 
@@ -148,6 +150,28 @@ async def test_rated_usage_captures_the_hold_once_and_every_change_is_published(
     assert all(key.api_key.encode() not in env.data for _, env in log)
 
 
+async def _tenancy_changes(live: Live, account_id: str) -> str:
+    """Teams, projects and every kind of key change, over gRPC: the rebuild must reproduce them. Returns the id of
+    the key it revoked."""
+    team, project = billing_pb2.GROUP_KIND_TEAM, billing_pb2.GROUP_KIND_PROJECT
+    await live.stub.CreateGroup(tpb.CreateGroupRequest(account_id=account_id, kind=team, group_id="ml", name="ML"))
+    await live.stub.CreateGroup(tpb.CreateGroupRequest(account_id=account_id, kind=team, group_id="ops", name="Ops"))
+    bot = await live.stub.CreateGroup(tpb.CreateGroupRequest(account_id=account_id, kind=project, name="Bot"))
+    await live.stub.UpdateGroup(tpb.UpdateGroupRequest(account_id=account_id, kind=team, group_id="ml",
+                                                       name="Machine learning", archived=True))
+    member = await live.stub.CreateApiKey(pb.CreateApiKeyRequest(account_id=account_id, team="ops",
+                                                                 project=bot.group_id))
+    await live.stub.UpdateApiKey(kpb.UpdateApiKeyRequest(account_id=account_id, key_id=member.key_id, label="moved",
+                                                         replace_allowed_models=True, allowed_models=[MODEL],
+                                                         project="", expires_at_unix_ms=4_102_444_800_000))
+    await live.stub.RotateApiKey(kpb.RotateApiKeyRequest(account_id=account_id, key_id=member.key_id,
+                                                         grace_seconds=600))
+    doomed = await live.stub.CreateApiKey(pb.CreateApiKeyRequest(account_id=account_id))
+    await live.stub.RotateApiKey(kpb.RotateApiKeyRequest(account_id=account_id, key_id=doomed.key_id))
+    await live.stub.RevokeApiKey(kpb.RevokeApiKeyRequest(account_id=account_id, key_id=doomed.key_id))
+    return str(doomed.key_id)
+
+
 async def _rebuild_cli(bootstrap: str, into: str, live_url: str) -> subprocess.CompletedProcess[str]:
     """The operator's command, in a thread: the live app shares this event loop and must keep running."""
     return await asyncio.to_thread(
@@ -172,6 +196,7 @@ async def test_rebuild_from_the_log_equals_live_and_catches_a_tampered_database(
         await live.publish_rated("req_0", account_id, key.key_id, 12_345)
         await live.publish_rated("req_other", other_account, other_key.key_id, 0)
         await live.publish_rated("req_unheld", account_id, key.key_id, 99)
+        revoked_key = await _tenancy_changes(live, account_id)
 
         async def settled() -> bool:  # req_1 and req_2 expire (TTL 1 s); the rest are captured
             b = await live.balance(account_id)
@@ -187,7 +212,7 @@ async def test_rebuild_from_the_log_equals_live_and_catches_a_tampered_database(
         result = await rebuild(broker, f"sqlite:///{tmp_path}/rebuilt.db", compare_with=sqlite_db.url)
         assert result.reconciliation is not None
         assert result.equal, result.render()
-        assert result.replay.applied >= 14 and not result.replay.problems
+        assert result.replay.applied >= 25 and not result.replay.problems
         assert "RESULT: EQUAL" in result.render()
         cli = await _rebuild_cli(broker, f"sqlite:///{tmp_path}/rebuilt-cli.db", sqlite_db.url)
         assert cli.returncode == 0, cli.stdout + cli.stderr
@@ -204,6 +229,12 @@ async def test_rebuild_from_the_log_equals_live_and_catches_a_tampered_database(
         assert cli.returncode == 1, cli.stdout + cli.stderr
         assert "RESULT: DIFFERENT" in cli.stdout and "balance_nanos" in cli.stdout
 
+        async with live.app.engine.begin() as conn:  # ... and un-revokes a key: the rebuild names it
+            await conn.execute(update(api_keys).where(api_keys.c.key_id == revoked_key)
+                               .values(revoked_at_unix_ms=None))
+        unrevoked = await rebuild(broker, f"sqlite:///{tmp_path}/rebuilt-3.db", compare_with=sqlite_db.url)
+        assert not unrevoked.equal and revoked_key in unrevoked.render() and "revoked_at_unix_ms" in unrevoked.render()
+
         with pytest.raises(TargetNotEmpty):  # a rebuild never replays onto existing rows
             await rebuild(broker, f"sqlite:///{tmp_path}/rebuilt.db")
 
@@ -218,6 +249,7 @@ async def test_rebuild_into_postgres_equals_live_postgres(
         account_id, key = await live.tenant()
         await live.authorize(key.api_key, "req_pg")
         await live.publish_rated("req_pg", account_id, key.key_id, 777)
+        await _tenancy_changes(live, account_id)
 
         async def done() -> bool:
             return (await live.balance(account_id)).held_nanos == 0 and await live.unpublished() == 0
