@@ -3,27 +3,40 @@ convention every service uses.
 
 Errors: a status code from the table in each ``*_service.proto`` plus trailing metadata ``tollgate-reason`` (a
 stable machine-readable code such as ``insufficient_balance``) and, for rate limits, ``retry-after`` (seconds).
+
+Each service's ``errors.py`` is pure (an exception hierarchy whose classes carry a stable ``reason`` and, for rate
+limits, a ``retry_after``); its ``grpc_server.py`` holds the one :class:`StatusTable` (class → status code) and
+decorates every servicer method with :func:`rpc`, which maps those errors on the way out and continues the
+caller's trace on the way in (modelled on httpx's ``map_httpcore_exceptions``: one place, one table).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NoReturn
+import functools
+import inspect
+import logging
+import traceback
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from .telemetry import grpc_client_interceptors, grpc_server_interceptors
+from .telemetry import attach_traceparent, grpc_client_interceptors, grpc_server_interceptors
 
 __all__ = [
     "GrpcServer",
+    "StatusTable",
     "abort",
     "error_reason",
     "open_channel",
     "retry_after",
+    "rpc",
     "wait_for_health",
 ]
+
+log = logging.getLogger(__name__)
 
 REASON_KEY = "tollgate-reason"
 RETRY_AFTER_KEY = "retry-after"
@@ -76,6 +89,87 @@ class GrpcServer:
 def open_channel(target: str) -> grpc.aio.Channel:
     """One long-lived, multiplexed channel per upstream service; create once, share for the process's life."""
     return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=grpc_client_interceptors())
+
+
+class StatusTable:
+    """A service's error classes → gRPC status codes, once. A class not listed takes its nearest listed base (its
+    MRO), so a new subclass needs a row only when its status differs; a class with no listed base is INTERNAL."""
+
+    def __init__(self, table: Mapping[type[BaseException], grpc.StatusCode]) -> None:
+        self._table = dict(table)
+        self._resolved: dict[type[BaseException], grpc.StatusCode] = {}
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The classes the table maps (what :func:`rpc` catches)."""
+        return tuple(self._table)
+
+    def status_of(self, error: BaseException) -> grpc.StatusCode:
+        cls = type(error)
+        found = self._resolved.get(cls)
+        if found is None:
+            found = next((self._table[c] for c in cls.__mro__ if c in self._table), grpc.StatusCode.INTERNAL)
+            self._resolved[cls] = found
+        return found
+
+
+M = TypeVar("M", bound=Callable[..., Any])
+
+
+def rpc(
+    statuses: StatusTable,
+    *,
+    hide_unexpected: bool = False,
+    on_error: Callable[[str, BaseException], None] | None = None,
+) -> Callable[[M], M]:
+    """Decorate a servicer method (unary or server-streaming): continue the caller's trace, and turn an error the
+    table maps into its status + ``tollgate-reason`` (+ ``retry-after`` when the error carries ``retry_after``).
+
+    The message is ``str(error)``: errors are written so that it never quotes keys or prompt text. With
+    ``hide_unexpected`` any other exception becomes INTERNAL "internal error" and is logged by type and stack only
+    (its message might quote the input); without it, gRPC's own handling applies (UNKNOWN). ``on_error`` sees
+    each mapped error with the method's name first (a metric, a log line by reason).
+    """
+    mapped = statuses.errors
+    caught: tuple[type[BaseException], ...] = (Exception,) if hide_unexpected else mapped
+
+    async def fail(name: str, context: grpc.aio.ServicerContext, error: BaseException) -> NoReturn:
+        if isinstance(error, mapped):
+            if on_error is not None:
+                on_error(name, error)
+            reason = str(getattr(error, "reason", "internal"))
+            await abort(context, statuses.status_of(error), str(error), reason=reason,
+                        retry_after=getattr(error, "retry_after", None))
+        log.error("unexpected error", extra={"rpc": name, "error_type": type(error).__name__,
+                                             "stack": "".join(traceback.format_tb(error.__traceback__))})
+        await abort(context, grpc.StatusCode.INTERNAL, "internal error", reason="internal")
+
+    def decorate(method: M) -> M:
+        name = method.__name__
+        if inspect.isasyncgenfunction(method):
+
+            @functools.wraps(method)
+            async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                attach_traceparent(context)
+                try:
+                    async for item in method(self, request, context):
+                        yield item
+                except caught as error:
+                    await fail(name, context, error)
+
+            return stream  # type: ignore[return-value]
+
+        @functools.wraps(method)
+        async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            attach_traceparent(context)
+            try:
+                return await method(self, request, context)
+            except caught as error:
+                await fail(name, context, error)
+
+        return unary  # type: ignore[return-value]
+
+    return decorate
 
 
 async def abort(

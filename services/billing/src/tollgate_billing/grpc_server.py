@@ -13,6 +13,7 @@ from tollgate.billing.v1 import billing_service_pb2 as pb
 from tollgate.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import abort
 from tollgate_common.logs import request_id_var
+from tollgate_common.telemetry import attach_traceparent
 
 from .application import Billing
 from .errors import BillingError
@@ -40,6 +41,7 @@ def _mapped(method: Method[R]) -> Method[R]:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        attach_traceparent(context)  # no server interceptor: the caller's trace continues here
         try:
             return await method(self, request, context)
         except BillingError as exc:

@@ -1,4 +1,4 @@
-"""Metering's one exception hierarchy. Transport layers map it once (``grpc_server.STATUS_OF``); the CLI maps it to
+"""Metering's one exception hierarchy. Transport layers map it once (``grpc_server.STATUSES``); the CLI maps it to
 exit statuses.
 
     MeteringError

@@ -2,53 +2,27 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
 import grpc
 from tollgate.metering.v1 import metering_service_pb2 as pb
 from tollgate.metering.v1 import metering_service_pb2_grpc as pb_grpc
-from tollgate_common.grpc import abort
+from tollgate_common.grpc import StatusTable, rpc
 
 from .application import Metering
 from .domain import PriceBook
 from .errors import InvalidRequest, InvalidUsage, MeteringError, PriceBookError
 
-__all__ = ["FULL_NAME", "STATUS_OF", "MeteringServicer", "price_book_response", "status_of"]
+__all__ = ["FULL_NAME", "STATUSES", "MeteringServicer", "price_book_response"]
 
 FULL_NAME = "tollgate.metering.v1.MeteringService"
 
 #: The error hierarchy → gRPC status codes, once. A subclass not listed takes its nearest listed base.
-STATUS_OF: dict[type[MeteringError], grpc.StatusCode] = {
+STATUSES = StatusTable({
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidUsage: grpc.StatusCode.INVALID_ARGUMENT,
     PriceBookError: grpc.StatusCode.FAILED_PRECONDITION,
     MeteringError: grpc.StatusCode.INTERNAL,
-}
-
-R = TypeVar("R")
-
-
-def status_of(exc: MeteringError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
-    return grpc.StatusCode.INTERNAL
-
-
-def _mapped(
-    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
-            return await method(self, request, context)
-        except MeteringError as exc:
-            await abort(context, status_of(exc), str(exc), reason=exc.reason)
-            raise AssertionError("unreachable: abort raises") from exc
-
-    return wrapper
+})
+_mapped = rpc(STATUSES)
 
 
 def price_book_response(book: PriceBook) -> pb.GetPriceBookResponse:

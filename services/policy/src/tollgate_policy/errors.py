@@ -1,7 +1,7 @@
-"""Policy's one exception hierarchy, mapped ONCE (in ``grpc_server.py``) to gRPC status codes and stable reasons.
+"""Policy's one exception hierarchy: each class carries a stable ``reason``. Pure: no transport here.
 
-Every error a caller can see is a :class:`PolicyError`; the transport turns it into a gRPC status with trailing
-metadata ``tollgate-reason`` (:func:`tollgate_common.grpc.abort`)::
+Every error a caller can see is a :class:`PolicyError`; ``grpc_server.STATUSES`` maps each class to its gRPC status
+once (shown beside it below), sent with trailing metadata ``tollgate-reason`` (:func:`tollgate_common.grpc.rpc`)::
 
     PolicyError                       INTERNAL             internal
     ├── InvalidArgument               INVALID_ARGUMENT     invalid_argument
@@ -17,8 +17,6 @@ A BLOCK verdict is not an error: Inspect answers OK with ``VERDICT_BLOCK`` and i
 
 from __future__ import annotations
 
-import grpc
-
 __all__ = [
     "ConcurrentUpdate",
     "InvalidArgument",
@@ -31,14 +29,13 @@ __all__ = [
 
 
 class PolicyError(Exception):
-    """Base of every error policy reports to a caller. ``status`` and ``reason`` are the wire contract."""
+    """Base of every error policy reports to a caller. ``reason`` (and the status the transport maps the
+    class to) is the wire contract."""
 
-    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "internal"
 
 
 class InvalidArgument(PolicyError):
-    status = grpc.StatusCode.INVALID_ARGUMENT
     reason = "invalid_argument"
 
 
@@ -57,19 +54,16 @@ class InvalidRule(InvalidArgument):
 class NoShadowPolicy(PolicyError):
     """Promote or discard asked for while the account has no pending shadow version."""
 
-    status = grpc.StatusCode.NOT_FOUND
     reason = "no_shadow_policy"
 
 
 class ConcurrentUpdate(PolicyError):
     """Another SetPolicy for the same account won the race for the next version too many times in a row."""
 
-    status = grpc.StatusCode.ABORTED
     reason = "concurrent_update"
 
 
 class StorageUnavailable(PolicyError):
     """The policy database did not answer; callers may retry."""
 
-    status = grpc.StatusCode.UNAVAILABLE
     reason = "storage_unavailable"

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import traceback
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import grpc
 from tollgate.policy.v1 import policy_service_pb2 as pb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
-from tollgate_common.grpc import abort
+from tollgate_common.grpc import StatusTable, rpc
 from tollgate_common.logs import request_id_var
 
 from .application import PolicyService
 from .domain import Action, Inspection, PolicySet, Verdict
-from .errors import PolicyError
+from .errors import ConcurrentUpdate, InvalidArgument, NoShadowPolicy, PolicyError, StorageUnavailable
 from .repository import PolicyState, StoredVersion
 
-__all__ = ["SERVICE_NAME", "PolicyServicer"]
+__all__ = ["SERVICE_NAME", "STATUSES", "PolicyServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +42,16 @@ _DIRECTION_FROM_PB = {
     pb.DIRECTION_RESPONSE: "response",
 }
 
-R = TypeVar("R")
-Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
-
-
-def _mapped(method: Method[R]) -> Method[R]:
-    """Turn a :class:`PolicyError` into its gRPC status + ``tollgate-reason``; anything else into INTERNAL.
-
-    An unexpected exception is logged by type and stack only, never its message: that might quote the input.
-    """
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
-            return await method(self, request, context)
-        except PolicyError as exc:
-            await abort(context, exc.status, str(exc), reason=exc.reason)
-        except Exception as exc:
-            log.error(
-                "unexpected error",
-                extra={
-                    "rpc": method.__name__,
-                    "error_type": type(exc).__name__,
-                    "stack": "".join(traceback.format_tb(exc.__traceback__)),
-                },
-            )
-            await abort(context, grpc.StatusCode.INTERNAL, "internal error", reason="internal")
-        raise AssertionError("unreachable: abort raises")
-
-    return wrapper
+#: Policy's errors → gRPC status codes, once (a subclass takes its nearest listed base).
+STATUSES = StatusTable({
+    PolicyError: grpc.StatusCode.INTERNAL,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NoShadowPolicy: grpc.StatusCode.NOT_FOUND,
+    ConcurrentUpdate: grpc.StatusCode.ABORTED,
+    StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+})
+#: Anything unexpected is INTERNAL and logged by type and stack only, never its message: that might quote the input.
+_mapped = rpc(STATUSES, hide_unexpected=True)
 
 
 def _policy_set(policy: PolicySet, team: str = "", key_id: str = "") -> pb.PolicySet:

@@ -16,6 +16,7 @@ from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import abort
 from tollgate_common.logs import request_id_var
+from tollgate_common.telemetry import attach_traceparent
 
 from .application import Router
 from .domain import ModelEntry, Usage
@@ -80,6 +81,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         request_id_var.set(request.request_id)
+        attach_traceparent(context)  # no server interceptor: the caller's trace continues here
         try:
             result = await self.router.complete(
                 request_id=request.request_id,
@@ -104,6 +106,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         request_id_var.set(request.request_id)
+        attach_traceparent(context)  # no server interceptor: the caller's trace continues here
         events = self.router.stream_complete(
             request_id=request.request_id,
             model=request.model,
