@@ -37,6 +37,7 @@ test: install lint
 
 bench: install
 	$(PY) -m bench.run
+	$(PY) -m bench.cpu --seconds 5
 
 lint: install
 	.venv/bin/ruff check .
