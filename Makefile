@@ -41,7 +41,7 @@ bench: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/mypy libs/tollgate-common/src libs/tollgate-dev/src services/*/src
+	.venv/bin/mypy libs/tollgate-common/src libs/tollgate-dev/src libs/tollgate-ops/src services/*/src
 
 clean:
 	rm -rf .venv .tools var $(PROTO_OUT)/tollgate/.generated

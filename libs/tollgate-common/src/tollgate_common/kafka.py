@@ -488,11 +488,20 @@ def _next_offsets(items: Iterable[Item]) -> dict[tuple[str, int], int]:
 
 
 async def replay_topics(
-    bootstrap: str, topics: Sequence[str], on_batch: BatchHandler, *, max_records: int = 2000
+    bootstrap: str,
+    topics: Sequence[str],
+    on_batch: BatchHandler,
+    *,
+    max_records: int = 2000,
+    from_offset: int | None = None,
+    from_time_ms: int | None = None,
 ) -> int:
     """Read every partition of ``topics`` from the beginning to its end, without a group, committing nothing.
 
     A read-only pass for rebuilds and audits. Order is per partition, which is per account (the message key).
+    ``from_offset`` starts each partition at that offset (or its first kept one, if later); ``from_time_ms`` at
+    the first message whose timestamp is at or after it (``offsets_for_times``): for a log whose head was cut by
+    retention, or to look at a recent window only.
     The end is taken when called and raised to each fetch's high watermark: Tansu 0.6 (the embedded broker)
     answers ListOffsets(latest) with the base offset of the partition's last record BATCH + 1, not the log end,
     while the high watermark in fetch responses is right; on Apache Kafka both agree. Returns the messages read.
@@ -510,6 +519,16 @@ async def replay_topics(
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
+        if from_time_ms is not None:
+            found = await consumer.offsets_for_times({tp: from_time_ms for tp in partitions})
+            for tp in partitions:
+                consumer.seek(tp, found[tp].offset if found.get(tp) is not None else end[tp])
+        elif from_offset:
+            first = await consumer.beginning_offsets(partitions)
+            for tp in partitions:
+                consumer.seek(tp, max(from_offset, first[tp]))
+        # Not filtered on position: Tansu's end offset may be short of the log end until a fetch's high watermark
+        # raises it (the loop below drops a partition once its position reaches the raised end).
         remaining = {tp for tp in partitions if end[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)

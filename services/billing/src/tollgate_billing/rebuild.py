@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +46,13 @@ from .tables import (
 )
 
 __all__ = [
+    "Progress",
     "RebuildResult",
     "Reconciliation",
+    "ReplayStats",
     "Replayer",
     "TableDiff",
+    "TargetNotEmpty",
     "compare",
     "main",
     "read_log",
@@ -111,23 +114,45 @@ class Replayer:
 _UNFIT = (InconsistentEvent, IntegrityError, ValueError)
 
 
-async def replay_log(bootstrap: str, engine: AsyncEngine) -> ReplayStats:
+#: Told how many events a batch held, after it was applied (progress bars of the ops command).
+Progress = Callable[[int], None]
+
+
+def _no_progress(_: int) -> None:
+    return None
+
+
+async def replay_log(
+    bootstrap: str,
+    engine: AsyncEngine,
+    *,
+    from_offset: int | None = None,
+    from_time_ms: int | None = None,
+    on_progress: Progress = _no_progress,
+) -> ReplayStats:
     """Apply every billing event in the topic to ``engine``'s (fresh) tables, with the live projection code."""
     replayer = Replayer(engine)
 
     async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
         await replayer.apply([(env, f"partition {rec.partition} offset {rec.offset}") for env, rec in items])
+        on_progress(len(items))
 
-    await read_log(bootstrap, on_batch)
+    await read_log(bootstrap, on_batch, from_offset=from_offset, from_time_ms=from_time_ms)
     return replayer.stats
 
 
-async def read_log(bootstrap: str, on_batch: BatchHandler) -> int:
-    """Every event of ``tollgate.billing.v1`` from the beginning, in order per partition (= per account)."""
-    return await replay_topics(bootstrap, [Topics.BILLING], on_batch)
+async def read_log(
+    bootstrap: str, on_batch: BatchHandler, *, from_offset: int | None = None, from_time_ms: int | None = None
+) -> int:
+    """Every event of ``tollgate.billing.v1`` from the beginning (or the given point), in order per partition
+    (= per account)."""
+    return await replay_topics(bootstrap, [Topics.BILLING], on_batch, from_offset=from_offset,
+                               from_time_ms=from_time_ms)
 
 
-async def replay_outbox(source: AsyncEngine, engine: AsyncEngine, *, batch: int = 2000) -> ReplayStats:
+async def replay_outbox(
+    source: AsyncEngine, engine: AsyncEngine, *, batch: int = 2000, on_progress: Progress = _no_progress
+) -> ReplayStats:
     """Apply the events kept in ``source``'s outbox (billing's durable copy of its log) to ``engine``."""
     replayer = Replayer(engine)
     t = messaging.outbox
@@ -149,6 +174,7 @@ async def replay_outbox(source: AsyncEngine, engine: AsyncEngine, *, batch: int 
             for row in rows
         ]
         await replayer.apply(items)
+        on_progress(len(items))
         last = rows[-1].id
 
 

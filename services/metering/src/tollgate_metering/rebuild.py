@@ -29,6 +29,7 @@ from .tables import aggregates, archive, rated_usage
 
 __all__ = [
     "NotFresh",
+    "Progress",
     "RebuildResult",
     "Reconciliation",
     "TableDiff",
@@ -128,12 +129,27 @@ async def live_price_books(url: str, schema: str) -> list[PriceBook]:
 
 
 Feed = Callable[[Callable[[list[Envelope]], Awaitable[None]]], Awaitable[int]]
+#: Told how many events a batch held, after it was applied (progress bars of the ops command).
+Progress = Callable[[int], None]
 
 
-async def _rebuild_into(into_url: str, price_books: Sequence[PriceBook], schema: str, feed: Feed) -> RebuildResult:
+def _no_progress(_: int) -> None:
+    return None
+
+
+async def _rebuild_into(
+    into_url: str,
+    price_books: Sequence[PriceBook],
+    schema: str,
+    feed: Feed,
+    *,
+    fresh_only: bool = True,
+    on_progress: Progress = _no_progress,
+) -> RebuildResult:
     engine = await open_database(into_url, schema)
     try:
-        await _ensure_fresh(engine)
+        if fresh_only:
+            await _ensure_fresh(engine)
         metering = Metering(session_maker(engine))
         for book in price_books:
             await metering.register_price_book(book)
@@ -142,6 +158,7 @@ async def _rebuild_into(into_url: str, price_books: Sequence[PriceBook], schema:
         async def apply(events: list[Envelope]) -> None:
             nonlocal rated
             rated += len((await metering.replay_usage(events)).rated)
+            on_progress(len(events))
 
         read = await feed(apply)
         return RebuildResult(events_read=read, rated=rated)
@@ -155,20 +172,27 @@ async def rebuild(
     price_books: Sequence[PriceBook],
     *,
     schema: str = "metering",
+    from_offset: int | None = None,
+    from_time_ms: int | None = None,
+    fresh_only: bool = True,
+    on_progress: Progress = _no_progress,
 ) -> RebuildResult:
-    """Replay ``tollgate.usage.v1`` from the beginning into the empty database at ``into_url``.
+    """Replay ``tollgate.usage.v1`` from the beginning (or the given point) into the empty database at ``into_url``.
 
     ``price_books`` are recorded in order first (the live database's versions, then the configured book), so each
-    event is rated with the version that was in force when it happened, as it was live.
+    event is rated with the version that was in force when it happened, as it was live. ``fresh_only=False`` lets
+    a caller that checked the target itself (the ops command: an earlier rebuild, never a live database) replay
+    onto it again; dedupe on (source, id) makes that a no-op for events already applied.
     """
 
     async def feed(apply: Callable[[list[Envelope]], Awaitable[None]]) -> int:
         async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
             await apply([env for env, _ in items])
 
-        return await replay_topics(bootstrap, [Topics.USAGE], on_batch)
+        return await replay_topics(bootstrap, [Topics.USAGE], on_batch, from_offset=from_offset,
+                                   from_time_ms=from_time_ms)
 
-    return await _rebuild_into(into_url, price_books, schema, feed)
+    return await _rebuild_into(into_url, price_books, schema, feed, fresh_only=fresh_only, on_progress=on_progress)
 
 
 async def rebuild_from_archive(
@@ -179,6 +203,8 @@ async def rebuild_from_archive(
     schema: str = "metering",
     archive_schema: str = "metering",
     batch: int = 2000,
+    fresh_only: bool = True,
+    on_progress: Progress = _no_progress,
 ) -> RebuildResult:
     """Like :func:`rebuild`, but replays the events kept in a metering database's archive (each account's chain in
     seq order) instead of Kafka: for when the broker no longer has the log (the embedded one forgets on restart).
@@ -207,7 +233,8 @@ async def rebuild_from_archive(
         return read
 
     try:
-        return await _rebuild_into(into_url, price_books, schema, feed)
+        return await _rebuild_into(into_url, price_books, schema, feed, fresh_only=fresh_only,
+                                   on_progress=on_progress)
     finally:
         await source.dispose()
 

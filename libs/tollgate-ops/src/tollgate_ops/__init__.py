@@ -1,0 +1,1 @@
+"""Tollgate operators' command line (``tollgate``): replay, reconcile, rerate, audit, status."""

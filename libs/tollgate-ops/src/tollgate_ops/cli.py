@@ -1,0 +1,179 @@
+"""The ``tollgate`` command: one entry point for the operators' work on the event log.
+
+Exit statuses (every subcommand): 0 all is well / equal / intact; 1 a difference, a gap or a broken chain was
+found (the report says which); 2 bad usage, or the command could not run (a database or broker that does not
+answer, a live database given as a replay target). ``--json`` prints one JSON document on stdout instead of the
+text report; progress bars go to stderr, on a terminal only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .progress import Bars
+from .targets import BadUsage, live_locations, parse_locations
+
+PROG = "tollgate"
+EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Tollgate's operator command: replay the event log into fresh databases and reconcile them with the live ones,
+check that every request was rated and settled, re-rate a period under another price book, export and verify an
+account's audit trail, and look at the platform's health.
+
+Databases are given as URLs (sqlite:///path or postgresql://user@host/db). Billing and metering keep separate
+databases; name each with billing=URL and metering=URL, or give one PostgreSQL URL for both (each service in its
+own schema). Where a live database is needed and none is given, BILLING_DATABASE_URL and METERING_DATABASE_URL
+are used, as the services themselves read them.
+
+exit status: 0 ok / equal / intact, 1 difference or gap found, 2 bad usage or could not run.
+"""
+
+REPLAY_EPILOG = """\
+examples:
+  tollgate replay --into sqlite:///var/rebuild.db \\
+      --compare-with billing=sqlite:///var/billing.db --compare-with metering=sqlite:///var/metering.db
+  tollgate replay --from-time 2026-11-20T00:00:00Z --into postgresql://postgres@db/rebuild
+  tollgate replay --archive billing=sqlite:///var/billing.db --archive metering=sqlite:///var/metering.db \\
+      --into sqlite:///var/rebuild.db --compare-with …
+
+--into names a fresh target (a bare sqlite:///x.db becomes x-billing.db and x-metering.db). Replaying again into
+the same target changes nothing (events are deduplicated); a live database (one with consumer offsets or outbox
+rows) is refused. The report lists, per account, balance, held, charges, credits, refunds, holds and per-model
+usage that differ, and the first differing event; exit 1 on any difference.
+"""
+
+
+def parse_time(value: str) -> int:
+    """Unix milliseconds, or an ISO 8601 time (``2026-11-20``, ``2026-11-20T12:00:00Z``; UTC when no zone)."""
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {value!r} (ISO 8601 or unix milliseconds)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _nonnegative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an offset: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("an offset is 0 or more")
+    return n
+
+
+def _kafka_default() -> str:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "BILLING_KAFKA_BOOTSTRAP_SERVERS", "METERING_KAFKA_BOOTSTRAP_SERVERS"):
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    return "127.0.0.1:9092"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document instead of the text report")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars (they are off a terminal anyway)")
+
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    rp = sub.add_parser("replay", parents=[common], help="rebuild billing and metering from the log; reconcile",
+                        description="Rebuild billing's and metering's read models (accounts, wallets, holds, ledger, "
+                                    "rated usage, usage aggregates) from the event log with the services' own "
+                                    "projection code, into fresh databases, and reconcile them with the live ones.",
+                        epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = rp.add_mutually_exclusive_group()
+    src.add_argument("--from-offset", type=_nonnegative, metavar="N",
+                     help="read Kafka from offset N of each partition (default: the beginning)")
+    src.add_argument("--from-time", type=parse_time, metavar="TIME",
+                     help="read Kafka from the first message at or after TIME (ISO 8601 or unix ms)")
+    src.add_argument("--archive", action="append", metavar="[SERVICE=]URL",
+                     help="read the durable copies instead of Kafka: billing's outbox and metering's hash-chained "
+                          "archive (repeat per service)")
+    rp.add_argument("--kafka", default=None, metavar="BOOTSTRAP",
+                    help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, BILLING_/METERING_… or "
+                         "127.0.0.1:9092)")
+    rp.add_argument("--into", action="append", required=True, metavar="[SERVICE=]URL",
+                    help="where the rebuilt state goes (fresh, or an earlier replay's)")
+    rp.add_argument("--into-schema-prefix", default="", metavar="PREFIX",
+                    help="PostgreSQL: rebuild into schemas PREFIXbilling and PREFIXmetering")
+    rp.add_argument("--compare-with", action="append", metavar="[SERVICE=]URL",
+                    help="the live databases to reconcile with")
+    rp.add_argument("--price-book", metavar="FILE",
+                    help="price book YAML to rate with when the live metering database is not given "
+                         "(default: METERING_PRICE_BOOK_FILE, else the built-in demo book)")
+    rp.set_defaults(run=_replay)
+    return parser
+
+
+def _replay(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from .replay import ReplaySource, replay
+
+    into = parse_locations(args.into, "--into", schema_prefix=args.into_schema_prefix, create=True)
+    compare = live_locations(args.compare_with, "--compare-with") if args.compare_with else None
+    archive = live_locations(args.archive, "--archive") if args.archive else None
+    if compare:
+        for service in into:
+            if into[service] == compare[service]:
+                raise BadUsage(f"--into and --compare-with name the same {service} database")
+    source = ReplaySource(bootstrap=args.kafka or _kafka_default(), from_offset=args.from_offset,
+                          from_time_ms=args.from_time, archive=archive)
+
+    async def run() -> tuple[int, Any]:
+        report = await replay(source, into, compare_with=compare, price_book=args.price_book, bars=bars)
+        return (EXIT_OK if report.equal else EXIT_DIFFERENT), report
+
+    return run()
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)  # bad usage: argparse exits 2
+    bars = Bars(enabled=not args.no_progress)
+    command: Callable[[argparse.Namespace, Bars], Coroutine[Any, Any, tuple[int, Any]]] = args.run
+    import logging
+
+    logging.basicConfig(level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING"), stream=sys.stderr)
+    try:
+        with bars.running():
+            status, report = asyncio.run(command(args, bars))
+    except BadUsage as exc:
+        return _fail(str(exc))
+    except SQLAlchemyError as exc:
+        return _fail(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+    except (OSError, RuntimeError) as exc:  # e.g. Kafka or a database not answering
+        return _fail(f"{exc.__class__.__name__}: {exc}")
+    except Exception as exc:  # the services' own errors (e.g. a bad price book) carry readable messages
+        if exc.__class__.__module__.startswith(("tollgate_", "aiokafka")):
+            return _fail(f"{exc.__class__.__name__}: {exc}")
+        raise
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True, default=str))
+    else:
+        print(report.render())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
