@@ -161,6 +161,9 @@ class Prepared:
     scan_responses: bool = False
     #: The catalogue models billing checked and held for: the router may serve no other.
     authorized_models: list[str] = field(default_factory=list)
+    #: The usage billed for a non-streamed answer, once :meth:`ChatCompletions.complete` has it (the other wire
+    #: formats report it in their own shape).
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,9 +368,10 @@ class ChatCompletions:
             raise
         finally:
             self._complete_seconds.observe(time.perf_counter() - started)
+        prepared.usage = _usage(reply.usage)
         settlement.close(
             Outcome.SUCCEEDED,
-            _usage(reply.usage),
+            prepared.usage,
             provider=reply.provider,
             upstream_model=reply.upstream_model,
             upstream_request_id=reply.upstream_request_id,

@@ -78,6 +78,10 @@ async def chat_completions(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
+    if "anthropic-version" in request.headers:  # the anthropic SDK's models.list(): its shape, its auth
+        from .anthropic_routes import list_models as anthropic_models
+
+        return await anthropic_models(request)
     reply = await services(request).keys.models(bearer_token(request), request.state.request_id)
     data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by or m.provider} for m in reply.models]
     return Response(dumps_exact({"object": "list", "data": data}), media_type=JSON)
