@@ -18,6 +18,8 @@ import uuid
 import grpc
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
+from tollgate_common.grpc import open_channel
+from tollgate_common.internal_auth import InternalAuth, InternalKeys
 
 from .run import BODY, STREAM_BODY, Sample, measure
 
@@ -68,11 +70,12 @@ async def _grpc_measure(
 
 
 async def run_router_bench(
-    router_addr: str, mock_url: str, *, n_latency: int, seconds: float, concurrency: int
+    router_addr: str, mock_url: str, *, n_latency: int, seconds: float, concurrency: int, internal_secret: str = ""
 ) -> None:
     direct = f"{mock_url}/v1/chat/completions"
     direct_headers = {"Authorization": "Bearer mock"}
-    async with grpc.aio.insecure_channel(router_addr) as channel:
+    # As ingress: its caller token on every call (the router serves no one else).
+    async with open_channel(router_addr, InternalAuth("ingress", InternalKeys(internal_secret))) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         await _grpc_measure(stub, BODY, concurrency=4, requests=100)  # warm up
         d1 = await measure(direct, direct_headers, BODY, concurrency=1, requests=n_latency)

@@ -132,7 +132,8 @@ async def run_bench(platform: Platform, api_key: str, *, n_latency: int, seconds
     from .router import run_router_bench  # imported here: it reuses this module's helpers
 
     await run_router_bench(platform.grpc_addr("router"), platform.mock_url, n_latency=n_latency,
-                           seconds=seconds / 2, concurrency=concurrency)
+                           seconds=seconds / 2, concurrency=concurrency,
+                           internal_secret=platform.config.internal_secret)
 
 
 def main() -> int:

@@ -68,7 +68,7 @@ def mock_calls(platform: Platform) -> list[dict[str, object]]:
 def price_book(platform: Platform) -> metering_service_pb2.GetPriceBookResponse:
     with grpc.insecure_channel(platform.grpc_addr("metering")) as channel:
         return metering_service_pb2_grpc.MeteringServiceStub(channel).GetPriceBook(
-            metering_service_pb2.GetPriceBookRequest(), timeout=10
+            metering_service_pb2.GetPriceBookRequest(), timeout=10, metadata=platform.caller_metadata("ops")
         )
 
 

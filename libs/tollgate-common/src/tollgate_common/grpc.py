@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from .internal_auth import InternalAuth
 from .telemetry import attach_traceparent, grpc_client_interceptors, grpc_server_interceptors
 
 __all__ = [
@@ -86,9 +87,13 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """One long-lived, multiplexed channel per upstream service; create once, share for the process's life."""
-    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=grpc_client_interceptors())
+def open_channel(target: str, auth: InternalAuth | None = None) -> grpc.aio.Channel:
+    """One long-lived, multiplexed channel per upstream service; create once, share for the process's life.
+
+    ``auth``: this process's identity, whose caller token goes with every call (see :mod:`.internal_auth`).
+    """
+    identity = auth.metadata if auth is not None and auth.enabled else None
+    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=grpc_client_interceptors(identity))
 
 
 class StatusTable:

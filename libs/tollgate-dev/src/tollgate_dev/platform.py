@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -67,6 +68,9 @@ class PlatformConfig:
     #: e.g. "0": run every Tollgate process (and the broker) under ``taskset -c 0`` (the benchmark).
     cpu_list: str | None = None
     mock_cpu_list: str | None = None
+    #: The internal-plane secret every service gets as TOLLGATE_INTERNAL_SECRET: a fresh one per run, so internal
+    #: calls are authenticated in development and tests exactly as in production.
+    internal_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
 
 class Platform:
@@ -93,6 +97,12 @@ class Platform:
 
     def grpc_addr(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
+
+    def caller_metadata(self, caller: str = "ops") -> tuple[tuple[str, str], ...]:
+        """gRPC metadata that authenticates a direct call to a service as ``caller`` (tests and operator tools)."""
+        from tollgate_common.internal_auth import CALLER_KEY, mint_token
+
+        return ((CALLER_KEY, mint_token(self.config.internal_secret, caller)),)
 
     def database_url(self, service: str) -> str:
         default = f"sqlite:///{self.config.var_dir / (service + '.db')}"
@@ -179,6 +189,8 @@ class Platform:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(_OUR_PREFIXES) and k not in PROVIDER_KEY_VARS}
         env["PYTHONUNBUFFERED"] = "1"
+        env["TOLLGATE_INTERNAL_SECRET"] = self.config.internal_secret
+        env.pop("TOLLGATE_INTERNAL_SECRET_PREVIOUS", None)
         p = self.ports
         if name == "ingress":
             env.update(

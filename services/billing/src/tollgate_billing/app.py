@@ -20,6 +20,7 @@ from tollgate.billing.v1 import billing_service_pb2_grpc
 from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
 from tollgate_common.migrations import migrate
 from tollgate_common.runtime import serve_until
@@ -69,9 +70,10 @@ class BillingApp:
         self, settings: Settings, *, prices: PriceSource | None = None, clock: Callable[[], float] = time.time
     ) -> None:
         self.settings = settings
+        self.internal_auth = InternalAuth("billing", settings.internal_keys)
         self._own_prices = prices is None
         self.prices: PriceSource = prices or MeteringPriceBook(
-            settings.metering_addr, settings.price_book_refresh_seconds
+            settings.metering_addr, settings.price_book_refresh_seconds, auth=self.internal_auth
         )
         self.clock = clock
         self.engine: AsyncEngine | None = None
@@ -113,7 +115,7 @@ class BillingApp:
         self.server = GrpcServer(s.grpc_host, s.grpc_port)
         self.server.add(
             billing_service_pb2_grpc.add_BillingServiceServicer_to_server,  # type: ignore[arg-type]
-            BillingServicer(self.billing),
+            BillingServicer(self.billing, self.internal_auth),
             SERVICE_NAME,
         )
         self.port = await self.server.start()

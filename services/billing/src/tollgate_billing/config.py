@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tollgate_common.config import EnvReader
+from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
 
 __all__ = ["DEFAULT_SCHEMA", "Settings"]
 
@@ -40,6 +41,10 @@ class Settings:
     #: Seconds in-flight calls get to finish on SIGTERM.
     shutdown_grace_seconds: float = 10.0
 
+    #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
+    #: only development allows (see tollgate_common.internal_auth).
+    internal_keys: InternalKeys = field(default_factory=InternalKeys)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = EnvReader("BILLING", environ)
@@ -51,6 +56,7 @@ class Settings:
         except ArgumentError:
             env.problems.append(f"BILLING_DATABASE_URL={database_url!r} is not a database URL")
         settings = cls(
+            internal_keys=internal_keys_from_env(env),
             database_url=database_url,
             database_schema=env.str("DATABASE_SCHEMA", DEFAULT_SCHEMA),
             grpc_host=env.str("GRPC_HOST", cls.grpc_host),

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from tollgate.billing.v1 import billing_service_pb2 as pb
 from tollgate.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import abort
+from tollgate_common.internal_auth import InternalAuth, guard_servicer
 from tollgate_common.logs import request_id_var
 from tollgate_common.telemetry import attach_traceparent
 
@@ -22,7 +23,7 @@ from .grpc_keys import GroupRpcs, KeyRpcs
 from .key_admin import KeyAdmin
 from .repository import AccountRow
 
-__all__ = ["SERVICE_NAME", "BillingServicer"]
+__all__ = ["CALLERS", "SERVICE_NAME", "BillingServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,31 @@ SERVICE_NAME = "tollgate.billing.v1.BillingService"
 AUTHORIZATIONS = Counter(
     "tollgate_billing_authorizations_total", "Authorize calls by outcome (ok or the error reason)", ["outcome"]
 )
+
+_INGRESS = frozenset({"ingress"})
+#: Who may call what (see tollgate_common.internal_auth): everything here is ingress's, the public API and the admin
+#: API behind it. Metering's usage reaches billing by Kafka, never by a call.
+CALLERS: dict[str, frozenset[str]] = {
+    name: _INGRESS
+    for name in (
+        "Authorize",
+        "GetKeyInfo",
+        "CreateAccount",
+        "CreateApiKey",
+        "AddCredits",
+        "GetBalance",
+        "ListLedgerEntries",
+        "ListApiKeys",
+        "GetApiKey",
+        "UpdateApiKey",
+        "RevokeApiKey",
+        "RotateApiKey",
+        "CreateGroup",
+        "ListGroups",
+        "GetGroup",
+        "UpdateGroup",
+    )
+}
 
 R = TypeVar("R")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
@@ -59,9 +85,11 @@ def _account(row: AccountRow) -> pb.Account:
     )
 
 
+@guard_servicer(CALLERS, pb_grpc.BillingServiceServicer)
 class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
-    def __init__(self, billing: Billing) -> None:
+    def __init__(self, billing: Billing, internal_auth: InternalAuth) -> None:
         self.billing = billing
+        self.internal_auth = internal_auth
         self.key_admin = KeyAdmin(billing)
         self.group_admin = GroupAdmin(billing)
 

@@ -13,6 +13,7 @@ import logging
 import grpc
 from tollgate.metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 from tollgate_common.grpc import open_channel
+from tollgate_common.internal_auth import InternalAuth
 
 from .domain import ModelPrice, PriceBook
 
@@ -43,8 +44,16 @@ def price_book_from_proto(reply: metering_service_pb2.GetPriceBookResponse) -> P
 class MeteringPriceBook:
     """A :class:`~tollgate_billing.application.PriceSource` backed by ``MeteringService.GetPriceBook``."""
 
-    def __init__(self, metering_addr: str, refresh_seconds: float = 30.0, timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        metering_addr: str,
+        refresh_seconds: float = 30.0,
+        timeout_seconds: float = 5.0,
+        *,
+        auth: InternalAuth | None = None,
+    ) -> None:
         self.metering_addr = metering_addr
+        self.auth = auth
         self.refresh_seconds = refresh_seconds
         self.timeout_seconds = timeout_seconds
         self._book: PriceBook | None = None
@@ -56,7 +65,7 @@ class MeteringPriceBook:
     async def refresh(self) -> bool:
         """Fetch the book once; True on success. Failures are logged, never raised."""
         if self._channel is None:
-            self._channel = open_channel(self.metering_addr)
+            self._channel = open_channel(self.metering_addr, self.auth)
         stub = metering_service_pb2_grpc.MeteringServiceStub(self._channel)
         try:
             reply = await stub.GetPriceBook(metering_service_pb2.GetPriceBookRequest(), timeout=self.timeout_seconds)

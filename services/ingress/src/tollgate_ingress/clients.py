@@ -13,6 +13,7 @@ from tollgate.billing.v1 import billing_service_pb2_grpc
 from tollgate.policy.v1 import policy_service_pb2_grpc
 from tollgate.router.v1 import router_service_pb2_grpc
 from tollgate_common.grpc import open_channel
+from tollgate_common.internal_auth import InternalAuth
 
 from .config import Settings
 
@@ -30,10 +31,13 @@ class Upstreams:
 
     @classmethod
     def connect(cls, settings: Settings) -> Upstreams:
-        """Open the channels (lazily connecting; a down service does not stop ingress from starting)."""
-        billing = open_channel(settings.billing_addr)
-        policy = open_channel(settings.policy_addr)
-        router = open_channel(settings.router_addr)
+        """Open the channels (lazily connecting; a down service does not stop ingress from starting).
+
+        Every call on them carries ingress's caller token (tollgate_common.internal_auth)."""
+        auth = InternalAuth("ingress", settings.internal_keys)
+        billing = open_channel(settings.billing_addr, auth)
+        policy = open_channel(settings.policy_addr, auth)
+        router = open_channel(settings.router_addr, auth)
         return cls(
             billing=billing_service_pb2_grpc.BillingServiceStub(billing),
             policy=policy_service_pb2_grpc.PolicyServiceStub(policy),

@@ -6,9 +6,10 @@ Validated up front so a bad deployment fails at start with one clear message (ex
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tollgate_common.config import EnvReader
+from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
 
 __all__ = ["Settings"]
 
@@ -38,10 +39,15 @@ class Settings:
     #: Larger request bodies are refused (413) before they are read in full.
     max_body_bytes: int = 32 * 1024 * 1024
 
+    #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
+    #: only development allows (see tollgate_common.internal_auth).
+    internal_keys: InternalKeys = field(default_factory=InternalKeys)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = EnvReader("INGRESS", environ)
         settings = cls(
+            internal_keys=internal_keys_from_env(env),
             admin_token=env.str("ADMIN_TOKEN", required=True),
             host=env.str("HOST", "127.0.0.1"),
             port=env.port("PORT", 8080),

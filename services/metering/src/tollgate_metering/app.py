@@ -18,6 +18,7 @@ from tollgate.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from tollgate_common.db import session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
@@ -64,7 +65,11 @@ class MeteringApp:
         if await self.metering.register_price_book(s.price_book):
             log.info("price book version recorded", extra={"price_book_version": s.price_book.version})
         self.server = GrpcServer(s.grpc_host, s.grpc_port)
-        self.server.add(pb_grpc.add_MeteringServiceServicer_to_server, MeteringServicer(self.metering), FULL_NAME)
+        self.server.add(
+            pb_grpc.add_MeteringServiceServicer_to_server,
+            MeteringServicer(self.metering, InternalAuth("metering", s.internal_keys)),
+            FULL_NAME,
+        )
         self.port = await self.server.start()
         self._kafka = asyncio.create_task(self._run_kafka(), name="metering-kafka")
         log.info("metering serving", extra={"port": self.port, "price_book_version": s.price_book.version})

@@ -7,11 +7,12 @@ before the service takes any traffic, not a surprise on the first usage event.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from tollgate_common.config import EnvReader
+from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
 
 from .domain import DEMO_PRICE_BOOK, PriceBook, parse_price_book
 from .errors import InvalidPriceBook
@@ -50,6 +51,10 @@ class Settings:
     metrics_port: int
     log_level: str
 
+    #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
+    #: only development allows (see tollgate_common.internal_auth).
+    internal_keys: InternalKeys = field(default_factory=InternalKeys)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = EnvReader("METERING", environ)
@@ -67,6 +72,7 @@ class Settings:
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             env.problems.append(f"{env.name('LOG_LEVEL')}={log_level!r} must be one of DEBUG, INFO, WARNING, ERROR")
         settings = cls(
+            internal_keys=internal_keys_from_env(env),
             # Listens on every interface by default: in a pod the probes and peers come from outside localhost.
             grpc_host=env.str("GRPC_HOST", "0.0.0.0"),
             grpc_port=env.port("GRPC_PORT", 50054),

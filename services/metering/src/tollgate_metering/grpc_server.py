@@ -6,12 +6,13 @@ import grpc
 from tollgate.metering.v1 import metering_service_pb2 as pb
 from tollgate.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import StatusTable, rpc
+from tollgate_common.internal_auth import InternalAuth, guard_servicer
 
 from .application import Metering
 from .domain import PriceBook
 from .errors import InvalidRequest, InvalidUsage, MeteringError, PriceBookError
 
-__all__ = ["FULL_NAME", "STATUSES", "MeteringServicer", "price_book_response"]
+__all__ = ["CALLERS", "FULL_NAME", "STATUSES", "MeteringServicer", "price_book_response"]
 
 FULL_NAME = "tollgate.metering.v1.MeteringService"
 
@@ -23,6 +24,13 @@ STATUSES = StatusTable({
     MeteringError: grpc.StatusCode.INTERNAL,
 })
 _mapped = rpc(STATUSES)
+
+#: Who may call what (see tollgate_common.internal_auth). ``ops``: an operator's tool holding the internal secret
+#: (reads only).
+CALLERS: dict[str, frozenset[str]] = {
+    "GetPriceBook": frozenset({"billing", "ops"}),
+    "GetUsageSummary": frozenset({"ingress", "ops"}),
+}
 
 
 def price_book_response(book: PriceBook) -> pb.GetPriceBookResponse:
@@ -44,9 +52,11 @@ def price_book_response(book: PriceBook) -> pb.GetPriceBookResponse:
     )
 
 
+@guard_servicer(CALLERS, pb_grpc.MeteringServiceServicer)
 class MeteringServicer(pb_grpc.MeteringServiceServicer):
-    def __init__(self, metering: Metering) -> None:
+    def __init__(self, metering: Metering, internal_auth: InternalAuth) -> None:
         self.metering = metering
+        self.internal_auth = internal_auth
         self._book_cache: tuple[PriceBook, pb.GetPriceBookResponse] | None = None
 
     @_mapped

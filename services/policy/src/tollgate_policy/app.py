@@ -17,6 +17,7 @@ from tollgate.policy.v1 import policy_service_pb2_grpc
 from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
@@ -68,7 +69,7 @@ class PolicyApp:
         self.server = GrpcServer(s.grpc_host, s.grpc_port)
         self.server.add(
             policy_service_pb2_grpc.add_PolicyServiceServicer_to_server,  # type: ignore[arg-type]
-            PolicyServicer(self.service),
+            PolicyServicer(self.service, InternalAuth("policy", s.internal_keys)),
             SERVICE_NAME,
         )
         self.port = await self.server.start()

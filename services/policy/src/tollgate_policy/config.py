@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tollgate_common.config import EnvReader
+from tollgate_common.internal_auth import InternalKeys, in_development, internal_keys_from_env
 
 __all__ = ["DEFAULT_SCHEMA", "Settings"]
 
@@ -37,8 +38,12 @@ class Settings:
     #: Kafka for PolicyDecided events (POLICY_KAFKA_BOOTSTRAP_SERVERS). Empty: events wait in the outbox.
     kafka_bootstrap_servers: str = ""
     #: HMAC key for the match hashes in PolicyDecided (POLICY_HASH_KEY). Empty: the public development key
-    #: (events.DEV_HASH_KEY), with a warning at start.
+    #: (events.DEV_HASH_KEY), with a warning at start; required outside development (exit 2).
     hash_key: str = field(default="", repr=False)
+
+    #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
+    #: only development allows (see tollgate_common.internal_auth).
+    internal_keys: InternalKeys = field(default_factory=InternalKeys)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +60,7 @@ class Settings:
             env.problems.append(f"POLICY_LOG_LEVEL={log_level!r} must be one of {', '.join(_LOG_LEVELS)}")
             log_level = cls.log_level
         settings = cls(
+            internal_keys=internal_keys_from_env(env),
             database_url=database_url,
             database_schema=env.str("DATABASE_SCHEMA", DEFAULT_SCHEMA),
             grpc_host=env.str("GRPC_HOST", cls.grpc_host),
@@ -66,5 +72,8 @@ class Settings:
             kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", ""),
             hash_key=env.str("HASH_KEY", ""),
         )
+        if not settings.hash_key and not in_development(env.environ):
+            # The development key is public: match hashes made with it identify a card number to anyone.
+            env.problems.append("POLICY_HASH_KEY is required outside development (TOLLGATE_ENV)")
         env.check()
         return settings

@@ -9,6 +9,7 @@ import grpc
 from tollgate.policy.v1 import policy_service_pb2 as pb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import StatusTable, rpc
+from tollgate_common.internal_auth import InternalAuth, guard_servicer
 from tollgate_common.logs import request_id_var
 
 from .application import PolicyService
@@ -16,7 +17,7 @@ from .domain import Action, Inspection, PolicySet, Verdict
 from .errors import ConcurrentUpdate, InvalidArgument, NoShadowPolicy, PolicyError, StorageUnavailable
 from .repository import PolicyState, StoredVersion
 
-__all__ = ["SERVICE_NAME", "STATUSES", "PolicyServicer"]
+__all__ = ["CALLERS", "SERVICE_NAME", "STATUSES", "PolicyServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,20 @@ STATUSES = StatusTable({
 })
 #: Anything unexpected is INTERNAL and logged by type and stack only, never its message: that might quote the input.
 _mapped = rpc(STATUSES, hide_unexpected=True)
+
+#: Who may call what (see tollgate_common.internal_auth): the request path and the admin API, both ingress's.
+CALLERS: dict[str, frozenset[str]] = {
+    name: frozenset({"ingress"})
+    for name in (
+        "Inspect",
+        "SetPolicy",
+        "GetPolicy",
+        "PutScopePolicy",
+        "ListPolicyVersions",
+        "PromoteShadow",
+        "DiscardShadow",
+    )
+}
 
 
 def _policy_set(policy: PolicySet, team: str = "", key_id: str = "") -> pb.PolicySet:
@@ -125,9 +140,11 @@ def _inspect_response(result: Inspection, direction: str) -> pb.InspectResponse:
     )
 
 
+@guard_servicer(CALLERS, pb_grpc.PolicyServiceServicer)
 class PolicyServicer(pb_grpc.PolicyServiceServicer):  # type: ignore[misc]
-    def __init__(self, service: PolicyService) -> None:
+    def __init__(self, service: PolicyService, internal_auth: InternalAuth) -> None:
         self.service = service
+        self.internal_auth = internal_auth
 
     @_mapped
     async def Inspect(self, request: pb.InspectRequest, context: grpc.aio.ServicerContext) -> pb.InspectResponse:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from tollgate_common.config import EnvReader
+from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
 
 from .domain import STRATEGIES, SUPPORTED_KINDS, Catalogue, Provider, Route
 from .resilience import BreakerSettings, ResilienceSettings
@@ -76,6 +77,10 @@ class Settings:
     #: Empty: attempts stay in the outbox (logged once at start) until a broker is configured.
     kafka_bootstrap_servers: str = ""
 
+    #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
+    #: only development allows (see tollgate_common.internal_auth).
+    internal_keys: InternalKeys = field(default_factory=InternalKeys)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = EnvReader("ROUTER", environ)
@@ -87,6 +92,7 @@ class Settings:
             catalogue, problems = catalogue_from_env(env.str("MOCK_BASE_URL"), env.environ)
         env.problems.extend(problems)
         settings = cls(
+            internal_keys=internal_keys_from_env(env),
             catalogue=catalogue,
             catalogue_source=providers_file or "env",
             grpc_host=env.str("GRPC_HOST", "127.0.0.1"),

@@ -15,6 +15,7 @@ import grpc
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import abort
+from tollgate_common.internal_auth import InternalAuth, guard_servicer
 from tollgate_common.logs import request_id_var
 from tollgate_common.telemetry import attach_traceparent
 
@@ -32,7 +33,7 @@ from .errors import (
 )
 from .routing import Constraints, NoEligibleDeployment
 
-__all__ = ["SERVICE_NAME", "RouterServicer"]
+__all__ = ["CALLERS", "SERVICE_NAME", "RouterServicer"]
 
 SERVICE_NAME = "tollgate.router.v1.RouterService"
 
@@ -75,9 +76,20 @@ def _usage(usage: Usage) -> pb.Usage:
     )
 
 
+#: Who may call what (see tollgate_common.internal_auth): only ingress, which has billed the call first; anyone else
+#: would use the operator's provider keys unbilled.
+CALLERS: dict[str, frozenset[str]] = {
+    "Complete": frozenset({"ingress"}),
+    "StreamComplete": frozenset({"ingress"}),
+    "ListModels": frozenset({"ingress"}),
+}
+
+
+@guard_servicer(CALLERS, pb_grpc.RouterServiceServicer)
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, internal_auth: InternalAuth) -> None:
         self.router = router
+        self.internal_auth = internal_auth
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         request_id_var.set(request.request_id)

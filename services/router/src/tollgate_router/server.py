@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_common.db import session_maker
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
+from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
@@ -71,7 +72,7 @@ class RouterServer:
             attempts=self._attempts,
         )
         self._grpc = GrpcServer(settings.grpc_host, settings.grpc_port)
-        self._grpc.add(register, RouterServicer(router), SERVICE_NAME)
+        self._grpc.add(register, RouterServicer(router, InternalAuth("router", settings.internal_keys)), SERVICE_NAME)
         try:
             self.port = await self._grpc.start()
         except BaseException:
