@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import orjson
 import pytest
-from tollgate_ingress.errors import RateLimited, from_grpc
+from tollgate_ingress.channels import from_grpc
+from tollgate_ingress.errors import RateLimited
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "details", **trailers: str) -> grpc.aio.AioRpcError:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from tollgate.policy.v1 import policy_service_pb2 as ppb
+from tollgate_ingress.policy_client import Action, Finding, Inspection, Verdict
 from tollgate_ingress.response_scan import (
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW,
@@ -30,24 +30,24 @@ PATTERNS = {
 class RegexPolicy:
     """Redacts (or blocks) the patterns, records every inspected text and sequence number."""
 
-    def __init__(self, action: int = ppb.ACTION_REDACT) -> None:
+    def __init__(self, action: Action = Action.REDACT) -> None:
         self.action = action
         self.calls: list[tuple[list[str], int]] = []
 
-    async def __call__(self, texts: list[str], sequence: int) -> ppb.InspectResponse:
+    async def __call__(self, texts: list[str], sequence: int) -> Inspection:
         self.calls.append((texts, sequence))
         findings = [
-            ppb.Finding(type=kind, text_index=i, start=m.start(), end=m.end(), action=self.action)
+            Finding(kind, m.start(), m.end(), self.action)
             for i, text in enumerate(texts)
             for kind, pattern in PATTERNS.items()
             for m in pattern.finditer(text)
         ]
         if not findings:
-            return ppb.InspectResponse(verdict=ppb.VERDICT_ALLOW)
-        if self.action == ppb.ACTION_BLOCK:
-            return ppb.InspectResponse(verdict=ppb.VERDICT_BLOCK, findings=findings)
-        return ppb.InspectResponse(
-            verdict=ppb.VERDICT_REDACT, findings=findings, redacted_texts=[_redact_whole(t) for t in texts]
+            return Inspection(Verdict.ALLOW)
+        if self.action is Action.BLOCK:
+            return Inspection(Verdict.BLOCK, findings=tuple(findings))
+        return Inspection(
+            Verdict.REDACT, findings=tuple(findings), redacted_texts=tuple(_redact_whole(t) for t in texts)
         )
 
 
@@ -183,7 +183,7 @@ async def test_text_goes_out_before_the_stream_ends() -> None:
 
 
 async def test_a_blocked_window_raises_with_types_only() -> None:
-    scanner = StreamScanner(RegexPolicy(ppb.ACTION_BLOCK), window=16, overlap=8)
+    scanner = StreamScanner(RegexPolicy(Action.BLOCK), window=16, overlap=8)
     with pytest.raises(ResponseBlocked) as caught:
         for piece in ["my card is ", "4111 1111 ", "1111 1111", " ok"]:
             await scanner.feed(_chunk({"content": piece}))
@@ -248,4 +248,4 @@ async def test_clean_completion_is_returned_byte_for_byte_and_block_raises() -> 
     assert await scan_completion(raw, RegexPolicy()) is raw
     blocked = orjson.dumps({"choices": [{"index": 0, "message": {"content": "ann@corp.example.org"}}]})
     with pytest.raises(ResponseBlocked):
-        await scan_completion(blocked, RegexPolicy(ppb.ACTION_BLOCK))
+        await scan_completion(blocked, RegexPolicy(Action.BLOCK))

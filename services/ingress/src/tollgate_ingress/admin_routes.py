@@ -134,7 +134,7 @@ async def create_account(request: Request) -> Response:
     if not _CURRENCY.match(currency):
         raise InvalidRequest("'currency' must be an ISO 4217 code such as USD", param="currency")
     account_id = _str(body, "id")
-    account = await services(request).admin.create_account(name, currency, account_id)
+    account = await services(request).billing.create_account(name, currency, account_id)
     return _json(
         {
             "object": "account",
@@ -155,7 +155,7 @@ async def add_credits(account_id: str, request: Request) -> Response:
     amount = parse_amount(body["amount"], param="amount")
     idempotency_key = _str(body, "idempotency_key", required=True)
     description = _str(body, "description")
-    reply = await services(request).admin.add_credits(account_id, amount, idempotency_key, description)
+    reply = await services(request).billing.add_credits(account_id, amount, idempotency_key, description)
     return _json(
         {
             "object": "credit",
@@ -169,7 +169,7 @@ async def add_credits(account_id: str, request: Request) -> Response:
 
 @operator_router.get("/accounts/{account_id}/balance")
 async def get_balance(account_id: str, request: Request) -> Response:
-    reply = await services(request).admin.balance(account_id)
+    reply = await services(request).billing.balance(account_id)
     return _json(
         {
             "object": "balance",
@@ -185,7 +185,7 @@ async def get_ledger(account_id: str, request: Request) -> Response:
     raw_limit = request.query_params.get("limit", "1000")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
         raise InvalidRequest("'limit' must be an integer from 1 to 1000", param="limit")
-    reply = await services(request).admin.ledger(account_id, int(raw_limit))
+    reply = await services(request).billing.ledger(account_id, int(raw_limit))
     entries = [
         {
             "transaction_id": e.transaction_id,
@@ -251,21 +251,12 @@ async def _document(request: Request) -> str:
 
 
 async def _put_scope(request: Request, account_id: str, scope: str, document: str, *, shadow: bool) -> Response:
-    reply = await services(request).admin.policy_call(
-        "PutScopePolicy",
-        policy_service_pb2.PutScopePolicyRequest(
-            account_id=account_id, scope=scope, document_json=document, shadow=shadow
-        ),
-    )
-    assert isinstance(reply, policy_service_pb2.PolicyVersion)
+    reply = await services(request).policy.put_scope(account_id, scope, document, shadow=shadow)
     return _json(_version_json(reply))
 
 
 async def _effective(request: Request, account_id: str, *, team: str = "", key_id: str = "") -> Response:
-    reply = await services(request).admin.policy_call(
-        "GetPolicy", policy_service_pb2.GetPolicyRequest(account_id=account_id, team=team, key_id=key_id)
-    )
-    assert isinstance(reply, policy_service_pb2.GetPolicyResponse)
+    reply = await services(request).policy.get_policy(account_id, team=team, key_id=key_id)
     return _policy_json(account_id, reply.policy, reply.effective_json)
 
 
@@ -287,7 +278,7 @@ async def set_policy(account_id: str, request: Request) -> Response:
             raise InvalidRequest(f"'rules[{i}].action' must be one of allow, flag, redact, block",
                                  param=f"rules[{i}].action")
         parsed.append(policy_service_pb2.PolicyRule(detector=detector, action=action))
-    return _policy_json(account_id, await services(request).admin.set_policy(account_id, parsed))
+    return _policy_json(account_id, await services(request).policy.set_rules(account_id, parsed))
 
 
 @policy_router.get("/accounts/{account_id}/policy")
@@ -329,19 +320,13 @@ async def set_shadow_policy(account_id: str, request: Request) -> Response:
 
 @policy_router.post("/accounts/{account_id}/policy/shadow/promote")
 async def promote_shadow_policy(account_id: str, request: Request) -> Response:
-    reply = await services(request).admin.policy_call(
-        "PromoteShadow", policy_service_pb2.ShadowRequest(account_id=account_id)
-    )
-    assert isinstance(reply, policy_service_pb2.PolicyVersion)
+    reply = await services(request).policy.promote_shadow(account_id)
     return _json(_version_json(reply))
 
 
 @policy_router.post("/accounts/{account_id}/policy/shadow/discard")
 async def discard_shadow_policy(account_id: str, request: Request) -> Response:
-    reply = await services(request).admin.policy_call(
-        "DiscardShadow", policy_service_pb2.ShadowRequest(account_id=account_id)
-    )
-    assert isinstance(reply, policy_service_pb2.PolicyVersion)
+    reply = await services(request).policy.discard_shadow(account_id)
     return _json(_version_json(reply))
 
 
@@ -350,10 +335,7 @@ async def list_policy_versions(account_id: str, request: Request) -> Response:
     raw = request.query_params.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= 100:
         raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
-    reply = await services(request).admin.policy_call(
-        "ListPolicyVersions", policy_service_pb2.ListPolicyVersionsRequest(account_id=account_id, limit=int(raw))
-    )
-    assert isinstance(reply, policy_service_pb2.ListPolicyVersionsResponse)
+    reply = await services(request).policy.list_versions(account_id, int(raw))
     return _json({"object": "list", "account_id": account_id, "data": [_version_json(v) for v in reply.versions]})
 
 

@@ -3,7 +3,7 @@ Anthropic's shape (answered from :func:`tollgate_ingress.openai_routes.list_mode
 ``anthropic-version``).
 
 Transport only: the key from ``x-api-key`` or ``Authorization: Bearer``, the body translated by
-:mod:`tollgate_ingress.anthropic_wire`, and then the chat path of :mod:`tollgate_ingress.application` (hold,
+:mod:`tollgate_ingress.anthropic_wire`, and then the chat path of :mod:`tollgate_ingress.chat` (hold,
 policy, router, one usage event) exactly as ``/v1/chat/completions`` takes it. Every error, whatever raised it,
 leaves as Anthropic's error JSON.
 """
@@ -26,13 +26,13 @@ from .anthropic_wire import (
     message_from_completion,
     parse_messages_request,
 )
-from .application import StreamEnded, StreamFailed, StreamItem, StreamSession
 from .deps import services
 from .domain import parse_chat_request
 from .errors import AuthenticationFailed, IngressError, InternalError
 from .metrics import Metrics
 from .openai_routes import bearer_token, read_body
 from .sse import SseResponse
+from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 
 __all__ = ["api_key", "list_models", "router"]
 
@@ -138,7 +138,7 @@ async def list_models(request: Request) -> Response:
     except IngressError as exc:
         return _error(exc)
     created = datetime.fromtimestamp(0, UTC).isoformat().replace("+00:00", "Z")
-    data = [{"type": "model", "id": m.id, "display_name": m.id, "created_at": created} for m in reply.models]
+    data = [{"type": "model", "id": m.id, "display_name": m.id, "created_at": created} for m in reply]
     body = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None}
     return Response(orjson.dumps(body), media_type=JSON)

@@ -15,10 +15,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-import grpc
-from tollgate.router.v1 import router_service_pb2
-
-from .clients import Upstreams
+from .errors import IngressError
+from .router_client import RouterClient
 
 __all__ = ["ModelDirectory"]
 
@@ -32,14 +30,14 @@ class ModelDirectory:
 
     def __init__(
         self,
-        upstreams: Upstreams,
+        router: RouterClient,
         *,
         ttl: float = 30.0,
         retry: float = 5.0,
         timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.upstreams = upstreams
+        self.router = router
         self.ttl = ttl
         self.retry = retry
         self.timeout = timeout
@@ -65,13 +63,11 @@ class ModelDirectory:
             if self.clock() < self._next_refresh:
                 return  # another caller refreshed while this one waited
             try:
-                reply = await self.upstreams.router.ListModels(
-                    router_service_pb2.ListModelsRequest(), timeout=self.timeout
-                )
-            except grpc.aio.AioRpcError as exc:
-                log.warning("router catalogue unavailable; model aliases unresolved", extra={"code": exc.code().name})
+                models = await self.router.list_models(timeout=self.timeout)
+            except IngressError as exc:
+                log.warning("router catalogue unavailable; model aliases unresolved", extra={"code": exc.code})
                 self._next_refresh = self.clock() + self.retry
                 return
-            self._aliases = {alias: m.id for m in reply.models for alias in m.aliases}
+            self._aliases = {alias: m.id for m in models for alias in m.aliases}
             self._loaded = True
             self._next_refresh = self.clock() + self.ttl

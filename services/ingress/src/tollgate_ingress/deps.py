@@ -1,5 +1,6 @@
-"""What the HTTP layer needs, built once per process: the gRPC channels, the usage publisher, the metrics, and the
-application services on top of them. Tests build :class:`Deps` against their own servers and inject it."""
+"""What the HTTP layer needs, built once per process: the gRPC channels, the usage publisher, the metrics, the
+typed clients of billing, policy and router, and the application services on top of them.
+Tests build :class:`Deps` against their own servers and inject it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from .application import Admin, ChatCompletions, Keys
-from .clients import Upstreams
+from .billing_client import BillingClient
+from .channels import Channels
+from .chat import ChatCompletions
 from .config import Settings
+from .keys import Keys
 from .metrics import Metrics
+from .policy_client import PolicyClient
 from .publisher import UsagePublisher
+from .router_client import RouterClient
 from .tokens import PromptTokenCounter
 
 __all__ = ["Deps", "Services", "services"]
@@ -19,7 +24,7 @@ __all__ = ["Deps", "Services", "services"]
 
 @dataclass(slots=True)
 class Deps:
-    upstreams: Upstreams
+    channels: Channels
     publisher: UsagePublisher
     metrics: Metrics
 
@@ -35,33 +40,45 @@ class Deps:
             send_timeout=settings.kafka_send_timeout_seconds,
         )
         await publisher.start()
-        return cls(upstreams=Upstreams.connect(settings), publisher=publisher, metrics=metrics)
+        return cls(channels=Channels.connect(settings), publisher=publisher, metrics=metrics)
 
     def ready(self) -> dict[str, bool]:
-        return {"grpc_channels": self.upstreams.ready(), "kafka_producer": self.publisher.started}
+        return {"grpc_channels": self.channels.ready(), "kafka_producer": self.publisher.started}
 
     async def close(self) -> None:
         """Flush usage events (to Kafka or the outbox), then close the channels."""
         await self.publisher.close()
-        await self.upstreams.close()
+        await self.channels.close()
 
 
 @dataclass(slots=True)
 class Services:
     settings: Settings
     deps: Deps
+    billing: BillingClient
+    policy: PolicyClient
+    router: RouterClient
     chat: ChatCompletions
     keys: Keys
-    admin: Admin
 
     @classmethod
     def build(cls, settings: Settings, deps: Deps) -> Services:
+        channels, metrics = deps.channels, deps.metrics
+        timeout = settings.rpc_timeout_seconds
+        billing = BillingClient(channels.billing, channels.metadata, timeout, metrics)
+        policy = PolicyClient(channels.policy, channels.metadata, timeout, metrics)
+        router = RouterClient(
+            channels.router, channels.metadata, timeout=settings.router_timeout_seconds, catalogue_timeout=timeout,
+            metrics=metrics,
+        )
         return cls(
             settings=settings,
             deps=deps,
-            chat=ChatCompletions(deps.upstreams, deps.publisher, PromptTokenCounter(), deps.metrics, settings),
-            keys=Keys(deps.upstreams, settings),
-            admin=Admin(deps.upstreams, settings),
+            billing=billing,
+            policy=policy,
+            router=router,
+            chat=ChatCompletions(billing, policy, router, deps.publisher, PromptTokenCounter(), metrics),
+            keys=Keys(billing, policy, router),
         )
 
     async def shutdown(self, grace: float | None = None) -> None:

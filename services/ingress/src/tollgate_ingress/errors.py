@@ -1,4 +1,4 @@
-"""The one exception hierarchy of ingress, and its one mapping from gRPC status codes.
+"""The one exception hierarchy of ingress.
 
 Every error a client sees is an :class:`IngressError` rendered as OpenAI's error body
 ``{"error": {"message", "type", "code", "param"}}`` with the HTTP status from docs/architecture.md::
@@ -17,16 +17,15 @@ Every error a client sees is an :class:`IngressError` rendered as OpenAI's error
     ├── ServiceUnavailable            503     api_error (billing or policy unreachable)
     └── UpstreamTimeout               504     timeout_error
 
-gRPC errors are translated once, in :func:`from_grpc`; the ``tollgate-reason`` trailer becomes the ``code``.
+Pure: a failed gRPC call is translated into one of these once, in :func:`tollgate_ingress.channels.from_grpc`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
-import grpc
 import orjson
-from tollgate_common.grpc import error_reason, retry_after
 
 __all__ = [
     "AuthenticationFailed",
@@ -42,7 +41,7 @@ __all__ = [
     "ServiceUnavailable",
     "UpstreamFailed",
     "UpstreamTimeout",
-    "from_grpc",
+    "policy_violation",
 ]
 
 
@@ -145,43 +144,12 @@ class UpstreamTimeout(IngressError):
     default_code = "timeout"
 
 
-_BY_CODE: dict[grpc.StatusCode, type[IngressError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
-    grpc.StatusCode.UNAUTHENTICATED: AuthenticationFailed,
-    grpc.StatusCode.FAILED_PRECONDITION: InsufficientQuota,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: Conflict,
-    grpc.StatusCode.ABORTED: Conflict,
-    grpc.StatusCode.DEADLINE_EXCEEDED: UpstreamTimeout,
-}
-
-
-#: FAILED_PRECONDITION reasons that are about the resource's state, not about money (409, not 402).
-_CONFLICTS = frozenset({"key_revoked", "group_archived"})
-
-
-def from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:
-    """Translate a failed call to ``service`` ("billing", "policy" or "router") into the client's error.
-
-    A broken router means the model provider failed (502); a broken billing or policy means Tollgate itself is
-    degraded (503), which clients should retry elsewhere or later.
-    """
-    code = error.code()
-    reason = error_reason(error) or None
-    message = error.details() or f"{service} failed ({code.name})"
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return RateLimited(message, code=reason, retry_after_seconds=retry_after(error))
-    if service == "router" and code == grpc.StatusCode.FAILED_PRECONDITION:
-        # No deployment left after policy limits and the caller's `provider`/`models` overrides: the request
-        # can't be served as asked (OpenRouter answers such a request with a 4xx too), not a balance problem.
-        return InvalidRequest(message, code=reason or "no_eligible_deployment")
-    if code == grpc.StatusCode.FAILED_PRECONDITION and reason in _CONFLICTS:
-        return Conflict(message, code=reason)
-    cls = _BY_CODE.get(code)
-    if cls is not None:
-        return cls(message, code=reason)
-    if service == "router":
-        return UpstreamFailed(message, code=reason)
-    return ServiceUnavailable(f"{service} is unavailable: {message}", code=reason)
+def policy_violation(what: str, kinds: Sequence[str]) -> PermissionDenied:
+    """403 policy_violation for a blocked ``what`` ("request" or "response") naming the finding types — never the
+    matched data, which must not be echoed or logged."""
+    subject = "The request" if what == "request" else "The model's response"
+    return PermissionDenied(
+        f"{subject} was blocked by the account's data policy: it contains "
+        + (", ".join(kinds) if kinds else "data the policy forbids"),
+        code="policy_violation",
+    )

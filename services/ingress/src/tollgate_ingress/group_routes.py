@@ -45,16 +45,12 @@ def group_json(group: tenancy_pb2.Group) -> dict[str, Any]:
     }
 
 
-async def _call(request: Request, rpc: str, message: object) -> Any:
-    return await services(request).admin.billing_call(rpc, message)
-
-
 def _routes(kinds: str) -> None:
     kind = _kind(kinds)
 
     async def create(account_id: str, request: Request) -> Response:
         body = await _body(request)
-        reply = await _call(request, "CreateGroup", tenancy_pb2.CreateGroupRequest(
+        reply = await services(request).billing.create_group(tenancy_pb2.CreateGroupRequest(
             account_id=account_id, kind=kind, group_id=_str(body, "id"), name=_str(body, "name", required=True)))
         return _json(group_json(reply), 201)
 
@@ -62,12 +58,12 @@ def _routes(kinds: str) -> None:
         raw = request.query_params.get("include_archived", "false").lower()
         if raw not in ("true", "false", "1", "0"):
             raise InvalidRequest("'include_archived' must be true or false", param="include_archived")
-        reply = await _call(request, "ListGroups", tenancy_pb2.ListGroupsRequest(
+        reply = await services(request).billing.list_groups(tenancy_pb2.ListGroupsRequest(
             account_id=account_id, kind=kind, include_archived=raw in ("true", "1")))
         return _json({"object": "list", "account_id": account_id, "data": [group_json(g) for g in reply.groups]})
 
     async def get(account_id: str, group_id: str, request: Request) -> Response:
-        reply = await _call(request, "GetGroup", tenancy_pb2.GetGroupRequest(
+        reply = await services(request).billing.get_group(tenancy_pb2.GetGroupRequest(
             account_id=account_id, kind=kind, group_id=group_id))
         return _json(group_json(reply))
 
@@ -84,7 +80,7 @@ def _routes(kinds: str) -> None:
             if not isinstance(body["archived"], bool):
                 raise InvalidRequest("'archived' must be a boolean", param="archived", code="invalid_type")
             message.archived = body["archived"]
-        return _json(group_json(await _call(request, "UpdateGroup", message)))
+        return _json(group_json(await services(request).billing.update_group(message)))
 
     base = f"/accounts/{{account_id}}/{kinds}"
     router.add_api_route(base, create, methods=["POST"], name=f"create_{kinds}")

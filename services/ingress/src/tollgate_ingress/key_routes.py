@@ -105,10 +105,6 @@ def key_json(key: key_admin_pb2.ApiKey) -> dict[str, Any]:
     }
 
 
-async def _call(request: Request, rpc: str, message: object) -> Any:
-    return await services(request).admin.billing_call(rpc, message)
-
-
 @router.post("/accounts/{account_id}/keys")
 async def create_key(account_id: str, request: Request) -> Response:
     body = await _body(request)
@@ -127,7 +123,7 @@ async def create_key(account_id: str, request: Request) -> Response:
     if account_admin and not _is_operator(request, _admin_credential(request)):
         raise PermissionDenied("Only the operator makes account admins.", code="permission_denied")
     expires_at = _expires_at(body)
-    reply = await services(request).admin.create_key(
+    reply = await services(request).billing.create_key(
         billing_service_pb2.CreateApiKeyRequest(
             account_id=account_id,
             label=label,
@@ -168,14 +164,16 @@ async def list_keys(account_id: str, request: Request) -> Response:
     raw = request.query_params.get("include_revoked", "false").lower()
     if raw not in ("true", "false", "1", "0"):
         raise InvalidRequest("'include_revoked' must be true or false", param="include_revoked")
-    reply = await _call(request, "ListApiKeys", key_admin_pb2.ListApiKeysRequest(
+    reply = await services(request).billing.list_keys(key_admin_pb2.ListApiKeysRequest(
         account_id=account_id, include_revoked=raw in ("true", "1")))
     return _json({"object": "list", "account_id": account_id, "data": [key_json(k) for k in reply.keys]})
 
 
 @router.get("/accounts/{account_id}/keys/{key_id}")
 async def get_key(account_id: str, key_id: str, request: Request) -> Response:
-    reply = await _call(request, "GetApiKey", key_admin_pb2.GetApiKeyRequest(account_id=account_id, key_id=key_id))
+    reply = await services(request).billing.get_key(
+        key_admin_pb2.GetApiKeyRequest(account_id=account_id, key_id=key_id)
+    )
     return _json(key_json(reply))
 
 
@@ -199,14 +197,15 @@ async def update_key(account_id: str, key_id: str, request: Request) -> Response
     for field in ("team", "project"):  # a group id of the account; "" or null takes the key out
         if field in body:
             setattr(message, field, _str(body, field))
-    return _json(key_json(await _call(request, "UpdateApiKey", message)))
+    return _json(key_json(await services(request).billing.update_key(message)))
 
 
 @router.delete("/accounts/{account_id}/keys/{key_id}")
 async def revoke_key(account_id: str, key_id: str, request: Request) -> Response:
     """Revoke: the next request with the key is 401 (idempotent: revoking a revoked key answers it again)."""
-    reply = await _call(request, "RevokeApiKey",
-                        key_admin_pb2.RevokeApiKeyRequest(account_id=account_id, key_id=key_id))
+    reply = await services(request).billing.revoke_key(
+        key_admin_pb2.RevokeApiKeyRequest(account_id=account_id, key_id=key_id)
+    )
     return _json(key_json(reply))
 
 
@@ -218,6 +217,6 @@ async def rotate_key(account_id: str, key_id: str, request: Request) -> Response
     if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE_SECONDS:
         raise InvalidRequest(f"'grace_seconds' must be an integer from 0 to {MAX_GRACE_SECONDS}",
                              param="grace_seconds")
-    reply = await _call(request, "RotateApiKey", key_admin_pb2.RotateApiKeyRequest(
+    reply = await services(request).billing.rotate_key(key_admin_pb2.RotateApiKeyRequest(
         account_id=account_id, key_id=key_id, grace_seconds=grace))
     return _json({**key_json(reply.key), "key": reply.api_key})  # the new secret, this once

@@ -1,6 +1,6 @@
 """The OpenAI-compatible API: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/key``.
 
-Transport only: headers and JSON in, JSON and SSE out; the work is in :mod:`tollgate_ingress.application`.
+Transport only: headers and JSON in, JSON and SSE out; the work is in :mod:`tollgate_ingress.chat`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import asyncio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .application import StreamFailed
 from .deps import services
 from .domain import TAGS_HEADER, parse_chat_request
 from .errors import AuthenticationFailed, PayloadTooLarge
 from .money import ExactNumber, dumps_exact
 from .sse import SseResponse
+from .streaming import StreamFailed
 
 __all__ = ["bearer_token", "read_body", "router"]
 
@@ -83,7 +83,7 @@ async def list_models(request: Request) -> Response:
 
         return await anthropic_models(request)
     reply = await services(request).keys.models(bearer_token(request), request.state.request_id)
-    data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by or m.provider} for m in reply.models]
+    data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by or m.provider} for m in reply]
     return Response(dumps_exact({"object": "list", "data": data}), media_type=JSON)
 
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from tollgate.policy.v1 import policy_service_pb2 as ppb
+
+from .policy_client import Action, Inspection, Verdict
 
 __all__ = [
     "DEFAULT_FIRST_WINDOW",
@@ -56,7 +57,7 @@ DEFAULT_OVERLAP = 128
 DEFAULT_FIRST_WINDOW = 32
 
 #: ``inspect(texts, sequence)`` → policy's answer for the model's output (direction RESPONSE).
-Inspector = Callable[[list[str], int], Awaitable[ppb.InspectResponse]]
+Inspector = Callable[[list[str], int], Awaitable[Inspection]]
 
 _WHITESPACE = re.compile(r"\s")
 _NOT_LABEL = re.compile(r"[^A-Z0-9]+")
@@ -70,9 +71,8 @@ class ResponseBlocked(Exception):
         self.kinds = list(kinds)
 
 
-def _blocked(reply: ppb.InspectResponse) -> ResponseBlocked:
-    kinds = [f.type for f in reply.findings if f.action == ppb.ACTION_BLOCK] or [f.type for f in reply.findings]
-    return ResponseBlocked(list(dict.fromkeys(k for k in kinds if k)))
+def _blocked(reply: Inspection) -> ResponseBlocked:
+    return ResponseBlocked(reply.blocked_kinds())
 
 
 # --- non-streaming ----------------------------------------------------------------------------------------------
@@ -105,9 +105,9 @@ async def scan_completion(body_json: bytes, inspect: Inspector) -> bytes:
     if not any(texts):
         return body_json
     reply = await inspect(texts, 0)
-    if reply.verdict == ppb.VERDICT_BLOCK:
+    if reply.verdict is Verdict.BLOCK:
         raise _blocked(reply)
-    if reply.verdict != ppb.VERDICT_REDACT:
+    if reply.verdict is not Verdict.REDACT:
         return body_json
     if len(reply.redacted_texts) != len(texts):
         raise ValueError("policy returned a redaction that does not match the response")
@@ -246,7 +246,7 @@ class StreamScanner:
         context = channel.sent_tail
         reply = await self.inspect([context + pending], self.sequence)
         self.sequence += 1
-        if reply.verdict == ppb.VERDICT_BLOCK:
+        if reply.verdict is Verdict.BLOCK:
             raise _blocked(reply)
         offset = len(context)
         findings = [
@@ -261,9 +261,9 @@ class StreamScanner:
         redact = sorted(
             (max(s, 0), min(e, cut), kind, pending[max(s, 0) : e])
             for s, e, kind, action in findings
-            if action == ppb.ACTION_REDACT and s < cut
+            if action is Action.REDACT and s < cut
         )
-        out_text = self._redacted(sent, redact) if reply.verdict == ppb.VERDICT_REDACT else sent
+        out_text = self._redacted(sent, redact) if reply.verdict is Verdict.REDACT else sent
         channel.pending = pending[cut:]
         channel.sent_tail = (channel.sent_tail + sent)[-self.overlap :]
         return [self._text_chunk(channel, out_text)] if out_text else []
@@ -302,7 +302,7 @@ def _label(kind: str) -> str:
     return _NOT_LABEL.sub("_", kind.rpartition(":")[2].upper()).strip("_") or "REDACTED"
 
 
-def _cut(pending: str, overlap: int, findings: list[tuple[int, int, str, int]]) -> int:
+def _cut(pending: str, overlap: int, findings: list[tuple[int, int, str, Action]]) -> int:
     """Where the part to send ends: at most ``len - overlap``, at a whitespace, never inside a finding."""
     limit = len(pending) - overlap
     cut = limit

@@ -1,7 +1,7 @@
 """OpenAI's Responses API: ``POST /v1/responses``.
 
 Transport only: the key from ``Authorization: Bearer``, the body translated by
-:mod:`tollgate_ingress.responses_wire`, then the chat path of :mod:`tollgate_ingress.application` (hold, policy,
+:mod:`tollgate_ingress.responses_wire`, then the chat path of :mod:`tollgate_ingress.chat` (hold, policy,
 router, one usage event) exactly as ``/v1/chat/completions`` takes it. Errors are OpenAI's error JSON (raised as
 :class:`~tollgate_ingress.errors.IngressError` and mapped by the app, as on chat).
 """
@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .application import StreamEnded, StreamFailed, StreamItem, StreamSession
+from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 from .deps import services
 from .domain import TAGS_HEADER, parse_chat_request
 from .metrics import Metrics

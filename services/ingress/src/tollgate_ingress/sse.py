@@ -18,9 +18,9 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .application import StreamEnded, StreamFailed, StreamItem, StreamSession
 from .domain import StreamMeta, usage_chunk
 from .metrics import Metrics
+from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 
 __all__ = ["SseResponse"]
 

@@ -1,0 +1,195 @@
+"""A chat completion, between the HTTP layer and the services.
+
+Count prompt tokens → billing authorizes (a hold for the maximum cost) → policy inspects (allow, flag, redact,
+block; the routing constraints it sets) → the router completes or streams (:mod:`tollgate_ingress.streaming`) →
+when the policy asks for it, policy inspects the answer (:mod:`tollgate_ingress.response_scan`) → exactly one
+``UsageRecorded`` closes the hold (:mod:`tollgate_ingress.settlement`). An answer the policy blocks was still
+served upstream, so it is billed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .billing_client import BillingClient
+from .catalogue import ModelDirectory
+from .domain import ChatRequest, Outcome, Usage
+from .errors import PermissionDenied, ServiceUnavailable, policy_violation
+from .metrics import Metrics
+from .policy_client import Inspection, PolicyClient, RoutingConstraints, Verdict
+from .publisher import UsagePublisher
+from .response_scan import ResponseBlocked, scan_completion
+from .router_client import RouterClient, RouteRequest
+from .settlement import Settlement
+from .streaming import StreamPump, StreamSession
+from .tokens import PromptTokenCounter
+
+__all__ = ["ChatCompletions", "Prepared"]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An authorized, inspected request: what goes to the router, and the hold it must close."""
+
+    request: ChatRequest
+    request_id: str
+    body_json: bytes
+    settlement: Settlement
+    #: The tokenizer's count of the prompt (what the hold was sized on); billed when a stream breaks mid-way.
+    prompt_tokens: int = 0
+    #: Where the policy lets the request go (model/provider/region allow-lists), passed on to the router.
+    constraints: RoutingConstraints = field(default_factory=RoutingConstraints)
+    #: The policy wants the answer inspected before the caller sees it.
+    scan_responses: bool = False
+    #: The catalogue models billing checked and held for: the router may serve no other.
+    authorized_models: list[str] = field(default_factory=list)
+    #: The usage billed for a non-streamed answer, once :meth:`ChatCompletions.complete` has it (the other wire
+    #: formats report it in their own shape).
+    usage: Usage | None = None
+
+    def route(self) -> RouteRequest:
+        auth = self.settlement.auth
+        return RouteRequest(
+            request_id=self.request_id,
+            account_id=auth.account_id,
+            key_id=auth.key_id,
+            model=self.request.model,
+            body_json=self.body_json,
+            constraints=self.constraints,
+            authorized_models=self.authorized_models,
+        )
+
+
+#: What a routing rule means, for the 403's message (the rule's name is always given too).
+_RULE_MESSAGES = {
+    "model_not_allowed": "the model is not on the allowed list",
+    # The team's and the key's allow-lists exclude each other: nothing is left to route to.
+    "provider_not_allowed": "the provider limits that apply leave no allowed provider",
+    "region_not_allowed": "the region limits that apply leave no allowed region",
+}
+
+
+class ChatCompletions:
+    def __init__(
+        self,
+        billing: BillingClient,
+        policy: PolicyClient,
+        router: RouterClient,
+        publisher: UsagePublisher,
+        counter: PromptTokenCounter,
+        metrics: Metrics,
+        directory: ModelDirectory | None = None,
+    ) -> None:
+        self.billing = billing
+        self.policy = policy
+        self.router = router
+        self.directory = directory or ModelDirectory(router)
+        self.publisher = publisher
+        self.counter = counter
+        self.pump = StreamPump(router, counter, metrics)
+
+    # --- before the router --------------------------------------------------------------------------------------
+    async def prepare(self, api_key: str, request_id: str, request: ChatRequest) -> Prepared:
+        """Authorize (place the hold) and apply the DLP verdict. After the hold is placed, every way out of here
+        closes it."""
+        prompt_tokens = self.counter.messages(request.messages, request.tools)
+        candidates = await self.directory.resolve(request.candidate_models)
+        auth = await self.billing.authorize(api_key, request_id, candidates, prompt_tokens, request.max_output_tokens)
+        settlement = Settlement(self.publisher, request, request_id, auth)
+        try:
+            body, inspection = await self._inspect(request_id, request, settlement)
+        except BaseException:
+            settlement.close(Outcome.FAILED)  # no-op when the block already closed it
+            raise
+        return Prepared(
+            request=request,
+            request_id=request_id,
+            body_json=body,
+            settlement=settlement,
+            prompt_tokens=prompt_tokens,
+            constraints=inspection.constraints,
+            scan_responses=inspection.scan_responses,
+            authorized_models=candidates,
+        )
+
+    async def _inspect(
+        self, request_id: str, request: ChatRequest, settlement: Settlement
+    ) -> tuple[bytes, Inspection]:
+        """The body to forward and policy's answer. Always asked, even without text: the policy also decides which
+        models and providers the request may use."""
+        auth = settlement.auth
+        inspection = await self.policy.inspect(
+            request_id, auth.account_id, auth.key_id, team=auth.team, model=request.model,
+            texts=request.prompt_texts(),
+        )
+        if inspection.verdict is Verdict.ALLOW or inspection.verdict is Verdict.FLAG:
+            return request.raw, inspection
+        if inspection.verdict is Verdict.BLOCK:
+            settlement.close(Outcome.BLOCKED)
+            if inspection.rule:
+                raise PermissionDenied(
+                    f"The request was blocked by the account's policy (rule {inspection.rule}): "
+                    + _RULE_MESSAGES.get(inspection.rule, "the policy does not allow this request"),
+                    code="policy_violation",
+                )
+            raise policy_violation("request", inspection.blocked_kinds())
+        try:
+            return request.redacted_body(inspection.redacted_texts), inspection
+        except ValueError:
+            raise ServiceUnavailable(
+                "policy returned a redaction that does not match the prompt", code="policy_error"
+            ) from None
+
+    def _response_inspector(self, prepared: Prepared) -> Callable[[list[str], int], Awaitable[Inspection]]:
+        """Inspects the model's answer under the same context as the prompt (direction RESPONSE)."""
+        auth = prepared.settlement.auth
+
+        async def inspect(texts: list[str], sequence: int) -> Inspection:
+            return await self.policy.inspect(
+                prepared.request_id, auth.account_id, auth.key_id, team=auth.team, model=prepared.request.model,
+                texts=texts, response=True, sequence=sequence,
+            )
+
+        return inspect
+
+    # --- the router -------------------------------------------------------------------------------------------
+    async def complete(self, prepared: Prepared) -> bytes:
+        """Non-streaming: the upstream's OpenAI body, as it came (or redacted by the policy)."""
+        settlement = prepared.settlement
+        try:
+            completion = await self.router.complete(prepared.route())
+        except BaseException:
+            settlement.close(Outcome.FAILED)
+            raise
+        served = completion.served
+        prepared.usage = served.usage
+        settlement.close(
+            Outcome.SUCCEEDED,
+            served.usage,
+            provider=served.provider,
+            upstream_model=served.upstream_model,
+            upstream_request_id=served.upstream_request_id,
+            model=served.model,
+        )
+        if not prepared.scan_responses:
+            return completion.body_json
+        # Billed above whatever happens now: the upstream served the answer.
+        try:
+            return await scan_completion(completion.body_json, self._response_inspector(prepared))
+        except ResponseBlocked as blocked:
+            raise policy_violation("response", blocked.kinds) from None
+        except ValueError:
+            raise ServiceUnavailable(
+                "policy returned a redaction that does not match the response", code="policy_error"
+            ) from None
+
+    def stream(self, prepared: Prepared) -> StreamSession:
+        """Start consuming the router stream in its own task; read the session's queue for chunks."""
+        scan = self._response_inspector(prepared) if prepared.scan_responses else None
+        return self.pump.start(prepared, scan)
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: let router streams (including those whose client left) finish and bill, then cut the rest."""
+        await self.pump.drain(timeout)
+
