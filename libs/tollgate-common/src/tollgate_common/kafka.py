@@ -26,6 +26,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .db import READ_ONLY, MessagingTables
+from .event_auth import EventSigner, SigningProducer
 from .events import Envelope
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "BatchHandler",
     "DbOffsetConsumer",
     "OutboxRelay",
+    "RecordCheck",
     "UnusableRecord",
     "ensure_topics",
     "make_producer",
@@ -49,11 +51,16 @@ Handler = Callable[[AsyncSession, Envelope, ConsumerRecord], Awaitable[None]]
 BatchApply = Callable[[AsyncSession, list[Envelope]], Awaitable[None]]
 #: What ``replay_topics`` hands over: a batch of (envelope, record), read-only, no transaction of ours.
 BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
+#: (envelope, raw headers) → None to apply it, or the reason to park it (``event_auth.EventVerifier``).
+RecordCheck = Callable[[Envelope, Sequence[tuple[str, bytes]]], str | None]
 
 
-def make_producer(bootstrap: str, *, client_id: str = "tollgate", linger_ms: int = 2) -> AIOKafkaProducer:
+def make_producer(
+    bootstrap: str, *, client_id: str = "tollgate", linger_ms: int = 2, signer: EventSigner | None = None
+) -> AIOKafkaProducer:
+    """``signer``: sign every record as that service (``tollgate_common.event_auth``); None or disabled: unsigned."""
     # enable_idempotence stays off: the embedded broker rejects InitProducerId, and consumers dedupe anyway.
-    return AIOKafkaProducer(
+    config: dict[str, Any] = dict(
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",
@@ -62,6 +69,9 @@ def make_producer(bootstrap: str, *, client_id: str = "tollgate", linger_ms: int
         request_timeout_ms=10_000,
         retry_backoff_ms=200,
     )
+    if signer is not None and signer.enabled:
+        return SigningProducer(signer, **config)
+    return AIOKafkaProducer(**config)
 
 
 async def run_with_producer(
@@ -72,6 +82,7 @@ async def run_with_producer(
     client_id: str,
     topics: Sequence[str],
     connecting: Callable[[bool], None] | None = None,
+    signer: EventSigner | None = None,
 ) -> None:
     """Run ``work(producer)`` until ``stop`` is set, through any number of broker outages.
 
@@ -82,7 +93,7 @@ async def run_with_producer(
     """
     backoff = 0.5
     while not stop.is_set():
-        producer = make_producer(bootstrap, client_id=client_id)
+        producer = make_producer(bootstrap, client_id=client_id, signer=signer)
         try:
             if connecting is not None:
                 connecting(True)
@@ -294,6 +305,7 @@ class DbOffsetConsumer:
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         retry_pause_seconds: float = 1.0,
+        verify: RecordCheck | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler (per event) or batch_handler (per Kafka batch)")
@@ -310,6 +322,8 @@ class DbOffsetConsumer:
         self.write_turn = write_turn
         self.max_records = max_records
         self.retry_pause_seconds = retry_pause_seconds
+        #: Producer identity check (``event_auth.EventVerifier``): a record it refuses is parked with its reason.
+        self.verify = verify
         self.consumer: AIOKafkaConsumer | None = None
         self.applied = 0
         self.parked = 0
@@ -317,9 +331,13 @@ class DbOffsetConsumer:
     def decode(self, record: ConsumerRecord) -> Envelope:
         """The record as an event, or :class:`UnusableRecord`. Override (calling super) to verify more."""
         try:
-            return Envelope.from_kafka(record.headers, record.value)
+            env = Envelope.from_kafka(record.headers, record.value)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UnusableRecord(f"not a Tollgate CloudEvent: {exc}") from None
+        refused = self.verify(env, record.headers) if self.verify is not None else None
+        if refused is not None:
+            raise UnusableRecord(f"producer not verified: {refused}")
+        return env
 
     async def _seek_to_stored(self, assigned: Iterable[TopicPartition]) -> None:
         """Resume where the database says; from the beginning when it knows nothing or the log is shorter than the

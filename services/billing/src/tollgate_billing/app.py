@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tollgate.billing.v1 import billing_service_pb2_grpc
 from tollgate_common.db import create_engine, session_maker
+from tollgate_common.event_auth import EventSigner, EventVerifier
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
@@ -184,7 +185,8 @@ class BillingApp:
         while True:
             try:
                 await ensure_topics(bootstrap, [Topics.BILLING, Topics.USAGE_RATED], attempts=4)
-                producer = make_producer(bootstrap, client_id="tollgate-billing")
+                producer = make_producer(bootstrap, client_id="tollgate-billing",
+                                         signer=EventSigner("billing", self.settings.internal_keys))
                 await producer.start()
                 break
             except Exception as exc:
@@ -205,7 +207,8 @@ class BillingApp:
         # wake-up so that under load one publish round covers many requests' events, not one each.
         self.relay = OutboxRelay(self.sessions, messaging, producer, keep=True, linger_seconds=RELAY_LINGER_SECONDS,
                                  write_turn=self.billing.sqlite_turn)
-        self.consumer = UsageConsumer(bootstrap, self.sessions, self.billing, after_commit=self.relay.notify)
+        self.consumer = UsageConsumer(bootstrap, self.sessions, self.billing, after_commit=self.relay.notify,
+                                      verify=EventVerifier(self.settings.internal_keys))
         relay, consumer = self.relay, self.consumer
         self._spawn("relay", lambda: self._keep_running("relay", lambda: relay.run(self._relay_stop),
                                                         self._relay_stop))

@@ -16,7 +16,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import DbOffsetConsumer
+from tollgate_common.kafka import DbOffsetConsumer, RecordCheck
 from tollgate_common.telemetry import extract_traceparent
 
 from .application import Billing
@@ -39,6 +39,7 @@ class UsageConsumer(DbOffsetConsumer):
         billing: Billing,
         *,
         after_commit: Callable[[], None] | None = None,
+        verify: RecordCheck | None = None,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -51,6 +52,7 @@ class UsageConsumer(DbOffsetConsumer):
             # Taken before each batch transaction begins (``BEGIN IMMEDIATE`` takes SQLite's write lock): taken
             # inside the handler, Authorize could hold the turn while waiting for the lock this transaction holds.
             write_turn=billing.sqlite_turn,
+            verify=verify,  # only metering's signed UsageRated is applied; the rest is parked
         )
         self.billing = billing
 

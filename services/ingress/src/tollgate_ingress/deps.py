@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from tollgate_common.event_auth import EventSigner
 
 from .billing_client import BillingClient
 from .channels import Channels
@@ -38,6 +39,7 @@ class Deps:
             outbox_url=settings.outbox_database_url,
             metrics=metrics,
             send_timeout=settings.kafka_send_timeout_seconds,
+            signer=EventSigner("ingress", settings.internal_keys),
         )
         await publisher.start()
         return cls(channels=Channels.connect(settings), publisher=publisher, metrics=metrics)

@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.db import create_engine, session_maker
+from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
 from tollgate_common.migrations import migrate
@@ -50,8 +51,10 @@ class UsagePublisher:
         metrics: Metrics,
         send_timeout: float = 5.0,
         relay_poll_seconds: float = 1.0,
+        signer: EventSigner | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.signer = signer
         self.metrics = metrics
         self.send_timeout = send_timeout
         self.relay_poll_seconds = relay_poll_seconds
@@ -150,7 +153,7 @@ class UsagePublisher:
 
     # --- background: connect, then relay the outbox ----------------------------------------------------------
     async def _connect(self) -> bool:
-        producer = make_producer(self.bootstrap, client_id="tollgate-ingress")
+        producer = make_producer(self.bootstrap, client_id="tollgate-ingress", signer=self.signer)
         try:
             await producer.start()
         except Exception as exc:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from tollgate_common.db import session_maker
+from tollgate_common.event_auth import EventSigner, EventVerifier
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
@@ -83,6 +84,7 @@ class MeteringApp:
             client_id="tollgate-metering",
             topics=[Topics.USAGE, Topics.USAGE_RATED],
             connecting=self._set_connecting,
+            signer=EventSigner("metering", self.settings.internal_keys),
         )
 
     def _set_connecting(self, connecting: bool) -> None:
@@ -94,7 +96,8 @@ class MeteringApp:
         # and the archive (not the outbox) is metering's durable log.
         self.relay = OutboxRelay(self.metering.sessions, messaging, producer, keep=False)
         self.consumer = UsageConsumer(
-            self.metering, self.settings.kafka_bootstrap_servers, after_commit=self.relay.notify
+            self.metering, self.settings.kafka_bootstrap_servers, after_commit=self.relay.notify,
+            verify=EventVerifier(self.settings.internal_keys),
         )
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.relay.run(self._stop))

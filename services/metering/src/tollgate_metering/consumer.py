@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import DbOffsetConsumer
+from tollgate_common.kafka import DbOffsetConsumer, RecordCheck
 
 from .application import Metering, RecordedBatch
 from .metrics import EVENTS_ARCHIVED, USAGE_RATED, USAGE_UNPRICED
@@ -26,7 +26,14 @@ PRICE_BOOK_MAX_AGE_SECONDS = 10.0
 
 
 class UsageConsumer(DbOffsetConsumer):
-    def __init__(self, metering: Metering, bootstrap: str, *, after_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        metering: Metering,
+        bootstrap: str,
+        *,
+        after_commit: Callable[[], None] | None = None,
+        verify: RecordCheck | None = None,
+    ) -> None:
         super().__init__(
             bootstrap=bootstrap,
             topics=[Topics.USAGE],
@@ -35,6 +42,7 @@ class UsageConsumer(DbOffsetConsumer):
             tables=messaging,
             batch_handler=self._record,
             after_commit=self._committed,
+            verify=verify,  # only ingress's signed UsageRecorded is applied; the rest is parked
         )
         self.metering = metering
         self._notify = after_commit

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.policy.v1 import policy_service_pb2_grpc
 from tollgate_common.db import create_engine, session_maker
+from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
@@ -90,6 +91,7 @@ class PolicyApp:
             stop=self._stop,
             client_id="tollgate-policy",
             topics=[Topics.POLICY],
+            signer=EventSigner("policy", self.settings.internal_keys),
         )
 
     async def _relay(self, producer: AIOKafkaProducer) -> None:

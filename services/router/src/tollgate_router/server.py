@@ -15,6 +15,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_common.db import session_maker
+from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
@@ -105,6 +106,7 @@ class RouterServer:
             client_id="tollgate-router",
             topics=[Topics.ATTEMPTS],
             connecting=self._set_connecting,
+            signer=EventSigner("router", self.settings.internal_keys),
         )
 
     def _set_connecting(self, connecting: bool) -> None:
