@@ -6,6 +6,7 @@ pyeventsourcing's test suites). Money is checked in exact nano-units.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.events.v1.billing_pb2 import GROUP_KIND_PROJECT, GROUP_KIND_TEAM
 from tollgate_billing import errors
-from tollgate_billing.application import Billing
+from tollgate_billing.application import CAPTURE_OVERRUN_NANOS, CAPTURE_OVERRUNS, Billing
 from tollgate_billing.domain import hash_api_key
 from tollgate_billing.group_admin import GroupAdmin
 from tollgate_billing.rebuild import compare, replay_outbox
@@ -161,6 +162,27 @@ class ApplicationContract:
             await h.billing.add_credits("acct_missing", NANOS, "k")
         assert (await h.billing.get_balance(account.account_id)).balance_nanos == 0
 
+    async def test_an_idempotency_key_reused_with_another_amount_is_refused(self, h: Harness) -> None:
+        """Replaying it would hide that the second payment is another amount (ingress answers 409)."""
+        account, _ = await h.billing.create_account("Acme")
+        await h.billing.add_credits(account.account_id, 5 * NANOS, "pay_1")
+        with pytest.raises(errors.IdempotencyKeyReused, match="5000000000"):
+            await h.billing.add_credits(account.account_id, 6 * NANOS, "pay_1")
+        assert (await h.billing.add_credits(account.account_id, 5 * NANOS, "pay_1")).replayed
+        assert (await h.billing.get_balance(account.account_id)).balance_nanos == 5 * NANOS
+
+    async def test_a_credit_beyond_what_a_bigint_holds_is_refused(self, h: Harness) -> None:
+        """On SQLite the sum would silently become a REAL (and break the account), on PostgreSQL a 500."""
+        account, _ = await h.billing.create_account("Acme")
+        top = 2**63 - 1
+        await h.billing.add_credits(account.account_id, top - 10, "most")
+        with pytest.raises(errors.AmountOutOfRange):
+            await h.billing.add_credits(account.account_id, 11, "one too many")
+        await h.billing.add_credits(account.account_id, 10, "exactly the top")
+        wallet = await h.billing.get_balance(account.account_id)
+        assert type(wallet.balance_nanos) is int and wallet.balance_nanos == top
+        assert await h.wallet_postings(account.account_id) == top
+
     # --- authorize ------------------------------------------------------------------------------------------
 
     async def test_authorize_places_a_hold_for_the_maximum_cost(self, h: Harness) -> None:
@@ -233,6 +255,46 @@ class ApplicationContract:
         assert wallet.held_nanos == 0
         assert "hold.placed:req_big" not in await h.outbox_ids()
         await h.billing.authorize(api_key, "req_small", MODEL, 99, 0)  # exactly what is left is fine
+
+    async def test_concurrent_holds_share_transactions_and_never_overspend(self, h: Harness) -> None:
+        """Authorize calls arriving together are group-committed; each still gets its own answer: exactly the holds
+        the balance covers are placed, a refusal of one (or a retried id) never changes another's."""
+        amount = hold_for(10, 10)
+        account_id, _, api_key = await h.funded_key(credit=amount * 20)
+        other_account, _, other_key = await h.funded_key(credit=amount * 100)
+        batches = h.billing.holds.batches
+        calls = [h.billing.authorize(api_key, f"race_{i}", MODEL, 10, 10) for i in range(50)]
+        calls += [h.billing.authorize(other_key, f"other_{i}", MODEL, 10, 10) for i in range(30)]
+        calls += [h.billing.authorize(other_key, "other_0", MODEL, 10, 10)]  # a retry inside the same burst
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        placed = [r for r in results[:50] if not isinstance(r, BaseException)]
+        refused = [r for r in results[:50] if isinstance(r, BaseException)]
+        assert len(placed) == 20 and all(isinstance(r, errors.InsufficientBalance) for r in refused)
+        assert all(not isinstance(r, BaseException) and not r.replayed for r in results[50:80])
+        retry = results[80]
+        assert not isinstance(retry, BaseException) and retry.replayed and retry.hold_id == "other_0"
+        assert h.billing.holds.batches - batches < 20  # many callers per transaction
+        wallet = await h.billing.get_balance(account_id)
+        assert (wallet.held_nanos, wallet.available_nanos) == (20 * amount, 0)
+        assert (await h.billing.get_balance(other_account)).held_nanos == 30 * amount
+        ids = await h.outbox_ids()
+        assert sum(i.startswith("hold.placed:race_") for i in ids) == 20
+        assert sum(i.startswith("hold.placed:other_") for i in ids) == 30
+
+    async def test_a_negative_balance_refuses_every_new_hold(self, h: Harness) -> None:
+        """A capture above its hold may take a wallet below zero; until it is topped up nothing more is held."""
+        account_id, key_id, api_key = await h.funded_key(credit=hold_for(10, 10) + 100)
+        await h.billing.authorize(api_key, "req_under_held", MODEL, 10, 10)
+        overruns = CAPTURE_OVERRUNS._value.get()
+        overrun_nanos = CAPTURE_OVERRUN_NANOS._value.get()
+        await h.usage("req_under_held", account_id, key_id, hold_for(10, 10) + 500)
+        assert CAPTURE_OVERRUNS._value.get() == overruns + 1
+        assert CAPTURE_OVERRUN_NANOS._value.get() == overrun_nanos + 500
+        assert (await h.billing.get_balance(account_id)).balance_nanos == -400
+        with pytest.raises(errors.InsufficientBalance, match="negative"):
+            await h.billing.authorize(api_key, "req_next", MODEL, 0, 1)
+        await h.billing.add_credits(account_id, hold_for(10, 10) + 400, "top up")
+        await h.billing.authorize(api_key, "req_after_top_up", MODEL, 10, 10)
 
     async def test_key_limit_counts_usage_and_open_holds(self, h: Harness) -> None:
         limit = hold_for(10, 10) * 2 + 1000

@@ -188,7 +188,7 @@ async def test_rebuild_from_the_log_equals_live_and_catches_a_tampered_database(
     async with _live(sqlite_db, metering, broker, hold_ttl_seconds=2, hold_sweep_seconds=0.2) as live:
         account_id, key = await live.tenant(credit=2 * NANOS)
         other_account, other_key = await live.tenant()
-        await live.stub.AddCredits(pb.AddCreditsRequest(account_id=account_id, amount_nanos=NANOS,
+        await live.stub.AddCredits(pb.AddCreditsRequest(account_id=account_id, amount_nanos=2 * NANOS,
                                                         idempotency_key="seed"))  # replay: no event
         for i in range(3):
             await live.authorize(key.api_key, f"req_{i}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from google.protobuf.message import Message
+from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from tollgate.events.v1 import billing_pb2, usage_pb2
@@ -26,13 +27,16 @@ from . import domain, repository
 from .domain import ApiKeyGrant, PriceBook, SlidingWindowLimiter
 from .errors import (
     AccountNotFound,
+    AmountOutOfRange,
     ConcurrentUpdate,
     CurrencyMismatch,
+    IdempotencyKeyReused,
     InvalidApiKey,
     InvalidArgument,
     PriceBookUnavailable,
     RequestIdConflict,
 )
+from .hold_writer import HoldWriter, PendingHold
 from .memberships import check_membership
 from .repository import AccountRow, KeyRow, LedgerRow, WalletRow
 
@@ -54,6 +58,12 @@ SWEEP_BATCH = 200
 #: cannot be made to price thousands of names.
 MAX_FALLBACK_MODELS = 16
 _KEY_CACHE_MAX = 100_000
+
+#: Captures above their hold (the estimate behind the hold was low): charged in full, so the wallet may go below
+#: zero; Authorize then refuses the account until it is topped up. Alert on a rising rate.
+CAPTURE_OVERRUNS = Counter("tollgate_billing_capture_overruns_total", "Usage captures above the hold they close")
+CAPTURE_OVERRUN_NANOS = Counter("tollgate_billing_capture_overrun_nanos_total",
+                                "Nanos captured beyond the holds they close (all currencies)")
 
 
 class PriceSource(Protocol):
@@ -166,6 +176,8 @@ class Billing:
         self.on_commit = on_commit
         self.keys = _KeyCache(key_cache_seconds, monotonic)
         self._sqlite_writes = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        #: Authorize's writes: concurrent holds group-committed, one transaction for many callers.
+        self.holds = HoldWriter(engine, self.sqlite_turn)
         self.limiter = SlidingWindowLimiter()
 
     @asynccontextmanager
@@ -254,11 +266,9 @@ class Billing:
         amount = candidate.amount_nanos
         self.limiter.acquire(grant.key_id, grant.rate_limit_rpm, self.monotonic())
         event = domain.hold_placed(grant, request_id, candidate.model, amount, self._now_ms(), self.hold_ttl_seconds)
-        try:
-            async with self._write() as conn:
-                await repository.record(conn, event)
-        except IntegrityError:
-            return await self._existing_hold(grant, request_id)
+        existing = await self.holds.place(PendingHold.of(event))
+        if existing is not None:
+            return self._replayed_hold(grant, existing)
         self._committed()
         return AuthorizeResult(
             account_id=grant.account_id,
@@ -272,12 +282,8 @@ class Billing:
             hold_output_tokens=candidate.output_tokens,
         )
 
-    async def _existing_hold(self, grant: ApiKeyGrant, hold_id: str) -> AuthorizeResult:
+    def _replayed_hold(self, grant: ApiKeyGrant, hold: domain.HoldView) -> AuthorizeResult:
         """A retried Authorize: the hold for this request id already exists (or a concurrent twin just made it)."""
-        async with self._read() as conn:
-            hold = await repository.find_hold(conn, hold_id)
-        if hold is None:
-            raise ConcurrentUpdate(f"hold {hold_id} could not be placed; retry")
         if hold.key_id != grant.key_id:
             raise RequestIdConflict("request_id already names another key's request")
         return AuthorizeResult(
@@ -390,14 +396,25 @@ class Billing:
     async def _add_credits(
         self, conn: AsyncConnection, event: billing_pb2.CreditsAdded, *, replay_only: bool = False
     ) -> AddCreditsResult:
-        wallet = await repository.get_wallet(conn, event.account_id)
+        wallet = await repository.get_wallet(conn, event.account_id, lock=not replay_only)
         if wallet is None:
             raise AccountNotFound(f"account {event.account_id} not found")
         earlier = await repository.find_credit(conn, event.account_id, event.idempotency_key)
         if earlier is not None:
-            return AddCreditsResult(transaction_id=earlier, balance_nanos=wallet.balance_nanos, replayed=True)
+            transaction_id, amount = earlier
+            if amount != event.amount_nanos:
+                raise IdempotencyKeyReused(
+                    f"idempotency key {event.idempotency_key!r} already credited {amount} nanos, not "
+                    f"{event.amount_nanos}: use a new key for another credit"
+                )
+            return AddCreditsResult(transaction_id=transaction_id, balance_nanos=wallet.balance_nanos, replayed=True)
         if replay_only:
             raise ConcurrentUpdate("credit could not be applied; retry")
+        if wallet.balance_nanos + event.amount_nanos > domain.INT64_MAX:
+            raise AmountOutOfRange(
+                f"the balance would be {wallet.balance_nanos + event.amount_nanos} nanos, beyond the largest "
+                f"amount billing stores ({domain.INT64_MAX})"
+            )
         await repository.record(conn, event)
         return AddCreditsResult(
             transaction_id=event.transaction.transaction_id,
@@ -462,8 +479,12 @@ class Billing:
                 continue
             if isinstance(event, billing_pb2.HoldCaptured):
                 if rated.resale_price_nanos > hold.amount_nanos:
+                    overrun = rated.resale_price_nanos - hold.amount_nanos
+                    CAPTURE_OVERRUNS.inc()
+                    CAPTURE_OVERRUN_NANOS.inc(overrun)
                     log.warning("rated price above the hold; charging the rated price",
-                                extra={**ids, "hold_nanos": hold.amount_nanos, "rated_nanos": rated.resale_price_nanos})
+                                extra={**ids, "hold_nanos": hold.amount_nanos, "rated_nanos": rated.resale_price_nanos,
+                                       "overrun_nanos": overrun})
                 holds[hold_id] = replace(hold, status=domain.HoldStatus.CAPTURED, captured_nanos=event.captured_nanos)
             else:
                 holds[hold_id] = replace(hold, status=domain.HoldStatus.RECONCILED)

@@ -5,7 +5,8 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
 
     BillingError
     ├── InvalidArgument          INVALID_ARGUMENT     invalid_argument
-    │   └── RequestIdConflict    INVALID_ARGUMENT     request_id_conflict
+    │   ├── RequestIdConflict    INVALID_ARGUMENT     request_id_conflict
+    │   └── AmountOutOfRange     INVALID_ARGUMENT     amount_out_of_range (a total beyond what BIGINT holds)
     ├── InvalidApiKey            UNAUTHENTICATED      invalid_api_key
     │   ├── RevokedApiKey        UNAUTHENTICATED      api_key_revoked
     │   └── ExpiredApiKey        UNAUTHENTICATED      api_key_expired (past expires_at, or a rotation's grace)
@@ -16,6 +17,7 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     │   ├── KeyNotFound          NOT_FOUND            key_not_found (also: a key of another account)
     │   └── GroupNotFound        NOT_FOUND            team_not_found / project_not_found
     ├── GroupExists              ALREADY_EXISTS       group_exists (the id is taken, with another name)
+    ├── IdempotencyKeyReused     ALREADY_EXISTS       idempotency_key_reused (a credit's key, another amount)
     ├── GroupArchived            FAILED_PRECONDITION  group_archived (a key cannot join an archived group)
     ├── PaymentRequired          FAILED_PRECONDITION  (abstract: money is missing)
     │   ├── InsufficientBalance  FAILED_PRECONDITION  insufficient_balance
@@ -34,6 +36,7 @@ import grpc
 
 __all__ = [
     "AccountNotFound",
+    "AmountOutOfRange",
     "BillingError",
     "ConcurrentUpdate",
     "CurrencyMismatch",
@@ -41,6 +44,7 @@ __all__ = [
     "GroupArchived",
     "GroupExists",
     "GroupNotFound",
+    "IdempotencyKeyReused",
     "InconsistentEvent",
     "InsufficientBalance",
     "InvalidApiKey",
@@ -76,6 +80,13 @@ class RequestIdConflict(InvalidArgument):
     """A request id already names a hold of another key: ids must be unique per request."""
 
     reason = "request_id_conflict"
+
+
+class AmountOutOfRange(InvalidArgument):
+    """A total would exceed 2^63 − 1 nanos, the most a BIGINT column holds (SQLite would silently turn it into a
+    REAL, PostgreSQL would fail the statement): refused before anything is written."""
+
+    reason = "amount_out_of_range"
 
 
 class InvalidApiKey(BillingError):
@@ -122,6 +133,14 @@ class GroupNotFound(NotFound):
 class GroupExists(BillingError):
     status = grpc.StatusCode.ALREADY_EXISTS
     reason = "group_exists"
+
+
+class IdempotencyKeyReused(BillingError):
+    """An idempotency key already names a credit of another amount: a replay would hide the difference, a second
+    credit would break the key's promise (ingress answers 409)."""
+
+    status = grpc.StatusCode.ALREADY_EXISTS
+    reason = "idempotency_key_reused"
 
 
 class GroupArchived(BillingError):

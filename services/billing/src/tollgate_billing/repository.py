@@ -154,8 +154,11 @@ async def get_account(conn: Executor, account_id: str) -> AccountRow | None:
     return AccountRow(row.account_id, row.name, row.currency, row.created_at_unix_ms)
 
 
-async def get_wallet(conn: Executor, account_id: str) -> WalletRow | None:
-    row = (await conn.execute(select(wallets).where(wallets.c.account_id == account_id))).first()
+async def get_wallet(conn: Executor, account_id: str, *, lock: bool = False) -> WalletRow | None:
+    """The wallet; ``lock`` keeps its row locked until commit (PostgreSQL; SQLite's writer holds the database), so
+    a check on the balance and the write that follows it cannot be overtaken by another replica."""
+    query = select(wallets).where(wallets.c.account_id == account_id)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         return None
     return WalletRow(row.account_id, row.currency, row.balance_nanos, row.held_nanos)
@@ -327,16 +330,16 @@ async def due_holds(conn: Executor, now_unix_ms: int, limit: int) -> list[HoldVi
     return [_hold_view(row) for row in rows]
 
 
-async def find_credit(conn: Executor, account_id: str, idempotency_key: str) -> str | None:
-    """The transaction id an earlier AddCredits with this idempotency key created, if any."""
+async def find_credit(conn: Executor, account_id: str, idempotency_key: str) -> tuple[str, int] | None:
+    """(transaction id, amount) of an earlier AddCredits with this idempotency key, if any."""
     row = (
         await conn.execute(
-            select(credit_grants.c.transaction_id).where(
+            select(credit_grants.c.transaction_id, credit_grants.c.amount_nanos).where(
                 credit_grants.c.account_id == account_id, credit_grants.c.idempotency_key == idempotency_key
             )
         )
     ).first()
-    return None if row is None else str(row.transaction_id)
+    return None if row is None else (str(row.transaction_id), int(row.amount_nanos))
 
 
 async def ledger_entries(conn: Executor, account_id: str, limit: int) -> list[LedgerRow]:

@@ -1,0 +1,246 @@
+"""Group commit for Authorize: the holds of concurrent callers placed in ONE transaction, each with its own answer.
+
+Why: Authorize is on every request's path, and a transaction per hold (BEGIN, the hold insert, two guarded
+updates, the outbox row, COMMIT, each a trip through SQLAlchemy and to the database) was most of billing's CPU per
+request. Here the callers that arrive while a transaction is running are served together by the next one, with a
+fixed number of statements however many they are:
+
+1. the holds that already exist among the batch's request ids (a retried Authorize is a replay, not a new hold);
+2. the batch's keys with their wallets, in one read, locked (PostgreSQL ``FOR UPDATE`` in (account, key) order; on
+   SQLite the transaction holds the database's write lock), so what is decided from them cannot be overtaken by
+   another replica, the usage consumer or the sweeper;
+3. the decisions, in arrival order, in memory — the same guards the projections apply: a hold is placed only while
+   balance − held covers it (and, for a key with a limit, limit − usage − held), and never while the balance is
+   negative (a capture above its hold went beyond the money; the account must be topped up first). A refusal
+   changes nothing, so it never affects another caller;
+4. one UPDATE per wallet and per key (the batch's sums), one INSERT of the hold rows and one of their outbox rows.
+
+The rows written are what :mod:`~tollgate_billing.projections` makes of the same HoldPlaced events, so a rebuild from
+the log yields the same tables. A batch that fails in the database (not a refusal: e.g. a deadlock with another
+replica) is retried one caller per transaction, so one caller's failure is only ever its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tollgate.events.v1 import billing_pb2
+from tollgate_common.bulk import insert_rows
+from tollgate_common.events import Topics
+
+from . import repository
+from .domain import HoldStatus, HoldView
+from .errors import BillingError, ConcurrentUpdate, InsufficientBalance, InvalidApiKey, KeyLimitExceeded
+from .tables import api_keys, holds, messaging, wallets
+
+__all__ = ["HoldWriter", "PendingHold"]
+
+#: Callers served by one transaction at most (the rest wait for the next one).
+MAX_BATCH = 256
+
+_HOLD_COLUMNS = ("hold_id", "account_id", "key_id", "model", "amount_nanos", "status", "captured_nanos",
+                 "released_nanos", "refunded_nanos", "usage_event_id", "needs_reconciliation", "created_at_unix_ms",
+                 "expires_at_unix_ms")
+_OUTBOX_COLUMNS = ("topic", "key", "event_id", "headers", "value")
+
+_EXISTING = select(holds.c.hold_id, holds.c.account_id, holds.c.key_id, holds.c.amount_nanos, holds.c.status,
+                   holds.c.captured_nanos, holds.c.expires_at_unix_ms).where(
+    holds.c.hold_id.in_(bindparam("p_ids", expanding=True)))
+#: Each key with its account's wallet, both rows locked in (account, key) order: the usage consumer locks wallets
+#: (sorted) before keys, and a capture touches a key only with its own account's wallet, so the two cannot deadlock.
+_KEYS_AND_WALLETS = (
+    select(api_keys.c.key_id, api_keys.c.has_limit, api_keys.c.limit_nanos, api_keys.c.usage_nanos,
+           api_keys.c.held_nanos.label("key_held"), wallets.c.account_id, wallets.c.balance_nanos,
+           wallets.c.held_nanos.label("wallet_held"))
+    .join(wallets, wallets.c.account_id == api_keys.c.account_id)
+    .where(api_keys.c.key_id.in_(bindparam("p_ids", expanding=True)))
+    .order_by(wallets.c.account_id, api_keys.c.key_id)
+    .with_for_update()
+)
+_HOLD_WALLET = (update(wallets).where(wallets.c.account_id == bindparam("p_id"))
+                .values(held_nanos=wallets.c.held_nanos + bindparam("p_held")))
+_HOLD_KEY = (update(api_keys).where(api_keys.c.key_id == bindparam("p_id"))
+             .values(held_nanos=api_keys.c.held_nanos + bindparam("p_held")))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingHold:
+    """One caller's hold: the event and its outbox row, made in the caller's context (its trace)."""
+
+    event: billing_pb2.HoldPlaced
+    outbox_row: tuple[str, str, str, str, bytes]
+
+    @classmethod
+    def of(cls, event: billing_pb2.HoldPlaced) -> PendingHold:
+        env = repository.envelope(event)
+        headers = json.dumps([[k, v.decode()] for k, v in env.headers()])
+        return cls(event, (Topics.BILLING, event.account_id, env.id, headers, env.data))
+
+
+#: What a caller gets: None (its hold is placed), the hold that already had its id (a replay), or its refusal.
+Outcome = HoldView | None | BillingError
+
+
+class HoldWriter:
+    """Places holds for concurrent Authorize calls, many per transaction. One per Billing (per process)."""
+
+    def __init__(self, engine: AsyncEngine, turn: Callable[[], AbstractAsyncContextManager[object]]) -> None:
+        self.engine = engine
+        #: The process's SQLite write queue (Billing.sqlite_turn), shared with the consumer and the relay.
+        self.turn = turn
+        self._queue: list[tuple[PendingHold, asyncio.Future[Outcome]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        #: Transactions committed (for tests and benchmarks: callers per transaction = holds / batches).
+        self.batches = 0
+
+    async def place(self, pending: PendingHold) -> HoldView | None:
+        """Place the hold (None), or return the existing hold with its id; raises the caller's refusal."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((pending, future))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain(), name="billing-hold-writer")
+        outcome = await future
+        if isinstance(outcome, BillingError):
+            raise outcome
+        return outcome
+
+    async def _drain(self) -> None:
+        """Serve the queue one transaction at a time until it is empty (then the next caller starts a drainer)."""
+        try:
+            while self._queue:
+                batch = [item for item in self._queue[:MAX_BATCH] if not item[1].done()]  # skip cancelled callers
+                del self._queue[:MAX_BATCH]
+                if batch:
+                    await self._serve(batch)
+        finally:
+            self._drainer = None
+            for _, future in self._queue:  # only if the drainer was cancelled
+                _settle(future, ConcurrentUpdate("billing is stopping; retry"))
+            self._queue.clear()
+
+    async def _serve(self, batch: list[tuple[PendingHold, asyncio.Future[Outcome]]]) -> None:
+        try:
+            outcomes = await self._transaction([pending for pending, _ in batch])
+        except asyncio.CancelledError:  # the process is stopping: nobody may wait for ever
+            for _, future in batch:
+                _settle(future, ConcurrentUpdate("billing is stopping; retry"))
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            for item in batch:  # alone, each caller meets only its own failure
+                await self._serve([item])
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            _settle(future, outcome)
+
+    async def _transaction(self, batch: Sequence[PendingHold]) -> list[Outcome]:
+        events = [p.event for p in batch]
+        async with self.turn(), self.engine.begin() as conn:
+            existing = {row.hold_id: _view(row) for row in await conn.execute(
+                _EXISTING, {"p_ids": sorted({ev.hold_id for ev in events})})}
+            money: dict[str, list[int]] = {}
+            keys: dict[str, list[Any]] = {}
+            for row in await conn.execute(_KEYS_AND_WALLETS, {"p_ids": sorted({ev.key_id for ev in events})}):
+                money.setdefault(row.account_id, [row.balance_nanos, row.wallet_held])
+                keys[row.key_id] = [row.account_id, bool(row.has_limit), row.limit_nanos - row.usage_nanos,
+                                    row.key_held]
+            outcomes: list[Outcome] = []
+            placed: list[PendingHold] = []
+            for pending in batch:
+                outcome = _decide(pending.event, existing, money, keys)
+                if outcome is None:
+                    placed.append(pending)
+                    existing[pending.event.hold_id] = _placed_view(pending.event)
+                outcomes.append(outcome)
+            if not placed:
+                return outcomes
+            inserted = await self._write(conn, placed)
+            lost = [p for p in placed if p.event.hold_id not in inserted]
+            if lost:  # another replica placed holds with these ids meanwhile: give their money back, replay them
+                await self._move(conn, lost, sign=-1)
+                lost_ids = {p.event.hold_id for p in lost}
+                twins = {row.hold_id: _view(row) for row in await conn.execute(_EXISTING, {"p_ids": sorted(lost_ids)})}
+                for i, pending in enumerate(batch):
+                    if outcomes[i] is None and pending.event.hold_id in lost_ids:
+                        outcomes[i] = twins.get(pending.event.hold_id) or ConcurrentUpdate(
+                            f"hold {pending.event.hold_id} could not be placed; retry")
+            await insert_rows(conn, messaging.outbox, _OUTBOX_COLUMNS,
+                              [p.outbox_row for p in placed if p.event.hold_id in inserted])
+        self.batches += 1
+        return outcomes
+
+    async def _write(self, conn: AsyncConnection, placed: list[PendingHold]) -> set[str]:
+        """Move the money and insert the hold rows; returns the hold ids actually inserted."""
+        await self._move(conn, placed, sign=1)
+        rows = [(ev.hold_id, ev.account_id, ev.key_id, ev.model, ev.amount_nanos, HoldStatus.OPEN.value, 0, 0, 0,
+                 "", False, ev.created_at_unix_ms, ev.expires_at_unix_ms) for ev in (p.event for p in placed)]
+        found = await insert_rows(conn, holds, _HOLD_COLUMNS, rows, on_conflict="ON CONFLICT DO NOTHING",
+                                  returning=("hold_id",))
+        return {str(row.hold_id) for row in found}
+
+    @staticmethod
+    async def _move(conn: AsyncConnection, placed: list[PendingHold], *, sign: int) -> None:
+        by_wallet: dict[str, int] = {}
+        by_key: dict[str, int] = {}
+        for ev in (p.event for p in placed):
+            by_wallet[ev.account_id] = by_wallet.get(ev.account_id, 0) + sign * ev.amount_nanos
+            by_key[ev.key_id] = by_key.get(ev.key_id, 0) + sign * ev.amount_nanos
+        await _update(conn, _HOLD_WALLET, by_wallet)
+        await _update(conn, _HOLD_KEY, by_key)
+
+
+async def _update(conn: AsyncConnection, statement: Any, moves: dict[str, int]) -> None:
+    rows = [{"p_id": row_id, "p_held": held} for row_id, held in sorted(moves.items()) if held]
+    if rows:
+        await conn.execute(statement, rows[0] if len(rows) == 1 else rows)
+
+
+def _decide(ev: billing_pb2.HoldPlaced, existing: dict[str, HoldView], money: dict[str, list[int]],
+            keys: dict[str, list[Any]]) -> Outcome:
+    """One caller's decision against the batch's state so far (and, if placed, its effect on that state)."""
+    earlier = existing.get(ev.hold_id)
+    if earlier is not None:
+        return earlier
+    key = keys.get(ev.key_id)
+    if key is None or key[0] != ev.account_id:
+        return InvalidApiKey("invalid API key")
+    wallet = money[ev.account_id]
+    if wallet[0] < 0:
+        return InsufficientBalance("the account's balance is negative (usage went beyond its holds): "
+                                   "add credits to continue")
+    if wallet[0] - wallet[1] < ev.amount_nanos:
+        return InsufficientBalance("the account's available balance does not cover this request's maximum cost")
+    _, has_limit, limit_left, held = key
+    if has_limit and limit_left - held < ev.amount_nanos:
+        return KeyLimitExceeded("the API key's spend limit does not cover this request's maximum cost")
+    wallet[1] += ev.amount_nanos
+    key[3] += ev.amount_nanos
+    return None
+
+
+def _view(row: Any) -> HoldView:
+    return HoldView(row.hold_id, row.account_id, row.key_id, row.amount_nanos, HoldStatus(row.status),
+                    row.captured_nanos, row.expires_at_unix_ms)
+
+
+def _placed_view(ev: billing_pb2.HoldPlaced) -> HoldView:
+    return HoldView(ev.hold_id, ev.account_id, ev.key_id, ev.amount_nanos, HoldStatus.OPEN, 0,
+                    ev.expires_at_unix_ms)
+
+
+def _settle(future: asyncio.Future[Outcome], outcome: Outcome | BaseException) -> None:
+    if future.done():  # the caller went away (cancelled); nothing to tell
+        return
+    if isinstance(outcome, BaseException) and not isinstance(outcome, BillingError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
