@@ -14,13 +14,13 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 from .deps import services
 from .domain import TAGS_HEADER, parse_chat_request
 from .metrics import Metrics
 from .openai_routes import bearer_token, read_body
 from .responses_wire import ResponseStream, parse_responses_request, response_from_completion
 from .sse import SseResponse
+from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 
 __all__ = ["router"]
 
