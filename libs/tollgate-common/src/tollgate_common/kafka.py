@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .db import READ_ONLY, MessagingTables
 from .event_auth import EventSigner, SigningProducer
 from .events import Envelope
+from .kafka_security import KafkaSecurity
 
 __all__ = [
     "PARKED_EVENTS",
@@ -56,9 +57,15 @@ RecordCheck = Callable[[Envelope, Sequence[tuple[str, bytes]]], str | None]
 
 
 def make_producer(
-    bootstrap: str, *, client_id: str = "tollgate", linger_ms: int = 2, signer: EventSigner | None = None
+    bootstrap: str,
+    *,
+    client_id: str = "tollgate",
+    linger_ms: int = 2,
+    signer: EventSigner | None = None,
+    security: KafkaSecurity | None = None,
 ) -> AIOKafkaProducer:
-    """``signer``: sign every record as that service (``tollgate_common.event_auth``); None or disabled: unsigned."""
+    """``signer``: sign every record as that service (``tollgate_common.event_auth``); None or disabled: unsigned.
+    ``security``: TLS/SASL settings (``tollgate_common.kafka_security``); None: plaintext."""
     # enable_idempotence stays off: the embedded broker rejects InitProducerId, and consumers dedupe anyway.
     config: dict[str, Any] = dict(
         bootstrap_servers=bootstrap,
@@ -68,10 +75,15 @@ def make_producer(
         enable_idempotence=False,
         request_timeout_ms=10_000,
         retry_backoff_ms=200,
+        **_security_kwargs(security),
     )
     if signer is not None and signer.enabled:
         return SigningProducer(signer, **config)
     return AIOKafkaProducer(**config)
+
+
+def _security_kwargs(security: KafkaSecurity | None) -> dict[str, Any]:
+    return security.client_kwargs() if security is not None else {}
 
 
 async def run_with_producer(
@@ -83,6 +95,7 @@ async def run_with_producer(
     topics: Sequence[str],
     connecting: Callable[[bool], None] | None = None,
     signer: EventSigner | None = None,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Run ``work(producer)`` until ``stop`` is set, through any number of broker outages.
 
@@ -93,11 +106,11 @@ async def run_with_producer(
     """
     backoff = 0.5
     while not stop.is_set():
-        producer = make_producer(bootstrap, client_id=client_id, signer=signer)
+        producer = make_producer(bootstrap, client_id=client_id, signer=signer, security=security)
         try:
             if connecting is not None:
                 connecting(True)
-            await ensure_topics(bootstrap, topics, attempts=4)
+            await ensure_topics(bootstrap, topics, attempts=4, security=security)
             await producer.start()
             if connecting is not None:
                 connecting(False)
@@ -116,12 +129,19 @@ async def run_with_producer(
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Iterable[str], *, partitions: int = 3, replication_factor: int = 1, attempts: int = 30
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int = 3,
+    replication_factor: int = 1,
+    attempts: int = 30,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Create topics that do not exist yet; waits for the broker to answer (up to ``attempts`` × 0.5 s)."""
     last: Exception | None = None
     for _ in range(attempts):
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                                    **_security_kwargs(security))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -306,6 +326,7 @@ class DbOffsetConsumer:
         heartbeat_interval_ms: int = 3_000,
         retry_pause_seconds: float = 1.0,
         verify: RecordCheck | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler (per event) or batch_handler (per Kafka batch)")
@@ -324,6 +345,7 @@ class DbOffsetConsumer:
         self.retry_pause_seconds = retry_pause_seconds
         #: Producer identity check (``event_auth.EventVerifier``): a record it refuses is parked with its reason.
         self.verify = verify
+        self.security = security
         self.consumer: AIOKafkaConsumer | None = None
         self.applied = 0
         self.parked = 0
@@ -373,6 +395,7 @@ class DbOffsetConsumer:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **_security_kwargs(self.security),
         )
         await self.consumer.start()
         try:
@@ -513,6 +536,7 @@ async def replay_topics(
     max_records: int = 2000,
     from_offset: int | None = None,
     from_time_ms: int | None = None,
+    security: KafkaSecurity | None = None,
 ) -> int:
     """Read every partition of ``topics`` from the beginning to its end, without a group, committing nothing.
 
@@ -524,7 +548,8 @@ async def replay_topics(
     answers ListOffsets(latest) with the base offset of the partition's last record BATCH + 1, not the log end,
     while the high watermark in fetch responses is right; on Apache Kafka both agree. Returns the messages read.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                **_security_kwargs(security))
     await consumer.start()
     count = 0
     try:

@@ -23,6 +23,7 @@ from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
+from tollgate_common.kafka_security import KafkaSecurity
 from tollgate_common.migrations import migrate
 from tollgate_common.runtime import serve_until
 
@@ -51,9 +52,10 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
         return False
 
 
-async def _billing_log_lost(bootstrap: str) -> bool:
+async def _billing_log_lost(bootstrap: str, security: KafkaSecurity) -> bool:
     """True when the broker holds no billing event at all (a fresh or restarted embedded broker)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                **security.client_kwargs())
     await consumer.start()
     try:
         await consumer.topics()
@@ -184,9 +186,11 @@ class BillingApp:
         assert bootstrap and self.sessions is not None and self.billing is not None
         while True:
             try:
-                await ensure_topics(bootstrap, [Topics.BILLING, Topics.USAGE_RATED], attempts=4)
+                await ensure_topics(bootstrap, [Topics.BILLING, Topics.USAGE_RATED], attempts=4,
+                                    security=self.settings.kafka_security)
                 producer = make_producer(bootstrap, client_id="tollgate-billing",
-                                         signer=EventSigner("billing", self.settings.internal_keys))
+                                         signer=EventSigner("billing", self.settings.internal_keys),
+                                         security=self.settings.kafka_security)
                 await producer.start()
                 break
             except Exception as exc:
@@ -195,7 +199,7 @@ class BillingApp:
                     return
         self.producer = producer
         try:
-            if await _billing_log_lost(bootstrap):
+            if await _billing_log_lost(bootstrap, self.settings.kafka_security):
                 async with self.sessions.begin() as session:
                     if await repository.published_event_count(session):
                         count = await repository.mark_log_unpublished(session)
@@ -208,7 +212,8 @@ class BillingApp:
         self.relay = OutboxRelay(self.sessions, messaging, producer, keep=True, linger_seconds=RELAY_LINGER_SECONDS,
                                  write_turn=self.billing.sqlite_turn)
         self.consumer = UsageConsumer(bootstrap, self.sessions, self.billing, after_commit=self.relay.notify,
-                                      verify=EventVerifier(self.settings.internal_keys))
+                                      verify=EventVerifier(self.settings.internal_keys),
+                                      security=self.settings.kafka_security)
         relay, consumer = self.relay, self.consumer
         self._spawn("relay", lambda: self._keep_running("relay", lambda: relay.run(self._relay_stop),
                                                         self._relay_stop))

@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
+from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
 __all__ = ["DEFAULT_SCHEMA", "Settings"]
 
@@ -44,6 +45,8 @@ class Settings:
     #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
     #: only development allows (see tollgate_common.internal_auth).
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
+    #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +60,7 @@ class Settings:
             env.problems.append(f"BILLING_DATABASE_URL={database_url!r} is not a database URL")
         settings = cls(
             internal_keys=internal_keys_from_env(env),
+            kafka_security=kafka_security_from_env(env),
             database_url=database_url,
             database_schema=env.str("DATABASE_SCHEMA", DEFAULT_SCHEMA),
             grpc_host=env.str("GRPC_HOST", cls.grpc_host),

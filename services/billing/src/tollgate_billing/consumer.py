@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.events import Envelope, Topics
 from tollgate_common.kafka import DbOffsetConsumer, RecordCheck
+from tollgate_common.kafka_security import KafkaSecurity
 from tollgate_common.telemetry import extract_traceparent
 
 from .application import Billing
@@ -40,6 +41,7 @@ class UsageConsumer(DbOffsetConsumer):
         *,
         after_commit: Callable[[], None] | None = None,
         verify: RecordCheck | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -53,6 +55,7 @@ class UsageConsumer(DbOffsetConsumer):
             # inside the handler, Authorize could hold the turn while waiting for the lock this transaction holds.
             write_turn=billing.sqlite_turn,
             verify=verify,  # only metering's signed UsageRated is applied; the rest is parked
+            security=security,
         )
         self.billing = billing
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
+from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
 __all__ = ["Settings"]
 
@@ -42,12 +43,15 @@ class Settings:
     #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
     #: only development allows (see tollgate_common.internal_auth).
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
+    #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = EnvReader("INGRESS", environ)
         settings = cls(
             internal_keys=internal_keys_from_env(env),
+            kafka_security=kafka_security_from_env(env),
             admin_token=env.str("ADMIN_TOKEN", required=True),
             host=env.str("HOST", "127.0.0.1"),
             port=env.port("PORT", 8080),

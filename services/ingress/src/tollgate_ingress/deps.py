@@ -40,6 +40,7 @@ class Deps:
             metrics=metrics,
             send_timeout=settings.kafka_send_timeout_seconds,
             signer=EventSigner("ingress", settings.internal_keys),
+            security=settings.kafka_security,
         )
         await publisher.start()
         return cls(channels=Channels.connect(settings), publisher=publisher, metrics=metrics)

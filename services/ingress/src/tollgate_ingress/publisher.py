@@ -24,6 +24,7 @@ from tollgate_common.db import create_engine, session_maker
 from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import OutboxRelay, ensure_topics, make_producer
+from tollgate_common.kafka_security import KafkaSecurity
 from tollgate_common.migrations import migrate
 
 from .metrics import Metrics
@@ -52,9 +53,11 @@ class UsagePublisher:
         send_timeout: float = 5.0,
         relay_poll_seconds: float = 1.0,
         signer: EventSigner | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.signer = signer
+        self.security = security
         self.metrics = metrics
         self.send_timeout = send_timeout
         self.relay_poll_seconds = relay_poll_seconds
@@ -153,7 +156,8 @@ class UsagePublisher:
 
     # --- background: connect, then relay the outbox ----------------------------------------------------------
     async def _connect(self) -> bool:
-        producer = make_producer(self.bootstrap, client_id="tollgate-ingress", signer=self.signer)
+        producer = make_producer(self.bootstrap, client_id="tollgate-ingress", signer=self.signer,
+                                 security=self.security)
         try:
             await producer.start()
         except Exception as exc:
@@ -165,7 +169,8 @@ class UsagePublisher:
         with contextlib.suppress(Exception):
             # Creates the topic with the platform's partition count if nobody has yet (else the broker would
             # auto-create it on first produce with its own default).
-            await asyncio.wait_for(ensure_topics(self.bootstrap, [Topics.USAGE], attempts=1), self.send_timeout)
+            await asyncio.wait_for(ensure_topics(self.bootstrap, [Topics.USAGE], attempts=1, security=self.security),
+                                   self.send_timeout)
         self.producer = producer
         self.relay = OutboxRelay(self.sessions, tables, producer, keep=False)
         self._kafka_ok = True
@@ -174,7 +179,8 @@ class UsagePublisher:
     async def _relay_once(self) -> None:
         assert self.relay is not None
         if self._check_topic:
-            await ensure_topics(self.bootstrap, [Topics.USAGE], attempts=1)  # raises while Kafka is down
+            # Raises while Kafka is down.
+            await ensure_topics(self.bootstrap, [Topics.USAGE], attempts=1, security=self.security)
             self._check_topic = False
         while True:
             async with asyncio.timeout(self.send_timeout * 2):

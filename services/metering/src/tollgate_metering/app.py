@@ -85,6 +85,7 @@ class MeteringApp:
             topics=[Topics.USAGE, Topics.USAGE_RATED],
             connecting=self._set_connecting,
             signer=EventSigner("metering", self.settings.internal_keys),
+            security=self.settings.kafka_security,
         )
 
     def _set_connecting(self, connecting: bool) -> None:
@@ -98,6 +99,7 @@ class MeteringApp:
         self.consumer = UsageConsumer(
             self.metering, self.settings.kafka_bootstrap_servers, after_commit=self.relay.notify,
             verify=EventVerifier(self.settings.internal_keys),
+            security=self.settings.kafka_security,
         )
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.relay.run(self._stop))

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
+from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
 from .domain import DEMO_PRICE_BOOK, PriceBook, parse_price_book
 from .errors import InvalidPriceBook
@@ -54,6 +55,8 @@ class Settings:
     #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
     #: only development allows (see tollgate_common.internal_auth).
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
+    #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +76,7 @@ class Settings:
             env.problems.append(f"{env.name('LOG_LEVEL')}={log_level!r} must be one of DEBUG, INFO, WARNING, ERROR")
         settings = cls(
             internal_keys=internal_keys_from_env(env),
+            kafka_security=kafka_security_from_env(env),
             # Listens on every interface by default: in a pod the probes and peers come from outside localhost.
             grpc_host=env.str("GRPC_HOST", "0.0.0.0"),
             grpc_port=env.port("GRPC_PORT", 50054),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession
 from tollgate_common.events import Envelope, Topics
 from tollgate_common.kafka import DbOffsetConsumer, RecordCheck
+from tollgate_common.kafka_security import KafkaSecurity
 
 from .application import Metering, RecordedBatch
 from .metrics import EVENTS_ARCHIVED, USAGE_RATED, USAGE_UNPRICED
@@ -33,6 +34,7 @@ class UsageConsumer(DbOffsetConsumer):
         *,
         after_commit: Callable[[], None] | None = None,
         verify: RecordCheck | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -43,6 +45,7 @@ class UsageConsumer(DbOffsetConsumer):
             batch_handler=self._record,
             after_commit=self._committed,
             verify=verify,  # only ingress's signed UsageRecorded is applied; the rest is parked
+            security=security,
         )
         self.metering = metering
         self._notify = after_commit

@@ -92,6 +92,7 @@ class PolicyApp:
             client_id="tollgate-policy",
             topics=[Topics.POLICY],
             signer=EventSigner("policy", self.settings.internal_keys),
+            security=self.settings.kafka_security,
         )
 
     async def _relay(self, producer: AIOKafkaProducer) -> None:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
+from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
 from .domain import STRATEGIES, SUPPORTED_KINDS, Catalogue, Provider, Route
 from .resilience import BreakerSettings, ResilienceSettings
@@ -80,6 +81,8 @@ class Settings:
     #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
     #: only development allows (see tollgate_common.internal_auth).
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
+    #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +96,7 @@ class Settings:
         env.problems.extend(problems)
         settings = cls(
             internal_keys=internal_keys_from_env(env),
+            kafka_security=kafka_security_from_env(env),
             catalogue=catalogue,
             catalogue_source=providers_file or "env",
             grpc_host=env.str("GRPC_HOST", "127.0.0.1"),

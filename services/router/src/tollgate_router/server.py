@@ -107,6 +107,7 @@ class RouterServer:
             topics=[Topics.ATTEMPTS],
             connecting=self._set_connecting,
             signer=EventSigner("router", self.settings.internal_keys),
+            security=self.settings.kafka_security,
         )
 
     def _set_connecting(self, connecting: bool) -> None:
