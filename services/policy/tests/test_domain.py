@@ -117,3 +117,23 @@ class TestRules:
     def test_a_detector_named_twice(self) -> None:
         with pytest.raises(InvalidRule, match="more than one"):
             validate_rules([("email", Action.ALLOW), ("email", Action.BLOCK)])
+
+
+class TestResolution:
+    def test_a_version_resolves_each_team_and_key_once_and_keeps_answering_the_same(self) -> None:
+        document = policy(email=Action.BLOCK)
+        first = document.resolve("team-a", "key-1")
+        assert document.resolve("team-a", "key-1") is first  # memoised: Inspect asks for it on every request
+        assert document.resolve("team-b", "key-1") is not first
+        assert first.actions["email"] is Action.BLOCK and first.sources["email"] == "account"
+
+    def test_the_memo_is_bounded(self) -> None:
+        document = policy()
+        for i in range(5000):
+            document.resolve("", f"key-{i}")
+        assert 0 < len(document._resolved) <= 4096
+
+    def test_the_memo_is_not_part_of_the_document(self) -> None:
+        document = policy(email=Action.BLOCK)
+        document.resolve("t", "k")
+        assert document == policy(email=Action.BLOCK)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tollgate.events.v1 import policy_pb2 as ev
 from tollgate_common.db import create_engine
+from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_policy.application import PolicyCache, PolicyService
 from tollgate_policy.domain import DEFAULT_RULES, Action, PolicySet
 from tollgate_policy.errors import ConcurrentUpdate
 from tollgate_policy.repository import PolicyRepository
+from tollgate_policy.tables import messaging
 
 
 def sqlite_url(tmp_path: Path) -> str:
@@ -94,6 +99,23 @@ class PolicyStoreContract:
         assert sorted(p.version for p in results) == [1, 2, 3, 4, 5, 6]
         latest = max(results, key=lambda p: p.version)
         assert await service.get_policy("acc_1") == latest
+
+    async def test_events_go_to_the_outbox_in_one_bulk_write_as_the_relay_reads_them(
+        self, repository: PolicyRepository, engine: AsyncEngine
+    ) -> None:
+        events = [
+            envelope_for(ev.PolicyDecided(request_id=f"r{i}"), id=f"r{i}:request", service="policy", subject="acc_1")
+            for i in range(3)
+        ]
+        await repository.add_events(events)
+        t = messaging.outbox
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(t.c.topic, t.c.key, t.c.event_id, t.c.headers, t.c.value))).all()
+        assert [(r.topic, r.key, r.event_id, bytes(r.value)) for r in rows] == [
+            (Topics.POLICY, "acc_1", e.id, e.data) for e in events
+        ]
+        headers = [(k, v.encode()) for k, v in json.loads(rows[0].headers)]
+        assert Envelope.from_kafka(headers, bytes(rows[0].value)) == events[0]
 
 
 class TestPolicyStoreOnSqlite(PolicyStoreContract):

@@ -34,6 +34,9 @@ __all__ = ["PolicyApp", "serve"]
 
 log = logging.getLogger(__name__)
 
+#: How long the outbox relay waits after a wake-up for more rows (publishing latency, not Inspect's).
+_RELAY_LINGER_SECONDS = 0.01
+
 
 class PolicyApp:
     """The running service. ``start`` returns the bound port (``grpc_port=0`` picks a free one)."""
@@ -98,7 +101,10 @@ class PolicyApp:
     async def _relay(self, producer: AIOKafkaProducer) -> None:
         assert self.engine is not None
         # keep=False: published rows are deleted; the events are the audit log, Kafka holds them.
-        self.relay = OutboxRelay(session_maker(self.engine), messaging, producer, keep=False)
+        # linger: under load the rows of several group commits go out in one select, send and delete.
+        self.relay = OutboxRelay(
+            session_maker(self.engine), messaging, producer, keep=False, linger_seconds=_RELAY_LINGER_SECONDS
+        )
         try:
             await self.relay.run(self._stop)
             await self.relay.publish_pending()  # what the last Inspects wrote before the stop

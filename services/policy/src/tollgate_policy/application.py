@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from prometheus_client import Counter
 from tollgate_common.events import Envelope
 
 from . import domain
@@ -115,6 +116,18 @@ class ScannerCache:
         return found
 
 
+# The labelled children of the counters, looked up once per label set (``labels()`` takes a lock and builds a
+# tuple on every call; Inspect counts on every request).
+@functools.cache
+def _inspections(verdict: Verdict) -> Counter:
+    return INSPECTIONS.labels(verdict.value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _findings(detector: str, action: Action) -> Counter:
+    return FINDINGS.labels(detector, action.value)
+
+
 def _check_account(account_id: str) -> None:
     if not account_id:
         raise InvalidArgument("account_id is required")
@@ -169,10 +182,10 @@ class PolicyService:
         checked_model = model if direction == "request" else ""
         result = domain.inspect(texts, state.enforced, team=team, key_id=key_id, model=checked_model, matches=matches)
         INSPECT_SECONDS.observe(time.perf_counter() - started)
-        INSPECTIONS.labels(result.verdict.value).inc()
+        _inspections(result.verdict).inc()
         SCANNED_CHARACTERS.inc(sum(map(len, texts)))
         for finding in result.findings:
-            FINDINGS.labels(finding.type, finding.action.value).inc()
+            _findings(finding.type, finding.action).inc()
         if self.decisions is not None and (texts or model):
             decision = Decision(
                 request_id=request_id,

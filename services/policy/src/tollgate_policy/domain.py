@@ -119,6 +119,8 @@ _ROUTING_LISTS = ("allowed_models", "allowed_providers", "denied_providers", "al
 RESPONSES_SCAN = "scan"
 RESPONSES_OFF = "off"
 _MAX_SCOPE_NAME = 200
+#: Resolutions kept per policy version (one per team and key seen); past it the memo starts again.
+_RESOLVED_MAX = 4096
 
 
 def default_action(detector: str) -> Action:
@@ -332,6 +334,11 @@ class PolicySet:
     account_id: str
     version: int
     scopes: Mapping[str, ScopePolicy] = field(default_factory=lambda: MappingProxyType({}))
+    #: (team, key) → Resolved, filled by :meth:`resolve`: a version never changes, so neither does its
+    #: resolution, and Inspect asks for the same few pairs on every request. Bounded by :data:`_RESOLVED_MAX`.
+    _resolved: dict[tuple[str, str], Resolved] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def default(cls, account_id: str) -> PolicySet:
@@ -380,7 +387,15 @@ class PolicySet:
         return self.with_scope("account", replace(current, rules=MappingProxyType(dict(rules))), self.version + 1)
 
     def resolve(self, team: str = "", key_id: str = "") -> Resolved:
-        """Apply account → team → key (see the module docstring)."""
+        """Apply account → team → key (see the module docstring); computed once per (team, key) and version."""
+        found = self._resolved.get((team, key_id))
+        if found is None:
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()
+            found = self._resolved[(team, key_id)] = self._resolve(team, key_id)
+        return found
+
+    def _resolve(self, team: str, key_id: str) -> Resolved:
         chain = [("account", self.scopes.get("account"))]
         if team:
             chain.append((f"team:{team}", self.scopes.get(f"team:{team}")))
@@ -409,7 +424,9 @@ class PolicySet:
             scan_responses = responses == RESPONSES_SCAN
         else:
             scan_responses = any(a in (Action.REDACT, Action.BLOCK) for a in actions.values())
-        return Resolved(actions, sources, routing, conflict, tuple(when), scope, scan_responses)
+        return Resolved(
+            MappingProxyType(actions), MappingProxyType(sources), routing, conflict, tuple(when), scope, scan_responses
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The stored document: {"account": {...}, "teams": {name: {...}}, "keys": {id: {...}}}."""
