@@ -4,6 +4,7 @@ embedded Kafka broker, carrying counts, actions and keyed hashes of the matches 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -201,3 +202,65 @@ async def test_a_database_outage_keeps_decisions_in_memory_until_a_write_succeed
     finally:
         await down.dispose()
         await live.dispose()
+
+
+async def outbox_ids(engine_url: str) -> list[str]:
+    engine = create_engine(engine_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(messaging.outbox.c.event_id).order_by(messaging.outbox.c.id))).all()
+    finally:
+        await engine.dispose()
+    return [r.event_id for r in rows]
+
+
+async def test_with_a_producer_connected_decisions_go_straight_to_the_topic_not_through_the_outbox(
+    broker: str, tmp_path: Path
+) -> None:
+    from tollgate_common.kafka import make_producer
+
+    url = f"sqlite:///{tmp_path / 'policy.db'}"
+    engine = create_engine(url)
+    repository = PolicyRepository(engine)
+    await repository.create_tables()
+    producer = make_producer(broker, client_id="test")
+    await producer.start()
+    decisions = DecisionLog(repository)  # no relay runs here: whatever reaches the outbox stays there
+    decisions.producer = producer
+    service = PolicyService(repository, PolicyCache(30.0), decisions=decisions)
+    try:
+        await asyncio.gather(*(service.inspect(f"d{i}", "acc_1", [f"n {CARD}"]) for i in range(20)))
+        assert await outbox_ids(url) == []  # acknowledged by Kafka: no database write at all
+        found = await decided(broker, {f"d{i}:request" for i in range(20)}, timeout=10)
+        assert all(found[f"d{i}:request"][1] == b"acc_1" for i in range(20))
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+
+async def test_when_publishing_fails_the_batch_is_committed_to_the_outbox_before_answering(tmp_path: Path) -> None:
+    from tollgate_common.kafka import make_producer
+
+    url = f"sqlite:///{tmp_path / 'policy.db'}"
+    engine = create_engine(url)
+    repository = PolicyRepository(engine)
+    await repository.create_tables()
+    broker = EmbeddedBroker()
+    producer = make_producer(broker.start(), client_id="test")
+    await producer.start()
+    broker.stop()  # the producer is connected, then Kafka goes away
+    now = [0.0]
+    decisions = DecisionLog(repository, clock=lambda: now[0])
+    decisions.producer = producer
+    service = PolicyService(repository, PolicyCache(30.0), decisions=decisions)
+    try:
+        await service.inspect("req_1", "acc_1", ["hi"])  # tries Kafka (bounded by PUBLISH_TIMEOUT), then the outbox
+        assert await outbox_ids(url) == ["req_1:request"]
+        started = time.monotonic()
+        await service.inspect("req_2", "acc_1", ["hi"])  # within DIRECT_RETRY_SECONDS: straight to the outbox
+        assert time.monotonic() - started < 1.0
+        assert await outbox_ids(url) == ["req_1:request", "req_2:request"]
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        await engine.dispose()

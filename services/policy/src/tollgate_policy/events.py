@@ -11,16 +11,24 @@ secret: set a real key in production; the service warns at start).
 
 Durability: group commit
 ------------------------
-Inspect hands its events to :class:`DecisionLog` and waits until they are committed to the outbox, then answers.
-Concurrent Inspects share one transaction: while one batch is being written, the next ones queue and go in the
-next write together. So an answered Inspect's decision is on disk, and a ``kill -9`` loses nothing that was
-answered (what was still being written had not been answered either). The outbox relay publishes them to
-``tollgate.policy.v1`` afterwards.
+Inspect hands its events to :class:`DecisionLog` and waits until they are durable, then answers. Concurrent
+Inspects share one write: while one batch is being written, the next ones queue and go in the next write together.
+So an answered Inspect's decision is durable, and a ``kill -9`` loses nothing that was answered (what was still
+being written had not been answered either).
 
-When the database does not answer, Inspect still answers (a policy outage must not stop every request; the cached
-policy keeps serving): the events stay in memory, up to :data:`MAX_BACKLOG`, and go out with the next write that
-succeeds. Only in that window can a ``kill -9`` lose decisions (and, past the cap, the oldest are dropped with a
-warning).
+Durable means, first choice, acknowledged by Kafka (``acks=all``) on ``tollgate.policy.v1``: the topic is the audit
+log (the outbox deletes what it published), so writing there directly spares a database transaction per batch
+and the relay's select and delete. When no producer is connected, or a publish fails or takes longer than
+:data:`PUBLISH_TIMEOUT`, the batch goes to the outbox instead (committed before answering, as before) and the relay
+publishes it later; after a failure the outbox is used for :data:`DIRECT_RETRY_SECONDS` before Kafka is tried
+again, so an outage does not add the timeout to every batch. A publish that timed out but did arrive is published
+a second time by the relay: consumers dedupe by event id. Events of one account may then reach the topic out of
+order across the switch; each carries its time.
+
+When the database does not answer either, Inspect still answers (a policy outage must not stop every request; the
+cached policy keeps serving): the events stay in memory, up to :data:`MAX_BACKLOG`, and go out with the next write
+that succeeds. Only in that window can a ``kill -9`` lose decisions (and, past the cap, the oldest are dropped with
+a warning).
 """
 
 from __future__ import annotations
@@ -33,14 +41,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaProducer
 from tollgate.events.v1 import policy_pb2 as ev
-from tollgate_common.events import Envelope, envelope_for
+from tollgate_common.events import Envelope, Topics, envelope_for
 
 from .domain import Inspection, Verdict, identity
 from .errors import StorageUnavailable
 from .repository import PolicyRepository
 
-__all__ = ["DEV_HASH_KEY", "MAX_BACKLOG", "Decision", "DecisionLog", "decided_event", "match_hasher"]
+__all__ = [
+    "DEV_HASH_KEY",
+    "DIRECT_RETRY_SECONDS",
+    "MAX_BACKLOG",
+    "PUBLISH_TIMEOUT",
+    "Decision",
+    "DecisionLog",
+    "decided_event",
+    "match_hasher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +66,10 @@ log = logging.getLogger(__name__)
 DEV_HASH_KEY: bytes = hashlib.sha256(b"tollgate policy development hash key (not secret)").digest()
 #: Events kept in memory while the database is down, at most.
 MAX_BACKLOG = 50_000
+#: Longest wait for Kafka's acknowledgement of a batch before it goes to the outbox instead.
+PUBLISH_TIMEOUT = 2.0
+#: After a failed publish, batches go to the outbox for this long before Kafka is tried again.
+DIRECT_RETRY_SECONDS = 5.0
 
 _VERDICT = {
     Verdict.ALLOW: ev.POLICY_VERDICT_ALLOW,
@@ -124,17 +146,27 @@ def decided_event(
 
 
 class DecisionLog:
-    """Group-commits events to the outbox (see the module docstring); ``on_written`` wakes the relay."""
+    """Group-commits events to Kafka or else the outbox (see the module docstring); ``on_written`` wakes the relay
+    after an outbox write. ``producer`` is set by the app while it has a connected one."""
 
-    def __init__(self, repository: PolicyRepository, on_written: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        repository: PolicyRepository,
+        on_written: Callable[[], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.repository = repository
         self.on_written = on_written
+        self.producer: AIOKafkaProducer | None = None
+        self.clock = clock
+        self._direct_after = 0.0
         self._queued: list[tuple[Sequence[Envelope], asyncio.Future[None]]] = []
         self._backlog: list[Envelope] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def record(self, events: Sequence[Envelope]) -> None:
-        """Return once ``events`` are committed (or, with the database down, kept in the backlog)."""
+        """Return once ``events`` are durable (or, with Kafka and the database down, kept in the backlog)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((events, done))
         if self._writer is None or self._writer.done():
@@ -151,10 +183,11 @@ class DecisionLog:
             batch, self._queued = self._queued, []
             events = self._backlog + [e for group, _ in batch for e in group]
             try:
-                await self.repository.add_events(events)
+                if not await self._published(events):
+                    await self.repository.add_events(events)
+                    if self.on_written is not None:
+                        self.on_written()
                 self._backlog = []
-                if self.on_written is not None:
-                    self.on_written()
             except StorageUnavailable:
                 dropped = max(0, len(events) - MAX_BACKLOG)
                 self._backlog = events[dropped:]
@@ -164,6 +197,25 @@ class DecisionLog:
                 )
             except Exception as exc:  # never leave an Inspect waiting on a bug here
                 log.error("writing decisions failed", extra={"error_type": type(exc).__name__})
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+            finally:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _published(self, events: Sequence[Envelope]) -> bool:
+        """True once Kafka acknowledged every event; False (go to the outbox) without a producer or on failure."""
+        producer = self.producer
+        if producer is None or self.clock() < self._direct_after:
+            return False
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                sent = [
+                    await producer.send(Topics.POLICY, value=e.data, key=e.subject.encode(), headers=e.headers())
+                    for e in events
+                ]
+                await asyncio.gather(*sent)
+        except Exception as exc:  # broker away, timeout, a rejected record: the outbox is the durable fallback
+            self._direct_after = self.clock() + DIRECT_RETRY_SECONDS
+            log.warning("publishing decisions failed; writing them to the outbox", extra={"error": repr(exc)})
+            return False
+        return True
