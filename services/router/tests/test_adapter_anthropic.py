@@ -21,7 +21,7 @@ from tollgate_dev.mock_wire import TOOL_INPUT
 from tollgate_router.anthropic import to_anthropic
 from tollgate_router.domain import Provider, Route
 from tollgate_router.errors import InvalidRequest, UpstreamRateLimited, UpstreamUnavailable
-from tollgate_router.translate import status_error
+from tollgate_router.upstream_http import status_error
 
 StartRouter = Callable[..., Awaitable[pb_grpc.RouterServiceStub]]
 

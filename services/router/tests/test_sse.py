@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tollgate_router.sse import SseDecoder
+from tollgate_router.sse import EventTooLarge, SseDecoder
 
 STREAM = (
     b": keep-alive comment\n\n"
@@ -42,3 +43,39 @@ def test_an_unterminated_last_event_is_flushed_on_close() -> None:
     decoder = SseDecoder()
     assert decoder.feed(b'data: {"a":1}') == []
     assert decoder.close() == [b'{"a":1}']
+
+
+@pytest.mark.timeout(60)
+def test_a_long_line_in_small_reads_is_decoded_in_linear_time() -> None:
+    """8 MiB of one data line in 16-byte reads: joining the tail to every read (the old decoder) copies ~2 TB and
+    never finishes; holding the pieces until the line ends does it in one pass."""
+    line = b"x" * (8 * 2**20)
+    decoder = SseDecoder(max_event_bytes=16 * 2**20)
+    stream = b"data: " + line + b"\n\n"
+    events: list[bytes] = []
+    for start in range(0, len(stream), 16):
+        events += decoder.feed(stream[start : start + 16])
+    assert events == [line]
+
+
+def test_an_event_beyond_the_limit_is_refused_before_it_is_buffered() -> None:
+    decoder = SseDecoder(max_event_bytes=1000)
+    assert decoder.feed(b"data: " + b"a" * 500 + b"\n") == []
+    with pytest.raises(EventTooLarge):
+        for _ in range(100):  # the second line pushes the event's data past 1000 bytes, long before it ends
+            decoder.feed(b"b" * 100)
+
+
+def test_a_line_without_end_beyond_the_limit_is_refused() -> None:
+    decoder = SseDecoder(max_event_bytes=1000)
+    decoder.feed(b"data: " + b"a" * 900)
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"a" * 200)
+
+
+def test_events_under_the_limit_pass_and_the_count_restarts_per_event() -> None:
+    decoder = SseDecoder(max_event_bytes=100)
+    events: list[bytes] = []
+    for _ in range(50):  # 50 events of 80 bytes: 4000 bytes in all, each under the limit
+        events += decoder.feed(b"data: " + b"z" * 80 + b"\n\n: keep-alive\n\n")
+    assert events == [b"z" * 80] * 50

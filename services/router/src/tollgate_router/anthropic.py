@@ -41,27 +41,33 @@ import aiohttp
 import orjson
 
 from .adapters import StreamEvent
-from .domain import Completion, Route, StreamEnded, Usage
+from .domain import Completion, Route, StreamEnded, Usage, UsageReader
 from .errors import InvalidRequest, UpstreamUnavailable
-from .translate import (
-    ChunkWriter,
-    StreamMeta,
-    ToolCall,
-    count,
+from .openai_request import (
     data_url,
     functions,
     max_tokens,
     messages,
     number,
-    post_json,
-    post_sse,
     reject_unsupported,
     stop_sequences,
-    stream_failure,
     text_of,
     tool_arguments,
     tool_choice,
+)
+from .openai_response import (
+    ChunkWriter,
+    ToolCall,
     translated_completion,
+)
+from .upstream_http import (
+    DEFAULT_LIMITS,
+    StreamMeta,
+    UpstreamLimits,
+    answered,
+    post_json,
+    post_sse,
+    stream_failure,
 )
 
 __all__ = ["AnthropicAdapter", "anthropic_usage", "to_anthropic"]
@@ -253,12 +259,13 @@ def to_anthropic(route: Route, body: Mapping[str, Any]) -> dict[str, Any]:
 
 def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
     """Anthropic's usage in OpenAI's convention: cached tokens inside the prompt, each token counted once."""
+    count = UsageReader()
     uncached = count(usage.get("input_tokens"), "input_tokens")
     cache_read = count(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")
     cache_write = count(usage.get("cache_creation_input_tokens"), "cache_creation_input_tokens")
     prompt = uncached + cache_read + cache_write
     completion = count(usage.get("output_tokens"), "output_tokens")
-    return Usage(
+    return count.usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
@@ -273,8 +280,9 @@ def _finish(stop_reason: Any) -> str:
 class AnthropicAdapter:
     """Speaks Anthropic Messages to ``{base_url}/v1/messages`` with ``x-api-key`` and ``anthropic-version``."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, limits: UpstreamLimits = DEFAULT_LIMITS) -> None:
         self._session = session
+        self._limits = limits
 
     @staticmethod
     def _url(route: Route) -> str:
@@ -302,9 +310,12 @@ class AnthropicAdapter:
             request,
             timeout=timeout,
             request_id_header="request-id",
+            limits=self._limits,
         )
         if not isinstance(reply.get("usage"), dict) or not isinstance(reply.get("content"), list):
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' answered without content or usage.")
+            raise answered(
+                UpstreamUnavailable(f"The provider '{route.provider.name}' answered without content or usage.")
+            )
         usage = anthropic_usage(reply["usage"])
         texts: list[str] = []
         calls: list[ToolCall] = []
@@ -349,6 +360,7 @@ class AnthropicAdapter:
             timeout=timeout,
             request_id_header="request-id",
             meta=meta,
+            limits=self._limits,
         )
         async with aclosing(events):
             async for event in events:
@@ -364,7 +376,9 @@ class AnthropicAdapter:
                 if write is None:
                     if kind == "ping":
                         continue
-                    raise UpstreamUnavailable(f"The provider '{provider}' streamed {kind!r} before message_start.")
+                    raise answered(
+                        UpstreamUnavailable(f"The provider '{provider}' streamed {kind!r} before message_start.")
+                    )
                 if kind == "content_block_start":
                     block = event.get("content_block") or {}
                     if block.get("type") == "tool_use":
@@ -393,7 +407,7 @@ class AnthropicAdapter:
                 elif kind == "message_stop":
                     stopped = True
         if not stopped:
-            raise UpstreamUnavailable(f"The provider '{provider}' ended the stream before message_stop.")
+            raise answered(UpstreamUnavailable(f"The provider '{provider}' ended the stream before message_stop."))
         usage = anthropic_usage({**start_usage, **final_usage})
         yield StreamEnded(
             usage=usage,

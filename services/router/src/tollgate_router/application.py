@@ -11,7 +11,13 @@ translate, the transport only maps protobuf. For each request:
   then the next candidate is tried (fallback); a bad provider key falls back without a retry; a rejected request
   (400) is the caller's and ends at once; ``max_attempts`` bounds the whole request;
 - a stream is retried or falls back only until its first chunk went to the caller; after it, an error ends it;
-- every attempt is an ``AttemptRecorded`` event, committed to the outbox before the answer goes out.
+- every attempt is an ``AttemptRecorded`` event, committed to the outbox before the answer goes out; one the
+  provider may have served without telling its usage (a timeout, a cancellation, a refused or cut answer) says
+  so (``usage_unknown``), with whatever counts it did report validly;
+- a breaker counts the provider's failures only: a timeout that the caller's own deadline cut short (its budget
+  was below the deployment's timeout) and a cancelled attempt leave it alone, so one tenant's short deadlines
+  cannot open a deployment for every tenant;
+- an upstream request id is cut to ``MAX_UPSTREAM_REQUEST_ID`` characters (the column downstream holds 200).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .attempts import Attempt, AttemptLog, now_ms, outcome_of
 from .domain import Catalogue, Completion, ModelEntry, Route, Usage, parse_request
 from .errors import (
     InvalidRequest,
+    InvalidUsage,
     RouterError,
     UpstreamAuthFailed,
     UpstreamRateLimited,
@@ -44,9 +51,13 @@ from .metrics import BREAKER_OPEN, UPSTREAM_CALLS, UPSTREAM_SECONDS, UPSTREAM_TO
 from .resilience import Breakers, ResilienceSettings, counts_against_health, is_retryable, retry_wait
 from .routing import Constraints, LatencyTracker, Overrides, plan, split_overrides
 
-__all__ = ["ResilienceSettings", "Router"]
+__all__ = ["MAX_UPSTREAM_REQUEST_ID", "ResilienceSettings", "Router"]
 
 log = logging.getLogger(__name__)
+
+#: Longest upstream request id passed on (metering stores it in a 200-character column; a longer one would stop
+#: its consumer): longer ones are cut.
+MAX_UPSTREAM_REQUEST_ID = 200
 
 #: The cheapest call that proves a deployment answers: one short message, one token back.
 _PROBE_BODY = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
@@ -105,9 +116,12 @@ class Router:
             epsilon=self.resilience.latency_epsilon,
         )
         budget = self.resilience.request_timeout_seconds
-        if deadline is not None:
-            budget = min(budget, deadline)
-        return _Call(self, request_id, account_id, body, overrides, candidates, self._clock() + budget, streamed)
+        callers = False
+        if deadline is not None and deadline < budget:
+            budget, callers = deadline, True
+        call = _Call(self, request_id, account_id, body, overrides, candidates, self._clock() + budget, streamed)
+        call.callers_deadline = callers
+        return call
 
     async def complete(
         self,
@@ -134,7 +148,7 @@ class Router:
                 attempt = call.begin(route)
                 try:
                     result = await self._adapters[route.provider.kind].complete(
-                        route, call.body, request_id=request_id, timeout=call.timeout_for(route)
+                        route, call.body, request_id=request_id, timeout=call.timeout_of(attempt)
                     )
                 except RouterError as error:
                     call.failed(attempt, error)
@@ -145,8 +159,8 @@ class Router:
                 except Exception as exc:
                     call.failed(attempt, _adapter_bug(route, exc))
                     continue
-                call.succeeded(attempt, result.usage, result.upstream_request_id)
-                return replace(result, model=route.model)
+                upstream_id = call.succeeded(attempt, result.usage, result.upstream_request_id)
+                return replace(result, model=route.model, upstream_request_id=upstream_id)
         finally:
             await self._record(call)
 
@@ -175,7 +189,7 @@ class Router:
                 route = await call.next_route()
                 attempt = call.begin(route)
                 events = self._adapters[route.provider.kind].stream(
-                    route, call.body, request_id=request_id, timeout=call.timeout_for(route)
+                    route, call.body, request_id=request_id, timeout=call.timeout_of(attempt)
                 )
                 # aclosing: a caller that goes away mid-stream closes the upstream response at once, not at GC.
                 async with aclosing(events):
@@ -210,11 +224,12 @@ class Router:
                             ended = True
                         if not ended or isinstance(first, bytes):
                             raise _no_usage(route)
-                        call.succeeded(attempt, first.usage, first.upstream_request_id)
+                        upstream_id = call.succeeded(attempt, first.usage, first.upstream_request_id)
                         await self._record(call)  # durable before the caller sees the end of its stream
-                        yield replace(first, model=route.model)
+                        yield replace(first, model=route.model, upstream_request_id=upstream_id)
                         return
                     except RouterError as error:
+                        error.status = error.status or 200  # the stream had begun: the provider answered
                         call.failed(attempt, error, final=True)
                         raise
                     except (asyncio.CancelledError, GeneratorExit):
@@ -250,7 +265,7 @@ class Router:
         attempt = call.begin(route)
         try:
             result = await self._adapters[route.provider.kind].complete(
-                route, call.body, request_id=call.request_id, timeout=call.timeout_for(route)
+                route, call.body, request_id=call.request_id, timeout=call.timeout_of(attempt)
             )
         except RouterError as error:
             with contextlib.suppress(RouterError):
@@ -293,7 +308,16 @@ def _adapter_bug(route: Route, exc: Exception) -> UpstreamUnavailable:
 
 
 def _no_usage(route: Route) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"The provider '{route.provider.name}' stream ended without usage.")
+    return UpstreamUnavailable(f"The provider '{route.provider.name}' stream ended without usage.", status=200)
+
+
+def _usage_unknown(error: RouterError) -> bool:
+    """Whether the provider may have served an attempt that failed with ``error``: yes when it timed out without
+    an answer or its 200 answer was refused, garbled or cut; no when it answered an error status, was never
+    connected to, or the router refused the request before sending it."""
+    if isinstance(error, UpstreamTimeout):
+        return error.status in (0, 200)
+    return error.status == 200 and not error.unreached
 
 
 class _Call:
@@ -327,13 +351,17 @@ class _Call:
         self._last_error: RouterError | None = None
         self._started: dict[int, float] = {}
         self._finished: set[int] = set()
+        #: The deadline is the caller's own (shorter than the router's ``request_timeout_seconds``).
+        self.callers_deadline = False
+        #: Per attempt number: its timeout, and whether the caller's deadline (not the deployment's) set it.
+        self._timeouts: dict[int, tuple[float, bool]] = {}
 
     def remaining(self) -> float:
         return self.deadline_at - self.router._clock()
 
-    def timeout_for(self, route: Route) -> float:
-        own = route.timeout_seconds or route.provider.timeout_seconds or self.router._timeout
-        return max(0.001, min(own, self.remaining()))
+    def timeout_of(self, attempt: Attempt) -> float:
+        """The attempt's timeout: the deployment's own, or what is left of the request's deadline if less."""
+        return self._timeouts[attempt.number][0]
 
     def _deadline_error(self) -> UpstreamTimeout:
         return UpstreamTimeout("The request's deadline passed before a provider answered.")
@@ -377,6 +405,9 @@ class _Call:
             started_at_unix_ms=now_ms(),
         )
         self.attempts.append(attempt)
+        own = route.timeout_seconds or route.provider.timeout_seconds or self.router._timeout
+        remaining = self.remaining()
+        self._timeouts[attempt.number] = (max(0.001, min(own, remaining)), self.callers_deadline and remaining < own)
         self._started[attempt.number] = time.perf_counter()
         return attempt
 
@@ -393,23 +424,26 @@ class _Call:
         UPSTREAM_SECONDS.labels(provider, mode).observe(seconds)
         return seconds
 
-    def succeeded(self, attempt: Attempt, usage: Usage, upstream_request_id: str) -> None:
+    def succeeded(self, attempt: Attempt, usage: Usage, upstream_request_id: str) -> str:
+        """Record a success; returns the upstream request id as passed on (cut to ``MAX_UPSTREAM_REQUEST_ID``)."""
         seconds = self._finish(attempt, "ok")
         attempt.outcome = outcome_of(None)
         attempt.http_status = 200
         attempt.usage = usage
-        attempt.upstream_request_id = upstream_request_id
+        attempt.upstream_request_id = upstream_request_id[:MAX_UPSTREAM_REQUEST_ID]
         route = attempt.route
         self._breaker_result(route, True)
         self.router.latency.observe(route.name, attempt.ttft_ms / 1000 if self.streamed else seconds)
         UPSTREAM_TOKENS.labels(route.provider.name, "prompt").inc(usage.prompt_tokens)
         UPSTREAM_TOKENS.labels(route.provider.name, "completion").inc(usage.completion_tokens)
+        return attempt.upstream_request_id
 
     def cancelled(self, attempt: Attempt) -> None:
         if attempt.number in self._finished:
             return  # e.g. the caller left while the stream's end message was being sent: it already succeeded
         self._finish(attempt, "cancelled")
         attempt.outcome = outcome_of(None, cancelled=True)
+        attempt.usage_unknown = True  # the request was sent: the provider may be serving it still
         self.router.breakers[attempt.route.name].release()
 
     def failed(self, attempt: Attempt, error: RouterError, *, final: bool = False) -> None:
@@ -418,8 +452,14 @@ class _Call:
         attempt.outcome = outcome_of(error)
         attempt.error_reason = error.reason
         attempt.http_status = error.status or (429 if isinstance(error, UpstreamRateLimited) else 0)
+        attempt.usage_unknown = _usage_unknown(error)
+        if isinstance(error, InvalidUsage):
+            attempt.usage = error.usage  # the counts it reported validly
         route = attempt.route
-        if counts_against_health(error):
+        cut_by_caller = (
+            isinstance(error, UpstreamTimeout) and error.status in (0, 200) and self._timeouts[attempt.number][1]
+        )
+        if counts_against_health(error) and not cut_by_caller:
             self._breaker_result(route, False)
         else:
             self.router.breakers[route.name].release()

@@ -74,6 +74,8 @@ class Attempt:
     latency_ms: int = 0
     ttft_ms: int = 0
     usage: Usage | None = None
+    #: The provider may have served it but reported no (valid) usage: see AttemptRecorded.usage_unknown.
+    usage_unknown: bool = False
     upstream_request_id: str = ""
 
     def event(self) -> Envelope:
@@ -101,6 +103,7 @@ class Attempt:
             if u is not None
             else None,
             upstream_request_id=self.upstream_request_id,
+            usage_unknown=self.usage_unknown,
             streamed=self.streamed,
             region=self.route.region,
             started_at_unix_ms=self.started_at_unix_ms,

@@ -23,6 +23,7 @@ from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_en
 
 from .domain import STRATEGIES, SUPPORTED_KINDS, Catalogue, Provider, Route
 from .resilience import BreakerSettings, ResilienceSettings
+from .upstream_http import UpstreamLimits
 
 __all__ = ["DEMO_MODELS", "Settings", "catalogue_from_env", "catalogue_from_file"]
 
@@ -66,6 +67,9 @@ class Settings:
     upstream_timeout_seconds: float = 60.0
     #: Size of the keep-alive pool shared by every provider.
     upstream_max_connections: int = 1000
+    #: How much of an answer is read: a larger one is refused as an upstream error (``ROUTER_MAX_RESPONSE_BYTES``,
+    #: ``ROUTER_MAX_STREAM_EVENT_BYTES``).
+    upstream_limits: UpstreamLimits = field(default_factory=UpstreamLimits)
     #: On SIGTERM, in-flight calls (streams included) get this long to finish before they are cut.
     shutdown_grace_seconds: float = 15.0
     metrics_port: int = 0
@@ -103,6 +107,10 @@ class Settings:
             grpc_port=env.port("GRPC_PORT", 50051),
             upstream_timeout_seconds=env.float("UPSTREAM_TIMEOUT_SECONDS", 60.0, minimum=0.001),
             upstream_max_connections=env.int("UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1, maximum=100_000),
+            upstream_limits=UpstreamLimits(
+                max_body_bytes=env.int("MAX_RESPONSE_BYTES", 32 * 2**20, minimum=1024, maximum=2**31),
+                max_event_bytes=env.int("MAX_STREAM_EVENT_BYTES", 8 * 2**20, minimum=1024, maximum=2**31),
+            ),
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 15.0, minimum=0.0),
             metrics_port=env.port("METRICS_PORT", 0),
             log_level=env.str("LOG_LEVEL", "INFO").upper(),

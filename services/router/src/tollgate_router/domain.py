@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidRequest, ModelNotFound, UpstreamUnavailable
+from .errors import InvalidRequest, InvalidUsage, ModelNotFound
 
 __all__ = [
+    "MAX_TOKEN_COUNT",
     "STRATEGIES",
     "SUPPORTED_KINDS",
     "Catalogue",
@@ -21,6 +22,7 @@ __all__ = [
     "Route",
     "StreamEnded",
     "Usage",
+    "UsageReader",
     "parse_request",
 ]
 
@@ -147,14 +149,6 @@ class Catalogue:
         return len(self._models)
 
 
-def _count(value: Any, key: str) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UpstreamUnavailable(f"The upstream reported an invalid usage.{key}: {value!r}.")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts as the upstream reported them (cached ⊂ prompt, reasoning ⊂ completion, as OpenAI's)."""
@@ -168,24 +162,78 @@ class Usage:
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any]) -> Usage:
         """Read OpenAI's ``usage`` object; bad numbers are an upstream fault, since billing depends on them."""
-        prompt = _count(usage.get("prompt_tokens"), "prompt_tokens")
-        completion = _count(usage.get("completion_tokens"), "completion_tokens")
+        count = UsageReader()
+        prompt = count(usage.get("prompt_tokens"), "prompt_tokens")
+        completion = count(usage.get("completion_tokens"), "completion_tokens")
         total = usage.get("total_tokens")
         prompt_details = usage.get("prompt_tokens_details")
         completion_details = usage.get("completion_tokens_details")
-        return cls(
+        return count.usage(
             prompt_tokens=prompt,
             completion_tokens=completion,
-            total_tokens=prompt + completion if total is None else _count(total, "total_tokens"),
-            cached_prompt_tokens=_count(prompt_details.get("cached_tokens"), "prompt_tokens_details.cached_tokens")
+            total_tokens=prompt + completion if total is None else count(total, "total_tokens"),
+            cached_prompt_tokens=count(prompt_details.get("cached_tokens"), "prompt_tokens_details.cached_tokens")
             if isinstance(prompt_details, Mapping)
             else 0,
-            reasoning_tokens=_count(
+            reasoning_tokens=count(
                 completion_details.get("reasoning_tokens"), "completion_tokens_details.reasoning_tokens"
             )
             if isinstance(completion_details, Mapping)
             else 0,
         )
+
+
+#: The largest token count the events and every table downstream hold (protobuf int64, BIGINT).
+MAX_TOKEN_COUNT = 2**63 - 1
+
+
+class UsageReader:
+    """Reads the counts of one provider usage object: each must be an integer in [0, 2^63) (missing is 0).
+
+    A bad count is noted and read as 0, so :meth:`usage` can still report the good ones: it raises
+    :class:`~tollgate_router.errors.InvalidUsage` (an upstream error, never an unknown exception at the protobuf
+    boundary) carrying them, and the attempt records what is known.
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def __call__(self, value: Any, key: str) -> int:
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_COUNT:
+            shown = (
+                repr(value) if isinstance(value, int | float) and not isinstance(value, bool) else type(value).__name__
+            )
+            self.problems.append(f"usage.{key}: {shown[:40]}")
+            return 0
+        return value
+
+    def usage(
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        total_tokens: int,
+        cached_prompt_tokens: int = 0,
+        reasoning_tokens: int = 0,
+    ) -> Usage:
+        """The usage, or :class:`InvalidUsage` when a count was bad or a sum of good ones overflowed."""
+        counts = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": total_tokens,
+            "cached_prompt_tokens": cached_prompt_tokens,
+            "reasoning_tokens": reasoning_tokens,
+        }
+        for key, value in counts.items():
+            if value > MAX_TOKEN_COUNT:  # a sum of counts that were each in range
+                self.problems.append(f"usage.{key}: beyond 2^63")
+                counts[key] = 0
+        usage = Usage(**counts)
+        if self.problems:
+            raise InvalidUsage(f"The upstream reported an invalid {', '.join(self.problems)}.", usage)
+        return usage
 
 
 @dataclass(frozen=True, slots=True)

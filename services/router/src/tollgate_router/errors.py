@@ -11,7 +11,10 @@ error ``code``); ``grpc_server`` maps the classes to gRPC status codes once, in 
     ├── UpstreamRateLimited       RESOURCE_EXHAUSTED  upstream_rate_limited upstream said 429 (+ retry_after)
     ├── UpstreamAuthFailed        UNAVAILABLE         upstream_auth         upstream said 401/403: the operator's
     │                                                                       provider key is wrong, not the caller
-    ├── UpstreamUnavailable       UNAVAILABLE         upstream_error        5xx, unreachable, garbled, no usage
+    ├── UpstreamUnavailable       UNAVAILABLE         upstream_error        5xx, unreachable, garbled, no usage,
+    │   │                                                                   an answer beyond the size limits
+    │   └── InvalidUsage          UNAVAILABLE         upstream_error        usage counts that are not integers in
+    │                                                                       [0, 2^63): the good ones kept
     └── UpstreamTimeout           DEADLINE_EXCEEDED   upstream_timeout      no answer within the timeout
 
 Messages reach the caller, so they never carry provider keys nor the upstream's text for auth failures
@@ -20,10 +23,14 @@ Messages reach the caller, so they never carry provider keys nor the upstream's 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .domain import Usage
 
 __all__ = [
     "InvalidRequest",
+    "InvalidUsage",
     "ModelNotFound",
     "RouterError",
     "UpstreamAuthFailed",
@@ -41,8 +48,11 @@ class RouterError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
-        #: The provider's HTTP status when it answered with an error; 0 when there was no answer.
+        #: The provider's HTTP status when it answered with an error (200: its answer was refused, garbled or cut
+        #: mid-way); 0 when there was no answer.
         self.status = status
+        #: The provider was never connected to, so nothing reached it (its usage is known to be none).
+        self.unreached = False
 
 
 class InvalidRequest(RouterError):
@@ -71,3 +81,11 @@ class UpstreamUnavailable(RouterError):
 
 class UpstreamTimeout(RouterError):
     reason = "upstream_timeout"
+
+
+class InvalidUsage(UpstreamUnavailable):
+    """The provider reported usage the router cannot record; ``usage`` holds its valid counts (the bad ones as 0)."""
+
+    def __init__(self, message: str, usage: Usage) -> None:
+        super().__init__(message, status=200)
+        self.usage = usage

@@ -41,27 +41,33 @@ import aiohttp
 import orjson
 
 from .adapters import StreamEvent
-from .domain import Completion, Route, StreamEnded, Usage
+from .domain import Completion, Route, StreamEnded, Usage, UsageReader
 from .errors import InvalidRequest, UpstreamUnavailable
-from .translate import (
-    ChunkWriter,
-    StreamMeta,
-    ToolCall,
-    count,
+from .openai_request import (
     data_url,
     functions,
     max_tokens,
     messages,
     number,
-    post_json,
-    post_sse,
     reject_unsupported,
     stop_sequences,
-    stream_failure,
     text_of,
     tool_arguments,
     tool_choice,
+)
+from .openai_response import (
+    ChunkWriter,
+    ToolCall,
     translated_completion,
+)
+from .upstream_http import (
+    DEFAULT_LIMITS,
+    StreamMeta,
+    UpstreamLimits,
+    answered,
+    post_json,
+    post_sse,
+    stream_failure,
 )
 
 __all__ = ["GeminiAdapter", "gemini_usage", "to_gemini"]
@@ -229,12 +235,13 @@ def to_gemini(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def gemini_usage(metadata: Mapping[str, Any]) -> Usage:
     """Gemini's ``usageMetadata`` in OpenAI's convention (cached inside prompt, thoughts inside completion)."""
+    count = UsageReader()
     prompt = count(metadata.get("promptTokenCount"), "promptTokenCount") + count(
         metadata.get("toolUsePromptTokenCount"), "toolUsePromptTokenCount"
     )
     thoughts = count(metadata.get("thoughtsTokenCount"), "thoughtsTokenCount")
     completion = count(metadata.get("candidatesTokenCount"), "candidatesTokenCount") + thoughts
-    return Usage(
+    return count.usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
@@ -274,8 +281,9 @@ def _parts(response: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | Non
 class GeminiAdapter:
     """Speaks the Gemini API (``v1beta``) with the key in ``x-goog-api-key``."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, limits: UpstreamLimits = DEFAULT_LIMITS) -> None:
         self._session = session
+        self._limits = limits
 
     @staticmethod
     def _url(route: Route, method: str) -> str:
@@ -300,10 +308,11 @@ class GeminiAdapter:
             to_gemini(body),
             timeout=timeout,
             request_id_header="x-request-id",
+            limits=self._limits,
         )
         metadata = reply.get("usageMetadata")
         if not isinstance(metadata, dict):
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' answered without usageMetadata.")
+            raise answered(UpstreamUnavailable(f"The provider '{route.provider.name}' answered without usageMetadata."))
         usage = gemini_usage(metadata)
         parts, reason = _parts(reply)
         texts = [p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought")]
@@ -342,6 +351,7 @@ class GeminiAdapter:
             timeout=timeout,
             request_id_header="x-request-id",
             meta=meta,
+            limits=self._limits,
         )
         async with aclosing(events):
             async for event in events:
@@ -367,9 +377,9 @@ class GeminiAdapter:
                     finished = reason
                     yield write({}, _finish(reason, calls > 0))
         if finished is None or write is None:
-            raise UpstreamUnavailable(f"The provider '{provider}' ended the stream without a finish reason.")
+            raise answered(UpstreamUnavailable(f"The provider '{provider}' ended the stream without a finish reason."))
         if metadata is None:
-            raise UpstreamUnavailable(f"The provider '{provider}' ended the stream without reporting usage.")
+            raise answered(UpstreamUnavailable(f"The provider '{provider}' ended the stream without reporting usage."))
         yield StreamEnded(
             usage=gemini_usage(metadata),
             provider=provider,

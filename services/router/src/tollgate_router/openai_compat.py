@@ -23,7 +23,18 @@ import orjson
 from .adapters import StreamEvent
 from .domain import Completion, Route, StreamEnded, Usage
 from .errors import UpstreamUnavailable
-from .translate import StreamMeta, event_json, post_raw, post_sse_data, retry_after_seconds, stream_failure
+from .upstream_http import (
+    DEFAULT_LIMITS,
+    StreamMeta,
+    UpstreamLimits,
+    answer_json,
+    answered,
+    event_json,
+    post_raw,
+    post_sse_data,
+    retry_after_seconds,
+    stream_failure,
+)
 
 __all__ = ["OpenAICompatibleAdapter", "create_session", "retry_after_seconds"]
 
@@ -44,8 +55,9 @@ def create_session(max_connections: int) -> aiohttp.ClientSession:
 class OpenAICompatibleAdapter:
     """Speaks OpenAI's ``POST {base_url}/chat/completions`` to any provider that implements it."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, limits: UpstreamLimits = DEFAULT_LIMITS) -> None:
         self._session = session
+        self._limits = limits
         self._headers: dict[str, dict[str, str]] = {}
 
     def _headers_for(self, route: Route, request_id: str) -> dict[str, str]:
@@ -87,13 +99,11 @@ class OpenAICompatibleAdapter:
             body,
             timeout=timeout,
             request_id_header="x-request-id",
+            limits=self._limits,
         )
-        try:
-            reply = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' answered with invalid JSON.") from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("usage"), dict):
-            raise UpstreamUnavailable(f"The provider '{route.provider.name}' answered without usage.")
+        reply = answer_json(route, raw)
+        if not isinstance(reply.get("usage"), dict):
+            raise answered(UpstreamUnavailable(f"The provider '{route.provider.name}' answered without usage."))
         return Completion(
             body_json=raw,
             usage=Usage.from_openai(reply["usage"]),
@@ -125,6 +135,7 @@ class OpenAICompatibleAdapter:
             timeout=timeout,
             request_id_header="x-request-id",
             meta=meta,
+            limits=self._limits,
         )
         done = False
         async with aclosing(payloads):
@@ -142,7 +153,7 @@ class OpenAICompatibleAdapter:
                         continue  # the usage-only final chunk: its content travels in StreamEnded
                 yield orjson.dumps(chunk)
         if usage is None:
-            raise UpstreamUnavailable(f"The provider '{provider}' ended the stream without reporting usage.")
+            raise answered(UpstreamUnavailable(f"The provider '{provider}' ended the stream without reporting usage."))
         yield StreamEnded(
             usage=usage, provider=provider, upstream_model=route.upstream_model, upstream_request_id=upstream_id
         )

@@ -60,13 +60,14 @@ class RouterServer:
         self._attempts = AttemptLog(session_maker(self._engine))
         self._attempts.start()
         self._session = create_session(settings.upstream_max_connections)
+        limits = settings.upstream_limits
         router = Router(
             settings.catalogue,
             {
-                "openai": OpenAICompatibleAdapter(self._session),
-                "azure": OpenAICompatibleAdapter(self._session),
-                "anthropic": AnthropicAdapter(self._session),
-                "gemini": GeminiAdapter(self._session),
+                "openai": OpenAICompatibleAdapter(self._session, limits),
+                "azure": OpenAICompatibleAdapter(self._session, limits),
+                "anthropic": AnthropicAdapter(self._session, limits),
+                "gemini": GeminiAdapter(self._session, limits),
             },
             upstream_timeout=settings.upstream_timeout_seconds,
             resilience=settings.resilience,
