@@ -451,6 +451,7 @@ class Billing:
         offsets). The holds are read locked; decisions see the batch's own earlier decisions. Returns the number
         of billing events recorded."""
         holds = await repository.lock_holds(session, (r.hold_id or r.request_id for r, _ in items))
+        stored = {hold_id: hold.status.value for hold_id, hold in holds.items()}  # before this batch's decisions
         unknown = {r.account_id for r, _ in items if (r.hold_id or r.request_id) not in holds}
         known_accounts = await repository.existing_accounts(session, unknown) if unknown else set()
         now = self._now_ms()
@@ -489,7 +490,7 @@ class Billing:
             else:
                 holds[hold_id] = replace(hold, status=domain.HoldStatus.RECONCILED)
             events.append(event)
-        await repository.record_many(session, events)
+        await repository.record_many(session, events, hold_statuses=stored)
         return len(events)
 
     # --- holds past their TTL (the sweeper) ---------------------------------------------------------------------

@@ -23,7 +23,6 @@ replica) is retried one caller per transaction, so one caller's failure is only 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.bulk import insert_rows
-from tollgate_common.events import Topics
 
 from . import repository
 from .domain import HoldStatus, HoldView
@@ -48,7 +46,6 @@ MAX_BATCH = 256
 _HOLD_COLUMNS = ("hold_id", "account_id", "key_id", "model", "amount_nanos", "status", "captured_nanos",
                  "released_nanos", "refunded_nanos", "usage_event_id", "needs_reconciliation", "created_at_unix_ms",
                  "expires_at_unix_ms")
-_OUTBOX_COLUMNS = ("topic", "key", "event_id", "headers", "value")
 
 _EXISTING = select(holds.c.hold_id, holds.c.account_id, holds.c.key_id, holds.c.amount_nanos, holds.c.status,
                    holds.c.captured_nanos, holds.c.expires_at_unix_ms).where(
@@ -79,9 +76,7 @@ class PendingHold:
 
     @classmethod
     def of(cls, event: billing_pb2.HoldPlaced) -> PendingHold:
-        env = repository.envelope(event)
-        headers = json.dumps([[k, v.decode()] for k, v in env.headers()])
-        return cls(event, (Topics.BILLING, event.account_id, env.id, headers, env.data))
+        return cls(event, repository.outbox_row(event))
 
 
 #: What a caller gets: None (its hold is placed), the hold that already had its id (a replay), or its refusal.
@@ -173,7 +168,7 @@ class HoldWriter:
                     if outcomes[i] is None and pending.event.hold_id in lost_ids:
                         outcomes[i] = twins.get(pending.event.hold_id) or ConcurrentUpdate(
                             f"hold {pending.event.hold_id} could not be placed; retry")
-            await insert_rows(conn, messaging.outbox, _OUTBOX_COLUMNS,
+            await insert_rows(conn, messaging.outbox, repository.OUTBOX_COLUMNS,
                               [p.outbox_row for p in placed if p.event.hold_id in inserted])
         self.batches += 1
         return outcomes

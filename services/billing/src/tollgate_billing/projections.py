@@ -16,14 +16,15 @@ forward along that order, and money moves are additive. A single event (Authoriz
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from tollgate.events.v1 import billing_pb2
+from tollgate_common.bulk import insert_rows, select_rows, update_rows
 
 from . import group_changes, key_changes
 from .domain import HoldStatus
@@ -56,8 +57,8 @@ _INSERT_ACCOUNT = insert(accounts)
 _INSERT_WALLET = insert(wallets)
 _INSERT_KEY = insert(api_keys)
 _INSERT_CREDIT = insert(credit_grants)
-_INSERT_TRANSACTION = insert(ledger_transactions)
-_INSERT_POSTINGS = insert(ledger_postings)
+_TRANSACTION_COLUMNS = ("transaction_id", "account_id", "kind", "reference", "created_at_unix_ms")
+_POSTING_COLUMNS = ("transaction_id", "ledger_account", "amount_nanos")
 _INSERT_HOLD = insert(holds)
 _MOVE_WALLET = (
     update(wallets)
@@ -88,13 +89,10 @@ _RESERVE_KEY = (
     )
     .values(held_nanos=api_keys.c.held_nanos + bindparam("p_amount"))
 )
-_CAPTURE_HOLD = (
-    update(holds)
-    .where(holds.c.hold_id == bindparam("p_hold"), holds.c.status == HoldStatus.OPEN.value)
-    .values(status=HoldStatus.CAPTURED.value, captured_nanos=bindparam("p_captured"),
-            released_nanos=bindparam("p_released"), rated_nanos=bindparam("p_captured"),
-            usage_event_id=bindparam("p_usage_event"), closed_at_unix_ms=bindparam("p_at"))
-)
+#: A capture closes an open hold (rows: hold_id, then these columns), in one plain-SQL statement per batch.
+_CAPTURE_COLUMNS = ("status", "captured_nanos", "released_nanos", "rated_nanos", "usage_event_id",
+                    "closed_at_unix_ms")
+_STILL_OPEN = f"\"holds\".\"status\" = '{HoldStatus.OPEN.value}'"
 _EXPIRE_HOLD = (
     update(holds)
     .where(holds.c.hold_id == bindparam("p_hold"), holds.c.status == HoldStatus.OPEN.value)
@@ -114,8 +112,11 @@ async def apply(conn: Executor, event: Message, *, strict: bool = False) -> None
     await apply_batch(conn, [event], strict=strict)
 
 
-async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool = False) -> None:
-    """Apply billing events, as if one by one in order, inside the caller's transaction."""
+async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool = False,
+                      hold_statuses: Mapping[str, str] | None = None) -> None:
+    """Apply billing events, as if one by one in order, inside the caller's transaction. ``hold_statuses``: the
+    status of holds the caller read locked in this transaction before deciding (not read again); holds placed in
+    the same batch are then not among them, so a batch with placements must not pass it."""
     by_kind: dict[type[Message], list[Any]] = {kind: [] for kind in _KINDS}
     changes: list[Any] = []  # one list for every kind of key change: they apply in their order
     by_kind.update({kind: changes for kind in key_changes.KINDS})
@@ -139,7 +140,8 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
         ])
         await moves.flush(conn)  # a guarded hold in the same batch must see the credit
     await _holds_placed(conn, by_kind[billing_pb2.HoldPlaced], moves, strict)
-    await _holds_captured(conn, by_kind[billing_pb2.HoldCaptured], moves, strict)
+    await _holds_captured(conn, by_kind[billing_pb2.HoldCaptured], moves, strict,
+                          None if by_kind[billing_pb2.HoldPlaced] else hold_statuses)
     await _holds_expired(conn, by_kind[billing_pb2.HoldExpired], moves, strict)
     await _holds_reconciled(conn, by_kind[billing_pb2.HoldReconciled], moves, strict)
     await moves.flush(conn)
@@ -172,8 +174,8 @@ class _Moves:
 
     wallets: dict[str, list[int]] = field(default_factory=dict)  # account -> [balance, held]
     keys: dict[str, list[int]] = field(default_factory=dict)  # key -> [usage, held]
-    transactions: list[dict[str, Any]] = field(default_factory=list)
-    postings: list[dict[str, Any]] = field(default_factory=list)
+    transactions: list[tuple[Any, ...]] = field(default_factory=list)
+    postings: list[tuple[Any, ...]] = field(default_factory=list)
 
     def wallet(self, account_id: str, *, balance: int = 0, held: int = 0) -> None:
         move = self.wallets.setdefault(account_id, [0, 0])
@@ -191,19 +193,14 @@ class _Moves:
     def ledger(self, account_id: str, txn: billing_pb2.LedgerTransaction) -> None:
         if not txn.postings or sum(p.amount_nanos for p in txn.postings) != 0:
             raise InconsistentEvent(f"ledger transaction {txn.transaction_id} does not sum to zero")
-        self.transactions.append({
-            "transaction_id": txn.transaction_id, "account_id": account_id, "kind": txn.kind,
-            "reference": txn.reference, "created_at_unix_ms": txn.created_at_unix_ms,
-        })
-        self.postings.extend(
-            {"transaction_id": txn.transaction_id, "ledger_account": p.ledger_account, "amount_nanos": p.amount_nanos}
-            for p in txn.postings
-        )
+        self.transactions.append(
+            (txn.transaction_id, account_id, txn.kind, txn.reference, txn.created_at_unix_ms))
+        self.postings.extend((txn.transaction_id, p.ledger_account, p.amount_nanos) for p in txn.postings)
 
     async def flush(self, conn: Executor) -> None:
         if self.transactions:
-            await _execute(conn, _INSERT_TRANSACTION, self.transactions)
-            await _execute(conn, _INSERT_POSTINGS, self.postings)
+            await insert_rows(conn, ledger_transactions, _TRANSACTION_COLUMNS, self.transactions)
+            await insert_rows(conn, ledger_postings, _POSTING_COLUMNS, self.postings)
         wallet_rows = [{"p_account": a, "p_balance": b, "p_held": h}
                        for a, (b, h) in sorted(self.wallets.items()) if b or h]
         if wallet_rows:
@@ -219,20 +216,17 @@ class _Moves:
         self.postings.clear()
 
 
-async def _hold_statuses(conn: Executor, hold_ids: Iterable[str]) -> dict[str, str]:
+async def _hold_statuses(conn: Executor, hold_ids: Iterable[str],
+                         known: Mapping[str, str] | None = None) -> dict[str, str]:
     """Current status of the holds a batch closes, their rows locked until commit (PostgreSQL; SQLite runs one
-    writer at a time anyway), so the decision and the write cannot be overtaken by the sweeper or another replica."""
+    writer at a time anyway), so the decision and the write cannot be overtaken by the sweeper or another replica.
+    ``known``: what the caller already read locked in this transaction for every one of these ids (the usage
+    consumer), not read again."""
     ids = sorted(set(hold_ids))
-    found: dict[str, str] = {}
-    for start in range(0, len(ids), _CHUNK):
-        rows = await conn.execute(
-            select(holds.c.hold_id, holds.c.status)
-            .where(holds.c.hold_id.in_(ids[start:start + _CHUNK]))
-            .order_by(holds.c.hold_id)
-            .with_for_update()
-        )
-        found.update({row.hold_id: row.status for row in rows})
-    return found
+    if known is not None:  # complete for these ids: one not in it does not exist
+        return {i: known[i] for i in ids if i in known}
+    rows = await select_rows(conn, holds, "hold_id", ("hold_id", "status"), ids, for_update=True)
+    return {row.hold_id: row.status for row in rows}
 
 
 def _unfit(strict: bool, message: str) -> Exception:
@@ -313,18 +307,19 @@ async def _holds_placed(conn: Executor, events: list[billing_pb2.HoldPlaced], mo
 
 
 async def _holds_captured(
-    conn: Executor, events: list[billing_pb2.HoldCaptured], moves: _Moves, strict: bool
+    conn: Executor, events: list[billing_pb2.HoldCaptured], moves: _Moves, strict: bool,
+    known: Mapping[str, str] | None,
 ) -> None:
     if not events:
         return
-    status = await _hold_statuses(conn, (ev.hold_id for ev in events))
-    closing: list[dict[str, Any]] = []
+    status = await _hold_statuses(conn, (ev.hold_id for ev in events), known)
+    closing: list[tuple[Any, ...]] = []
     unheld: list[dict[str, Any]] = []
     for ev in events:
         current = status.get(ev.hold_id)
         if current == HoldStatus.OPEN.value:
-            closing.append({"p_hold": ev.hold_id, "p_captured": ev.captured_nanos, "p_released": ev.released_nanos,
-                            "p_usage_event": ev.usage_event_id, "p_at": ev.captured_at_unix_ms})
+            closing.append((ev.hold_id, HoldStatus.CAPTURED.value, ev.captured_nanos, ev.released_nanos,
+                            ev.captured_nanos, ev.usage_event_id, ev.captured_at_unix_ms))
             held = -ev.hold_amount_nanos
         elif current is None and ev.hold_amount_nanos == 0:
             # Usage with no hold: recorded as a closed zero hold, so a second usage event for it is not charged.
@@ -340,7 +335,7 @@ async def _holds_captured(
         if ev.HasField("transaction"):
             moves.ledger(ev.account_id, ev.transaction)
     if closing:
-        await _execute(conn, _CAPTURE_HOLD, closing)
+        await update_rows(conn, holds, "hold_id", _CAPTURE_COLUMNS, closing, where=_STILL_OPEN)
     if unheld:
         await _execute(conn, _INSERT_HOLD, unheld)
 

@@ -8,13 +8,14 @@ publishing: they are billing's durable event log.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
 from sqlalchemy import bindparam, func, select, update
 from tollgate.events.v1 import billing_pb2
+from tollgate_common.bulk import insert_rows, select_rows
 from tollgate_common.events import Envelope, Topics, envelope_for
 
 from . import projections
@@ -94,15 +95,24 @@ async def record(conn: Executor, event: Message) -> None:
     await messaging.add_to_outbox(conn, Topics.BILLING, event_account(event), envelope(event))
 
 
-async def record_many(conn: Executor, events: Sequence[Message]) -> None:
-    """``record`` for a batch (the usage consumer): one statement per table, outbox rows in one insert."""
-    if len(events) <= 1:
-        for event in events:
-            await record(conn, event)
+def outbox_row(event: Message) -> tuple[str, str, str, str, bytes]:
+    """The event's outbox row (topic, key, event id, headers, value), keyed by its account as ``record`` keys it.
+    Made in the caller's context: the envelope carries the current trace."""
+    env = envelope(event)
+    return Topics.BILLING, env.subject, env.id, json.dumps([[k, v.decode()] for k, v in env.headers()]), env.data
+
+
+OUTBOX_COLUMNS = ("topic", "key", "event_id", "headers", "value")
+
+
+async def record_many(conn: Executor, events: Sequence[Message],
+                      hold_statuses: Mapping[str, str] | None = None) -> None:
+    """``record`` for a batch (the usage consumer): one statement per table, outbox rows in one insert.
+    ``hold_statuses``: see :func:`projections.apply_batch`."""
+    if not events:
         return
-    await projections.apply_batch(conn, events, strict=True)
-    # Keyed by each envelope's subject, which ``envelope`` sets to the event's account, as ``record`` keys it.
-    await messaging.add_many_to_outbox(conn, Topics.BILLING, [envelope(event) for event in events])
+    await projections.apply_batch(conn, events, strict=True, hold_statuses=hold_statuses)
+    await insert_rows(conn, messaging.outbox, OUTBOX_COLUMNS, [outbox_row(event) for event in events])
 
 
 # --- reads ------------------------------------------------------------------------------------------------------
@@ -297,26 +307,19 @@ async def find_hold(conn: Executor, hold_id: str) -> HoldView | None:
     return None if row is None else _hold_view(row)
 
 
+_HOLD_VIEW_COLUMNS = ("hold_id", "account_id", "key_id", "amount_nanos", "status", "captured_nanos",
+                      "expires_at_unix_ms")
+
+
 async def lock_holds(conn: Executor, hold_ids: Iterable[str]) -> dict[str, HoldView]:
     """The holds a batch of usage closes, locked until commit (PostgreSQL), so deciding and writing are atomic."""
-    ids = sorted(set(hold_ids))
-    found: dict[str, HoldView] = {}
-    for start in range(0, len(ids), 500):
-        rows = await conn.execute(
-            select(holds).where(holds.c.hold_id.in_(ids[start:start + 500])).order_by(holds.c.hold_id)
-            .with_for_update()
-        )
-        found.update({row.hold_id: _hold_view(row) for row in rows})
-    return found
+    rows = await select_rows(conn, holds, "hold_id", _HOLD_VIEW_COLUMNS, sorted(set(hold_ids)), for_update=True)
+    return {row[0]: HoldView(row[0], row[1], row[2], row[3], HoldStatus(row[4]), row[5], row[6]) for row in rows}
 
 
 async def existing_accounts(conn: Executor, account_ids: Iterable[str]) -> set[str]:
-    ids = sorted(set(account_ids))
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        rows = await conn.execute(select(wallets.c.account_id).where(wallets.c.account_id.in_(ids[start:start + 500])))
-        found.update(row.account_id for row in rows)
-    return found
+    rows = await select_rows(conn, wallets, "account_id", ("account_id",), sorted(set(account_ids)))
+    return {row[0] for row in rows}
 
 
 async def due_holds(conn: Executor, now_unix_ms: int, limit: int) -> list[HoldView]:
