@@ -50,6 +50,8 @@ class FakeBilling(bgrpc.BillingServiceServicer):
         }
         self.authorize_calls: list[bpb.AuthorizeRequest] = []
         self.authorize_failure: Failure | None = None
+        #: Seconds Authorize takes before answering (a billing slower than ingress's deadline).
+        self.authorize_delay = 0.0
         self.balance_nanos = 10 * 10**9
         self.usage_nanos = 0
         self.accounts: dict[str, bpb.Account] = {}
@@ -59,6 +61,8 @@ class FakeBilling(bgrpc.BillingServiceServicer):
 
     async def Authorize(self, request: bpb.AuthorizeRequest, context: Ctx) -> bpb.AuthorizeResponse:
         self.authorize_calls.append(request)
+        if self.authorize_delay:
+            await asyncio.sleep(self.authorize_delay)
         if self.authorize_failure:
             f = self.authorize_failure
             await abort(context, f.code, f.message, reason=f.reason, retry_after=f.retry_after)

@@ -9,13 +9,14 @@ served upstream, so it is billed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .billing_client import BillingClient
 from .catalogue import ModelDirectory
 from .domain import ChatRequest, Outcome, Usage
-from .errors import PermissionDenied, ServiceUnavailable, policy_violation
+from .errors import PermissionDenied, ServiceUnavailable, UpstreamTimeout, policy_violation
 from .metrics import Metrics
 from .policy_client import Inspection, PolicyClient, RoutingConstraints, Verdict
 from .publisher import UsagePublisher
@@ -24,6 +25,7 @@ from .router_client import RouterClient, RouteRequest
 from .settlement import Settlement
 from .streaming import StreamPump, StreamSession
 from .tokens import PromptTokenCounter
+from .unknown_holds import UnknownHolds
 
 __all__ = ["ChatCompletions", "Prepared"]
 
@@ -88,6 +90,7 @@ class ChatCompletions:
         self.publisher = publisher
         self.counter = counter
         self.pump = StreamPump(router, counter, metrics)
+        self.unknown_holds = UnknownHolds(billing, publisher)
 
     # --- before the router --------------------------------------------------------------------------------------
     async def prepare(self, api_key: str, request_id: str, request: ChatRequest) -> Prepared:
@@ -95,7 +98,14 @@ class ChatCompletions:
         closes it."""
         prompt_tokens = self.counter.messages(request.messages, request.tools)
         candidates = await self.directory.resolve(request.candidate_models)
-        auth = await self.billing.authorize(api_key, request_id, candidates, prompt_tokens, request.max_output_tokens)
+        try:
+            auth = await self.billing.authorize(
+                api_key, request_id, candidates, prompt_tokens, request.max_output_tokens
+            )
+        except (UpstreamTimeout, ServiceUnavailable, asyncio.CancelledError):
+            # Billing may have placed the hold without ingress hearing of it: close it, whatever happened.
+            self.unknown_holds.close_later(api_key, request_id, request, candidates)
+            raise
         settlement = Settlement(self.publisher, request, request_id, auth)
         try:
             body, inspection = await self._inspect(request_id, request, settlement)
@@ -192,4 +202,5 @@ class ChatCompletions:
     async def drain(self, timeout: float) -> None:
         """Shutdown: let router streams (including those whose client left) finish and bill, then cut the rest."""
         await self.pump.drain(timeout)
+        await self.unknown_holds.aclose()
 
