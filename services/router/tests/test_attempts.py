@@ -1,5 +1,6 @@
-"""Every upstream attempt becomes an AttemptRecorded event: in the router's outbox before the answer, then on the
-real embedded Kafka broker, with the right outcomes, usage and numbering."""
+"""Every upstream attempt becomes an AttemptRecorded event, durable before the answer: acknowledged by the real
+embedded Kafka broker while a producer is connected, else in the router's outbox (then relayed), with the right
+outcomes, usage and numbering."""
 
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ from pathlib import Path
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.events.v1 import attempts_pb2 as apb
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
-from tollgate_common.db import create_engine
+from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Envelope, Topics, decode
 from tollgate_common.grpc import wait_for_health
+from tollgate_common.kafka import ensure_topics, make_producer
 from tollgate_common.migrations import migrate, schema_drift
 from tollgate_dev.broker import EmbeddedBroker
 from tollgate_dev.mock_faults import FaultRule
 from tollgate_dev.mock_upstream import MockUpstream, start_mock_upstream
 from tollgate_dev.ports import free_port
+from tollgate_router.attempts import Attempt, AttemptLog, now_ms, open_database
 from tollgate_router.config import Settings
+from tollgate_router.domain import Provider, Route
 from tollgate_router.server import RouterServer
 from tollgate_router.tables import metadata
 
@@ -218,3 +223,62 @@ async def test_a_kill_9_right_after_the_answer_loses_no_attempt(mock: MockUpstre
     event = apb.AttemptRecorded.FromString(rows[0][1])
     assert event.outcome == apb.ATTEMPT_OUTCOME_SUCCEEDED
     assert event.usage.total_tokens == reply.usage.total_tokens > 0
+
+
+def _attempt(request_id: str) -> Attempt:
+    route = Route("m", Provider("p", "openai", "http://127.0.0.1:9"), "up", "owner")
+    return Attempt(
+        request_id=request_id,
+        account_id="acc_d",
+        number=1,
+        model="m",
+        route=route,
+        streamed=False,
+        started_at_unix_ms=now_ms(),
+        outcome=apb.ATTEMPT_OUTCOME_SUCCEEDED,
+    )
+
+
+async def _log(tmp_path: Path) -> tuple[AttemptLog, AsyncEngine]:
+    engine = await open_database(f"sqlite:///{tmp_path}/direct.db")
+    return AttemptLog(session_maker(engine)), engine
+
+
+def _outbox_ids(tmp_path: Path) -> list[str]:
+    with sqlite3.connect(tmp_path / "direct.db") as conn:
+        return [event_id for (event_id,) in conn.execute("SELECT event_id FROM outbox ORDER BY id")]
+
+
+async def test_with_a_connected_producer_attempts_are_acknowledged_by_kafka_not_written_to_the_outbox(
+    broker: str, tmp_path: Path
+) -> None:
+    """No relay runs here: what is on the topic when record() returns was published by the log itself."""
+    await ensure_topics(broker, [Topics.ATTEMPTS])
+    log, engine = await _log(tmp_path)
+    producer = make_producer(broker)
+    await producer.start()
+    try:
+        log.producer = producer
+        await asyncio.gather(*(log.record([_attempt(f"req_d{i}")]) for i in range(5)))
+        assert _outbox_ids(tmp_path) == []
+        seen = await _read_attempts(broker, {f"req_d{i}:1" for i in range(5)}, timeout=10)
+        assert {env.subject for env in seen} == {"acc_d"}
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+
+async def test_a_failed_publish_falls_back_to_the_outbox_and_stays_there_for_a_while(
+    broker: str, tmp_path: Path
+) -> None:
+    log, engine = await _log(tmp_path)
+    producer = make_producer(broker)
+    await producer.start()
+    await producer.stop()  # a producer that can no longer send: every publish fails
+    try:
+        log.producer = producer
+        await log.record([_attempt("req_f1")])
+        await log.record([_attempt("req_f2")])  # within DIRECT_RETRY_SECONDS: straight to the outbox
+        assert _outbox_ids(tmp_path) == ["req_f1:1", "req_f2:1"]
+    finally:
+        await engine.dispose()

@@ -1,10 +1,18 @@
-"""Every upstream attempt as an ``AttemptRecorded`` event, written to the router's outbox before the caller's
-answer goes out, and relayed to ``tollgate.attempts.v1`` by :class:`~tollgate_common.kafka.OutboxRelay`.
+"""Every upstream attempt as an ``AttemptRecorded`` event, durable before the caller's answer goes out.
 
-Writes are group-committed: concurrent requests hand their attempts to one writer task, which commits whatever
-has queued in one transaction and then releases every waiter. A request's answer waits for that commit, so a
-kill -9 loses no attempt of an answered request (only those of requests still in flight, which got no answer).
-A failing database is logged and does not fail the caller's request (those attempts are then lost).
+Writes are group-committed: concurrent requests hand their attempts to one writer task, which writes whatever
+has queued in one go and then releases every waiter. A request's answer waits for that write, so a kill -9 loses
+no attempt of an answered request (only those of requests still in flight, which got no answer).
+
+Durable means, first choice, acknowledged by Kafka (``acks=all``) on ``tollgate.attempts.v1``: the topic is the
+attempts' record (the outbox deletes what it relays), so publishing the batch directly spares a database
+transaction per batch and the relay's select and delete. Without a connected producer, or when a publish fails
+or takes longer than :data:`PUBLISH_TIMEOUT`, the batch is committed to the outbox instead and relayed later by
+:class:`~tollgate_common.kafka.OutboxRelay`; after a failure the outbox is used for :data:`DIRECT_RETRY_SECONDS`
+before Kafka is tried again, so an outage does not add the timeout to every batch. A publish that timed out but
+did arrive is published again by the relay (the event id is the same: consumers dedupe by it). The same choice
+policy's ``DecisionLog`` makes for decisions. A failing database is logged and does not fail the caller's
+request (those attempts are then lost).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tollgate.events.v1 import attempts_pb2 as apb
 from tollgate.events.v1 import usage_pb2 as upb
@@ -33,11 +42,15 @@ from .errors import (
 )
 from .tables import messaging
 
-__all__ = ["Attempt", "AttemptLog", "now_ms", "open_database", "outcome_of"]
+__all__ = ["DIRECT_RETRY_SECONDS", "PUBLISH_TIMEOUT", "Attempt", "AttemptLog", "now_ms", "open_database", "outcome_of"]
 
 log = logging.getLogger(__name__)
 
 SERVICE = "router"
+#: Longest wait for Kafka's acknowledgement of a batch before it goes to the outbox instead.
+PUBLISH_TIMEOUT = 2.0
+#: After a failed publish, batches go to the outbox for this long before Kafka is tried again.
+DIRECT_RETRY_SECONDS = 5.0
 
 
 def outcome_of(error: RouterError | None, *, cancelled: bool = False) -> int:
@@ -124,9 +137,19 @@ def now_ms() -> int:
 class AttemptLog:
     """Group-committing writer of attempt events into the outbox (see the module's docstring)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        max_batch: int = 500,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sessions = sessions
         self.max_batch = max_batch
+        #: Set by the server while it has a connected producer: batches then go straight to Kafka.
+        self.producer: AIOKafkaProducer | None = None
+        self._clock = clock
+        self._direct_after = 0.0
         self._queue: list[tuple[list[Envelope], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -164,18 +187,39 @@ class AttemptLog:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            events = [env for group, _ in batch for env in group]
+            stored = False
             try:
-                async with self.sessions.begin() as session:
-                    await messaging.add_many_to_outbox(
-                        session, Topics.ATTEMPTS, [env for events, _ in batch for env in events]
-                    )
+                if not await self._published(events):
+                    async with self.sessions.begin() as session:
+                        await messaging.add_many_to_outbox(session, Topics.ATTEMPTS, events)
+                    stored = True
             except Exception as exc:
-                log.error("attempt events not stored", extra={"error": repr(exc), "events": len(batch)})
+                log.error("attempt events not stored", extra={"error": repr(exc), "events": len(events)})
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
-            for hook in self.after_commit:
-                hook()
+            if stored:
+                for hook in self.after_commit:
+                    hook()
+
+    async def _published(self, events: list[Envelope]) -> bool:
+        """True once Kafka acknowledged every event; False (use the outbox) without a producer or on failure."""
+        producer = self.producer
+        if producer is None or self._clock() < self._direct_after:
+            return False
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                sent = [
+                    await producer.send(Topics.ATTEMPTS, value=e.data, key=e.subject.encode(), headers=e.headers())
+                    for e in events
+                ]
+                await asyncio.gather(*sent)
+        except Exception as exc:  # broker away, timeout, a rejected record: the outbox is the durable fallback
+            self._direct_after = self._clock() + DIRECT_RETRY_SECONDS
+            log.warning("publishing attempts failed; writing them to the outbox", extra={"error": repr(exc)})
+            return False
+        return True
 
 
 async def open_database(url: str, schema: str = "router") -> AsyncEngine:
