@@ -57,9 +57,10 @@ RUN case "$SERVICE" in \
         exit 1; \
     fi
 
-# The service and its locked dependencies, installed (not editable) into /app/.venv.
+# The service and its locked dependencies, installed (not editable) into /app/.venv, and the operators' `tollgate`
+# command (tollgate-ops: replay, reconcile, rerate, audit, status) so every image can run it as a Kubernetes Job.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable --package "tollgate-$SERVICE"
+    uv sync --frozen --no-dev --no-editable --package "tollgate-$SERVICE" --package tollgate-ops
 
 FROM ${PYTHON_IMAGE}
 ARG SERVICE

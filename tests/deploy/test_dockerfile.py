@@ -101,6 +101,15 @@ def test_every_chart_service_builds_its_own_workspace_package(service: str) -> N
     assert project["name"] == f"tollgate-{service}"
 
 
+def test_every_image_ships_the_tollgate_ops_command() -> None:
+    """The chart's ops Job runs ``tollgate`` from the service image: uv installs tollgate-ops alongside, and that
+    package declares the console script (uv checked offline that two --package flags install both)."""
+    (sync,) = [run for run in stage("build").all("RUN") if "uv sync" in run]
+    assert "--package tollgate-ops" in sync.split("&&")[-1]
+    project = tomllib.loads((ROOT / "libs/tollgate-ops/pyproject.toml").read_text())["project"]
+    assert project["name"] == "tollgate-ops" and project["scripts"]["tollgate"] == "tollgate_ops.cli:main"
+
+
 @pytest.mark.parametrize("bad", ["", "nope", "INGRESS", "../libs", "ingress;true", "tollgate_ingress"])
 def test_an_unknown_service_stops_the_build_naming_the_choices(bad: str) -> None:
     result = run_check(bad)

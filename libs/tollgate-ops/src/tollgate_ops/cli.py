@@ -13,8 +13,10 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,10 +55,15 @@ usage that differ, and the first differing event; exit 1 on any difference.
 """
 
 
+_YEAR_9999_MS = 253_402_300_799_999
+
+
 def parse_time(value: str) -> int:
     """Unix milliseconds, or an ISO 8601 time (``2026-11-20``, ``2026-11-20T12:00:00Z``; UTC when no zone)."""
     value = value.strip()
     if value.isdigit():
+        if int(value) > _YEAR_9999_MS:
+            raise argparse.ArgumentTypeError(f"not a time: {value!r} (after the year 9999)")
         return int(value)
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -119,7 +126,92 @@ def build_parser() -> argparse.ArgumentParser:
                     help="price book YAML to rate with when the live metering database is not given "
                          "(default: METERING_PRICE_BOOK_FILE, else the built-in demo book)")
     rp.set_defaults(run=_replay)
+
+    _add_audit(sub, common)
     return parser
+
+
+def _window(args: argparse.Namespace) -> tuple[int, int]:
+    to = args.to if args.to is not None else int(time.time() * 1000) + 1
+    if to <= args.from_:
+        raise BadUsage("--to must be after --from")
+    return args.from_, to
+
+
+
+
+AUDIT_EPILOG = """\
+examples:
+  tollgate audit export --account acct_42 --from 2026-11-01 --to 2026-12-01 --out audit-acct_42-2026-11 \\
+      --db billing=sqlite:///var/billing.db --db metering=sqlite:///var/metering.db --sign-key ops-ed25519.pem
+  tollgate audit verify audit-acct_42-2026-11 --public-key ops-ed25519.pub.pem
+
+The export reads billing's outbox (account, keys, credits, holds placed / captured / expired / reconciled),
+metering's hash-chained archive (UsageRecorded) and metering's outbox (UsageRated), read-only, and writes
+events.jsonl, events.csv and manifest.json (event count, hash-chain head, a Merkle root per UTC day, each file's
+SHA-256), plus manifest.sig when --sign-key names an Ed25519 PEM private key
+(openssl genpkey -algorithm ed25519 -out ops-ed25519.pem; openssl pkey -in ops-ed25519.pem -pubout).
+
+verify needs nothing but the directory: no database, no network, no Tollgate service. It names each event that
+was edited, removed, reordered or inserted (seq, event id, line), exit 1 if anything is wrong.
+"""
+
+
+def _add_audit(sub: Any, common: argparse.ArgumentParser) -> None:
+    audit = sub.add_parser("audit", help="export an account's audit trail; verify an export offline",
+                           description="Verifiable audit exports: hash-chained, Merkle root per day, optionally "
+                                       "signed.", epilog=AUDIT_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    ex = asub.add_parser("export", parents=[common], help="write one account's events, chained, to a directory",
+                         epilog=AUDIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("--account", required=True, metavar="ACCOUNT_ID")
+    ex.add_argument("--from", dest="from_", type=parse_time, default=0, metavar="TIME",
+                    help="first instant included (ISO 8601 or unix ms; default: the beginning)")
+    ex.add_argument("--to", type=parse_time, default=None, metavar="TIME",
+                    help="first instant excluded (default: now)")
+    ex.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    ex.add_argument("--db", action="append", metavar="[SERVICE=]URL",
+                    help="the live databases, read-only (default: BILLING_DATABASE_URL, METERING_DATABASE_URL)")
+    ex.add_argument("--sign-key", type=Path, metavar="PEM", help="an Ed25519 private key: sign the manifest")
+    ex.set_defaults(run=_audit_export)
+    ve = asub.add_parser("verify", parents=[common], help="check an export using nothing but its files",
+                         epilog=AUDIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ve.add_argument("directory", type=Path, metavar="DIR")
+    ve.add_argument("--public-key", type=Path, metavar="PEM",
+                    help="the operator's Ed25519 public key: the manifest must be signed by it")
+    ve.set_defaults(run=_audit_verify)
+
+
+def _audit_export(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from .audit import export
+
+    stores = live_locations(args.db, "--db")
+    window = _window(args)
+    out: Path = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadUsage(f"--out {out}: not an empty directory (an export is never written over another)")
+
+    async def run() -> tuple[int, Any]:
+        return EXIT_OK, await export(args.account, window, stores, out, sign_key=args.sign_key, bars=bars)
+
+    return run()
+
+
+def _audit_verify(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from .audit_files import MANIFEST, verify_dir
+
+    if not (args.directory / MANIFEST).is_file():
+        raise BadUsage(f"{args.directory}: no {MANIFEST} here, so not an audit export")
+
+    async def run() -> tuple[int, Any]:
+        try:
+            report = verify_dir(args.directory, public_key=args.public_key, step=bars.task("verifying", None))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadUsage(f"{args.directory / MANIFEST} is not a readable manifest ({exc})") from None
+        return (EXIT_OK if report.intact else EXIT_DIFFERENT), report
+
+    return run()
 
 
 def _replay(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:

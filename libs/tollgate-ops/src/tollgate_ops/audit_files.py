@@ -1,0 +1,410 @@
+"""The audit export's files, and their offline verification: nothing here reads a database or the network.
+
+An export directory holds:
+
+- ``events.jsonl``: one event per line, in chain order, each line a JSON object with the members ``seq, time,
+  day, id, type, source, subject, account_id, store, data, prev_hash, hash`` in that order (no whitespace, UTF-8;
+  inside ``data`` keys are sorted).
+- ``events.csv``: the same events, one row each (``data`` as its JSON text), for spreadsheets. Verification checks
+  it row by row against ``events.jsonl``.
+- ``manifest.json``: the account and period, the event count, the hash-chain head, a Merkle root per UTC day and
+  the SHA-256 of both event files.
+- ``manifest.sig`` (optional): an Ed25519 signature of ``manifest.json``'s exact bytes (:mod:`tollgate_ops.signing`).
+
+The chain: a line is ``BODY`` with ``,"hash":"<hex>"`` put before its closing brace, where ``BODY`` is the line
+without that member, and ``hash = sha256(prev_hash as 32 raw bytes || BODY as UTF-8)``, starting from 64 zeros.
+Hashing the bytes as written (rather than re-encoding parsed JSON) keeps verification to one parse and one hash
+per line, and lets any language check it with string slicing. ``seq`` (1, 2, …) is inside the hashed bytes, so an
+event moved, cut or added shows both in the numbering and in the links. A day's Merkle root is over its events'
+hashes in seq order: leaf ``sha256(0x00 || hash)``, node ``sha256(0x01 || left || right)``, an odd node carried up
+unchanged, so one day can be proven without the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FORMAT",
+    "GENESIS",
+    "ChainWriter",
+    "Finding",
+    "VerifyReport",
+    "merkle_root",
+    "record_hash",
+    "record_line",
+    "verify_dir",
+]
+
+FORMAT = "tollgate-audit-export/1"
+GENESIS = "0" * 64
+EVENTS, CSV_FILE, MANIFEST, SIGNATURE = "events.jsonl", "events.csv", "manifest.json", "manifest.sig"
+HEAD_FIELDS = ("seq", "time", "day", "id", "type", "source", "subject", "account_id", "store")
+CSV_COLUMNS = (*HEAD_FIELDS, "data", "prev_hash", "hash")
+_DATA_KEY, _PREV_KEY = ',"data":', ',"prev_hash":"'
+
+
+def _dumps(value: Any, sort_keys: bool) -> str:
+    return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+
+
+def _body(record: dict[str, Any], data_json: str) -> str:
+    head = _dumps({k: record[k] for k in HEAD_FIELDS}, sort_keys=False)
+    return f'{head[:-1]}{_DATA_KEY}{data_json}{_PREV_KEY}{record["prev_hash"]}"}}'
+
+
+def _digest(prev_hash: str, body: str) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + body.encode()).hexdigest()
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """The hash a record's fields call for (its ``hash`` member aside)."""
+    return _digest(record["prev_hash"], _body(record, _dumps(record["data"], sort_keys=True)))
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """A record as its line (no newline), carrying whatever ``hash`` it holds."""
+    body = _body(record, _dumps(record["data"], sort_keys=True))
+    return f'{body[:-1]},"hash":"{record["hash"]}"}}'
+
+
+def merkle_root(hashes: Iterable[str]) -> str:
+    level = [hashlib.sha256(b"\x00" + bytes.fromhex(h)).digest() for h in hashes]
+    if not level:
+        return hashlib.sha256(b"").hexdigest()
+    while len(level) > 1:
+        nxt = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0].hex()
+
+
+class _Hashing:
+    """A text file that hashes what it writes (the manifest names each file's SHA-256)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("w", encoding="utf-8", newline="")
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, text: str) -> int:
+        data = text.encode()
+        self.sha.update(data)
+        self.size += len(data)
+        return self.file.write(text)
+
+    def close(self) -> dict[str, Any]:
+        self.file.close()
+        return {"sha256": self.sha.hexdigest(), "bytes": self.size}
+
+
+@dataclass
+class _Day:
+    events: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    hashes: list[str] = field(default_factory=list)
+
+
+class ChainWriter:
+    """Appends events to the chain and both files; :meth:`finish` writes the manifest and returns it."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self._jsonl = _Hashing(out / EVENTS)
+        self._csv_file = _Hashing(out / CSV_FILE)
+        self._csv = csv.writer(self._csv_file, lineterminator="\n")
+        self._csv.writerow(CSV_COLUMNS)
+        self.seq = 0
+        self.head = GENESIS
+        self.days: dict[str, _Day] = {}
+
+    def append(self, fields: dict[str, Any]) -> str:
+        """``fields``: the :data:`HEAD_FIELDS` but ``seq``, and ``data`` (JSON-able, no floats). Returns the hash."""
+        self.seq += 1
+        record = {"seq": self.seq, **fields, "prev_hash": self.head}
+        data_json = _dumps(fields["data"], sort_keys=True)
+        body = _body(record, data_json)
+        digest = _digest(self.head, body)
+        self.head = digest
+        self._jsonl.write(f'{body[:-1]},"hash":"{digest}"}}\n')
+        self._csv.writerow([*(record[k] for k in HEAD_FIELDS), data_json, record["prev_hash"], digest])
+        day = self.days.setdefault(record["day"], _Day(first_seq=self.seq))
+        day.events += 1
+        day.last_seq = self.seq
+        day.hashes.append(digest)
+        return digest
+
+    def finish(self, header: dict[str, Any]) -> dict[str, Any]:
+        files = {EVENTS: self._jsonl.close(), CSV_FILE: self._csv_file.close()}
+        manifest = {
+            "format": FORMAT,
+            **header,
+            "events": self.seq,
+            "chain": {"genesis": GENESIS, "head_seq": self.seq, "head_hash": self.head},
+            "days": [
+                {"day": d, "events": v.events, "first_seq": v.first_seq, "last_seq": v.last_seq,
+                 "merkle_root": merkle_root(v.hashes)}
+                for d, v in sorted(self.days.items())
+            ],
+            "files": files,
+            "hashing": "line = BODY with ',\"hash\":\"<hex>\"' before its closing brace; hash = "
+                       "sha256(bytes.fromhex(prev_hash) + BODY.encode('utf-8')); genesis 64 zeros; Merkle per day "
+                       "over the hashes in seq order: leaf sha256(00||h), node sha256(01||l||r), odd node carried up",
+        }
+        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return manifest
+
+
+# --- verification -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong with an export. ``kind``: edited, removed, reordered, inserted, head, day, file, csv,
+    signature, manifest."""
+
+    kind: str
+    detail: str
+    seq: int | None = None
+    event_id: str | None = None
+    line: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in (("kind", self.kind), ("seq", self.seq), ("event_id", self.event_id),
+                                  ("line", self.line), ("detail", self.detail)) if v is not None}
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (f"seq {self.seq}" if self.seq is not None else "",
+                                     f"event {self.event_id}" if self.event_id else "",
+                                     f"(line {self.line})" if self.line is not None else "") if p)
+        return f"{self.kind:<9} {where + ': ' if where else ''}{self.detail}"
+
+
+@dataclass
+class VerifyReport:
+    directory: str
+    account_id: str = ""
+    events_expected: int = 0
+    events_read: int = 0
+    days: int = 0
+    signature: str = "absent"  # absent | valid | valid (key not pinned) | invalid
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": "intact" if self.intact else "tampered", "directory": self.directory,
+                "account_id": self.account_id, "events_expected": self.events_expected,
+                "events_read": self.events_read, "days": self.days, "signature": self.signature,
+                "findings": [f.to_json() for f in self.findings]}
+
+    def render(self) -> str:
+        lines = [f"audit export {self.directory} (account {self.account_id})",
+                 f"  {self.events_read} events read, {self.events_expected} in the manifest, {self.days} day(s); "
+                 f"signature: {self.signature}"]
+        lines += [f"  {f}" for f in self.findings[:200]]
+        if len(self.findings) > 200:
+            lines.append(f"  … and {len(self.findings) - 200} more (--json lists all)")
+        lines.append("RESULT: " + ("INTACT" if self.intact else f"TAMPERED ({len(self.findings)} finding(s))"))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """What the chain checks keep of a line (a million full records would not fit comfortably in memory)."""
+
+    line: int
+    seq: int
+    id: str
+    prev_hash: str
+    hash: str
+    self_valid: bool
+
+
+def _file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key appears twice")
+    return out
+
+
+def _parse(text: str) -> tuple[dict[str, Any], str, bool]:
+    """(record, its data's JSON text, whether the stored hash matches the bytes)."""
+    record = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    if list(record) != list(CSV_COLUMNS):
+        raise ValueError("members missing or out of order")
+    stored = str(record["hash"])
+    suffix = f',"hash":"{stored}"}}'
+    if not text.endswith(suffix):
+        raise ValueError("hash is not the last member")
+    body = text[: -len(suffix)] + "}"
+    data_json = body[body.index(_DATA_KEY) + len(_DATA_KEY): body.rindex(_PREV_KEY)]
+    return record, data_json, _digest(str(record["prev_hash"]), body) == stored
+
+
+def _row_digest(row: Iterable[str]) -> bytes:
+    return hashlib.blake2b("\x1f".join(row).encode(), digest_size=16).digest()
+
+
+def _scan(directory: Path, findings: list[Finding], step: Any) -> list[_Line]:
+    """One pass over events.jsonl, then events.csv matched to it by seq (so a line cut from one file is one
+    finding, not a shifted comparison of every row after it)."""
+    lines: list[_Line] = []
+    expected_rows: dict[str, set[bytes]] = {}  # seq → the rows its line(s) call for
+    with (directory / EVENTS).open(encoding="utf-8") as f:
+        for n, text in enumerate(f, 1):
+            if step is not None and n % 10_000 == 0:
+                step(10_000)
+            try:
+                record, data_json, valid = _parse(text.rstrip("\n"))
+                ln = _Line(n, int(record["seq"]), str(record["id"]), str(record["prev_hash"]), str(record["hash"]),
+                           valid)
+                bytes.fromhex(ln.prev_hash)
+            except (ValueError, KeyError, TypeError) as exc:
+                findings.append(Finding("edited", f"not a valid event record ({exc})", line=n))
+                continue
+            lines.append(ln)
+            expected_rows.setdefault(str(ln.seq), set()).add(_row_digest(
+                [*(str(record[k]) for k in HEAD_FIELDS), data_json, ln.prev_hash, ln.hash]))
+    csv_path = directory / CSV_FILE
+    if not csv_path.exists():
+        return lines
+    with csv_path.open(encoding="utf-8", newline="") as f:
+        rows = csv.reader(f)
+        if tuple(next(rows, ())) != CSV_COLUMNS:
+            findings.append(Finding("csv", f"the header is not {','.join(CSV_COLUMNS)}"))
+            return lines
+        for n, row in enumerate(rows, 1):
+            seq = row[0] if row else ""
+            want = expected_rows.pop(seq, None)
+            if want is None:
+                findings.append(Finding("csv", f"row {n}: seq {seq!r} is not (or no longer) in {EVENTS}"))
+            elif _row_digest(row) not in want:
+                findings.append(Finding("csv", f"row {n} differs from {EVENTS}", int(seq)))
+    for seq in expected_rows:
+        findings.append(Finding("csv", f"no row for this event of {EVENTS}", int(seq)))
+    return lines
+
+
+def verify_dir(directory: Path, *, public_key: Path | None = None, step: Any = None) -> VerifyReport:
+    """Check an export using nothing but its files; every finding says what is wrong and where."""
+    from .signing import verify_manifest_signature
+
+    report = VerifyReport(str(directory))
+    findings = report.findings
+    manifest_bytes = (directory / MANIFEST).read_bytes()
+    manifest = json.loads(manifest_bytes)
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{directory / MANIFEST} is not a {FORMAT} manifest")
+    report.account_id = str(manifest.get("account_id", ""))
+    expected = int(manifest["events"])
+    report.events_expected = expected
+    report.days = len(manifest.get("days", []))
+
+    report.signature, problem = verify_manifest_signature(directory / SIGNATURE, manifest_bytes, public_key)
+    if problem:
+        findings.append(Finding("signature", problem))
+
+    for name in (EVENTS, CSV_FILE):
+        path = directory / name
+        want = manifest["files"].get(name, {}).get("sha256")
+        if not path.exists():
+            findings.append(Finding("file", f"{name} is missing"))
+        elif want != _file_digest(path):
+            findings.append(Finding("file", f"{name}: SHA-256 differs from the manifest (details follow)"))
+
+    lines = _scan(directory, findings, step) if (directory / EVENTS).exists() else []
+    report.events_read = len(lines)
+
+    # 1. Content edited in place (its stored hash no longer matches it).
+    for ln in lines:
+        if not ln.self_valid:
+            findings.append(Finding("edited", "the content does not match its hash", ln.seq, ln.id, ln.line))
+
+    # 2. Order in the file: an event that comes after a later one was moved.
+    highest = 0
+    for ln in lines:
+        if ln.seq < highest:
+            findings.append(Finding("reordered", f"appears after seq {highest}", ln.seq, ln.id, ln.line))
+        highest = max(highest, ln.seq)
+
+    # 3. One event per seq: of several claiming a seq, the one the chain links through is genuine.
+    by_seq: dict[int, list[_Line]] = {}
+    for ln in lines:
+        by_seq.setdefault(ln.seq, []).append(ln)
+    linked_from = {ln.prev_hash for ln in lines}
+    head_hash = manifest["chain"]["head_hash"]
+    kept: dict[int, _Line] = {}
+    for seq, group in sorted(by_seq.items()):
+        if seq < 1 or seq > expected:
+            for ln in group:
+                findings.append(Finding("inserted", f"seq beyond the manifest's {expected} events", ln.seq, ln.id,
+                                        ln.line))
+            continue
+        if len(group) == 1:
+            kept[seq] = group[0]
+            continue
+        prev = kept.get(seq - 1)
+
+        def genuine(ln: _Line, prev: _Line | None = prev, seq: int = seq) -> tuple[bool, bool, bool]:
+            return (ln.self_valid, (ln.hash == head_hash) if seq == expected else (ln.hash in linked_from),
+                    prev is not None and ln.prev_hash == prev.hash)
+
+        best = max(group, key=genuine)
+        kept[seq] = best
+        for ln in group:
+            if ln is not best:
+                findings.append(Finding("inserted", f"a second event claiming seq {seq}", ln.seq, ln.id, ln.line))
+
+    # 4. Missing numbers, and broken links between neighbours that are both there.
+    for seq in range(1, expected + 1):
+        here = kept.get(seq)
+        if here is None:
+            before, after = kept.get(seq - 1), kept.get(seq + 1)
+            around = ", ".join(p for p in (f"after event {before.id}" if before else "",
+                                           f"before event {after.id}" if after else "") if p)
+            findings.append(Finding("removed", f"no event with this seq ({around or 'none around it'})", seq))
+            continue
+        want_prev = GENESIS if seq == 1 else (kept[seq - 1].hash if seq - 1 in kept else None)
+        if want_prev is not None and here.prev_hash != want_prev and here.self_valid:
+            prior = kept.get(seq - 1)
+            if prior is not None and prior.self_valid:
+                findings.append(Finding("edited", f"changed and re-hashed: seq {seq}'s prev_hash no longer matches "
+                                        "its hash", prior.seq, prior.id, prior.line))
+            else:
+                findings.append(Finding("edited", "prev_hash is not the previous event's hash", seq, here.id,
+                                        here.line))
+    last = kept.get(expected)
+    if expected and (last is None or last.hash != head_hash):
+        findings.append(Finding("head", f"the chain does not end at the manifest's head (seq {expected}, "
+                                        f"{head_hash[:16]}…)"))
+
+    # 5. Per-day Merkle roots (each day provable alone), from the manifest's seq ranges.
+    for day in manifest.get("days", []):
+        hashes = [kept[s].hash for s in range(day["first_seq"], day["last_seq"] + 1) if s in kept]
+        if len(hashes) != day["events"] or merkle_root(hashes) != day["merkle_root"]:
+            findings.append(Finding("day", f"{day['day']}: the Merkle root of its {day['events']} event(s) "
+                                           "differs from the manifest"))
+
+    return report
+
