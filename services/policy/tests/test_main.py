@@ -15,6 +15,7 @@ from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import wait_for_health
 from tollgate_dev.ports import free_port
 from tollgate_policy.config import Settings
+from tollgate_policy.limits import Limits
 
 
 def env(**values: str) -> dict[str, str]:
@@ -42,6 +43,25 @@ def test_settings_defaults_and_overrides() -> None:
     assert Settings().grpc_port == 50052 and Settings().database_url == "sqlite:///var/policy.db"
     s = Settings.from_env({"POLICY_GRPC_PORT": "6000", "POLICY_CACHE_TTL_SECONDS": "5", "POLICY_LOG_LEVEL": "debug"})
     assert (s.grpc_port, s.cache_ttl_seconds, s.log_level) == (6000, 5.0, "DEBUG")
+
+
+def test_the_inspect_limits_come_from_the_environment() -> None:
+    env = {
+        "POLICY_MAX_INSPECT_CHARS": "5000",
+        "POLICY_MAX_INSPECT_TEXTS": "7",
+        "POLICY_SCAN_OFFLOAD_CHARS": "100",
+        "POLICY_SCAN_THREADS": "3",
+        "POLICY_LARGE_SCANS_PER_ACCOUNT": "2",
+        "POLICY_LARGE_SCAN_QUEUE_PER_ACCOUNT": "0",
+    }
+    assert Settings.from_env(env).limits == Limits(
+        max_texts=7,
+        max_chars=5000,
+        offload_chars=100,
+        scan_threads=3,
+        large_scans_per_account=2,
+        large_scan_queue_per_account=0,
+    )
 
 
 async def test_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ class PolicyApp:
         # Compile the built-in detectors now (~0.1 s), before the health check says SERVING, not on the first request.
         scan("")
         self.service = PolicyService(
-            repository, PolicyCache(s.cache_ttl_seconds), decisions=self.decisions, hash_key=hash_key
+            repository, PolicyCache(s.cache_ttl_seconds), decisions=self.decisions, hash_key=hash_key, limits=s.limits
         )
         self.server = GrpcServer(s.grpc_host, s.grpc_port)
         self.server.add(
@@ -125,6 +125,8 @@ class PolicyApp:
         if self._kafka is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._kafka
+        if self.service is not None:
+            self.service.close()
         if self.engine is not None:
             await self.engine.dispose()
         log.info("policy stopped")

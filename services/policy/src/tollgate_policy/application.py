@@ -32,6 +32,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -41,8 +42,9 @@ from tollgate_common.events import Envelope
 from . import domain
 from .detectors import CustomDetector, Match, build_scanner, scan
 from .domain import Action, Inspection, PolicySet, Verdict
-from .errors import ConcurrentUpdate, InvalidArgument, NoShadowPolicy, StorageUnavailable
+from .errors import ConcurrentUpdate, InputTooLarge, InvalidArgument, LimitExceeded, NoShadowPolicy, StorageUnavailable
 from .events import DEV_HASH_KEY, Decision, DecisionLog, decided_event, match_hasher
+from .limits import MAX_DOCUMENT_CHARS, AccountGate, Limits, check_document
 from .metrics import FINDINGS, INSPECT_SECONDS, INSPECTIONS, SCANNED_CHARACTERS
 from .repository import DISCARD, ENFORCED, SHADOW, PolicyRepository, PolicyState, StoredVersion
 
@@ -55,6 +57,7 @@ _SET_ATTEMPTS = 8
 _MAX_ACCOUNT_ID = 200  # the column's width
 _MAX_VERSIONS = 100
 _DIRECTIONS = ("request", "response")
+_DEFAULT_LIMITS = Limits()
 
 
 @dataclass(slots=True)
@@ -145,6 +148,7 @@ class PolicyService:
         *,
         decisions: DecisionLog | None = None,
         hash_key: bytes = DEV_HASH_KEY,
+        limits: Limits = _DEFAULT_LIMITS,
     ) -> None:
         self.repository = repository
         self.cache = cache
@@ -153,6 +157,14 @@ class PolicyService:
         self.hash = match_hasher(hash_key)
         self._loads: dict[str, asyncio.Future[PolicyState]] = {}
         self.scanners = ScannerCache()
+        self.limits = limits
+        #: Large inputs are scanned here, off the event loop, each account within its share (limits.py).
+        self._pool = ThreadPoolExecutor(limits.scan_threads, thread_name_prefix="policy-scan")
+        self._gate = AccountGate(limits.large_scans_per_account, limits.large_scan_queue_per_account)
+
+    def close(self) -> None:
+        """Stop the scan threads (after the last Inspect)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def inspect(
         self,
@@ -174,16 +186,28 @@ class PolicyService:
         _check_account(account_id)
         if direction not in _DIRECTIONS:
             raise InvalidArgument(f"direction must be one of {', '.join(_DIRECTIONS)}")
+        chars = sum(map(len, texts))
+        if len(texts) > self.limits.max_texts or chars > self.limits.max_chars:
+            raise InputTooLarge(
+                f"Inspect takes at most {self.limits.max_texts} texts and {self.limits.max_chars} characters; "
+                f"got {len(texts)} texts and {chars} characters"
+            )
         state = await self._state(account_id)
         started = time.perf_counter()
-        scanner = self.scanners.get(state.enforced.custom)
-        matches: list[list[Match]] = [scanner(text) for text in texts]
+        scanners = self._scanners(state)
+        if chars >= self.limits.offload_chars:
+            async with self._gate.slot(account_id):
+                loop = asyncio.get_running_loop()
+                scanned = await loop.run_in_executor(self._pool, _scan, scanners, texts)
+        else:
+            scanned = _scan(scanners, texts)
+        matches, shadow_matches = scanned
         scan_micros = int((time.perf_counter() - started) * 1_000_000)
         checked_model = model if direction == "request" else ""
         result = domain.inspect(texts, state.enforced, team=team, key_id=key_id, model=checked_model, matches=matches)
         INSPECT_SECONDS.observe(time.perf_counter() - started)
         _inspections(result.verdict).inc()
-        SCANNED_CHARACTERS.inc(sum(map(len, texts)))
+        SCANNED_CHARACTERS.inc(chars)
         for finding in result.findings:
             _findings(finding.type, finding.action).inc()
         if self.decisions is not None and (texts or model):
@@ -200,11 +224,6 @@ class PolicyService:
             )
             events: list[Envelope] = [decided_event(decision, result, texts, self.hash, shadow=False)]
             if state.shadow is not None:
-                if state.shadow.custom != state.enforced.custom:
-                    shadow_scan = self.scanners.get(state.shadow.custom)
-                    shadow_matches = [shadow_scan(text) for text in texts]
-                else:
-                    shadow_matches = matches
                 shadow = domain.inspect(
                     texts, state.shadow, team=team, key_id=key_id, model=checked_model, matches=shadow_matches
                 )
@@ -228,6 +247,14 @@ class PolicyService:
             )
         return result
 
+    def _scanners(self, state: PolicyState) -> tuple[Scan, Scan | None]:
+        """The enforced policy's scanner, and the shadow's when its detectors differ (looked up on the loop: the
+        cache is not thread-safe; the scanners themselves are)."""
+        enforced = self.scanners.get(state.enforced.custom)
+        if state.shadow is None or state.shadow.custom == state.enforced.custom:
+            return enforced, None
+        return enforced, self.scanners.get(state.shadow.custom)
+
     async def set_policy(self, account_id: str, rules: Sequence[tuple[str, Action | None]]) -> PolicySet:
         """Replace the account scope's rules (keeping its routing) as the next enforced version."""
         _check_account(account_id)
@@ -244,6 +271,8 @@ class PolicyService:
         """Replace one scope's document, as the next enforced version or as (an edit of) the shadow version."""
         _check_account(account_id)
         domain.check_scope(scope)
+        if len(document_json) > MAX_DOCUMENT_CHARS:
+            raise LimitExceeded(f"document_json is longer than {MAX_DOCUMENT_CHARS} characters")
         try:
             raw = json.loads(document_json or "{}")
         except ValueError as exc:
@@ -307,6 +336,7 @@ class PolicyService:
             state = await self.repository.state(account_id) or PolicyState.default(account_id)
             policy, kind = change(state)
             policy.check()
+            check_document(policy)
             try:
                 self.scanners.get(policy.custom)  # compiles (and caches) the account's custom detectors
             except ValueError as exc:
@@ -362,3 +392,11 @@ class PolicyService:
             )
             return self.cache.offer(stale)  # trusted for another TTL: an outage is not retried on every request
         return self.cache.offer(loaded or PolicyState.default(account_id))
+
+
+def _scan(scanners: tuple[Scan, Scan | None], texts: Sequence[str]) -> tuple[list[list[Match]], list[list[Match]]]:
+    """Matches per text for the enforced policy and for the shadow (the same lists when it has no scanner of its
+    own). Runs on the loop or in a scan thread."""
+    enforced, shadow = scanners
+    matches = [enforced(text) for text in texts]
+    return matches, matches if shadow is None else [shadow(text) for text in texts]

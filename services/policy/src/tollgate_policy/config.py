@@ -11,6 +11,8 @@ from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, in_development, internal_keys_from_env
 from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
+from .limits import Limits
+
 __all__ = ["DEFAULT_SCHEMA", "Settings"]
 
 #: The PostgreSQL schema policy owns (SQLite has no schemas and ignores it).
@@ -45,6 +47,10 @@ class Settings:
     #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
     #: only development allows (see tollgate_common.internal_auth).
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
+    #: Inspect's caps and the large-scan pool (limits.py): POLICY_MAX_INSPECT_TEXTS, POLICY_MAX_INSPECT_CHARS,
+    #: POLICY_SCAN_OFFLOAD_CHARS, POLICY_SCAN_THREADS, POLICY_LARGE_SCANS_PER_ACCOUNT,
+    #: POLICY_LARGE_SCAN_QUEUE_PER_ACCOUNT.
+    limits: Limits = field(default_factory=Limits)
     #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -75,6 +81,16 @@ class Settings:
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0.0),
             kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", ""),
             hash_key=env.str("HASH_KEY", ""),
+            limits=Limits(
+                max_texts=env.int("MAX_INSPECT_TEXTS", Limits.max_texts, minimum=1),
+                max_chars=env.int("MAX_INSPECT_CHARS", Limits.max_chars, minimum=1),
+                offload_chars=env.int("SCAN_OFFLOAD_CHARS", Limits.offload_chars, minimum=0),
+                scan_threads=env.int("SCAN_THREADS", Limits.scan_threads, minimum=1, maximum=64),
+                large_scans_per_account=env.int("LARGE_SCANS_PER_ACCOUNT", Limits.large_scans_per_account, minimum=1),
+                large_scan_queue_per_account=env.int(
+                    "LARGE_SCAN_QUEUE_PER_ACCOUNT", Limits.large_scan_queue_per_account, minimum=0
+                ),
+            ),
         )
         if not settings.hash_key and not in_development(env.environ):
             # The development key is public: match hashes made with it identify a card number to anyone.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from re import _constants as sre_constants  # type: ignore[attr-defined]  # re's own parser, to check patterns
@@ -123,7 +124,8 @@ def _compile_database(expressions: Sequence[tuple[str, int]]) -> Any:
 
 
 class Scanner:
-    """Built once (per custom-detector set) and reused: ``scan`` is thread-compatible per call."""
+    """Built once (per custom-detector set) and reused. ``scan`` may run in several threads at once (large
+    inputs are scanned off the event loop): Hyperscan's scratch space is per thread."""
 
     def __init__(self, specs: Sequence[Spec], custom_count: int, engine: str) -> None:
         self.specs = tuple(specs)
@@ -144,6 +146,8 @@ class Scanner:
                 flags.append((spec.anchor, flag))
             self._database = _compile_database(flags)
             self._scratch = hyperscan.Scratch(self._database)
+            self._owner = threading.get_ident()
+            self._thread_scratch = threading.local()
 
     def scan(self, text: str) -> list[Match]:
         """Every finding in ``text``, sorted by start, never overlapping."""
@@ -204,7 +208,7 @@ class Scanner:
             # custom: the match itself (SOM_LEFTMOST); built-in: the anchor's end, ``reach`` is subtracted below
             hits.setdefault(index, []).append((start if index >= custom_from else end, end))
 
-        self._database.scan(raw, match_event_handler=on_match, scratch=self._scratch)
+        self._database.scan(raw, match_event_handler=on_match, scratch=self._scratch_here())
         if hits and len(raw) != len(text):
             char_at = _char_offsets(raw, {b for spans in hits.values() for span in spans for b in span})
             hits = {i: [(char_at[lo], char_at[hi]) for lo, hi in spans] for i, spans in hits.items()}
@@ -213,6 +217,16 @@ class Scanner:
                 reach = specs[index].reach
                 hits[index] = [(hi - reach, hi) for _, hi in spans]
         return hits
+
+
+    def _scratch_here(self) -> Any:
+        """The scratch of the calling thread (a scratch serves one scan at a time)."""
+        if threading.get_ident() == self._owner:
+            return self._scratch
+        scratch = getattr(self._thread_scratch, "scratch", None)
+        if scratch is None:
+            scratch = self._thread_scratch.scratch = self._scratch.clone()
+        return scratch
 
 
 def _ascii_only(parsed: Any) -> bool:

@@ -6,7 +6,10 @@ once (shown beside it below), sent with trailing metadata ``tollgate-reason`` (:
     PolicyError                       INTERNAL             internal
     ├── InvalidArgument               INVALID_ARGUMENT     invalid_argument
     │   ├── UnknownDetector           INVALID_ARGUMENT     unknown_detector
-    │   └── InvalidRule               INVALID_ARGUMENT     invalid_rule   (no action, or a detector named twice)
+    │   ├── InvalidRule               INVALID_ARGUMENT     invalid_rule   (no action, or a detector named twice)
+    │   ├── InputTooLarge             INVALID_ARGUMENT     input_too_large  (Inspect: too many texts or characters)
+    │   └── LimitExceeded             INVALID_ARGUMENT     limit_exceeded  (a policy document past a cap, limits.py)
+    ├── ScanCapacityExhausted         RESOURCE_EXHAUSTED   scan_capacity_exhausted  (retry-after; per account)
     ├── NoShadowPolicy                NOT_FOUND            no_shadow_policy  (promote/discard without a shadow)
     ├── ConcurrentUpdate              ABORTED              concurrent_update  (retryable)
     └── StorageUnavailable            UNAVAILABLE          storage_unavailable  (retryable)
@@ -19,10 +22,13 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrentUpdate",
+    "InputTooLarge",
     "InvalidArgument",
     "InvalidRule",
+    "LimitExceeded",
     "NoShadowPolicy",
     "PolicyError",
+    "ScanCapacityExhausted",
     "StorageUnavailable",
     "UnknownDetector",
 ]
@@ -49,6 +55,25 @@ class InvalidRule(InvalidArgument):
     """A rule without an action (ACTION_UNSPECIFIED), or two rules for the same detector."""
 
     reason = "invalid_rule"
+
+
+class InputTooLarge(InvalidArgument):
+    """An Inspect with more texts or characters than ``Limits`` allows (checked before any scanning)."""
+
+    reason = "input_too_large"
+
+
+class LimitExceeded(InvalidArgument):
+    """A policy document past one of the caps in :mod:`tollgate_policy.limits` (custom detectors, scopes, ...)."""
+
+    reason = "limit_exceeded"
+
+
+class ScanCapacityExhausted(PolicyError):
+    """The account already has as many large scans running and waiting as it may; retry shortly."""
+
+    reason = "scan_capacity_exhausted"
+    retry_after = 1
 
 
 class NoShadowPolicy(PolicyError):

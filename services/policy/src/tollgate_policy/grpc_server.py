@@ -14,7 +14,14 @@ from tollgate_common.logs import request_id_var
 
 from .application import PolicyService
 from .domain import Action, Inspection, PolicySet, Verdict
-from .errors import ConcurrentUpdate, InvalidArgument, NoShadowPolicy, PolicyError, StorageUnavailable
+from .errors import (
+    ConcurrentUpdate,
+    InvalidArgument,
+    NoShadowPolicy,
+    PolicyError,
+    ScanCapacityExhausted,
+    StorageUnavailable,
+)
 from .repository import PolicyState, StoredVersion
 
 __all__ = ["CALLERS", "SERVICE_NAME", "STATUSES", "PolicyServicer"]
@@ -50,6 +57,7 @@ STATUSES = StatusTable({
     NoShadowPolicy: grpc.StatusCode.NOT_FOUND,
     ConcurrentUpdate: grpc.StatusCode.ABORTED,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ScanCapacityExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
 #: Anything unexpected is INTERNAL and logged by type and stack only, never its message: that might quote the input.
 _mapped = rpc(STATUSES, hide_unexpected=True)
