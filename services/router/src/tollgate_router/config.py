@@ -21,7 +21,8 @@ from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
 from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
-from .domain import STRATEGIES, SUPPORTED_KINDS, Catalogue, Provider, Route
+from .domain import STRATEGIES, Catalogue, Provider, Route
+from .kinds import KINDS, option_problems
 from .resilience import BreakerSettings, ResilienceSettings
 from .upstream_http import UpstreamLimits
 
@@ -301,8 +302,8 @@ def _providers(section: Any, environ: Mapping[str, str], problems: list[str]) ->
         if unknown:
             problems.append(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))}")
         kind = spec.get("kind")
-        if kind not in SUPPORTED_KINDS:
-            problems.append(f"{where}.kind: {kind!r} is not one of {', '.join(SUPPORTED_KINDS)}")
+        if kind not in KINDS:
+            problems.append(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
         base_url = spec.get("base_url")
         if not isinstance(base_url, str) or not base_url:
             problems.append(f"{where}.base_url is required")
@@ -326,7 +327,7 @@ def _providers(section: Any, environ: Mapping[str, str], problems: list[str]) ->
         ):
             problems.append(f"{where}.options must be a mapping of names to strings")
             options = {}
-        problems.extend(f"{where}.options.{p}" for p in _option_problems(str(kind), options))
+        problems.extend(f"{where}.options.{p}" for p in option_problems(str(kind), options))
         providers[name] = Provider(
             name,
             str(kind),
@@ -337,18 +338,6 @@ def _providers(section: Any, environ: Mapping[str, str], problems: list[str]) ->
             _timeout(spec.get("timeout_seconds"), f"{where}.timeout_seconds", problems),
         )
     return providers
-
-
-def _option_problems(kind: str, options: Mapping[str, Any]) -> list[str]:
-    """Per-kind options the adapters need, checked at start rather than on the first request."""
-    problems: list[str] = []
-    if kind == "azure" and not str(options.get("api_version", "")).strip():
-        problems.append('api_version is required for an azure provider (e.g. "2024-10-21")')
-    if "default_max_tokens" in options:
-        value = str(options["default_max_tokens"])
-        if not value.isdigit() or int(value) < 1:
-            problems.append(f"default_max_tokens must be a positive integer, not {value!r}")
-    return problems
 
 
 def _models(

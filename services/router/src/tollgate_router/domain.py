@@ -14,7 +14,6 @@ from .errors import InvalidRequest, InvalidUsage, ModelNotFound
 __all__ = [
     "MAX_TOKEN_COUNT",
     "STRATEGIES",
-    "SUPPORTED_KINDS",
     "Catalogue",
     "Completion",
     "ModelEntry",
@@ -25,10 +24,6 @@ __all__ = [
     "UsageReader",
     "parse_request",
 ]
-
-#: Wire formats the router speaks; ``openai`` covers every OpenAI-compatible provider (OpenAI, DeepSeek, Kimi,
-#: Qwen, GLM, MiniMax, OpenRouter, vLLM…), ``azure`` is OpenAI's format with Azure's URLs and ``api-key`` header.
-SUPPORTED_KINDS = ("openai", "azure", "anthropic", "gemini")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,12 @@ from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
-from .anthropic import AnthropicAdapter
 from .application import Router
 from .attempts import AttemptLog, open_database
 from .config import Settings
-from .gemini import GeminiAdapter
 from .grpc_server import SERVICE_NAME, RouterServicer, register
-from .openai_compat import OpenAICompatibleAdapter, create_session
+from .kinds import KINDS
+from .openai_compat import create_session
 from .tables import messaging
 
 __all__ = ["RouterServer", "serve"]
@@ -60,15 +59,10 @@ class RouterServer:
         self._attempts = AttemptLog(session_maker(self._engine))
         self._attempts.start()
         self._session = create_session(settings.upstream_max_connections)
-        limits = settings.upstream_limits
+        session, limits = self._session, settings.upstream_limits
         router = Router(
             settings.catalogue,
-            {
-                "openai": OpenAICompatibleAdapter(self._session, limits),
-                "azure": OpenAICompatibleAdapter(self._session, limits),
-                "anthropic": AnthropicAdapter(self._session, limits),
-                "gemini": GeminiAdapter(self._session, limits),
-            },
+            {name: kind.adapter(session, limits) for name, kind in KINDS.items()},
             upstream_timeout=settings.upstream_timeout_seconds,
             resilience=settings.resilience,
             attempts=self._attempts,
