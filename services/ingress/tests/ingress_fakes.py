@@ -49,9 +49,13 @@ class FakeBilling(bgrpc.BillingServiceServicer):
                        "label": "default", "has_limit": False, "limit_nanos": 0}
         }
         self.authorize_calls: list[bpb.AuthorizeRequest] = []
+        #: The ``traceparent`` metadata of each Authorize call ("" when none came).
+        self.traceparents: list[str] = []
         self.authorize_failure: Failure | None = None
         #: Seconds Authorize takes before answering (a billing slower than ingress's deadline).
         self.authorize_delay = 0.0
+        #: What Authorize says the hold's output cap is when the request gave none (billing: the model's cap).
+        self.model_output_cap = 0
         self.balance_nanos = 10 * 10**9
         self.usage_nanos = 0
         self.accounts: dict[str, bpb.Account] = {}
@@ -63,6 +67,7 @@ class FakeBilling(bgrpc.BillingServiceServicer):
         self.authorize_calls.append(request)
         if self.authorize_delay:
             await asyncio.sleep(self.authorize_delay)
+        self.traceparents.append(next((v for k, v in context.invocation_metadata() or () if k == "traceparent"), ""))
         if self.authorize_failure:
             f = self.authorize_failure
             await abort(context, f.code, f.message, reason=f.reason, retry_after=f.retry_after)
@@ -73,6 +78,7 @@ class FakeBilling(bgrpc.BillingServiceServicer):
             account_id=key["account_id"], key_id=key["key_id"], hold_id=request.request_id,
             hold_amount_nanos=1000, currency="USD", team=key["team"], project=key["project"],
             hold_model=(list(request.fallback_models) or [request.model])[-1],
+            hold_output_tokens=request.max_output_tokens or self.model_output_cap,
         )
 
     async def GetKeyInfo(self, request: bpb.GetKeyInfoRequest, context: Ctx) -> bpb.GetKeyInfoResponse:
@@ -201,6 +207,8 @@ class FakeRouter(rgrpc.RouterServiceServicer):
     requests: list[rpb.CompleteRequest] = field(default_factory=list)
     #: The public model the fake reports as served ("" = the requested one).
     served_model: str = ""
+    #: The streamed answer's pieces, one chunk each.
+    pieces: list[str] = field(default_factory=lambda: list(STREAM_PIECES))
 
     async def Complete(self, request: rpb.CompleteRequest, context: Ctx) -> rpb.CompleteResponse:
         self.requests.append(request)
@@ -229,7 +237,7 @@ class FakeRouter(rgrpc.RouterServiceServicer):
         if self.failure:
             await abort(context, self.failure.code, self.failure.message, reason=self.failure.reason,
                         retry_after=self.failure.retry_after)
-        for i, piece in enumerate(STREAM_PIECES):
+        for i, piece in enumerate(self.pieces):
             if self.fail_after_chunks is not None and i == self.fail_after_chunks:
                 await abort(context, grpc.StatusCode.UNAVAILABLE, "upstream connection reset", reason="upstream_error")
             yield rpb.StreamCompleteResponse(chunk_json=_chunk(piece, i))

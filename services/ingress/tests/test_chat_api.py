@@ -329,3 +329,39 @@ async def test_oversized_body_is_413(fakes: Fakes, broker: str, tmp_path: Path) 
             assert (await client.post(CHAT, json=body(), headers=auth())).status_code == 200
     finally:
         await app.state.services.shutdown(grace=1)
+
+
+async def test_the_hold_counts_every_billed_part_of_the_prompt(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    """Tool and function definitions, a response schema and a predicted output are billed as prompt tokens."""
+    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+        "type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(50)}}}}
+    prediction = {"type": "content", "content": "a long predicted answer " * 40}
+    functions = [{"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    plain = (await client.post(CHAT, json=body(), headers=auth())).status_code
+    base = fakes.billing.authorize_calls[-1].prompt_tokens
+    counts = {}
+    for name, value in (("response_format", schema), ("prediction", prediction), ("functions", functions)):
+        assert (await client.post(CHAT, json=body(**{name: value}), headers=auth())).status_code == plain == 200
+        counts[name] = fakes.billing.authorize_calls[-1].prompt_tokens - base
+    counter = PromptTokenCounter()
+    assert counts == {name: counter.text(orjson.dumps(value).decode())
+                      for name, value in (("response_format", schema), ("prediction", prediction),
+                                          ("functions", functions))}
+
+
+async def test_upstream_gets_exactly_the_cap_the_hold_was_sized_with(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    resp = await client.post(CHAT, json=body(max_tokens=100_000, max_completion_tokens=20), headers=auth())
+    assert resp.status_code == 200
+    assert fakes.billing.authorize_calls[-1].max_output_tokens == 20
+    forwarded = fakes.router.bodies[-1]
+    assert forwarded["max_completion_tokens"] == 20 and "max_tokens" not in forwarded
+    # No cap from the client: the model's cap billing held for is sent, so the answer cannot outgrow the hold.
+    fakes.billing.model_output_cap = 4096
+    assert (await client.post(CHAT, json=body(), headers=auth())).status_code == 200
+    assert fakes.router.bodies[-1]["max_completion_tokens"] == 4096
+
+
+async def test_max_tokens_beyond_int64_is_400_not_500(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    resp = await client.post(CHAT, json=body(max_tokens=2**63), headers=auth())
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "max_tokens"
+    assert fakes.billing.authorize_calls == []

@@ -119,7 +119,7 @@ def test_prompt_texts_in_order_and_redaction_in_place() -> None:
     ]
     req = parse_chat_request(orjson.dumps({"model": "m", "messages": messages, "temperature": 0}))
     assert req.prompt_texts() == ["sys A", "part B", "part C", "tool D"]
-    out = orjson.loads(req.redacted_body(["S", "B", "C", "D"]))
+    out = orjson.loads(req.forwarded_body(["S", "B", "C", "D"]))
     assert out["messages"][0]["content"] == "S"
     assert out["messages"][2]["content"] == [{"type": "text", "text": "B"}, IMAGE,
                                              {"type": "text", "text": "C", "extra": 1}]
@@ -128,7 +128,7 @@ def test_prompt_texts_in_order_and_redaction_in_place() -> None:
     # The parsed request itself is untouched (it is what the client sent).
     assert req.prompt_texts() == ["sys A", "part B", "part C", "tool D"]
     with pytest.raises(ValueError):
-        req.redacted_body(["too few"])
+        req.forwarded_body(["too few"])
 
 
 def test_usage_chunk_carries_the_stream_identity() -> None:
@@ -143,3 +143,59 @@ def test_usage_chunk_carries_the_stream_identity() -> None:
                                "completion_tokens_details": {"reasoning_tokens": 2}}}
     fallback = StreamMeta.from_chunk(b"not json", fallback_id="chatcmpl-req", fallback_model="m")
     assert (fallback.id, fallback.model) == ("chatcmpl-req", "m")
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens", "n"])
+@pytest.mark.parametrize("value", [2**63, 2**63 - 1, 2**31, -1, -(2**63)])
+def test_token_counts_out_of_range_are_400(name: str, value: int) -> None:
+    """A count that does not fit downstream (int64 holds, token × price products) is the client's error, not a 500."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(raw(**{name: value}))
+    assert info.value.param == name
+
+
+def test_a_count_beyond_64_bits_is_400() -> None:
+    with pytest.raises(InvalidRequest):
+        parse_chat_request(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1'
+                           + b"0" * 30 + b"}")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("service_tier", "priority"), ("service_tier", "flex"), ("service_tier", "auto"), ("store", True),
+     ("modalities", ["text", "audio"]), ("audio", {"voice": "alloy", "format": "wav"})],
+)
+def test_fields_that_change_the_operators_cost_or_retention_are_refused(field: str, value: object) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(raw(**{field: value}))
+    assert (info.value.param, info.value.code) == (field, "unsupported_parameter")
+
+
+@pytest.mark.parametrize(
+    "fields", [{"service_tier": "default"}, {"store": False}, {"modalities": ["text"]}, {}]
+)
+def test_their_defaults_are_accepted(fields: dict[str, object]) -> None:
+    assert parse_chat_request(raw(**fields)).model == "gpt-4o-mini"
+
+
+def test_the_forwarded_body_carries_only_the_cap_the_hold_used() -> None:
+    both = parse_chat_request(raw(max_tokens=5000, max_completion_tokens=10))
+    assert both.max_output_tokens == 10
+    forwarded = orjson.loads(both.forwarded_body())
+    assert forwarded["max_completion_tokens"] == 10 and "max_tokens" not in forwarded
+    # Equal caps, or one of them: forwarded byte for byte.
+    same = parse_chat_request(raw(max_tokens=10, max_completion_tokens=10))
+    assert same.forwarded_body() == same.raw
+    # No cap from the client: billing's cap for the held model goes upstream.
+    none = parse_chat_request(raw())
+    assert orjson.loads(none.forwarded_body(output_cap=16384))["max_completion_tokens"] == 16384
+    assert none.forwarded_body() == none.raw
+    assert parse_chat_request(raw(max_tokens=7)).forwarded_body(output_cap=16384) == raw(max_tokens=7)
+
+
+def test_billed_request_parts_are_prompt_extras() -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    extras = {"tools": [{"type": "function", "function": {"name": "f"}}], "functions": [{"name": "g"}],
+              "response_format": schema, "prediction": {"type": "content", "content": "long predicted text"}}
+    req = parse_chat_request(raw(**extras, temperature=0.5))
+    assert req.prompt_extras == list(extras.values())

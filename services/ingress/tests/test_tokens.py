@@ -48,7 +48,7 @@ def test_content_parts_and_extras_count() -> None:
     ]}])
     assert with_image == text_only + 85
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    assert counter.messages([{"role": "user", "content": "hi"}], tools) > counter.messages(
+    assert counter.messages([{"role": "user", "content": "hi"}], [tools]) > counter.messages(
         [{"role": "user", "content": "hi"}])
     calls = [{"role": "assistant", "content": None,
               "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]

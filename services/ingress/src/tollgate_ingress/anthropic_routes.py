@@ -125,7 +125,7 @@ async def count_tokens(request: Request) -> Response:
         parsed = parse_messages_request(await read_body(request, svc.settings.max_body_bytes), counting=True)
         chat_request = parse_chat_request(orjson.dumps(parsed.chat_body))
         await svc.keys.key_info(key)  # authenticates the caller
-        tokens = svc.chat.counter.messages(chat_request.messages, chat_request.tools)
+        tokens = svc.chat.counter.messages(chat_request.messages, chat_request.prompt_extras)
     except IngressError as exc:
         return _error(exc)
     return Response(orjson.dumps({"input_tokens": tokens}), media_type=JSON)

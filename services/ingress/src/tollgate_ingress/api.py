@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -27,7 +28,7 @@ from .deps import Deps, Services, services
 from .errors import IngressError, InternalError, InvalidRequest
 from .metrics import Metrics
 
-__all__ = ["IngressApp", "create_app"]
+__all__ = ["IngressApp", "create_app", "sanitise_traceparent"]
 
 log = logging.getLogger("tollgate_ingress.http")
 
@@ -133,6 +134,22 @@ class _ChatEndpoint:
         await response(scope, receive, send)
 
 
+#: The one ``traceparent`` a client may send: version 00, lower-case hex, flags 00 or 01 (W3C Trace Context).
+_TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-0[01]")
+
+
+def sanitise_traceparent(scope: Scope) -> None:
+    """Drop a client's ``traceparent`` (and its ``tracestate``) unless it is exactly a valid W3C header: anything
+    else starts a new trace here instead of travelling on, in gRPC metadata and Kafka headers, to every service
+    (OpenTelemetry's own parser lets through other versions, trailing text and arbitrary flags)."""
+    headers = scope["headers"]
+    for name, value in headers:
+        if name == b"traceparent":
+            if _TRACEPARENT.fullmatch(value) is None:
+                scope["headers"] = [(k, v) for k, v in headers if k not in (b"traceparent", b"tracestate")]
+            return
+
+
 class IngressApp(FastAPI):
     """FastAPI, except that the chat completions route takes the fast path (:class:`_ChatEndpoint`)."""
 
@@ -156,6 +173,8 @@ class IngressApp(FastAPI):
         self.fast_chat = OpenTelemetryMiddleware(self.fast_chat)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            sanitise_traceparent(scope)
         if scope["type"] == "http" and scope["path"] == self.chat_path and scope["method"] == "POST":
             await self.fast_chat(scope, receive, send)
             return

@@ -32,6 +32,8 @@ class Authorization:
     project: str
     #: The candidate model the hold was sized for (the most expensive); rates a usage nothing reports a model for.
     hold_model: str = ""
+    #: The output cap the hold was sized with (the request's, else the hold model's); 0 when billing sent none.
+    hold_output_tokens: int = 0
 
 
 class BillingClient:
@@ -68,6 +70,7 @@ class BillingClient:
             team=reply.team,
             project=reply.project,
             hold_model=reply.hold_model,
+            hold_output_tokens=reply.hold_output_tokens,
         )
 
     async def key_info(self, api_key: str) -> bpb.GetKeyInfoResponse:

@@ -96,7 +96,7 @@ class ChatCompletions:
     async def prepare(self, api_key: str, request_id: str, request: ChatRequest) -> Prepared:
         """Authorize (place the hold) and apply the DLP verdict. After the hold is placed, every way out of here
         closes it."""
-        prompt_tokens = self.counter.messages(request.messages, request.tools)
+        prompt_tokens = self.counter.messages(request.messages, request.prompt_extras)
         candidates = await self.directory.resolve(request.candidate_models)
         try:
             auth = await self.billing.authorize(
@@ -108,7 +108,8 @@ class ChatCompletions:
             raise
         settlement = Settlement(self.publisher, request, request_id, auth)
         try:
-            body, inspection = await self._inspect(request_id, request, settlement)
+            redacted, inspection = await self._inspect(request_id, request, settlement)
+            body = request.forwarded_body(redacted, auth.hold_output_tokens)
         except BaseException:
             settlement.close(Outcome.FAILED)  # no-op when the block already closed it
             raise
@@ -125,16 +126,16 @@ class ChatCompletions:
 
     async def _inspect(
         self, request_id: str, request: ChatRequest, settlement: Settlement
-    ) -> tuple[bytes, Inspection]:
-        """The body to forward and policy's answer. Always asked, even without text: the policy also decides which
-        models and providers the request may use."""
+    ) -> tuple[tuple[str, ...] | None, Inspection]:
+        """The redacted prompt texts (None: forward them as sent) and policy's answer. Always asked, even without
+        text: the policy also decides which models and providers the request may use."""
         auth = settlement.auth
         inspection = await self.policy.inspect(
             request_id, auth.account_id, auth.key_id, team=auth.team, model=request.model,
             texts=request.prompt_texts(),
         )
         if inspection.verdict is Verdict.ALLOW or inspection.verdict is Verdict.FLAG:
-            return request.raw, inspection
+            return None, inspection
         if inspection.verdict is Verdict.BLOCK:
             settlement.close(Outcome.BLOCKED)
             if inspection.rule:
@@ -144,12 +145,9 @@ class ChatCompletions:
                     code="policy_violation",
                 )
             raise policy_violation("request", inspection.blocked_kinds())
-        try:
-            return request.redacted_body(inspection.redacted_texts), inspection
-        except ValueError:
-            raise ServiceUnavailable(
-                "policy returned a redaction that does not match the prompt", code="policy_error"
-            ) from None
+        if len(inspection.redacted_texts) != len(request.slots):
+            raise ServiceUnavailable("policy returned a redaction that does not match the prompt", code="policy_error")
+        return inspection.redacted_texts, inspection
 
     def _response_inspector(self, prepared: Prepared) -> Callable[[list[str], int], Awaitable[Inspection]]:
         """Inspects the model's answer under the same context as the prompt (direction RESPONSE)."""

@@ -38,6 +38,12 @@ MAX_TAGS_HEADER = 4096
 _HEADER_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 #: Fallback models a request may list (OpenRouter's ``models``); billing refuses more.
 MAX_FALLBACK_MODELS = 16
+#: Request fields besides ``messages`` that upstreams bill as prompt tokens (tool and function definitions, a
+#: ``json_schema`` response format, a predicted output).
+BILLED_EXTRAS = ("tools", "functions", "response_format", "prediction")
+#: The largest token count (``max_tokens``, ``max_completion_tokens``, ``n``) accepted: far above any model's
+#: cap, far below what overflows a 64-bit price × tokens product downstream.
+MAX_TOKEN_COUNT = 2**31 - 1
 
 
 class Outcome(enum.Enum):
@@ -80,12 +86,16 @@ class ChatRequest:
     #: max_completion_tokens or max_tokens; 0 = not given (billing then holds for the model's cap).
     max_output_tokens: int
     tags: dict[str, str]
-    tools: Any
+    #: The request's billed parts beside the messages (tools, functions, response_format, prediction): upstreams
+    #: count them as prompt tokens, so the hold does too.
+    prompt_extras: list[Any]
     body: dict[str, Any]
     raw: bytes
     slots: list[TextSlot] = field(default_factory=list)
     #: OpenRouter's ``models``: other models the router may fall back to. Each is checked and held for.
     fallback_models: tuple[str, ...] = ()
+    #: Both ``max_completion_tokens`` and a different ``max_tokens`` were sent; only the first is forwarded.
+    conflicting_caps: bool = False
 
     @property
     def candidate_models(self) -> list[str]:
@@ -100,9 +110,28 @@ class ChatRequest:
             out.append(content if p is None else content[p]["text"])
         return out
 
-    def redacted_body(self, texts: Sequence[str]) -> bytes:
-        """The body to forward with each prompt text replaced by its redacted version (same order as
-        :meth:`prompt_texts`). Messages are copied, never mutated, so the request stays what the client sent."""
+    def forwarded_body(self, redacted: Sequence[str] | None = None, output_cap: int = 0) -> bytes:
+        """The body the router gets: as the client sent it, except
+
+        - each prompt text replaced by its ``redacted`` version (same order as :meth:`prompt_texts`);
+        - one output cap, the one the hold was sized with: ``max_tokens`` dropped when ``max_completion_tokens``
+          (which the hold used) differs from it, and ``output_cap`` (billing's cap for the held model) sent as
+          ``max_completion_tokens`` when the client gave none — so the upstream cannot produce more than is held.
+
+        The client's objects are copied, never mutated."""
+        add_cap = self.max_output_tokens == 0 and output_cap > 0
+        if redacted is None and not add_cap and not self.conflicting_caps:
+            return self.raw
+        body = dict(self.body)
+        if redacted is not None:
+            body["messages"] = self._redacted_messages(redacted)
+        if self.conflicting_caps:
+            del body["max_tokens"]
+        if add_cap:
+            body["max_completion_tokens"] = output_cap
+        return orjson.dumps(body)
+
+    def _redacted_messages(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         if len(texts) != len(self.slots):
             raise ValueError(f"expected {len(self.slots)} redacted texts, got {len(texts)}")
         messages = list(self.messages)
@@ -118,14 +147,14 @@ class ChatRequest:
                 messages[m]["content"] = text
             else:
                 messages[m]["content"][p] = {**messages[m]["content"][p], "text": text}
-        return orjson.dumps({**self.body, "messages": messages})
+        return messages
 
 
 def _invalid(message: str, param: str | None, code: str = "invalid_value") -> InvalidRequest:
     return InvalidRequest(message, param=param, code=code)
 
 
-def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
+def _optional_int(body: dict[str, Any], name: str, minimum: int, maximum: int = MAX_TOKEN_COUNT) -> int | None:
     value = body.get(name)
     if value is None:
         return None
@@ -133,7 +162,28 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
         raise _invalid(f"'{name}' must be an integer", name, "invalid_type")
     if value < minimum:
         raise _invalid(f"'{name}' must be at least {minimum}, got {value}", name)
+    if value > maximum:
+        raise _invalid(f"'{name}' must be at most {maximum}", name)
     return value
+
+
+def _refuse_cost_fields(body: dict[str, Any]) -> None:
+    """Fields that change what the operator pays or what the provider keeps, which the price book does not price:
+    refused unless they ask for the default (see the README, "Refused fields")."""
+    tier = body.get("service_tier")
+    if tier is not None and tier != "default":
+        raise _invalid("'service_tier' is not supported: Tollgate prices the provider's default tier only; omit it "
+                       "or send \"default\"", "service_tier", "unsupported_parameter")
+    if body.get("store") not in (None, False):
+        raise _invalid("'store' is not supported: Tollgate does not let providers keep completions; omit it or "
+                       "send false", "store", "unsupported_parameter")
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise _invalid("'modalities' other than [\"text\"] (audio output) are not supported: the price book has "
+                       "no audio prices", "modalities", "unsupported_parameter")
+    if body.get("audio") is not None:
+        raise _invalid("'audio' (audio output) is not supported: the price book has no audio prices", "audio",
+                       "unsupported_parameter")
 
 
 def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
@@ -277,6 +327,7 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
     if n is not None and n > 1:
         raise _invalid("'n' greater than 1 is not supported yet", "n")
 
+    _refuse_cost_fields(body)
     stream = _optional_bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -290,11 +341,12 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
         include_usage=include_usage,
         max_output_tokens=max_completion or max_tokens or 0,
         tags={**_tags(body.get("metadata")), **_user(body), **_header_tags(tags_header)},
-        tools=body.get("tools"),
+        prompt_extras=[body[name] for name in BILLED_EXTRAS if body.get(name) is not None],
         body=body,
         raw=raw,
         slots=slots,
         fallback_models=_fallback_models(body.get("models")),
+        conflicting_caps=max_completion is not None and max_tokens is not None and max_completion != max_tokens,
     )
 
 

@@ -42,7 +42,8 @@ class PromptTokenCounter:
     def text(self, text: str) -> int:
         return len(self._encode(text)) if text else 0
 
-    def messages(self, messages: Sequence[dict[str, Any]], tools: object = None) -> int:
+    def messages(self, messages: Sequence[dict[str, Any]], extras: Sequence[Any] = ()) -> int:
+        """The prompt's tokens; ``extras`` (tool definitions, response schemas…) are counted by their JSON text."""
         total = REPLY_PRIMING_TOKENS
         for message in messages:
             total += TOKENS_PER_MESSAGE
@@ -56,8 +57,8 @@ class PromptTokenCounter:
                     total += self.text(orjson.dumps(value).decode())
                 if key == "name":
                     total += TOKENS_PER_NAME
-        if tools:
-            total += self.text(orjson.dumps(tools).decode())
+        for extra in extras:
+            total += self.text(orjson.dumps(extra).decode())
         return total
 
     def _parts(self, parts: list[Any]) -> int:
