@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from tollgate_policy import domain
+from tollgate_policy import document, domain
 from tollgate_policy.detectors import Match
 from tollgate_policy.engine import Scanner, build_scanner
 
@@ -119,7 +119,7 @@ def _chat_prompt(rng: random.Random) -> str:
 
 
 def _code_prompt() -> str:
-    text = Path(domain.__file__).read_text(encoding="utf-8")
+    text = Path(document.__file__).read_text(encoding="utf-8")
     return (text * (SIZE // len(text) + 1))[:SIZE]
 
 

@@ -39,11 +39,12 @@ from types import MappingProxyType
 from prometheus_client import Counter
 from tollgate_common.events import Envelope
 
-from . import domain
+from . import document, inspection
 from .detectors import CustomDetector, Match, build_scanner, scan
-from .domain import Action, Inspection, PolicySet, Verdict
+from .document import Action, PolicySet
 from .errors import ConcurrentUpdate, InputTooLarge, InvalidArgument, LimitExceeded, NoShadowPolicy, StorageUnavailable
 from .events import DEV_HASH_KEY, Decision, DecisionLog, decided_event, match_hasher
+from .inspection import Inspection, Verdict
 from .limits import MAX_DOCUMENT_CHARS, AccountGate, Limits, check_document
 from .metrics import FINDINGS, INSPECT_SECONDS, INSPECTIONS, SCANNED_CHARACTERS
 from .repository import DISCARD, ENFORCED, SHADOW, PolicyRepository, PolicyState, StoredVersion
@@ -204,7 +205,9 @@ class PolicyService:
         matches, shadow_matches = scanned
         scan_micros = int((time.perf_counter() - started) * 1_000_000)
         checked_model = model if direction == "request" else ""
-        result = domain.inspect(texts, state.enforced, team=team, key_id=key_id, model=checked_model, matches=matches)
+        result = inspection.inspect(
+            texts, state.enforced, team=team, key_id=key_id, model=checked_model, matches=matches
+        )
         INSPECT_SECONDS.observe(time.perf_counter() - started)
         _inspections(result.verdict).inc()
         SCANNED_CHARACTERS.inc(chars)
@@ -224,7 +227,7 @@ class PolicyService:
             )
             events: list[Envelope] = [decided_event(decision, result, texts, self.hash, shadow=False)]
             if state.shadow is not None:
-                shadow = domain.inspect(
+                shadow = inspection.inspect(
                     texts, state.shadow, team=team, key_id=key_id, model=checked_model, matches=shadow_matches
                 )
                 events.append(decided_event(decision, shadow, texts, self.hash, shadow=True))
@@ -258,10 +261,10 @@ class PolicyService:
     async def set_policy(self, account_id: str, rules: Sequence[tuple[str, Action | None]]) -> PolicySet:
         """Replace the account scope's rules (keeping its routing) as the next enforced version."""
         _check_account(account_id)
-        checked = domain.validate_rules(rules)
+        checked = document.validate_rules(rules)
 
         def change(state: PolicyState) -> tuple[PolicySet, str]:
-            current = state.enforced.scopes.get("account", domain.ScopePolicy())
+            current = state.enforced.scopes.get("account", document.ScopePolicy())
             scope = replace(current, rules=MappingProxyType(checked))
             return state.enforced.with_scope("account", scope, state.head + 1), ENFORCED
 
@@ -270,14 +273,14 @@ class PolicyService:
     async def put_scope(self, account_id: str, scope: str, document_json: str, *, shadow: bool) -> StoredVersion:
         """Replace one scope's document, as the next enforced version or as (an edit of) the shadow version."""
         _check_account(account_id)
-        domain.check_scope(scope)
+        document.check_scope(scope)
         if len(document_json) > MAX_DOCUMENT_CHARS:
             raise LimitExceeded(f"document_json is longer than {MAX_DOCUMENT_CHARS} characters")
         try:
             raw = json.loads(document_json or "{}")
         except ValueError as exc:
             raise InvalidArgument(f"document_json is not JSON: {exc}") from None
-        parsed = domain.parse_scope_document(raw)
+        parsed = document.parse_scope_document(raw)
 
         def change(state: PolicyState) -> tuple[PolicySet, str]:
             if shadow:

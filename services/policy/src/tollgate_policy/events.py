@@ -4,7 +4,7 @@ What an event holds
 -------------------
 Request id, account, key, team, model, the deciding scope and version, the verdict, per finding type its count, the
 action taken and an HMAC-SHA256 of each matched value (hex) — never the value, never the prompt. The value is
-normalised first (``domain.identity``: a card's digits whatever the grouping, an email in lower case), so the same
+normalised first (``inspection.identity``: a card's digits whatever the grouping, an email in lower case), so the same
 card hashes the same however it was written. The HMAC key is ``POLICY_HASH_KEY``; without it the service uses
 :data:`DEV_HASH_KEY`, a public development key (derived from a fixed string, so hashes made with it are NOT
 secret: set a real key in production; the service warns at start).
@@ -45,8 +45,8 @@ from aiokafka import AIOKafkaProducer
 from tollgate.events.v1 import policy_pb2 as ev
 from tollgate_common.events import Envelope, Topics, envelope_for
 
-from .domain import Inspection, Verdict, identity
 from .errors import StorageUnavailable
+from .inspection import Inspection, Verdict, identity
 from .repository import PolicyRepository
 
 __all__ = [

@@ -13,7 +13,7 @@ from tollgate_common.internal_auth import InternalAuth, guard_servicer
 from tollgate_common.logs import request_id_var
 
 from .application import PolicyService
-from .domain import Action, Inspection, PolicySet, Verdict
+from .document import Action, PolicySet
 from .errors import (
     ConcurrentUpdate,
     InvalidArgument,
@@ -22,6 +22,7 @@ from .errors import (
     ScanCapacityExhausted,
     StorageUnavailable,
 )
+from .inspection import Inspection, Verdict
 from .repository import PolicyState, StoredVersion
 
 __all__ = ["CALLERS", "SERVICE_NAME", "STATUSES", "PolicyServicer"]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 from .errors import LimitExceeded, ScanCapacityExhausted
 
 if TYPE_CHECKING:
-    from .domain import PolicySet
+    from .document import PolicySet
 
 __all__ = ["DOCUMENT_CAPS", "MAX_DOCUMENT_CHARS", "AccountGate", "Limits", "check_document"]
 

@@ -21,7 +21,7 @@ from tollgate_common.bulk import insert_rows
 from tollgate_common.events import Envelope, Topics
 from tollgate_common.migrations import migrate
 
-from .domain import Action, PolicySet, ScopePolicy
+from .document import Action, PolicySet, ScopePolicy
 from .errors import ConcurrentUpdate, StorageUnavailable
 from .tables import messaging, policy_versions
 
