@@ -116,6 +116,8 @@ class Result:
     applied_per_s: float
     lag_s: float
     relay_s: float
+    #: CPU µs of the consuming process per applied event (between the first and the last commit).
+    cpu_us: float = float("nan")
 
 
 async def drain(consumer: DbOffsetConsumer, relay: OutboxRelay | None, engine: AsyncEngine, total: int,
@@ -123,10 +125,12 @@ async def drain(consumer: DbOffsetConsumer, relay: OutboxRelay | None, engine: A
     """Run ``consumer`` (and ``relay``) until the stored offsets cover ``total`` records and the outbox is empty."""
     stop = asyncio.Event()
     commits: list[float] = []
+    cpu_at_commits: list[float] = []
     inner = consumer.after_commit
 
     def on_commit() -> None:
         commits.append(time.perf_counter())
+        cpu_at_commits.append(time.process_time())
         if inner is not None:
             inner()
 
@@ -164,8 +168,13 @@ async def drain(consumer: DbOffsetConsumer, relay: OutboxRelay | None, engine: A
     first = commits[0]
     span = max(applied_at - first, 1e-6)
     # Events in the first commit are not inside the measured span: rate over the rest.
-    per_s = (consumer.applied - consumer_first_batch(consumer)) / span if len(commits) > 1 else float("nan")
-    return Result(consumer.applied, per_s, applied_at - started, relay_done_at - applied_at)
+    rest = consumer.applied - consumer_first_batch(consumer)
+    per_s = rest / span if len(commits) > 1 else float("nan")
+    # CPU of this process (consumer and relay; the broker is another process) over the same span: on a shared,
+    # loaded machine wall-clock rates move with the neighbours, CPU per event much less.
+    last = commits.index(applied_at) if applied_at in commits else len(commits) - 1
+    cpu_us = (cpu_at_commits[last] - cpu_at_commits[0]) / rest * 1e6 if len(commits) > 1 and rest else float("nan")
+    return Result(consumer.applied, per_s, applied_at - started, relay_done_at - applied_at, cpu_us)
 
 
 def consumer_first_batch(consumer: DbOffsetConsumer) -> int:
@@ -286,19 +295,22 @@ async def _seed_billing(engine: AsyncEngine, reqs: list[Request]) -> None:
 Runner = Callable[[str, str, str, str | None, list[Request], float], Awaitable[Result]]
 
 
-async def run(events: int, databases: list[str], timeout: float) -> None:
+async def run(events: int, databases: list[str], timeout: float,
+              services: list[str] | None = None) -> None:
     broker = EmbeddedBroker()
     bootstrap = broker.start()
     try:
         print(f"event pipeline: {events} usage events per run, {ACCOUNTS} accounts, {len(MODELS)} models, "
               f"real embedded broker (3 partitions)")
-        print(f"{'':30} {'events/s':>10} {'lag after burst':>16} {'relay after':>12}")
+        print(f"{'':30} {'events/s':>10} {'lag after burst':>16} {'relay after':>12} {'CPU µs/event':>13}")
         with tempfile.TemporaryDirectory(prefix="tollgate-bench-pipeline-") as tmp:
             for db in databases:
                 for name, topic, make, runner in (
                     ("metering", Topics.USAGE, recorded, bench_metering),
                     ("billing", Topics.USAGE_RATED, rated, bench_billing),
                 ):
+                    if services is not None and name not in services:
+                        continue
                     run_topic = f"{topic}.bench.{name}.{db}"
                     reqs = requests(events, seed=hash((name, db)) & 0xFFFF)
                     await ensure_topics(bootstrap, [run_topic], partitions=3)
@@ -306,7 +318,7 @@ async def run(events: int, databases: list[str], timeout: float) -> None:
                     async with database(db, Path(tmp), f"{name}-{db}") as (url, schema):
                         result = await runner(bootstrap, run_topic, url, schema, reqs, timeout)
                     print(f"{name + ' on ' + db:30} {result.applied_per_s:10,.0f} {result.lag_s:14.2f} s "
-                          f"{result.relay_s:10.2f} s   (burst produced in {produced:.2f} s)")
+                          f"{result.relay_s:10.2f} s {result.cpu_us:13,.0f}   (burst produced in {produced:.2f} s)")
     finally:
         broker.stop()
 
@@ -316,12 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--services", default="metering,billing", help="which consumers to run")
     args = parser.parse_args(argv)
     dbs = [d for d in args.databases.split(",") if d]
     if "postgres" in dbs and local_postgres_url() is None:
         print("PostgreSQL does not answer; SQLite only")
         dbs = [d for d in dbs if d != "postgres"]
-    asyncio.run(run(args.events, dbs, args.timeout))
+    asyncio.run(run(args.events, dbs, args.timeout, [x for x in args.services.split(",") if x]))
     return 0
 
 

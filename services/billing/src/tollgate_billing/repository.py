@@ -8,8 +8,9 @@ publishing: they are billing's durable event log.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from google.protobuf.message import Message
@@ -51,33 +52,28 @@ __all__ = [
 SERVICE = "billing"
 
 
+_EVENT_IDS: dict[type[Message], Callable[[Any], str]] = {
+    billing_pb2.AccountCreated: lambda e: f"account.created:{e.account_id}",
+    billing_pb2.ApiKeyCreated: lambda e: f"api_key.created:{e.key_id}",
+    billing_pb2.ApiKeyUpdated: lambda e: f"api_key.updated:{e.key_id}:{e.revision}",
+    billing_pb2.ApiKeyRevoked: lambda e: f"api_key.revoked:{e.key_id}",
+    billing_pb2.ApiKeyRotated: lambda e: f"api_key.rotated:{e.key_id}:{e.revision}",
+    billing_pb2.GroupCreated: lambda e: f"group.created:{e.account_id}:{e.kind}:{e.group_id}",
+    billing_pb2.GroupUpdated: lambda e: f"group.updated:{e.account_id}:{e.kind}:{e.group_id}:{e.revision}",
+    billing_pb2.CreditsAdded: lambda e: f"credits.added:{e.transaction.transaction_id}",
+    billing_pb2.HoldPlaced: lambda e: f"hold.placed:{e.hold_id}",
+    billing_pb2.HoldCaptured: lambda e: f"hold.captured:{e.hold_id}",
+    billing_pb2.HoldExpired: lambda e: f"hold.expired:{e.hold_id}",
+    billing_pb2.HoldReconciled: lambda e: f"hold.reconciled:{e.hold_id}",
+}
+
+
 def event_id(event: Message) -> str:
     """Deterministic CloudEvent ids: the same fact always has the same id, so duplicates dedupe downstream."""
-    if isinstance(event, billing_pb2.AccountCreated):
-        return f"account.created:{event.account_id}"
-    if isinstance(event, billing_pb2.ApiKeyCreated):
-        return f"api_key.created:{event.key_id}"
-    if isinstance(event, billing_pb2.ApiKeyUpdated):
-        return f"api_key.updated:{event.key_id}:{event.revision}"
-    if isinstance(event, billing_pb2.ApiKeyRevoked):
-        return f"api_key.revoked:{event.key_id}"
-    if isinstance(event, billing_pb2.ApiKeyRotated):
-        return f"api_key.rotated:{event.key_id}:{event.revision}"
-    if isinstance(event, billing_pb2.GroupCreated):
-        return f"group.created:{event.account_id}:{event.kind}:{event.group_id}"
-    if isinstance(event, billing_pb2.GroupUpdated):
-        return f"group.updated:{event.account_id}:{event.kind}:{event.group_id}:{event.revision}"
-    if isinstance(event, billing_pb2.CreditsAdded):
-        return f"credits.added:{event.transaction.transaction_id}"
-    if isinstance(event, billing_pb2.HoldPlaced):
-        return f"hold.placed:{event.hold_id}"
-    if isinstance(event, billing_pb2.HoldCaptured):
-        return f"hold.captured:{event.hold_id}"
-    if isinstance(event, billing_pb2.HoldExpired):
-        return f"hold.expired:{event.hold_id}"
-    if isinstance(event, billing_pb2.HoldReconciled):
-        return f"hold.reconciled:{event.hold_id}"
-    raise ValueError(f"{type(event).__name__} is not a billing event")
+    make = _EVENT_IDS.get(type(event))
+    if make is None:
+        raise ValueError(f"{type(event).__name__} is not a billing event")
+    return make(event)
 
 
 def event_account(event: Message) -> str:
@@ -99,7 +95,10 @@ def outbox_row(event: Message) -> tuple[str, str, str, str, bytes]:
     """The event's outbox row (topic, key, event id, headers, value), keyed by its account as ``record`` keys it.
     Made in the caller's context: the envelope carries the current trace."""
     env = envelope(event)
-    return Topics.BILLING, env.subject, env.id, json.dumps([[k, v.decode()] for k, v in env.headers()]), env.data
+    # The same JSON as ``json.dumps([[k, v], …])`` (what the relay reads back), a third of its cost: the keys are
+    # fixed ASCII names, only the values need escaping.
+    headers = "[" + ", ".join(f'["{k}", {encode_basestring(v.decode())}]' for k, v in env.headers()) + "]"
+    return Topics.BILLING, env.subject, env.id, headers, env.data
 
 
 OUTBOX_COLUMNS = ("topic", "key", "event_id", "headers", "value")
