@@ -6,7 +6,9 @@ A plain module (not conftest) so test modules can import it; conftest.py puts th
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -209,6 +211,7 @@ class FakeRouter(rgrpc.RouterServiceServicer):
     served_model: str = ""
     #: The streamed answer's pieces, one chunk each.
     pieces: list[str] = field(default_factory=lambda: list(STREAM_PIECES))
+    embed_requests: list[rpb.EmbedRequest] = field(default_factory=list)
 
     async def Complete(self, request: rpb.CompleteRequest, context: Ctx) -> rpb.CompleteResponse:
         self.requests.append(request)
@@ -246,6 +249,27 @@ class FakeRouter(rgrpc.RouterServiceServicer):
         yield rpb.StreamCompleteResponse(end=rpb.StreamEnd(usage=self.usage, provider="fakeai",
                                                            upstream_model="gpt-fake-2024", upstream_request_id="up_2",
                                                            model=self.served_model or request.model))
+
+    async def Embed(self, request: rpb.EmbedRequest, context: Ctx) -> rpb.EmbedResponse:
+        """One 3-dimension vector per input (OpenAI's body, either encoding), 5 prompt tokens per input."""
+        self.embed_requests.append(request)
+        body = orjson.loads(request.body_json)
+        if self.failure:
+            await abort(context, self.failure.code, self.failure.message, reason=self.failure.reason,
+                        retry_after=self.failure.retry_after)
+        inputs = body["input"] if isinstance(body["input"], list) and not isinstance(body["input"][0], int) else [0]
+        vector = [0.6, 0.8, 0.0]
+        encoded: Any = vector
+        if body.get("encoding_format") == "base64":
+            encoded = base64.b64encode(struct.pack("<3f", *vector)).decode()
+        tokens = 5 * len(inputs)
+        reply = {"object": "list", "model": "text-embedding-3-small", "usage": {"prompt_tokens": tokens,
+                                                                                 "total_tokens": tokens},
+                 "data": [{"object": "embedding", "index": i, "embedding": encoded} for i in range(len(inputs))]}
+        return rpb.EmbedResponse(body_json=orjson.dumps(reply), usage=rpb.Usage(prompt_tokens=tokens,
+                                                                                total_tokens=tokens),
+                                 provider="fakeai", upstream_model="text-embedding-3-small",
+                                 upstream_request_id="up_e", model=request.model)
 
     async def ListModels(self, request: rpb.ListModelsRequest, context: Ctx) -> rpb.ListModelsResponse:
         return rpb.ListModelsResponse(models=[rpb.Model(id="gpt-4o-mini", provider="openai", owned_by="openai"),

@@ -64,7 +64,10 @@ async def test_get_price_book_returns_upstream_and_rounded_up_resale_prices(
     reply = await stub.GetPriceBook(pb.GetPriceBookRequest())
     assert (reply.version, reply.currency, reply.markup_bps) == ("demo-2026-11", "USD", 2000)
     prices = {p.model: p for p in reply.prices}
-    assert set(prices) == {"gpt-4o-mini", "gpt-4o", "deepseek-chat", "claude-3-5-haiku", "gemini-2.0-flash"}
+    assert set(prices) == {"gpt-4o-mini", "gpt-4o", "deepseek-chat", "claude-3-5-haiku", "gemini-2.0-flash",
+                           "text-embedding-3-small", "text-embedding-3-large"}
+    small = prices["text-embedding-3-small"]  # an embedding model: input only, output priced 0 (resale 0 too)
+    assert (small.resale_input_price_nanos, small.resale_output_price_nanos) == (24, 0)
     mini = prices["gpt-4o-mini"]
     assert (mini.input_price_nanos, mini.output_price_nanos, mini.max_output_tokens) == (150, 600, 16384)
     assert (mini.resale_input_price_nanos, mini.resale_output_price_nanos) == (180, 720)

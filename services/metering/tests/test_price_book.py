@@ -36,6 +36,8 @@ def test_the_demo_book_is_the_documented_one() -> None:
         "deepseek-chat": (270, 1100, 8192),
         "claude-3-5-haiku": (800, 4000, 8192),
         "gemini-2.0-flash": (100, 400, 8192),
+        "text-embedding-3-small": (20, 0, 1),
+        "text-embedding-3-large": (130, 0, 1),
     }
     gpt = book.models["gpt-4o-mini"]
     assert (book.resale_input_price(gpt), book.resale_output_price(gpt)) == (180, 720)

@@ -34,7 +34,8 @@ def test_the_mock_serves_the_demo_catalogue_with_or_without_v1() -> None:
     for url in ("http://127.0.0.1:8090", "http://127.0.0.1:8090/v1/"):
         settings = Settings.from_env({"ROUTER_MOCK_BASE_URL": url})
         assert routes(settings) == {
-            **{m: ("mock", "http://127.0.0.1:8090/v1", m) for m in ("gpt-4o-mini", "gpt-4o", "deepseek-chat")},
+            **{m: ("mock", "http://127.0.0.1:8090/v1", m)
+               for m in ("gpt-4o-mini", "gpt-4o", "deepseek-chat", "text-embedding-3-small", "text-embedding-3-large")},
             # the mock speaks Anthropic's and Gemini's wire formats at its root
             "claude-3-5-haiku": ("mock-anthropic", "http://127.0.0.1:8090", "claude-3-5-haiku"),
             "gemini-2.0-flash": ("mock-gemini", "http://127.0.0.1:8090", "gemini-2.0-flash"),

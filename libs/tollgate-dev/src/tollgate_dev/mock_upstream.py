@@ -29,6 +29,7 @@ router forwards request bodies unchanged but not client headers, by the same-nam
 
 The same canned reply is served in every wire format (shapes in :mod:`tollgate_dev.mock_wire`):
 
+- OpenAI ``POST /v1/embeddings`` (deterministic unit vectors, float or base64: :mod:`tollgate_dev.mock_embeddings`);
 - OpenAI ``POST /v1/chat/completions``; Azure ``POST /openai/deployments/{d}/chat/completions?api-version=…``
   (404 without ``api-version``, as Azure);
 - Anthropic ``POST /v1/messages`` (``anthropic-version`` header required; streaming with the real event
@@ -65,6 +66,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import mock_embeddings
 from . import mock_wire as wire
 from .mock_faults import FAULTS, FaultRule, Faults
 from .mock_tokens import Reply, count_prompt_tokens, count_tokens
@@ -170,6 +172,7 @@ class MockUpstream:
                 web.post("/v1/chat/completions", self._chat_completions),
                 web.post("/openai/deployments/{deployment}/chat/completions", self._azure_chat_completions),
                 web.post("/v1/messages", self._anthropic_messages),
+                web.post("/v1/embeddings", self._embeddings),
                 web.post("/v1beta/models/{target}", self._gemini),
                 web.get("/_mock/faults", self._get_faults),
                 web.post("/_mock/faults", self._arm_fault),
@@ -301,6 +304,41 @@ class MockUpstream:
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         record = self._record(request, "openai", "Authorization")
         return await self._recorded(record, self._serve(request, record))
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI embeddings (shapes and vectors in :mod:`tollgate_dev.mock_embeddings`); faults by header or body
+        field as for chat (500, overloaded, 429, 401), recorded with ``format`` ``openai`` and its usage."""
+        record = self._record(request, "openai", "Authorization")
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
+        record["body"] = body
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            record["model"] = body["model"]
+        try:
+            fault, retry_after, latency_ms = self._fault(request, body, record, "mock_fault")
+            latency_ms += self._knob(request, body, "X-Mock-Latency-Ms", "mock_latency_ms")
+            vectors, tokens, encoding = mock_embeddings.embed(body, count_tokens)
+        except (_BadRequest, mock_embeddings.EmbeddingRejected) as exc:
+            record["status"] = 400
+            return _error(400, exc.message, "invalid_request_error", param=exc.param)
+        await self._delay(record, latency_ms)
+        if fault in ("500", "overloaded"):
+            record["status"] = 500
+            return _error(500, "The server had an error while processing your request. (mock fault)", "server_error")
+        if fault == "429":
+            record["status"] = 429
+            return _error(429, "Rate limit reached for requests. (mock fault)", "requests",
+                          code="rate_limit_exceeded", headers={"Retry-After": str(retry_after)})
+        if fault == "401":
+            record["status"] = 401
+            return _error(401, "Incorrect API key provided. (mock fault)", "invalid_request_error",
+                          code="invalid_api_key")
+        record["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        record["status"] = 200
+        reply = mock_embeddings.embedding_body(body["model"], vectors, tokens, encoding)
+        return web.Response(body=_dumps(reply), content_type="application/json", headers={"x-request-id": record["id"]})
 
     async def _azure_chat_completions(self, request: web.Request) -> web.StreamResponse:
         """Azure OpenAI: the deployment in the path, a required ``api-version``, the key in ``api-key``."""

@@ -22,7 +22,15 @@ from tollgate_common.ids import new_id
 from tollgate_common.logs import request_id_var
 from tollgate_common.telemetry import TraceparentMiddleware, spans_exported
 
-from . import admin_routes, anthropic_routes, group_routes, key_routes, openai_routes, responses_routes
+from . import (
+    admin_routes,
+    anthropic_routes,
+    embeddings_routes,
+    group_routes,
+    key_routes,
+    openai_routes,
+    responses_routes,
+)
 from .config import Settings
 from .deps import Deps, Services, services
 from .errors import IngressError, InternalError, InvalidRequest
@@ -190,6 +198,7 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(responses_routes.router)
+    app.include_router(embeddings_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(key_routes.router)
     app.include_router(group_routes.router)

@@ -1,4 +1,4 @@
-"""Ingress's typed client of the router: one completion, one stream, the catalogue.
+"""Ingress's typed client of the router: one completion, one stream, one embedding call, the catalogue.
 
 A completion comes back as a :class:`Completion`; a stream as chunks (``bytes``, OpenAI chunk JSON) and one last
 :class:`Served` with the usage. Failures are mapped once (:func:`~tollgate_ingress.channels.from_grpc`), for a
@@ -75,7 +75,7 @@ def _usage(pb: rpb.Usage) -> Usage:
     )
 
 
-def _served(pb: rpb.CompleteResponse | rpb.StreamEnd) -> Served:
+def _served(pb: rpb.CompleteResponse | rpb.StreamEnd | rpb.EmbedResponse) -> Served:
     return Served(_usage(pb.usage), pb.provider, pb.upstream_model, pb.upstream_request_id, pb.model)
 
 
@@ -117,6 +117,7 @@ class RouterClient:
         self._call = UnaryCaller("router", metadata, catalogue_timeout)
         self._complete_seconds = metrics.upstream_seconds.labels("router", "Complete")
         self._stream_seconds = metrics.upstream_seconds.labels("router", "StreamComplete")
+        self._embed_seconds = metrics.upstream_seconds.labels("router", "Embed")
 
     async def complete(self, request: RouteRequest) -> Completion:
         started = time.perf_counter()
@@ -124,6 +125,24 @@ class RouterClient:
             reply = await self._call(self._stub.Complete, _message(request), self._timeout)
         finally:
             self._complete_seconds.observe(time.perf_counter() - started)
+        return Completion(reply.body_json, _served(reply))
+
+    async def embed(self, request: RouteRequest) -> Completion:
+        """Embeddings: ``body_json`` is an OpenAI embeddings body; the answer is the upstream's, as it came."""
+        message = rpb.EmbedRequest(
+            request_id=request.request_id,
+            account_id=request.account_id,
+            model=request.model,
+            body_json=request.body_json,
+            constraints=_constraints(request.constraints),
+            key_id=request.key_id,
+            authorized_models=request.authorized_models,
+        )
+        started = time.perf_counter()
+        try:
+            reply = await self._call(self._stub.Embed, message, self._timeout)
+        finally:
+            self._embed_seconds.observe(time.perf_counter() - started)
         return Completion(reply.body_json, _served(reply))
 
     async def stream(self, request: RouteRequest) -> AsyncIterator[bytes | Served]:

@@ -241,6 +241,9 @@ DEMO_PRICE_BOOK = parse_price_book(
             "deepseek-chat": {"input_price_nanos": 270, "output_price_nanos": 1100, "max_output_tokens": 8192},
             "claude-3-5-haiku": {"input_price_nanos": 800, "output_price_nanos": 4000, "max_output_tokens": 8192},
             "gemini-2.0-flash": {"input_price_nanos": 100, "output_price_nanos": 400, "max_output_tokens": 8192},
+            # Embeddings bill their input only: no output tokens, so an output price of 0 and a cap of 1.
+            "text-embedding-3-small": {"input_price_nanos": 20, "output_price_nanos": 0, "max_output_tokens": 1},
+            "text-embedding-3-large": {"input_price_nanos": 130, "output_price_nanos": 0, "max_output_tokens": 1},
         },
     }
 )

@@ -38,6 +38,9 @@ DEMO_MODELS: dict[str, str] = {
     "deepseek-chat": "deepseek",
     "claude-3-5-haiku": "anthropic",
     "gemini-2.0-flash": "google",
+    # Embedding models (POST /v1/embeddings, served by the mock's OpenAI endpoint).
+    "text-embedding-3-small": "openai",
+    "text-embedding-3-large": "openai",
 }
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEEPSEEK_BASE_URL = "https://api.deepseek.com/v1"

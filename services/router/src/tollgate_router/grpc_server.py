@@ -21,6 +21,7 @@ from tollgate_common.telemetry import attach_traceparent
 
 from .application import Router
 from .domain import ModelEntry, Usage
+from .embeddings import Embedder
 from .errors import (
     InvalidRequest,
     ModelNotFound,
@@ -82,14 +83,16 @@ CALLERS: dict[str, frozenset[str]] = {
     "Complete": frozenset({"ingress"}),
     "StreamComplete": frozenset({"ingress"}),
     "ListModels": frozenset({"ingress"}),
+    "Embed": frozenset({"ingress"}),
 }
 
 
 @guard_servicer(CALLERS, pb_grpc.RouterServiceServicer)
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, router: Router, internal_auth: InternalAuth) -> None:
+    def __init__(self, router: Router, internal_auth: InternalAuth, embedder: Embedder | None = None) -> None:
         self.router = router
         self.internal_auth = internal_auth
+        self.embedder = embedder
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         request_id_var.set(request.request_id)
@@ -144,6 +147,33 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                         )
         except RouterError as error:
             await _abort(context, error)
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        request_id_var.set(request.request_id)
+        attach_traceparent(context)
+        if self.embedder is None:
+            await abort(context, grpc.StatusCode.UNIMPLEMENTED, "embeddings are not configured",
+                        reason="not_implemented")
+        assert self.embedder is not None
+        try:
+            result = await self.embedder.embed(
+                request_id=request.request_id,
+                model=request.model,
+                body_json=request.body_json,
+                deadline=context.time_remaining(),
+                account_id=request.account_id,
+                constraints=_constraints(request.constraints, request.authorized_models),
+            )
+        except RouterError as error:
+            await _abort(context, error)
+        return pb.EmbedResponse(
+            model=result.model,
+            body_json=result.body_json,
+            usage=_usage(result.usage),
+            provider=result.provider,
+            upstream_model=result.upstream_model,
+            upstream_request_id=result.upstream_request_id,
+        )
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

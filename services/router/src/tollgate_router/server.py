@@ -25,6 +25,7 @@ from tollgate_common.runtime import serve_until
 from .application import Router
 from .attempts import AttemptLog, open_database
 from .config import Settings
+from .embeddings import Embedder, OpenAIEmbeddingsAdapter
 from .grpc_server import SERVICE_NAME, RouterServicer, register
 from .kinds import KINDS
 from .openai_compat import create_session
@@ -68,7 +69,9 @@ class RouterServer:
             attempts=self._attempts,
         )
         self._grpc = GrpcServer(settings.grpc_host, settings.grpc_port)
-        self._grpc.add(register, RouterServicer(router, InternalAuth("router", settings.internal_keys)), SERVICE_NAME)
+        embedder = Embedder(router, OpenAIEmbeddingsAdapter(self._session, limits))
+        servicer = RouterServicer(router, InternalAuth("router", settings.internal_keys), embedder)
+        self._grpc.add(register, servicer, SERVICE_NAME)
         try:
             self.port = await self._grpc.start()
         except BaseException:

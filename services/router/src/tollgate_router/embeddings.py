@@ -1,0 +1,124 @@
+"""Embeddings: ``POST {base}/embeddings`` on OpenAI-compatible deployments (OpenAI, Azure, vLLM, the mock).
+
+Why a module of its own: an embedding call is routed like a chat call (same catalogue, policy constraints,
+``authorized_models``, breakers, retries, fallback and attempt log: :class:`~tollgate_router.application.Router`'s
+walk), but it has one wire format and no stream, so it needs neither the chat adapters nor their translation.
+Only deployments whose provider speaks OpenAI's embeddings API are candidates; a model with none is the caller's
+mistake (``InvalidRequest``), not an outage. The body crosses unchanged but for the model name (the provider's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from .application import Router, _adapter_bug
+from .domain import Completion, Route, Usage
+from .errors import InvalidRequest, RouterError, UpstreamUnavailable
+from .routing import Constraints
+from .upstream_http import DEFAULT_LIMITS, UpstreamLimits, post_raw
+
+__all__ = ["EMBEDDING_KINDS", "Embedder", "OpenAIEmbeddingsAdapter"]
+
+#: Provider kinds that serve OpenAI's embeddings API.
+EMBEDDING_KINDS = frozenset({"openai", "azure"})
+
+
+class OpenAIEmbeddingsAdapter:
+    """Speaks OpenAI's ``POST {base_url}/embeddings`` (Azure: its deployment URL and ``api-key``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, limits: UpstreamLimits = DEFAULT_LIMITS) -> None:
+        self._session = session
+        self._limits = limits
+
+    @staticmethod
+    def _url(route: Route) -> str:
+        base = route.provider.base_url.rstrip("/")
+        if route.provider.kind != "azure":
+            return base + "/embeddings"
+        version = route.provider.options.get("api_version", "")
+        if not version:
+            raise UpstreamUnavailable(f"The provider '{route.provider.name}' has no options.api_version configured.")
+        deployment = quote(route.upstream_model, safe="")
+        return f"{base}/openai/deployments/{deployment}/embeddings?api-version={quote(version, safe='')}"
+
+    @staticmethod
+    def _headers(route: Route, request_id: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if route.provider.api_key:
+            if route.provider.kind == "azure":
+                headers["api-key"] = route.provider.api_key
+            else:
+                headers["Authorization"] = f"Bearer {route.provider.api_key}"
+        if request_id:
+            headers["X-Client-Request-Id"] = request_id
+        return headers
+
+    async def embed(self, route: Route, body: dict[str, Any], *, request_id: str, timeout: float) -> Completion:
+        raw, header_id = await post_raw(
+            self._session, route, self._url(route), self._headers(route, request_id),
+            {**body, "model": route.upstream_model}, timeout=timeout, request_id_header="x-request-id",
+            limits=self._limits,
+        )
+        try:
+            reply = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamUnavailable(f"The provider '{route.provider.name}' answered with invalid JSON.") from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("usage"), dict):
+            raise UpstreamUnavailable(f"The provider '{route.provider.name}' answered without usage.")
+        usage = Usage.from_openai(reply["usage"])
+        # An embedding has no output tokens: whatever the upstream says of total_tokens, the bill is the input.
+        usage = replace(usage, completion_tokens=0, total_tokens=usage.prompt_tokens)
+        return Completion(body_json=raw, usage=usage, provider=route.provider.name,
+                          upstream_model=route.upstream_model, upstream_request_id=header_id)
+
+
+class Embedder:
+    """The router's walk over a model's deployments, for an embedding call."""
+
+    def __init__(self, router: Router, adapter: OpenAIEmbeddingsAdapter) -> None:
+        self.router = router
+        self.adapter = adapter
+
+    async def embed(
+        self,
+        *,
+        request_id: str,
+        model: str,
+        body_json: bytes,
+        deadline: float | None = None,
+        account_id: str = "",
+        constraints: Constraints | None = None,
+    ) -> Completion:
+        router = self.router
+        call = router._start(request_id=request_id, account_id=account_id, model=model, body_json=body_json,
+                             deadline=deadline, constraints=constraints or Constraints(), streamed=False)
+        call.candidates = [r for r in call.candidates if r.provider.kind in EMBEDDING_KINDS]
+        if not call.candidates:
+            raise InvalidRequest(f"The model '{model or call.body.get('model')}' is not served by any deployment "
+                                 "that provides embeddings.")
+        try:
+            while True:
+                route = await call.next_route()
+                attempt = call.begin(route)
+                try:
+                    result = await self.adapter.embed(route, call.body, request_id=request_id,
+                                                      timeout=call.timeout_of(attempt))
+                except RouterError as error:
+                    call.failed(attempt, error)
+                    continue
+                except asyncio.CancelledError:
+                    call.cancelled(attempt)
+                    raise
+                except Exception as exc:
+                    call.failed(attempt, _adapter_bug(route, exc))
+                    continue
+                upstream_id = call.succeeded(attempt, result.usage, result.upstream_request_id)
+                return replace(result, model=route.model, upstream_request_id=upstream_id)
+        finally:
+            await router._record(call)
