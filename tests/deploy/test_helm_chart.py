@@ -8,6 +8,7 @@ appear as Secret references, HPA/PDB that follow their switches, and values the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import importlib
 import os
@@ -37,7 +38,8 @@ KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 
 SERVICES = ("billing", "ingress", "metering", "policy", "router")
 GRPC_PORTS = {"router": 50051, "policy": 50052, "billing": 50053, "metering": 50054}
-SECRET_ENV_SUFFIXES = ("DATABASE_URL", "ADMIN_TOKEN", "API_KEY")
+SECRET_ENV_SUFFIXES = ("DATABASE_URL", "ADMIN_TOKEN", "API_KEY", "INTERNAL_SECRET", "INTERNAL_SECRET_PREVIOUS",
+                       "HASH_KEY", "SASL_USERNAME", "SASL_PASSWORD")
 #: Custom resources kubernetes-validate has no schema for; their shape is asserted by their own tests.
 CUSTOM_KINDS = {"KafkaTopic"}
 
@@ -133,6 +135,7 @@ MINIMAL_VALUES: dict[str, Any] = {
     "serviceAccount": {"create": False},
     "preStopSleepSeconds": 0,
     "helmTest": {"enabled": False},
+    "networkPolicy": {"enabled": False},
     "services": {
         name: {"databaseUrl": {"existingSecret": "", "key": ""}, "replicas": 1}
         for name in ("ingress", "policy", "billing", "metering")
@@ -177,7 +180,7 @@ def test_everything_on_renders_every_kind(full: Rendered) -> None:
         "HorizontalPodAutoscaler": 4,  # billing turns it off
         "PodDisruptionBudget": 5,
         "NetworkPolicy": 5,
-        "Ingress": 1,
+        "Ingress": 2,  # the public one and the admin host
         "KafkaTopic": 5,
         "Pod": 1,  # the `helm test` hook
     }
@@ -292,7 +295,14 @@ def process_environment(rendered: Rendered, service: str, files_root: Path) -> d
         if "value" in entry:
             env[name] = entry["value"]
         elif "secretKeyRef" in entry["valueFrom"]:
-            env[name] = "postgresql://tollgate:pw@db/tollgate" if name.endswith("DATABASE_URL") else "stand-in"
+            ref = entry["valueFrom"]["secretKeyRef"]
+            made = rendered.kind("Secret").get(ref["name"])  # the chart's own Secret: its real value
+            if made is not None:
+                env[name] = base64.b64decode(made["data"][ref["key"]]).decode()
+            elif name.endswith("DATABASE_URL"):
+                env[name] = "postgresql://tollgate:pw@db/tollgate"
+            else:
+                env[name] = "stand-in-secret-" + "x" * 32
         else:
             env[name] = "downward-api"
     pod = rendered.deployment(service)["spec"]["template"]["spec"]
@@ -410,8 +420,10 @@ def test_price_book_edit_rolls_metering_again(chart: helm.Chart) -> None:
 
 
 def test_credentials_only_ever_appear_as_secret_references(full: Rendered, default: Rendered) -> None:
+    assert full.kind("Secret") == {}
+    # The one Secret the chart makes holds random internal secrets, never a value from the values files.
+    assert list(default.kind("Secret")) == [f"{RELEASE}-tollgate-internal"]
     for rendered in (default, full):
-        assert rendered.kind("Secret") == {}
         for service in SERVICES:
             for name, entry in rendered.environment(service).items():
                 if name.endswith(SECRET_ENV_SUFFIXES) and not name.endswith("_FILE"):
@@ -449,7 +461,7 @@ def test_plaintext_secrets_are_refused(chart: helm.Chart, values: dict[str, Any]
 
 
 def test_minimal_install_switches_the_extras_off(minimal: Rendered) -> None:
-    assert {o["kind"] for o in minimal.objects} == {"ConfigMap", "Deployment", "Service"}
+    assert {o["kind"] for o in minimal.objects} == {"ConfigMap", "Deployment", "Service", "Secret"}
     for service in SERVICES:
         pod = minimal.deployment(service)["spec"]["template"]
         assert not any(k.startswith("prometheus.io/") for k in pod["metadata"]["annotations"])
@@ -538,23 +550,144 @@ def test_pods_run_non_root_on_a_read_only_root(which: str, request: pytest.Fixtu
     assert rendered.kind("ServiceAccount")
 
 
-def test_network_policy_keeps_grpc_inside_the_release(full: Rendered) -> None:
-    policies = full.kind("NetworkPolicy")
-    billing = policies[f"{RELEASE}-tollgate-billing"]["spec"]
-    grpc_rule = next(r for r in billing["ingress"] if r["ports"][0]["port"] == "grpc")
-    assert grpc_rule["from"] == [
-        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tollgate", "app.kubernetes.io/instance": RELEASE}}}
-    ]
-    ingress = policies[f"{RELEASE}-tollgate-ingress"]["spec"]
+def _component(selector: dict[str, Any]) -> str:
+    labels = selector["podSelector"]["matchLabels"]
+    assert (labels["app.kubernetes.io/name"], labels["app.kubernetes.io/instance"]) == ("tollgate", RELEASE)
+    return str(labels["app.kubernetes.io/component"])
+
+
+def test_network_policies_admit_only_each_services_callers(default: Rendered, full: Rendered) -> None:
+    """Per service pair: who may connect to each gRPC service is exactly who calls it (docs/architecture.md's
+    caller tables, and the helm test pod); ingress's HTTP port takes the configured controller's pods."""
+    expected = {"billing": {"ingress"}, "policy": {"ingress"}, "router": {"ingress"},
+                "metering": {"billing", "ingress", "ops"}}
+    for rendered in (default, full):
+        policies = rendered.kind("NetworkPolicy")
+        assert len(policies) == 5
+        for service, callers in expected.items():
+            spec = policies[f"{RELEASE}-tollgate-{service}"]["spec"]
+            assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == service
+            (grpc_rule,) = [r for r in spec["ingress"] if r["ports"][0]["port"] == "grpc"]
+            assert {_component(peer) for peer in grpc_rule["from"]} == callers | {"helm-test"}
+    spec = full.kind("NetworkPolicy")[f"{RELEASE}-tollgate-billing"]["spec"]
+    (metrics_rule,) = [r for r in spec["ingress"] if r["ports"][0]["port"] == "metrics"]
+    assert metrics_rule["from"] == FULL_VALUES["networkPolicy"]["metricsFrom"]
+    ingress = full.kind("NetworkPolicy")[f"{RELEASE}-tollgate-ingress"]["spec"]
     assert ingress["ingress"][0]["from"] == FULL_VALUES["networkPolicy"]["ingressFrom"]
 
 
+def _egress(rendered: Rendered, service: str) -> tuple[dict[str, set[int]], set[int]]:
+    """(peer component → ports, ports open to any or configured address) of a service's egress rules."""
+    spec = rendered.kind("NetworkPolicy")[f"{RELEASE}-tollgate-{service}"]["spec"]
+    assert "Egress" in spec["policyTypes"]
+    peers: dict[str, set[int]] = {}
+    elsewhere: set[int] = set()
+    for rule in spec["egress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        components = [_component(t) for t in rule.get("to", []) if list(t) == ["podSelector"]]
+        if components:
+            for component in components:
+                peers.setdefault(component, set()).update(ports)
+        else:
+            elsewhere |= ports
+    return peers, elsewhere
+
+
+def test_each_service_may_connect_only_to_its_peers_kafka_and_its_database(default: Rendered, full: Rendered) -> None:
+    peers, elsewhere = _egress(default, "ingress")
+    assert peers == {"billing": {50053}, "policy": {50052}, "router": {50051}}
+    assert elsewhere == {53, 9092, 9093, 5432}  # DNS, Kafka, the outbox database
+    assert _egress(default, "billing") == ({"metering": {50054}}, {53, 9092, 9093, 5432})
+    assert _egress(default, "metering") == ({}, {53, 9092, 9093, 5432})
+    assert _egress(default, "router") == ({}, {53, 9092, 9093, 443})  # the providers; no database
+    # Only the router reaches the providers; the collector only when one is configured.
+    assert 443 not in _egress(full, "billing")[1]
+    assert {4317, 4318} <= _egress(full, "billing")[1]
+    assert {4317, 4318}.isdisjoint(_egress(default, "billing")[1])
+    kafka = next(r for r in full.kind("NetworkPolicy")[f"{RELEASE}-tollgate-policy"]["spec"]["egress"]
+                 if {p["port"] for p in r["ports"]} == {9092, 9093})
+    assert kafka["to"] == FULL_VALUES["networkPolicy"]["egress"]["kafka"]["to"]
+
+
 def test_kubernetes_ingress_routes_to_the_ingress_service(full: Rendered) -> None:
-    (ing,) = full.kind("Ingress").values()
-    backends = {p["backend"]["service"]["name"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}
+    public = full.get("Ingress", f"{RELEASE}-tollgate-ingress")
+    backends = {p["backend"]["service"]["name"] for r in public["spec"]["rules"] for p in r["http"]["paths"]}
     assert backends == {f"{RELEASE}-tollgate-ingress"}
-    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert public["spec"]["ingressClassName"] == "nginx"
     assert "https://api.tollgate.example.com/v1" in full.notes
+
+
+def _routes(ingress: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(r["host"], p["path"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+
+
+def test_the_public_ingress_routes_only_v1_and_admin_gets_its_own_host(chart: helm.Chart, full: Rendered) -> None:
+    """`/admin/v1` and `/metrics` share ingress's port: a default install must not publish them."""
+    rendered = render(chart, {"kubernetesIngress": {"enabled": True}})
+    (public,) = rendered.kind("Ingress").values()
+    assert _routes(public) == {("tollgate.example.com", "/v1")}
+    admin = full.get("Ingress", f"{RELEASE}-tollgate-ingress-admin")
+    assert _routes(admin) == {("admin.tollgate.internal", "/admin/v1")}
+    assert admin["spec"]["ingressClassName"] == "nginx-internal"
+    assert _routes(full.get("Ingress", f"{RELEASE}-tollgate-ingress")) == {("api.tollgate.example.com", "/v1")}
+
+
+# --- internal authentication and Kafka security ---------------------------------------------------------------------
+
+
+def test_internal_secrets_are_generated_and_every_service_is_production(default: Rendered) -> None:
+    secret = default.get("Secret", f"{RELEASE}-tollgate-internal")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert set(values) == {"internal-secret", "policy-hash-key"}
+    assert all(len(v) >= 32 for v in values.values()) and values["internal-secret"] != values["policy-hash-key"]
+    for service in SERVICES:
+        env = default.environment(service)
+        assert env["TOLLGATE_ENV"]["value"] == "production"
+        assert env["TOLLGATE_INTERNAL_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{RELEASE}-tollgate-internal", "key": "internal-secret"}
+        assert "TOLLGATE_INTERNAL_SECRET_PREVIOUS" not in env
+        assert ("POLICY_HASH_KEY" in env) == (service == "policy")
+    assert default.environment("policy")["POLICY_HASH_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{RELEASE}-tollgate-internal", "key": "policy-hash-key"}
+
+
+def test_an_existing_secret_is_used_as_is_with_the_previous_secret_while_rotating(full: Rendered) -> None:
+    for service in SERVICES:
+        env = full.environment(service)
+        assert env["TOLLGATE_INTERNAL_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tollgate-internal", "key": "current"}
+        assert env["TOLLGATE_INTERNAL_SECRET_PREVIOUS"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tollgate-internal", "key": "previous"}
+    assert full.environment("policy")["POLICY_HASH_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tollgate-internal", "key": "dlp-hash-key"}
+
+
+def test_kafka_security_reaches_every_service(full: Rendered, default: Rendered) -> None:
+    for service in SERVICES:
+        prefix = service.upper()
+        env = full.environment(service)
+        assert env[f"{prefix}_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+        assert env[f"{prefix}_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+        assert env[f"{prefix}_KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tollgate-kafka-user", "key": "user"}
+        assert env[f"{prefix}_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tollgate-kafka-user", "key": "password"}
+        assert default.env_value(service, f"{prefix}_KAFKA_SECURITY_PROTOCOL") == "PLAINTEXT"
+        assert f"{prefix}_KAFKA_SASL_PASSWORD" not in default.environment(service)
+
+
+def test_kafka_tls_files_are_mounted_where_the_variables_point(chart: helm.Chart) -> None:
+    rendered = render(chart, {"kafka": {"security": {"protocol": "SSL", "tls": {
+        "existingSecret": "kafka-client-tls", "caKey": "ca.pem", "certKey": "tls.crt", "keyKey": "tls.key"}}}})
+    for service in SERVICES:
+        prefix = service.upper()
+        pod = rendered.deployment(service)["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == "kafka-client-tls"
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+        for variable, key in (("CA_FILE", "ca.pem"), ("CERT_FILE", "tls.crt"), ("KEY_FILE", "tls.key")):
+            assert rendered.env_value(service, f"{prefix}_KAFKA_SSL_{variable}") == f"{mount['mountPath']}/{key}"
 
 
 # --- helm test ------------------------------------------------------------------------------------------------------
@@ -631,6 +764,11 @@ async def test_helm_test_pod_checks_every_service(default: Rendered, ingress_sta
         ({"podDisruptionBudget": {"minAvailable": "half"}}, "/podDisruptionBudget/minAvailable"),
         ({"services": {"router": {"providerKeys": {"openai key": {"existingSecret": "s", "key": "k"}}}}}, "openai key"),
         ({"replicas": 2}, "replicas"),
+        ({"environment": "staging"}, "/environment"),
+        ({"kafka": {"security": {"protocol": "TLS"}}}, "/kafka/security/protocol"),
+        ({"kafka": {"security": {"saslMechanism": "GSSAPI"}}}, "/kafka/security/saslMechanism"),
+        ({"internalSecrets": {"secret": "hunter2hunter2hunter2hunter2hunter2"}}, "secret"),
+        ({"networkPolicy": {"egress": {"kafka": {"ports": ["9092"]}}}}, "/networkPolicy/egress/kafka/ports/0"),
     ],
     ids=[
         "replicas-two",
@@ -643,6 +781,11 @@ async def test_helm_test_pod_checks_every_service(default: Rendered, ingress_sta
         "pdb-garbage",
         "bad-env-name",
         "misplaced-key",
+        "environment",
+        "kafka-protocol",
+        "sasl-mechanism",
+        "internal-secret-as-value",
+        "egress-port-string",
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], where: str) -> None:

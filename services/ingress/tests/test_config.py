@@ -30,3 +30,12 @@ def test_values_are_read() -> None:
     s = Settings.from_env({"INGRESS_ADMIN_TOKEN": "t", "INGRESS_PORT": "9000", "INGRESS_LOG_LEVEL": "debug",
                            "INGRESS_KAFKA_SEND_TIMEOUT_SECONDS": "0.5"})
     assert (s.port, s.log_level, s.kafka_send_timeout_seconds) == (9000, "DEBUG", 0.5)
+
+
+def test_a_short_admin_token_is_refused_outside_development() -> None:
+    production = {"TOLLGATE_ENV": "production", "TOLLGATE_INTERNAL_SECRET": "s" * 32}
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({**production, "INGRESS_ADMIN_TOKEN": "a" * 31})
+    assert "INGRESS_ADMIN_TOKEN must be at least 32 characters outside development" in str(err.value)
+    assert Settings.from_env({**production, "INGRESS_ADMIN_TOKEN": "a" * 32}).admin_token == "a" * 32
+    assert Settings.from_env({"INGRESS_ADMIN_TOKEN": "short"}).admin_token == "short"  # development

@@ -75,6 +75,10 @@ ingress:
     BILLING_ADDR: billing
     POLICY_ADDR: policy
     ROUTER_ADDR: router
+  # Who may connect (NetworkPolicy); ingress's callers are `networkPolicy.ingressFrom`.
+  callers: []
+  # Egress beyond its peers, Kafka, DNS and telemetry: its database (the outbox).
+  database: true
 router:
   prefix: ROUTER
   protocol: grpc
@@ -87,6 +91,10 @@ router:
   # The attempt outbox: SQLite under /app/var (its default ROUTER_DATABASE_URL) on an emptyDir.
   localVar: true
   peers: {}
+  callers: [ingress]
+  database: false
+  # Egress to the model providers (`networkPolicy.egress.providers`).
+  providers: true
 policy:
   prefix: POLICY
   protocol: grpc
@@ -97,6 +105,8 @@ policy:
   databaseEnv: DATABASE_URL
   sqliteFile: policy.db
   peers: {}
+  callers: [ingress]
+  database: true
 billing:
   prefix: BILLING
   protocol: grpc
@@ -108,6 +118,8 @@ billing:
   sqliteFile: billing.db
   peers:
     METERING_ADDR: metering
+  callers: [ingress]
+  database: true
 metering:
   prefix: METERING
   protocol: grpc
@@ -118,6 +130,9 @@ metering:
   databaseEnv: DATABASE_URL
   sqliteFile: metering.db
   peers: {}
+  # GetPriceBook (billing, ops), GetUsageSummary (ingress, ops): docs/architecture.md "Internal authentication".
+  callers: [billing, ingress, ops]
+  database: true
 {{- end }}
 
 {{/* The catalog entry of one service, as YAML. Args: root, name. Fails on a service the chart does not know. */}}
@@ -190,6 +205,7 @@ Args: root, name.
 {{- $_ := set $env (printf "%s_%s" $p $facts.hostEnv) "0.0.0.0" }}
 {{- $_ := set $env (printf "%s_%s" $p $facts.portEnv) (toString $s.port) }}
 {{- $_ := set $env (printf "%s_LOG_LEVEL" $p) (toString $s.logLevel) }}
+{{- $_ := set $env "TOLLGATE_ENV" $root.Values.environment }}
 {{- if $facts.metricsEnv }}
 {{- $_ := set $env (printf "%s_%s" $p $facts.metricsEnv) (ternary (toString $root.Values.metrics.port) "0" $root.Values.metrics.enabled) }}
 {{- end }}
@@ -198,6 +214,17 @@ Args: root, name.
 {{- end }}
 {{- if $facts.kafka }}
 {{- $_ := set $env (printf "%s_KAFKA_BOOTSTRAP_SERVERS" $p) (required "kafka.bootstrapServers is required" $root.Values.kafka.bootstrapServers) }}
+{{- $_ := set $env (printf "%s_KAFKA_SECURITY_PROTOCOL" $p) $root.Values.kafka.security.protocol }}
+{{- with $root.Values.kafka.security.saslMechanism }}
+{{- $_ := set $env (printf "%s_KAFKA_SASL_MECHANISM" $p) . }}
+{{- end }}
+{{- with $root.Values.kafka.security.tls.existingSecret }}
+{{- range $var, $key := dict "CA_FILE" $root.Values.kafka.security.tls.caKey "CERT_FILE" $root.Values.kafka.security.tls.certKey "KEY_FILE" $root.Values.kafka.security.tls.keyKey }}
+{{- if $key }}
+{{- $_ := set $env (printf "%s_KAFKA_SSL_%s" $p $var) (printf "/etc/tollgate/kafka-tls/%s" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and $facts.databaseEnv (not $s.databaseUrl.existingSecret) }}
 {{- $_ := set $env (printf "%s_%s" $p $facts.databaseEnv) (printf "sqlite:////app/var/%s" $facts.sqliteFile) }}
@@ -292,4 +319,31 @@ data:
 - tollgate.billing.v1
 - tollgate.policy.v1
 - tollgate.attempts.v1
+{{- end }}
+
+{{/* Name of the Secret holding TOLLGATE_INTERNAL_SECRET and POLICY_HASH_KEY (given, or the one the chart makes). */}}
+{{- define "tollgate.internalSecretName" -}}
+{{- .Values.internalSecrets.existingSecret | default (printf "%s-internal" (include "tollgate.fullname" .)) }}
+{{- end }}
+
+{{/*
+The env entries every service gets from the internal Secret (TOLLGATE_INTERNAL_SECRET, the previous one while
+rotating, POLICY_HASH_KEY for policy) and from the Kafka SASL Secret. Args: root, name.
+*/}}
+{{- define "tollgate.internalEnv" -}}
+{{- $v := .root.Values.internalSecrets }}
+{{- $secret := include "tollgate.internalSecretName" .root }}
+{{- include "tollgate.secretEnv" (dict "env" "TOLLGATE_INTERNAL_SECRET" "ref" (dict "existingSecret" $secret "key" $v.internalSecretKey)) }}
+{{- if $v.previousInternalSecretKey }}
+{{ include "tollgate.secretEnv" (dict "env" "TOLLGATE_INTERNAL_SECRET_PREVIOUS" "ref" (dict "existingSecret" $secret "key" $v.previousInternalSecretKey)) }}
+{{- end }}
+{{- if eq .name "policy" }}
+{{ include "tollgate.secretEnv" (dict "env" "POLICY_HASH_KEY" "ref" (dict "existingSecret" $secret "key" $v.policyHashKeyKey)) }}
+{{- end }}
+{{- $sasl := .root.Values.kafka.security.sasl }}
+{{- if $sasl.existingSecret }}
+{{- $facts := include "tollgate.facts" . | fromYaml }}
+{{ include "tollgate.secretEnv" (dict "env" (printf "%s_KAFKA_SASL_USERNAME" $facts.prefix) "ref" (dict "existingSecret" $sasl.existingSecret "key" $sasl.usernameKey)) }}
+{{ include "tollgate.secretEnv" (dict "env" (printf "%s_KAFKA_SASL_PASSWORD" $facts.prefix) "ref" (dict "existingSecret" $sasl.existingSecret "key" $sasl.passwordKey)) }}
+{{- end }}
 {{- end }}

@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tollgate_common.config import EnvReader
-from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
+from tollgate_common.internal_auth import InternalKeys, in_development, internal_keys_from_env
 from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
 __all__ = ["Settings"]
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Outside development a shorter INGRESS_ADMIN_TOKEN is refused at start: it guards credits and keys.
+MIN_ADMIN_TOKEN_LENGTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,11 @@ class Settings:
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0.0),
             max_body_bytes=env.int("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
         )
+        if settings.admin_token and len(settings.admin_token) < MIN_ADMIN_TOKEN_LENGTH and not in_development(
+            env.environ
+        ):
+            env.problems.append(f"{env.name('ADMIN_TOKEN')} must be at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+                                "outside development")
         if settings.log_level not in _LEVELS:
             env.problems.append(f"{env.name('LOG_LEVEL')}={settings.log_level!r} must be one of {', '.join(_LEVELS)}")
         env.check()
