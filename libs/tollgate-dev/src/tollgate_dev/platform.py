@@ -169,6 +169,30 @@ class Platform:
         self._spawn(name, [sys.executable, "-m", f"tollgate_{name}"], env=self._env(name))
         self._wait_ready(name)
 
+    def add_replica(self, name: str, env: dict[str, str] | None = None) -> str:
+        """Start one more process of service ``name`` beside the first (same database, same broker), as a second
+        Kubernetes replica would run; ``env`` overrides its variables (e.g. a second ingress pointed at the second
+        billing). Returns the replica's process name (``billing#2``: its port is ``ports[that name]``, its log
+        ``logs/billing#2.log``). An ingress replica gets its own outbox database."""
+        replica = f"{name}#{sum(1 for n in self.processes if n.split('#')[0] == name) + 1}"
+        port = free_port()
+        self.ports[replica] = port
+        variables = self._env(name)
+        if name == "ingress":
+            variables["INGRESS_PORT"] = str(port)
+            outbox = self.config.var_dir / f"ingress-outbox-{replica.split('#')[1]}.db"
+            variables["INGRESS_OUTBOX_DATABASE_URL"] = f"sqlite:///{outbox}"
+        else:
+            variables[f"{name.upper()}_GRPC_PORT"] = str(port)
+        variables.update(env or {})
+        self._spawn(replica, [sys.executable, "-m", f"tollgate_{name}"], env=variables)
+        self._wait_ready(replica)
+        return replica
+
+    def url_of(self, ingress: str) -> str:
+        """The HTTP address of an ingress process (``ingress`` or a replica such as ``ingress#2``)."""
+        return f"http://127.0.0.1:{self.ports[ingress]}"
+
     def __enter__(self) -> Platform:
         self.start()
         return self
@@ -281,7 +305,7 @@ class Platform:
             time.sleep(0.1)
 
     def _ready(self, name: str) -> bool:
-        if name in GRPC_SERVICES:
+        if name.split("#")[0] in GRPC_SERVICES:
             import grpc
             from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -292,7 +316,7 @@ class Platform:
                     return False
                 return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
         try:
-            with urllib.request.urlopen(f"{self.ingress_url}/readyz", timeout=1.0) as resp:
+            with urllib.request.urlopen(f"{self.url_of(name)}/readyz", timeout=1.0) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
             return False
