@@ -56,6 +56,7 @@ class FakeBilling(bgrpc.BillingServiceServicer):
         self.authorize_failure: Failure | None = None
         #: Seconds Authorize takes before answering (a billing slower than ingress's deadline).
         self.authorize_delay = 0.0
+        self.key_info_calls = 0
         #: What Authorize says the hold's output cap is when the request gave none (billing: the model's cap).
         self.model_output_cap = 0
         self.balance_nanos = 10 * 10**9
@@ -84,6 +85,7 @@ class FakeBilling(bgrpc.BillingServiceServicer):
         )
 
     async def GetKeyInfo(self, request: bpb.GetKeyInfoRequest, context: Ctx) -> bpb.GetKeyInfoResponse:
+        self.key_info_calls += 1
         key = self.keys.get(request.api_key)
         if key is None:
             await abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown API key", reason="invalid_api_key")

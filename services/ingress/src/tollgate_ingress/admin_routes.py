@@ -34,7 +34,7 @@ from tollgate.policy.v1 import policy_service_pb2
 from .deps import services
 from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from .money import nanos_to_text, parse_amount
-from .openai_routes import bearer_token, read_body
+from .openai_routes import bearer_token, checked_key, peer, read_body
 
 __all__ = ["router"]
 
@@ -63,17 +63,23 @@ def _is_operator(request: Request, token: str) -> bool:
 
 
 async def require_operator(request: Request) -> None:
-    """Operator-only routes: the admin token and nothing else (no key look-up)."""
-    if not _is_operator(request, _admin_credential(request)):
+    """Operator-only routes: the admin token and nothing else (no key look-up). A peer that sent too many wrong
+    tokens gets 429 before its next one is compared (tollgate_ingress.admission)."""
+    token = _admin_credential(request)
+    throttle = services(request).gate.throttle
+    throttle.check(peer(request))
+    if not _is_operator(request, token):
+        throttle.failed(peer(request))
         raise AuthenticationFailed("Invalid admin token.", code="invalid_admin_token")
 
 
 async def require_account_admin(account_id: str, request: Request) -> None:
     """Keys and policy routes: the operator, or an API key that billing says is an admin of the path's account
-    (a revoked or expired key is refused by billing: 401)."""
+    (a revoked or expired key is refused by billing: 401). Wrong keys count against the peer like any other."""
     token = _admin_credential(request)
     if _is_operator(request, token):
         return
+    await checked_key(request, token)
     info = await services(request).keys.key_info(token)  # unknown key: billing's UNAUTHENTICATED, a 401
     if not (info.account_admin and info.account_id == account_id):
         raise PermissionDenied("This API key may not manage this account.", code="permission_denied")

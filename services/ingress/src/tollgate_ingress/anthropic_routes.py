@@ -30,7 +30,7 @@ from .deps import services
 from .domain import parse_chat_request
 from .errors import AuthenticationFailed, IngressError, InternalError
 from .metrics import Metrics
-from .openai_routes import bearer_token, read_body
+from .openai_routes import bearer_token, checked_key, peer, read_body
 from .sse import SseResponse
 from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 
@@ -82,12 +82,12 @@ class MessagesSseResponse(SseResponse):
 
 
 async def _messages(request: Request) -> Response:
-    key = api_key(request)
+    key = await checked_key(request, api_key(request))
     svc = services(request)
     parsed: MessagesRequest = parse_messages_request(await read_body(request, svc.settings.max_body_bytes))
     chat_request = parse_chat_request(orjson.dumps(parsed.chat_body))
     request_id: str = request.state.request_id
-    prepared = await svc.chat.prepare(key, request_id, chat_request)
+    prepared = await svc.chat.prepare(key, request_id, chat_request, peer(request))
     if not parsed.stream:
         completion = await svc.chat.complete(prepared)
         return Response(message_from_completion(completion, parsed, request_id, prepared.usage), media_type=JSON)
@@ -120,11 +120,10 @@ async def count_tokens(request: Request) -> Response:
     """The prompt's tokens, counted with the tokenizer that sizes the hold (cl100k: an estimate for Claude
     models, whose tokenizer is not public). Authenticated, not billed, as Anthropic's."""
     try:
-        key = api_key(request)
+        await checked_key(request, api_key(request))  # authenticates the caller before the body is read
         svc = services(request)
         parsed = parse_messages_request(await read_body(request, svc.settings.max_body_bytes), counting=True)
         chat_request = parse_chat_request(orjson.dumps(parsed.chat_body))
-        await svc.keys.key_info(key)  # authenticates the caller
         tokens = svc.chat.counter.messages(chat_request.messages, chat_request.prompt_extras)
     except IngressError as exc:
         return _error(exc)
@@ -134,7 +133,8 @@ async def count_tokens(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     """Anthropic's model list (``type: model``, ``display_name``, ``created_at``; one page)."""
     try:
-        reply = await services(request).keys.models(api_key(request), request.state.request_id)
+        reply = await services(request).keys.models(await checked_key(request, api_key(request)),
+                                                    request.state.request_id)
     except IngressError as exc:
         return _error(exc)
     created = datetime.fromtimestamp(0, UTC).isoformat().replace("+00:00", "Z")

@@ -13,10 +13,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .admission import ConcurrencyLimits, KeyGate, Slot
 from .billing_client import BillingClient
 from .catalogue import ModelDirectory
 from .domain import ChatRequest, Outcome, Usage
-from .errors import PermissionDenied, ServiceUnavailable, UpstreamTimeout, policy_violation
+from .errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable, UpstreamTimeout, policy_violation
 from .metrics import Metrics
 from .policy_client import Inspection, PolicyClient, RoutingConstraints, Verdict
 from .publisher import UsagePublisher
@@ -49,6 +50,13 @@ class Prepared:
     #: The usage billed for a non-streamed answer, once :meth:`ChatCompletions.complete` has it (the other wire
     #: formats report it in their own shape).
     usage: Usage | None = None
+    #: The key's place among its concurrent requests, given back when the answer (or the stream's task) ends.
+    slot: Slot | None = None
+
+    def release(self) -> None:
+        """Give the key's concurrency place back: when the answer is complete (or the stream's task ended)."""
+        if self.slot is not None:
+            self.slot.release()
 
     def route(self) -> RouteRequest:
         auth = self.settlement.auth
@@ -81,6 +89,8 @@ class ChatCompletions:
         publisher: UsagePublisher,
         counter: PromptTokenCounter,
         metrics: Metrics,
+        gate: KeyGate,
+        limits: ConcurrencyLimits,
         directory: ModelDirectory | None = None,
     ) -> None:
         self.billing = billing
@@ -89,13 +99,26 @@ class ChatCompletions:
         self.directory = directory or ModelDirectory(router)
         self.publisher = publisher
         self.counter = counter
+        self.gate = gate
+        self.limits = limits
         self.pump = StreamPump(router, counter, metrics)
         self.unknown_holds = UnknownHolds(billing, publisher)
 
     # --- before the router --------------------------------------------------------------------------------------
-    async def prepare(self, api_key: str, request_id: str, request: ChatRequest) -> Prepared:
-        """Authorize (place the hold) and apply the DLP verdict. After the hold is placed, every way out of here
-        closes it."""
+    async def prepare(self, api_key: str, request_id: str, request: ChatRequest, peer: str = "") -> Prepared:
+        """Take a place among the key's concurrent requests (429 when none is left), authorize (place the hold)
+        and apply the DLP verdict. After the hold is placed, every way out of here closes it; every way out but
+        the returned :class:`Prepared` gives the place back."""
+        slot = self.limits.acquire(api_key, stream=request.stream)
+        try:
+            prepared = await self._prepare(api_key, request_id, request, peer)
+        except BaseException:
+            slot.release()
+            raise
+        prepared.slot = slot
+        return prepared
+
+    async def _prepare(self, api_key: str, request_id: str, request: ChatRequest, peer: str) -> Prepared:
         prompt_tokens = self.counter.messages(request.messages, request.prompt_extras)
         candidates = await self.directory.resolve(request.candidate_models)
         try:
@@ -105,6 +128,9 @@ class ChatCompletions:
         except (UpstreamTimeout, ServiceUnavailable, asyncio.CancelledError):
             # Billing may have placed the hold without ingress hearing of it: close it, whatever happened.
             self.unknown_holds.close_later(api_key, request_id, request, candidates)
+            raise
+        except AuthenticationFailed:
+            self.gate.refused(api_key, peer)  # revoked or expired since the gate last asked
             raise
         settlement = Settlement(self.publisher, request, request_id, auth)
         try:
@@ -170,6 +196,8 @@ class ChatCompletions:
         except BaseException:
             settlement.close(Outcome.FAILED)
             raise
+        finally:
+            prepared.release()
         served = completion.served
         prepared.usage = served.usage
         settlement.close(

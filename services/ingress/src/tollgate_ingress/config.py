@@ -41,6 +41,11 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     #: Larger request bodies are refused (413) before they are read in full.
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Failed API keys and admin tokens a peer address may send per minute before it gets 429 (0: no throttle).
+    auth_failures_per_minute: int = 30
+    #: Requests (and, among them, streams) one API key may have in flight on this replica; more are 429 (0: no cap).
+    max_concurrent_requests_per_key: int = 256
+    max_concurrent_streams_per_key: int = 64
 
     #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
     #: only development allows (see tollgate_common.internal_auth).
@@ -68,6 +73,9 @@ class Settings:
             router_timeout_seconds=env.float("ROUTER_TIMEOUT_SECONDS", 300.0, minimum=1.0),
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0.0),
             max_body_bytes=env.int("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
+            auth_failures_per_minute=env.int("AUTH_FAILURES_PER_MINUTE", 30, minimum=0),
+            max_concurrent_requests_per_key=env.int("MAX_CONCURRENT_REQUESTS_PER_KEY", 256, minimum=0),
+            max_concurrent_streams_per_key=env.int("MAX_CONCURRENT_STREAMS_PER_KEY", 64, minimum=0),
         )
         if settings.admin_token and len(settings.admin_token) < MIN_ADMIN_TOKEN_LENGTH and not in_development(
             env.environ

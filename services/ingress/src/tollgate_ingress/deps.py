@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from tollgate_common.event_auth import EventSigner
 
+from .admission import ConcurrencyLimits, FailureThrottle, KeyGate
 from .billing_client import BillingClient
 from .channels import Channels
 from .chat import ChatCompletions
@@ -63,6 +64,8 @@ class Services:
     router: RouterClient
     chat: ChatCompletions
     keys: Keys
+    #: API keys checked (and failures throttled) before a body is read.
+    gate: KeyGate
 
     @classmethod
     def build(cls, settings: Settings, deps: Deps) -> Services:
@@ -74,14 +77,17 @@ class Services:
             channels.router, channels.metadata, timeout=settings.router_timeout_seconds, catalogue_timeout=timeout,
             metrics=metrics,
         )
+        gate = KeyGate(billing.key_info, FailureThrottle(settings.auth_failures_per_minute))
+        limits = ConcurrencyLimits(settings.max_concurrent_requests_per_key, settings.max_concurrent_streams_per_key)
         return cls(
             settings=settings,
             deps=deps,
             billing=billing,
             policy=policy,
             router=router,
-            chat=ChatCompletions(billing, policy, router, deps.publisher, PromptTokenCounter(), metrics),
+            chat=ChatCompletions(billing, policy, router, deps.publisher, PromptTokenCounter(), metrics, gate, limits),
             keys=Keys(billing, policy, router),
+            gate=gate,
         )
 
     async def shutdown(self, grace: float | None = None) -> None:

@@ -40,6 +40,8 @@ async def create_embeddings(
     except BaseException:
         settlement.close(Outcome.FAILED)
         raise
+    finally:
+        prepared.release()  # the key's concurrency place (tollgate_ingress.admission)
     served = embedded.served
     tokens = served.usage.prompt_tokens
     settlement.close(

@@ -17,7 +17,7 @@ from .money import ExactNumber, dumps_exact
 from .sse import SseResponse
 from .streaming import StreamFailed
 
-__all__ = ["bearer_token", "read_body", "router"]
+__all__ = ["bearer_token", "checked_key", "peer", "read_body", "router"]
 
 router = APIRouter()
 
@@ -40,6 +40,18 @@ def bearer_token(request: Request) -> str:
     return token
 
 
+def peer(request: Request) -> str:
+    """The address failed credentials are counted against (the direct peer: see README, "Edge limits")."""
+    return request.client.host if request.client else ""
+
+
+async def checked_key(request: Request, key: str) -> str:
+    """``key``, once the key gate knows it is good (tollgate_ingress.admission): before any body is read; 401 for
+    a key billing refused, 429 for a peer that sent too many of those."""
+    await services(request).gate.check(key, peer(request))
+    return key
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` (not after buffering it)."""
     declared = request.headers.get("content-length")
@@ -57,11 +69,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    api_key = bearer_token(request)
+    api_key = await checked_key(request, bearer_token(request))
     svc = services(request)
     chat_request = parse_chat_request(await read_body(request, svc.settings.max_body_bytes),
                                       request.headers.get(TAGS_HEADER))
-    prepared = await svc.chat.prepare(api_key, request.state.request_id, chat_request)
+    prepared = await svc.chat.prepare(api_key, request.state.request_id, chat_request, peer(request))
     if not chat_request.stream:
         return Response(await svc.chat.complete(prepared), media_type=JSON)
     session = svc.chat.stream(prepared)
@@ -82,14 +94,15 @@ async def list_models(request: Request) -> Response:
         from .anthropic_routes import list_models as anthropic_models
 
         return await anthropic_models(request)
-    reply = await services(request).keys.models(bearer_token(request), request.state.request_id)
+    reply = await services(request).keys.models(await checked_key(request, bearer_token(request)),
+                                                request.state.request_id)
     data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by or m.provider} for m in reply]
     return Response(dumps_exact({"object": "list", "data": data}), media_type=JSON)
 
 
 @router.get("/v1/key")
 async def key_info(request: Request) -> Response:
-    info = await services(request).keys.key_info(bearer_token(request))
+    info = await services(request).keys.key_info(await checked_key(request, bearer_token(request)))
     data = {
         "label": info.label,
         "balance": ExactNumber.of_nanos(info.balance_nanos),

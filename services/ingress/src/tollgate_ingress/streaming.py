@@ -146,6 +146,7 @@ class StreamPump:
                 await session.deliver(StreamEnded(end.usage))
         finally:
             self.metrics.streams_in_flight.dec()
+            prepared.release()
 
     async def _forward(self, session: StreamSession, scanned: Awaitable[list[bytes]]) -> bool:
         """Queue what the scanner lets through; False (after queueing the error) when the policy stops the answer
