@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(run=_replay)
 
     _add_audit(sub, common)
+    _add_reconcile(sub, common)
+    _add_rerate(sub, common)
+    _add_status(sub, common)
     return parser
 
 
@@ -136,8 +139,6 @@ def _window(args: argparse.Namespace) -> tuple[int, int]:
     if to <= args.from_:
         raise BadUsage("--to must be after --from")
     return args.from_, to
-
-
 
 
 AUDIT_EPILOG = """\
@@ -210,6 +211,155 @@ def _audit_verify(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, t
         except (ValueError, KeyError, TypeError) as exc:
             raise BadUsage(f"{args.directory / MANIFEST} is not a readable manifest ({exc})") from None
         return (EXIT_OK if report.intact else EXIT_DIFFERENT), report
+
+    return run()
+
+
+RECONCILE_EPILOG = """\
+examples:
+  tollgate reconcile --kafka kafka:9092 --db billing=sqlite:///var/billing.db --db metering=sqlite:///var/metering.db
+  tollgate reconcile --account acct_42 --grace 300 --json
+
+gap kinds: usage_not_rated, rated_without_usage, usage_not_settled, settled_more_than_once,
+attempt_without_usage, unbalanced_transaction, ledger_not_zero, wallet_balance, wallet_held.
+"""
+
+
+def _add_reconcile(sub: Any, common: argparse.ArgumentParser) -> None:
+    rc = sub.add_parser("reconcile", parents=[common], help="is every request rated once, settled once, billed?",
+                        description="Completeness of the money trail: every UsageRecorded has exactly one rating "
+                                    "and one capture or expiry, every successful upstream attempt has a usage event, "
+                                    "every ledger transaction and the ledger net to zero, wallets agree with their "
+                                    "postings and open holds. Gaps are listed by id; exit 1 if there is any.",
+                        epilog=RECONCILE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rc.add_argument("--db", action="append", metavar="[SERVICE=]URL",
+                    help="the live databases, read-only (default: BILLING_DATABASE_URL, METERING_DATABASE_URL)")
+    rc.add_argument("--kafka", default=None, metavar="BOOTSTRAP",
+                    help="read tollgate.usage.v1 and tollgate.attempts.v1 here (default: KAFKA_BOOTSTRAP_SERVERS…)")
+    rc.add_argument("--no-kafka", action="store_true",
+                    help="only the databases (metering's archive stands for the usage topic; attempts unchecked)")
+    rc.add_argument("--account", action="append", metavar="ACCOUNT_ID", help="only these accounts (repeat)")
+    rc.add_argument("--grace", type=float, default=60.0, metavar="SECONDS",
+                    help="what is younger may still be in the pipeline: in flight, not a gap (default 60)")
+    rc.set_defaults(run=_reconcile)
+
+
+def _reconcile(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from .reconcile import reconcile
+
+    stores = live_locations(args.db, "--db")
+    if args.grace < 0:
+        raise BadUsage("--grace is 0 or more seconds")
+    kafka = None if args.no_kafka else (args.kafka or _kafka_default())
+
+    async def run() -> tuple[int, Any]:
+        report = await reconcile(stores, kafka=kafka, accounts=args.account, grace_s=args.grace, bars=bars)
+        return (EXIT_OK if report.complete else EXIT_DIFFERENT), report
+
+    return run()
+
+
+RERATE_EPILOG = """\
+examples:
+  tollgate rerate --price-book prices-2027.yaml --from 2026-11-01 --to 2026-12-01 --db sqlite:///var/metering.db
+  tollgate rerate --price-book eur-book.yaml --fx fx.yaml --account acct_42 --json
+
+exit status 0 once the report is printed (a what-if has no "difference" to fail on), 2 on bad usage.
+"""
+
+
+def _add_rerate(sub: Any, common: argparse.ArgumentParser) -> None:
+    rr = sub.add_parser("rerate", parents=[common], help="what-if margins under another price book (read-only)",
+                        description="Re-rate a period's rated usage under another price book (and exchange rates), "
+                                    "per account, model and project, beside what was charged. Reads metering's "
+                                    "rated_usage through a read-only connection; writes nothing anywhere.",
+                        epilog=RERATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rr.add_argument("--price-book", required=True, type=Path, metavar="FILE",
+                    help="a price book YAML, as METERING_PRICE_BOOK_FILE takes")
+    rr.add_argument("--from", dest="from_", type=parse_time, default=0, metavar="TIME",
+                    help="first usage instant included (default: the beginning)")
+    rr.add_argument("--to", type=parse_time, default=None, metavar="TIME", help="first excluded (default: now)")
+    rr.add_argument("--account", action="append", metavar="ACCOUNT_ID", help="only these accounts (repeat)")
+    rr.add_argument("--fx", type=Path, metavar="FILE", help='exchange rates, YAML/JSON: {"USD/EUR": "0.92"}')
+    rr.add_argument("--db", action="append", metavar="[metering=]URL",
+                    help="metering's database, read-only (default: METERING_DATABASE_URL)")
+    rr.set_defaults(run=_rerate)
+
+
+def _rerate(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from .rerate import rerate
+
+    values = [v if "=" in v.split("://")[0] else f"metering={v}" for v in (args.db or [])]
+    metering = live_locations(values, "--db", needed=("metering",))["metering"]
+    window = _window(args)
+
+    async def run() -> tuple[int, Any]:
+        report = await rerate(metering, args.price_book, window, accounts=args.account, fx_path=args.fx, bars=bars)
+        return EXIT_OK, report
+
+    return run()
+
+
+STATUS_EPILOG = """\
+examples:
+  tollgate status
+  tollgate status --grpc billing=billing:50053 --ingress http://ingress:8080 --kafka kafka:9092 --json
+"""
+
+
+def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
+    st = sub.add_parser("status", parents=[common], help="health, consumer lag, outbox backlogs, holds",
+                        description="The platform at a glance: each service's health, consumer lag per group and "
+                                    "topic, unpublished outbox rows, open holds and expired ones awaiting "
+                                    "reconciliation. Exit 1 when a service is not serving.",
+                        epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("--db", action="append", metavar="[SERVICE=]URL",
+                    help="billing's and metering's databases, read-only (default: BILLING_/METERING_DATABASE_URL)")
+    st.add_argument("--outbox", action="append", default=[], metavar="SERVICE=URL",
+                    help="another service's outbox database, e.g. ingress=sqlite:///var/ingress-outbox.db")
+    st.add_argument("--grpc", action="append", default=[], metavar="SERVICE=HOST:PORT",
+                    help="where a gRPC service answers (default: ROUTER_ADDR, POLICY_ADDR, BILLING_ADDR, "
+                         "METERING_ADDR, else 127.0.0.1:50051…50054)")
+    st.add_argument("--ingress", default=None, metavar="URL",
+                    help="ingress's base URL (default: TOLLGATE_INGRESS_URL, else http://127.0.0.1:8080)")
+    st.add_argument("--kafka", default=None, metavar="BOOTSTRAP", help="the broker (default: KAFKA_BOOTSTRAP_SERVERS…)")
+    st.set_defaults(run=_status)
+
+
+GRPC_DEFAULTS = {"router": ("ROUTER_ADDR", 50051), "policy": ("POLICY_ADDR", 50052),
+                 "billing": ("BILLING_ADDR", 50053), "metering": ("METERING_ADDR", 50054)}
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise BadUsage(f"{what}: give SERVICE=VALUE, not {value!r}")
+        out[name] = rest
+    return out
+
+
+def _status(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from .status import status
+    from .targets import DEFAULT_SCHEMAS, Location
+
+    databases = dict(live_locations(args.db, "--db"))
+    for name, url in _pairs(args.outbox, "--outbox").items():
+        parse_locations([f"billing={url}"], "--outbox", needed=("billing",))  # the URL's checks and messages
+        databases[name] = Location(url, DEFAULT_SCHEMAS.get(name, name))
+    given = _pairs(args.grpc, "--grpc")
+    unknown = sorted(set(given) - set(GRPC_DEFAULTS))
+    if unknown:
+        raise BadUsage(f"--grpc: no gRPC service {', '.join(unknown)} (one of {', '.join(GRPC_DEFAULTS)})")
+    addresses = {name: given.get(name) or os.environ.get(env, "").strip() or f"127.0.0.1:{port}"
+                 for name, (env, port) in GRPC_DEFAULTS.items()}
+    ingress = args.ingress or os.environ.get("TOLLGATE_INGRESS_URL", "").strip() or "http://127.0.0.1:8080"
+
+    async def run() -> tuple[int, Any]:
+        report = await status(databases, grpc_addresses=addresses, ingress_url=ingress,
+                              kafka=args.kafka or _kafka_default(), bars=bars)
+        return (EXIT_OK if report.healthy else EXIT_DIFFERENT), report
 
     return run()
 
