@@ -25,6 +25,7 @@ from tollgate_common.telemetry import TraceparentMiddleware, spans_exported
 from . import (
     admin_routes,
     anthropic_routes,
+    completions_routes,
     embeddings_routes,
     group_routes,
     key_routes,
@@ -199,6 +200,7 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
     app.include_router(anthropic_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(embeddings_routes.router)
+    app.include_router(completions_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(key_routes.router)
     app.include_router(group_routes.router)
