@@ -38,6 +38,7 @@ test: install lint
 bench: install
 	$(PY) -m bench.run
 	$(PY) -m bench.cpu --seconds 5
+	$(PY) -m bench.pipeline
 
 lint: install
 	.venv/bin/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -19,6 +20,7 @@ from tollgate_dev.testing import fresh_postgres
 from tollgate_metering.app import MeteringApp
 from tollgate_metering.config import Settings
 from tollgate_metering.tables import aggregates, archive, messaging, rated_usage
+from tollgate_metering.validation import TRUNCATED_TAG, shorten
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 Rated = tuple[Any, Envelope]
@@ -159,7 +161,8 @@ async def test_a_duplicate_usage_recorded_is_rated_once_also_after_the_broker_fo
 
 class TestPoisonUsage:
     """Issue 12: an upstream request id longer than its column (201 characters) made PostgreSQL refuse the whole
-    batch, which was read again forever: metering stopped rating for every account on that partition."""
+    batch, which was read again forever: metering stopped rating for every account on that partition. Every value
+    is now checked against its column first (``tollgate_metering.validation``), on both databases alike."""
 
     @pytest.fixture(params=["sqlite", "postgres"])
     async def poison_app(self, request: pytest.FixtureRequest, broker: str,
@@ -179,29 +182,85 @@ class TestPoisonUsage:
             finally:
                 await app.stop()
 
-    async def test_an_over_long_upstream_request_id_does_not_stop_rating(
+    async def _parked(self, app: MeteringApp) -> dict[str, str]:
+        parked = messaging.parked_events
+        assert parked is not None and app.metering is not None
+        async with app.metering.sessions() as s:
+            rows = (await s.execute(select(parked.c.event_id, parked.c.topic, parked.c.reason))).all()
+        assert {r.topic for r in rows} <= {Topics.USAGE}
+        return {r.event_id: r.reason for r in rows}
+
+    async def test_an_over_long_upstream_request_id_is_shortened_noted_and_rated(
         self, poison_app: MeteringApp, broker: str, make_usage: Any
     ) -> None:
         bad = make_usage("req_long", account="acc_p")
         msg = bad.message()
-        msg.upstream_request_id = "x" * 201
+        long_id = "x" * 150 + "y" * 51
+        msg.upstream_request_id = long_id
         bad = dataclasses.replace(bad, data=msg.SerializeToString())
         await publish(broker, make_usage("req_before", account="acc_p"), bad,
                       make_usage("req_after", account="acc_p"))
 
+        seen = await read_rated(broker, _has("req_before", "req_long", "req_after"))
+        [out] = [e.message() for _, e in seen if e.id == "req_long"]
+        assert isinstance(out, usage_pb2.UsageRated)
+        assert out.resale_price_nanos > 0 and out.tags[TRUNCATED_TAG] == "upstream_request_id"
+        assert await self._parked(poison_app) == {}
+        assert poison_app.metering is not None
+        async with poison_app.metering.sessions() as s:
+            stored = (await s.execute(select(rated_usage.c.upstream_request_id, rated_usage.c.tags)
+                                      .where(rated_usage.c.request_id == "req_long"))).one()
+            original = (await s.execute(select(archive.c.data).where(archive.c.event_id == "req_long"))).scalar_one()
+        # A prefix and a hash of the whole value: 200 characters, distinct for distinct values.
+        assert len(stored.upstream_request_id) == 200 and stored.upstream_request_id.startswith("x" * 150 + "y")
+        assert stored.upstream_request_id == shorten(long_id, 200) != shorten(long_id + "z", 200)
+        assert TRUNCATED_TAG in stored.tags
+        assert usage_pb2.UsageRecorded.FromString(original).upstream_request_id == long_id  # the archive: whole
+
+    async def test_values_that_do_not_fit_their_column_are_parked_and_the_partition_goes_on(
+        self, poison_app: MeteringApp, broker: str, make_usage: Any
+    ) -> None:
+        def altered(event_id: str, change: Callable[[usage_pb2.UsageRecorded], None]) -> Envelope:
+            env = make_usage(event_id, account="acc_p")
+            msg = env.message()
+            assert isinstance(msg, usage_pb2.UsageRecorded)
+            change(msg)
+            return dataclasses.replace(env, data=msg.SerializeToString())
+
+        def set_usage(**counts: int) -> Callable[[usage_pb2.UsageRecorded], None]:
+            def change(msg: usage_pb2.UsageRecorded) -> None:
+                for name, value in counts.items():
+                    setattr(msg.usage, name, value)
+            return change
+
+        bad = {
+            "neg_cached": altered("neg_cached", set_usage(cached_prompt_tokens=-1)),
+            "neg_prompt": altered("neg_prompt", set_usage(prompt_tokens=-5)),
+            "huge_prompt": altered("huge_prompt", set_usage(prompt_tokens=2**63 - 1)),  # the amount overflows
+            "long_request": altered("long_request", lambda m: setattr(m, "request_id", "r" * 201)),
+            "long_key": altered("long_key", lambda m: setattr(m, "key_id", "k" * 201)),
+            "far_future": altered("far_future", lambda m: setattr(m, "occurred_at_unix_ms", 2**62)),
+            "long_subject": dataclasses.replace(make_usage("long_subject", account="acc_p"), subject="s" * 201),
+        }
+        await publish(broker, make_usage("req_before", account="acc_p"), *bad.values(),
+                      make_usage("req_after", account="acc_p"))
+
         seen = await read_rated(broker, _has("req_before", "req_after"))
-        assert {"req_before", "req_after"} <= {e.id for _, e in seen}
-        assert poison_app.consumer is not None and poison_app.metering is not None
-        parked = messaging.parked_events
-        assert parked is not None
-        if poison_app.engine is not None and poison_app.engine.dialect.name == "postgresql":
-            # PostgreSQL refuses the row: the event is parked, named, and not rated.
-            async with poison_app.metering.sessions() as s:
-                rows = (await s.execute(select(parked.c.event_id, parked.c.topic, parked.c.reason))).all()
-            assert [(r.event_id, r.topic) for r in rows] == [("req_long", Topics.USAGE)]
-            assert "too long" in rows[0].reason and "x" * 50 not in rows[0].reason
-            assert await _count(poison_app, rated_usage, rated_usage.c.request_id == "req_long") == 0
-        else:
-            # SQLite does not enforce VARCHAR lengths: the event is rated like any other, nothing parked.
-            assert await _count(poison_app, rated_usage, rated_usage.c.request_id == "req_long") == 1
-            assert await _count(poison_app, parked) == 0
+        assert {e.id for _, e in seen} == {"req_before", "req_after"}
+        for _ in range(300):  # long_subject is keyed by its subject: maybe on another partition, parked later
+            if len(parked := await self._parked(poison_app)) >= len(bad):
+                break
+            await asyncio.sleep(0.1)
+        assert set(parked) == set(bad)
+        assert "cached_prompt_tokens is negative" in parked["neg_cached"]
+        assert "prompt_tokens is negative" in parked["neg_prompt"]
+        assert "64-bit" in parked["huge_prompt"]
+        assert "request_id is 201 characters" in parked["long_request"]
+        assert "key_id is 201 characters" in parked["long_key"]
+        assert "occurred_at_unix_ms" in parked["far_future"]
+        assert "ce_subject is 201 characters" in parked["long_subject"]
+        assert all("rrrr" not in reason and "kkkk" not in reason for reason in parked.values())
+        assert await _count(poison_app, rated_usage) == 2
+        assert poison_app.consumer is not None and poison_app.consumer.parked == len(bad)
+        [summary] = await poison_app.metering.usage_summary("acc_p")  # type: ignore[union-attr]
+        assert summary.requests == 2

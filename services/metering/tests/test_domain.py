@@ -164,7 +164,7 @@ class TestChain:
 
     def test_an_edited_payload_is_detected(self) -> None:
         events = chain_from("acc", None, self.ITEMS)
-        events[1] = dataclasses.replace(events[1], data=b"forged")
+        events[1] = events[1]._replace(data=b"forged")
         assert [(p.seq, p.kind) for p in verify_chain("acc", events)] == [(2, "edited")]
 
     def test_a_removed_event_is_a_gap(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Integer, LargeBinary, String, Table, Text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-__all__ = ["insert_rows", "select_rows", "update_rows"]
+__all__ = ["insert_rows", "select_rows", "update_rows", "where_id_in"]
 
 #: SQLite's default limit is 32,766 bound parameters a statement; stay well under it.
 _SQLITE_MAX_PARAMS = 30_000
@@ -156,3 +156,20 @@ async def select_rows(
         sql = f"SELECT {cols} FROM {name} WHERE {k} IN ({', '.join('?' * len(chunk))}) ORDER BY {k}"
         found.extend((await c.exec_driver_sql(sql, chunk)).all())
     return found
+
+
+async def where_id_in(
+    conn: AsyncConnection | AsyncSession, statement: str, table: Table, column: str, ids: Sequence[int]
+) -> None:
+    """Run ``statement`` (``UPDATE t SET … `` or ``DELETE FROM t``, as written, with no bound parameter) for the rows
+    whose integer ``column`` is in ``ids``: one statement on PostgreSQL (``= ANY($1::int8[])``), one
+    ``executemany`` on SQLite. What the outbox relay runs after each published batch: SQLAlchemy's expanding
+    ``IN`` would compile and bind one parameter per id."""
+    if not ids:
+        return
+    c = await _connection(conn)
+    col = c.dialect.identifier_preparer.quote(table.c[column].name)
+    if c.dialect.name == "postgresql":
+        await c.exec_driver_sql(f"{statement} WHERE {col} = ANY($1::int8[])", (list(ids),))
+        return
+    await c.exec_driver_sql(f"{statement} WHERE {col} = ?", [(i,) for i in ids])

@@ -180,21 +180,13 @@ class MessagingTables:
     async def add_many_to_outbox(
         self, conn: AsyncConnection | AsyncSession, topic: str, events: Sequence[Envelope]
     ) -> None:
-        """Bulk form of :meth:`add_to_outbox` (one statement); the message key is each event's subject."""
-        if events:
-            await conn.execute(
-                insert(self.outbox),
-                [
-                    {
-                        "topic": topic,
-                        "key": env.subject,
-                        "event_id": env.id,
-                        "headers": json.dumps([[k, v.decode()] for k, v in env.headers()]),
-                        "value": env.data,
-                    }
-                    for env in events
-                ],
-            )
+        """Bulk form of :meth:`add_to_outbox` (one plain-SQL statement, rows as tuples); the message key is each
+        event's subject."""
+        await insert_rows(
+            conn, self.outbox, ("topic", "key", "event_id", "headers", "value"),
+            [(topic, env.subject, env.id, json.dumps([[k, v.decode()] for k, v in env.headers()]), env.data)
+             for env in events],
+        )
 
     async def load_offsets(self, conn: AsyncConnection | AsyncSession, group_id: str) -> dict[tuple[str, int], int]:
         t = self.consumer_offsets

@@ -21,10 +21,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .bulk import where_id_in
 from .db import READ_ONLY, MessagingTables
 from .event_auth import EventSigner, SigningProducer
 from .events import Envelope
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 #: (session, envelope, record) → effect. Runs inside the consumer's transaction; must not commit.
 Handler = Callable[[AsyncSession, Envelope, ConsumerRecord], Awaitable[None]]
 #: (session, fresh envelopes in partition order) → effect, for a whole Kafka batch at once. Same transaction rules.
-BatchApply = Callable[[AsyncSession, list[Envelope]], Awaitable[None]]
+#: May return the envelopes it refused, each with a reason: they are parked in the same transaction.
+BatchApply = Callable[[AsyncSession, list[Envelope]], Awaitable["Sequence[tuple[Envelope, str]] | None"]]
 #: What ``replay_topics`` hands over: a batch of (envelope, record), read-only, no transaction of ours.
 BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
 #: (envelope, raw headers) → None to apply it, or the reason to park it (``event_auth.EventVerifier``).
@@ -224,12 +226,12 @@ class OutboxRelay:
             if self.write_turn is not None:
                 await stack.enter_async_context(self.write_turn())
             session = await stack.enter_async_context(self.sessions.begin())
+            name = session.get_bind().dialect.identifier_preparer.quote(t.name)
             if self.keep:
-                await session.execute(
-                    update(t).where(t.c.id.in_(ids)).values(published_at_unix_ms=int(time.time() * 1000))
-                )
+                statement = f"UPDATE {name} SET published_at_unix_ms = {int(time.time() * 1000)}"
             else:
-                await session.execute(t.delete().where(t.c.id.in_(ids)))
+                statement = f"DELETE FROM {name}"
+            await where_id_in(session, statement, t, "id", ids)
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -305,8 +307,10 @@ class DbOffsetConsumer:
     On a transient error the batch rolls back and is read again after a pause: nothing skipped, nothing doubled.
 
     Hooks: :meth:`decode` is the one place a record becomes an :class:`Envelope` (verify it there; raise
-    :class:`UnusableRecord` to park it); ``write_turn`` is entered around each batch transaction (billing queues
-    its SQLite writers on it); ``after_commit`` runs after each committed transaction.
+    :class:`UnusableRecord` to park it); a ``batch_handler`` may return the envelopes it refuses (e.g. a payload
+    that does not fit the columns), parked the same way in the batch's own transaction; ``write_turn`` is entered
+    around each batch transaction (billing queues its SQLite writers on it); ``after_commit`` runs after each
+    committed transaction.
     """
 
     def __init__(
@@ -491,21 +495,25 @@ class DbOffsetConsumer:
             if self.write_turn is not None:
                 await stack.enter_async_context(self.write_turn())
             session = await stack.enter_async_context(self.sessions.begin())
-            parsed: list[tuple[Envelope, ConsumerRecord]] = []
+            parsed: list[tuple[Envelope, Item]] = []
             unusable: list[tuple[Item, BaseException]] = []
             for tp, record in items:
                 try:
-                    parsed.append((self.decode(record), record))
+                    parsed.append((self.decode(record), (tp, record)))
                 except UnusableRecord as exc:
                     unusable.append(((tp, record), exc))
             fresh_flags = await self.tables.mark_processed(session, [(env.source, env.id) for env, _ in parsed])
             fresh = [item for item, is_new in zip(parsed, fresh_flags, strict=True) if is_new]
+            refused: Sequence[tuple[Envelope, str]] | None = None
             if fresh:
                 if self.batch_handler is not None:
-                    await self.batch_handler(session, [env for env, _ in fresh])
+                    refused = await self.batch_handler(session, [env for env, _ in fresh])
+                    if refused:
+                        where = {id(env): item for env, item in fresh}
+                        unusable += [(where[id(env)], UnusableRecord(reason)) for env, reason in refused]
                 else:
                     assert self.handler is not None
-                    for env, record in fresh:
+                    for env, (_, record) in fresh:
                         await self.handler(session, env, record)
             if unusable and self.tables.parked_events is not None:
                 await self.tables.park(session, self._parked_rows(unusable))
@@ -513,7 +521,7 @@ class DbOffsetConsumer:
                 log.error("records that are not usable skipped (no parked_events table)",
                           extra={"group": self.group_id, "records": len(unusable)})
             await self.tables.store_offsets(session, self.group_id, _next_offsets(items))
-        self.applied += len(fresh)
+        self.applied += len(fresh) - len(refused or ())
         if unusable and self.tables.parked_events is not None:
             self._count_parked(len(unusable))
         if self.after_commit:

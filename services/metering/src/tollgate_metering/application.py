@@ -9,27 +9,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.events import Envelope, Topics, envelope_for
-from tollgate_common.telemetry import extract_traceparent
+from tollgate_common.telemetry import extract_traceparent, spans_exported
 
 from .domain import (
     ChainProblem,
     PriceBook,
     RatedUsage,
+    UsageRecord,
     chain_from,
     effective_book,
     rate,
+    unix_ms_to_iso,
     verify_chain,
 )
 from .errors import InvalidRequest, InvalidUsage, PriceBookConflict, PriceBookError
 from .messages import usage_rated_message, usage_record
+from .metrics import FIELDS_SHORTENED
 from .repository import MeteringRepository, SummaryRow, aggregate_deltas, rated_row
+from .validation import ARCHIVE_ACCOUNT_LENGTH, envelope_problem, shorten_fields, usage_problem
 
 __all__ = ["SERVICE", "USAGE_RECORDED", "Metering", "RecordedBatch"]
 
@@ -38,6 +42,8 @@ _tracer = trace.get_tracer("tollgate_metering")
 
 SERVICE = "metering"
 USAGE_RECORDED = "tollgate.usage.v1.usage.recorded"
+USAGE_RATED = "tollgate.usage.v1.usage.rated"
+RATED_SOURCE = f"//tollgate/{SERVICE}"
 
 
 def _now_ms() -> int:
@@ -51,6 +57,8 @@ class RecordedBatch:
     rated: list[RatedUsage]
     archived: int
     skipped: int
+    #: Events that cannot be rated as they are, with the reason (the live consumer parks them).
+    refused: list[tuple[Envelope, str]] = field(default_factory=list)
 
 
 class Metering:
@@ -116,21 +124,39 @@ class Metering:
         self, session: AsyncSession, events: Sequence[Envelope], *, publish: bool
     ) -> RecordedBatch:
         """Rate, store, aggregate and archive already-deduplicated usage events inside the caller's transaction;
-        with ``publish`` also write each ``UsageRated`` to the outbox (never in a rebuild)."""
+        with ``publish`` also write each ``UsageRated`` to the outbox (never in a rebuild).
+
+        A fixed number of plain-SQL statements per batch, whatever its size (one per table: the rated rows, the
+        aggregates summed in memory first, the archive and its heads, the outbox). Events that cannot be stored
+        as they are (:mod:`.validation`) are archived and returned in ``refused`` with a reason, never rated."""
         repo = MeteringRepository(session)
         now = self.clock()
         to_archive: dict[str, list[tuple[str, str, str, str, str, bytes]]] = {}
-        decoded = []
+        decoded: list[tuple[Envelope, UsageRecord]] = []
+        refused: list[tuple[Envelope, str]] = []
         for env in events:
             account = env.subject
             if env.type == USAGE_RECORDED:
+                problem = None
                 try:
-                    record = usage_record(usage_pb2.UsageRecorded.FromString(env.data))
-                    decoded.append((env, record))
-                    account = record.account_id or account
+                    msg = usage_pb2.UsageRecorded.FromString(env.data)
                 except DecodeError:
-                    log.error("usage event does not decode; archived, not rated",
-                              extra={"event_id": env.id, "event_source": env.source})
+                    problem = "the payload is not a UsageRecorded"
+                else:
+                    if 0 < len(msg.account_id) <= ARCHIVE_ACCOUNT_LENGTH:
+                        account = msg.account_id
+                    problem = usage_problem(msg)
+                    if problem is None:
+                        shortened = shorten_fields(msg)
+                        if shortened:
+                            log.warning("usage event strings shortened to fit; rated, the archive keeps them whole",
+                                        extra={"event_id": env.id, "fields": ",".join(shortened)})
+                            FIELDS_SHORTENED.inc(len(shortened))
+                        decoded.append((env, usage_record(msg)))
+                if problem is not None:
+                    refused.append((env, problem))
+                    log.error("usage event refused; archived, not rated",
+                              extra={"event_id": env.id, "event_source": env.source, "reason": problem})
             else:
                 log.warning("event type metering does not rate; archived only",
                             extra={"event_id": env.id, "event_type": env.type})
@@ -139,24 +165,25 @@ class Metering:
         done = await repo.rated_request_ids([r.request_id for _, r in decoded])
         rated: list[tuple[Envelope, RatedUsage]] = []
         for env, record in decoded:
-            ids = {"request_id": record.request_id, "account_id": record.account_id, "event_id": env.id}
-            if not record.request_id or not record.account_id:
-                log.error("usage event without request or account id; archived, not rated", extra=ids)
-                continue
             if record.request_id in done:
-                log.warning("request already rated under another event id; not rated again", extra=ids)
+                log.warning("request already rated under another event id; not rated again",
+                            extra={"request_id": record.request_id, "account_id": record.account_id,
+                                   "event_id": env.id})
                 continue
             done.add(record.request_id)
             book = self.price_book_at(record.occurred_at_unix_ms)
             try:
                 rating = rate(book, record.model, record.usage)
             except InvalidUsage as exc:
-                log.error("usage event cannot be rated; archived, not rated", extra=ids | {"error": str(exc)})
+                refused.append((env, str(exc)))
+                log.error("usage event cannot be rated; archived, not rated",
+                          extra={"request_id": record.request_id, "event_id": env.id, "reason": str(exc)})
                 continue
             if not rating.priced:
                 log.error(
                     "model missing from the price book; rated at zero and marked unpriced",
-                    extra=ids | {"model": record.model, "price_book_version": book.version},
+                    extra={"request_id": record.request_id, "account_id": record.account_id, "event_id": env.id,
+                           "model": record.model, "price_book_version": book.version},
                 )
             rated.append((env, RatedUsage(record, rating, now)))
 
@@ -165,24 +192,42 @@ class Metering:
         heads = await repo.archive_heads(to_archive)
         chained = [ev for acct, items in to_archive.items() for ev in chain_from(acct, heads.get(acct), items)]
         await repo.append_archive(chained, now)
-        if publish:
-            outbox = []
+        if publish and rated:
+            await repo.add_to_outbox(Topics.USAGE_RATED, self._rated_envelopes(rated, now))
+        return RecordedBatch(rated=[r for _, r in rated], archived=len(chained),
+                             skipped=len(events) - len(rated), refused=refused)
+
+    @staticmethod
+    def _rated_envelopes(rated: Sequence[tuple[Envelope, RatedUsage]], now: int) -> list[Envelope]:
+        """The ``UsageRated`` events of a batch. Each continues the trace of the ``UsageRecorded`` it rates: with a
+        collector, under a producer span of its own; without one, by carrying the incoming ``traceparent`` as it
+        came (a span per event that nobody exports costs more than rating it)."""
+        if spans_exported():
+            out = []
             for env, r in rated:
-                # Each UsageRated continues the trace of the UsageRecorded it rates (traceparent header).
                 with _tracer.start_as_current_span(
                     "metering publish usage.rated", context=extract_traceparent(env.traceparent),
                     kind=trace.SpanKind.PRODUCER,
                 ):
-                    outbox.append(envelope_for(usage_rated_message(r), id=r.record.request_id, service=SERVICE,
-                                               subject=r.record.account_id, at_unix_ms=now))
-            await repo.add_to_outbox(Topics.USAGE_RATED, outbox)
-        return RecordedBatch(
-            rated=[r for _, r in rated], archived=len(chained), skipped=len(events) - len(rated)
-        )
+                    out.append(envelope_for(usage_rated_message(r), id=r.record.request_id, service=SERVICE,
+                                            subject=r.record.account_id, at_unix_ms=now))
+            return out
+        stamp = unix_ms_to_iso(now)
+        return [Envelope(id=r.record.request_id, source=RATED_SOURCE, type=USAGE_RATED, subject=r.record.account_id,
+                         time=stamp, data=usage_rated_message(r).SerializeToString(), traceparent=env.traceparent)
+                for env, r in rated]
 
     async def replay_usage(self, events: Sequence[Envelope]) -> RecordedBatch:
         """The rebuild's path, in one transaction: dedupe on (source, id), then :meth:`record_usage` without
         publishing. (The live consumer's base class does that dedupe itself before handing a batch over.)"""
+        usable = []
+        for env in events:
+            problem = envelope_problem(env)
+            if problem is None:
+                usable.append(env)
+            else:  # the live consumer parks these before its dedupe (``UsageConsumer.decode``)
+                log.error("event refused; not archived", extra={"event_id": env.id[:200], "reason": problem})
+        events = usable
         async with self.sessions.begin() as session:
             fresh = await MeteringRepository(session).mark_processed([(e.source, e.id) for e in events])
             return await self.record_usage(

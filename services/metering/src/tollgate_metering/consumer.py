@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import DbOffsetConsumer, RecordCheck
+from tollgate_common.kafka import DbOffsetConsumer, RecordCheck, UnusableRecord
 from tollgate_common.kafka_security import KafkaSecurity
 
 from .application import Metering, RecordedBatch
 from .metrics import EVENTS_ARCHIVED, USAGE_RATED, USAGE_UNPRICED
 from .tables import messaging
+from .validation import envelope_problem
 
 __all__ = ["CONSUMER_GROUP", "UsageConsumer"]
 
@@ -51,11 +53,21 @@ class UsageConsumer(DbOffsetConsumer):
         self._notify = after_commit
         self._uncommitted: RecordedBatch | None = None
 
-    async def _record(self, session: AsyncSession, events: list[Envelope]) -> None:
-        """Rate, store, aggregate, archive and queue ``UsageRated`` for a batch the base class already deduped."""
+    def decode(self, record: ConsumerRecord) -> Envelope:
+        """Park, before the dedupe, an event whose CloudEvent attributes do not fit the dedupe and archive columns."""
+        env = super().decode(record)
+        problem = envelope_problem(env)
+        if problem is not None:
+            raise UnusableRecord(problem)
+        return env
+
+    async def _record(self, session: AsyncSession, events: list[Envelope]) -> list[tuple[Envelope, str]]:
+        """Rate, store, aggregate, archive and queue ``UsageRated`` for a batch the base class already deduped;
+        returns the events refused (:mod:`.validation`), which the base class parks in the same transaction."""
         # Read in this transaction: on SQLite a second connection would wait for this one's write lock.
         await self.metering.refresh_price_books(PRICE_BOOK_MAX_AGE_SECONDS, session)
-        self._uncommitted = await self.metering.record_usage(session, events, publish=True)
+        self._uncommitted = batch = await self.metering.record_usage(session, events, publish=True)
+        return batch.refused
 
     def _committed(self) -> None:
         """Count only what committed (a batch that rolls back is read and counted again), then wake the relay."""

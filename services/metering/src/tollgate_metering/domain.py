@@ -7,14 +7,14 @@ rounded-up per-token resale prices is never below the rated price of the same re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import InvalidPriceBook, InvalidUsage
 
@@ -271,8 +271,12 @@ def effective_book(books: Sequence[PriceBook], at_unix_ms: int) -> PriceBook:
 # --- rating -----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class UsageFacts:
+# Records, ratings and archived events are NamedTuples rather than frozen dataclasses: just as immutable, and built
+# several times faster (a frozen dataclass sets each field through object.__setattr__), which counts at tens of
+# thousands of events per second.
+
+
+class UsageFacts(NamedTuple):
     """The token counts of one request, as the upstream reported them."""
 
     prompt_tokens: int
@@ -281,8 +285,7 @@ class UsageFacts:
     reasoning_tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Rating:
+class Rating(NamedTuple):
     """What one request cost us and what we charge for it, with the prices that produced the numbers."""
 
     price_book_version: str
@@ -313,20 +316,11 @@ def rate(book: PriceBook, model: str, usage: UsageFacts) -> Rating:
     resale = apply_markup(cost, book.markup_bps)
     if resale > INT64_MAX:
         raise InvalidUsage(f"rated amount {resale} does not fit a 64-bit integer")
-    return Rating(
-        price_book_version=book.version,
-        currency=book.currency,
-        markup_bps=book.markup_bps,
-        input_price_nanos=price.input_price_nanos,
-        output_price_nanos=price.output_price_nanos,
-        upstream_cost_nanos=cost,
-        resale_price_nanos=resale,
-        priced=True,
-    )
+    return Rating(book.version, book.currency, book.markup_bps, price.input_price_nanos, price.output_price_nanos,
+                  cost, resale, True)
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
+class UsageRecord(NamedTuple):
     """One request's usage as ingress recorded it (``UsageRecorded``), in domain terms."""
 
     request_id: str
@@ -347,8 +341,7 @@ class UsageRecord:
     tags: Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class RatedUsage:
+class RatedUsage(NamedTuple):
     """A usage record with its rating: the row metering stores and the ``UsageRated`` it publishes."""
 
     record: UsageRecord
@@ -360,11 +353,19 @@ class RatedUsage:
         return utc_day(self.record.occurred_at_unix_ms)
 
 
+_DAY_MS = 86_400_000
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_name(day_number: int) -> str:
+    return (date(1970, 1, 1) + timedelta(days=day_number)).isoformat()
+
+
 def utc_day(unix_ms: int) -> str:
     """The UTC calendar day (``YYYY-MM-DD``) an event happened on: the aggregates' time bucket."""
     if unix_ms <= 0:
         return "1970-01-01"
-    return (date(1970, 1, 1) + timedelta(milliseconds=unix_ms)).isoformat()
+    return _day_name(unix_ms // _DAY_MS)
 
 
 def unix_ms_to_iso(unix_ms: int) -> str:
@@ -374,8 +375,7 @@ def unix_ms_to_iso(unix_ms: int) -> str:
 # --- the audit hash chain ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ArchivedEvent:
+class ArchivedEvent(NamedTuple):
     """One archived event of one account. ``hash`` covers every field but itself, plus the previous hash, so an
     edit anywhere, a removed event or a reordering breaks the chain from that point on."""
 
@@ -402,11 +402,11 @@ def canonical_bytes(
     data: bytes,
 ) -> bytes:
     """Length-prefixed fields: unambiguous (no separator can be smuggled into a field) and stable forever."""
-    parts = [
+    parts = (
         account_id.encode(), str(seq).encode(), event_id.encode(), event_type.encode(), source.encode(),
         subject.encode(), event_time.encode(), data,
-    ]
-    return b"".join(struct.pack(">Q", len(p)) + p for p in parts)
+    )
+    return b"".join([piece for p in parts for piece in (len(p).to_bytes(8, "big"), p)])
 
 
 def chain_hash(prev_hash: str, canonical: bytes) -> str:
@@ -455,16 +455,18 @@ def verify_chain(
 def chain_from(
     account_id: str, head: tuple[int, str] | None, items: Sequence[tuple[str, str, str, str, str, bytes]]
 ) -> list[ArchivedEvent]:
-    """Append ``items`` (event_id, type, source, subject, time, data) after ``head``: the archive's write path."""
+    """Append ``items`` (event_id, type, source, subject, time, data) after ``head``: the archive's write path.
+    (:func:`chain_hash` per event, with the previous digest kept in raw bytes between events.)"""
     seq, prev = head if head is not None else (0, GENESIS_HASH)
+    prev_raw = bytes.fromhex(prev)
     out: list[ArchivedEvent] = []
     for event_id, event_type, source, subject, event_time, data in items:
         seq += 1
-        digest = chain_hash(
-            prev, canonical_bytes(account_id, seq, event_id, event_type, source, subject, event_time, data)
-        )
+        raw = hashlib.sha256(
+            prev_raw + canonical_bytes(account_id, seq, event_id, event_type, source, subject, event_time, data)
+        ).digest()
+        digest = raw.hex()
         out.append(ArchivedEvent(account_id, seq, event_id, event_type, source, subject, event_time, data,
                                  prev, digest))
-        prev = digest
+        prev, prev_raw = digest, raw
     return out
-

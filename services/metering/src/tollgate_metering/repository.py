@@ -8,13 +8,13 @@ set-based (one statement per table per batch) because a rebuild pushes hundreds 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from tollgate_common.bulk import insert_rows
 from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope
 from tollgate_common.migrations import migrate
@@ -22,7 +22,15 @@ from tollgate_common.migrations import migrate
 from .domain import ArchivedEvent, PriceBook, RatedUsage
 from .tables import aggregates, archive, archive_heads, messaging, price_books, rated_usage
 
-__all__ = ["AGGREGATE_KEY", "AGGREGATE_SUMS", "MeteringRepository", "StoredPriceBook", "SummaryRow", "open_database"]
+__all__ = [
+    "AGGREGATE_KEY",
+    "AGGREGATE_SUMS",
+    "RATED_COLUMNS",
+    "MeteringRepository",
+    "StoredPriceBook",
+    "SummaryRow",
+    "open_database",
+]
 
 AGGREGATE_KEY = ("account_id", "key_id", "model", "day", "team", "project", "currency")
 AGGREGATE_SUMS = (
@@ -60,44 +68,32 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[i : i + _IN_CHUNK]
 
 
-def rated_row(rated: RatedUsage, event_source: str) -> dict[str, Any]:
-    r, g = rated.record, rated.rating
-    return {
-        "request_id": r.request_id,
-        "event_source": event_source,
-        "account_id": r.account_id,
-        "key_id": r.key_id,
-        "hold_id": r.hold_id,
-        "model": r.model,
-        "provider": r.provider,
-        "upstream_model": r.upstream_model,
-        "upstream_request_id": r.upstream_request_id,
-        "prompt_tokens": r.usage.prompt_tokens,
-        "completion_tokens": r.usage.completion_tokens,
-        "total_tokens": r.total_tokens,
-        "cached_prompt_tokens": r.usage.cached_prompt_tokens,
-        "reasoning_tokens": r.usage.reasoning_tokens,
-        "outcome": r.outcome,
-        "streamed": r.streamed,
-        "team": r.team,
-        "project": r.project,
-        "tags": json.dumps(dict(sorted(r.tags.items())), separators=(",", ":")),
-        "occurred_at_unix_ms": r.occurred_at_unix_ms,
-        "rated_at_unix_ms": rated.rated_at_unix_ms,
-        "currency": g.currency,
-        "exchange_rate": "",
-        "price_book_version": g.price_book_version,
-        "markup_bps": g.markup_bps,
-        "input_price_nanos": g.input_price_nanos,
-        "output_price_nanos": g.output_price_nanos,
-        "upstream_cost_nanos": g.upstream_cost_nanos,
-        "resale_price_nanos": g.resale_price_nanos,
-        "priced": g.priced,
-    }
+#: ``rated_usage`` columns in the order :func:`rated_row` gives them.
+RATED_COLUMNS = (
+    "request_id", "event_source", "account_id", "key_id", "hold_id", "model", "provider", "upstream_model",
+    "upstream_request_id", "prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens",
+    "reasoning_tokens", "outcome", "streamed", "team", "project", "tags", "occurred_at_unix_ms", "rated_at_unix_ms",
+    "currency", "exchange_rate", "price_book_version", "markup_bps", "input_price_nanos", "output_price_nanos",
+    "upstream_cost_nanos", "resale_price_nanos", "priced",
+)
 
 
-def aggregate_deltas(rated: Iterable[RatedUsage]) -> list[dict[str, Any]]:
-    """Sum a batch in memory first: one upsert per aggregate row instead of one per event."""
+def rated_row(rated: RatedUsage, event_source: str) -> tuple[Any, ...]:
+    """One ``rated_usage`` row, in :data:`RATED_COLUMNS` order."""
+    r, g, u = rated.record, rated.rating, rated.record.usage
+    tags = json.dumps(r.tags, sort_keys=True, separators=(",", ":")) if r.tags else "{}"
+    return (
+        r.request_id, event_source, r.account_id, r.key_id, r.hold_id, r.model, r.provider, r.upstream_model,
+        r.upstream_request_id, u.prompt_tokens, u.completion_tokens, r.total_tokens, u.cached_prompt_tokens,
+        u.reasoning_tokens, r.outcome, r.streamed, r.team, r.project, tags, r.occurred_at_unix_ms,
+        rated.rated_at_unix_ms, g.currency, "", g.price_book_version, g.markup_bps, g.input_price_nanos,
+        g.output_price_nanos, g.upstream_cost_nanos, g.resale_price_nanos, g.priced,
+    )
+
+
+def aggregate_deltas(rated: Iterable[RatedUsage]) -> list[tuple[Any, ...]]:
+    """Sum a batch in memory first: one upsert row per aggregate key instead of one per event. Rows are
+    ``AGGREGATE_KEY + AGGREGATE_SUMS`` in order."""
     sums: dict[tuple[str, ...], list[int]] = {}
     for item in rated:
         r, g = item.record, item.rating
@@ -112,10 +108,15 @@ def aggregate_deltas(rated: Iterable[RatedUsage]) -> list[dict[str, Any]]:
         acc[4] += r.usage.reasoning_tokens
         acc[5] += g.upstream_cost_nanos
         acc[6] += g.resale_price_nanos
-    return [
-        dict(zip(AGGREGATE_KEY, key, strict=True)) | dict(zip(AGGREGATE_SUMS, acc, strict=True))
-        for key, acc in sums.items()
-    ]
+    return [(*key, *acc) for key, acc in sums.items()]
+
+
+_ADD_TO_AGGREGATES = (
+    f"ON CONFLICT ({', '.join(AGGREGATE_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{name} = {aggregates.name}.{name} + excluded.{name}" for name in AGGREGATE_SUMS)
+)
+_ARCHIVE_COLUMNS = ("account_id", "seq", "event_id", "event_type", "source", "subject", "event_time", "data",
+                    "prev_hash", "hash", "archived_at_unix_ms")
 
 
 class MeteringRepository:
@@ -123,11 +124,6 @@ class MeteringRepository:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    def _insert(self, table: Table) -> Any:
-        """The dialect's INSERT, for ON CONFLICT (SQLite and PostgreSQL spell it the same way)."""
-        dialect = self.session.get_bind().dialect.name
-        return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
     # --- price books --------------------------------------------------------------------------------------------
     async def price_books(self) -> list[StoredPriceBook]:
@@ -175,20 +171,15 @@ class MeteringRepository:
             found.update(rows.scalars())
         return found
 
-    async def add_rated(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            await self.session.execute(insert(rated_usage), list(rows))
+    async def add_rated(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rated rows (tuples from :func:`rated_row`) in one statement."""
+        await insert_rows(self.session, rated_usage, RATED_COLUMNS, rows)
 
-    async def add_to_aggregates(self, deltas: Sequence[Mapping[str, Any]]) -> None:
-        """Upsert: insert new aggregate rows, add to existing ones (one statement, both dialects)."""
-        if not deltas:
-            return
-        stmt = self._insert(aggregates)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(AGGREGATE_KEY),
-            set_={name: aggregates.c[name] + stmt.excluded[name] for name in AGGREGATE_SUMS},
-        )
-        await self.session.execute(stmt, list(deltas))
+    async def add_to_aggregates(self, deltas: Sequence[Sequence[Any]]) -> None:
+        """Upsert (rows from :func:`aggregate_deltas`): insert new aggregate rows, add to existing ones, in one
+        statement (both dialects spell the upsert the same)."""
+        await insert_rows(self.session, aggregates, (*AGGREGATE_KEY, *AGGREGATE_SUMS), deltas,
+                          on_conflict=_ADD_TO_AGGREGATES)
 
     async def usage_summary(self, account_id: str) -> list[SummaryRow]:
         a = aggregates.c
@@ -233,38 +224,22 @@ class MeteringRepository:
         return heads
 
     async def append_archive(self, events: Sequence[ArchivedEvent], archived_at_unix_ms: int) -> None:
-        """Insert chained events and move each account's head to its last one."""
+        """Insert chained events and move each account's head to its last one (one statement each)."""
         if not events:
             return
-        await self.session.execute(
-            insert(archive),
-            [
-                {
-                    "account_id": e.account_id,
-                    "seq": e.seq,
-                    "event_id": e.event_id,
-                    "event_type": e.event_type,
-                    "source": e.source,
-                    "subject": e.subject,
-                    "event_time": e.event_time,
-                    "data": e.data,
-                    "prev_hash": e.prev_hash,
-                    "hash": e.hash,
-                    "archived_at_unix_ms": archived_at_unix_ms,
-                }
-                for e in events
-            ],
-        )
+        await insert_rows(self.session, archive, _ARCHIVE_COLUMNS, [
+            (e.account_id, e.seq, e.event_id, e.event_type, e.source, e.subject, e.event_time, e.data, e.prev_hash,
+             e.hash, archived_at_unix_ms)
+            for e in events
+        ])
         last: dict[str, ArchivedEvent] = {}
         for e in events:
             last[e.account_id] = e
-        stmt = self._insert(archive_heads)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["account_id"],
-            set_={"last_seq": stmt.excluded.last_seq, "last_hash": stmt.excluded.last_hash},
-        )
-        await self.session.execute(
-            stmt, [{"account_id": a, "last_seq": e.seq, "last_hash": e.hash} for a, e in last.items()]
+        await insert_rows(
+            self.session, archive_heads, ("account_id", "last_seq", "last_hash"),
+            [(a, e.seq, e.hash) for a, e in last.items()],
+            on_conflict="ON CONFLICT (account_id) DO UPDATE SET last_seq = excluded.last_seq, "
+                        "last_hash = excluded.last_hash",
         )
 
     async def archived_accounts(self) -> list[str]:
