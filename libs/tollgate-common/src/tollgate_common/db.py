@@ -208,12 +208,15 @@ class MessagingTables:
             on_conflict="ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
         )
 
-    async def park(self, conn: AsyncConnection | AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def park(self, conn: AsyncConnection | AsyncSession, rows: Sequence[tuple[Any, ...]]) -> int:
         """Record parked records: (group_id, topic, partition, offset, event_id, event_source, event_type, reason,
-        parked_at_unix_ms). A record parked again (read again after a crash) keeps its first row."""
+        parked_at_unix_ms). A record parked again (read again after a crash or a rebalance) keeps its first row.
+        Returns how many were parked for the first time (what the parked counter counts)."""
         if self.parked_events is None:
             raise RuntimeError("these messaging tables have no parked_events table (messaging_tables(consumer=True))")
-        await insert_rows(conn, self.parked_events, PARKED_COLUMNS, rows, on_conflict="ON CONFLICT DO NOTHING")
+        new = await insert_rows(conn, self.parked_events, PARKED_COLUMNS, rows, on_conflict="ON CONFLICT DO NOTHING",
+                                returning=("offset",))
+        return len(new)
 
 
 PARKED_COLUMNS = ("group_id", "topic", "partition", "offset", "event_id", "event_source", "event_type", "reason",

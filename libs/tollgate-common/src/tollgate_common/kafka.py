@@ -483,9 +483,9 @@ class DbOffsetConsumer:
             if self.write_turn is not None:
                 await stack.enter_async_context(self.write_turn())
             session = await stack.enter_async_context(self.sessions.begin())
-            await self.tables.park(session, self._parked_rows(failed))
+            new = await self.tables.park(session, self._parked_rows(failed))
             await self.tables.store_offsets(session, self.group_id, _next_offsets([item for item, _ in failed]))
-        self._count_parked(len(failed))
+        self._count_parked(new)
         if self.after_commit:
             self.after_commit()
 
@@ -515,15 +515,16 @@ class DbOffsetConsumer:
                     assert self.handler is not None
                     for env, (_, record) in fresh:
                         await self.handler(session, env, record)
+            newly_parked = 0
             if unusable and self.tables.parked_events is not None:
-                await self.tables.park(session, self._parked_rows(unusable))
+                newly_parked = await self.tables.park(session, self._parked_rows(unusable))
             elif unusable:
                 log.error("records that are not usable skipped (no parked_events table)",
                           extra={"group": self.group_id, "records": len(unusable)})
             await self.tables.store_offsets(session, self.group_id, _next_offsets(items))
         self.applied += len(fresh) - len(refused or ())
-        if unusable and self.tables.parked_events is not None:
-            self._count_parked(len(unusable))
+        if newly_parked:
+            self._count_parked(newly_parked)
         if self.after_commit:
             self.after_commit()
 
