@@ -42,14 +42,16 @@ def _kafka(shared_ok: bool) -> Iterator[str | None]:
         yield None
 
 
-def _start(tmp: Path, kafka: str | None, databases: dict[str, str] | None = None) -> Platform:
+def _start(tmp: Path, kafka: str | None, databases: dict[str, str] | None = None, *,
+           ports: dict[str, int] | None = None, extra_env: dict[str, dict[str, str]] | None = None) -> Platform:
     platform = Platform(
         PlatformConfig(
             var_dir=tmp / "var",
             admin_token="tga-" + secrets.token_urlsafe(16),
-            ports=dict(ALL_PORTS),
+            ports={**ALL_PORTS, **(ports or {})},
             kafka_bootstrap=kafka,
             database_urls=databases or {},
+            extra_env=extra_env or {},
         )
     )
     platform.start()
