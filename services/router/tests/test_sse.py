@@ -79,3 +79,12 @@ def test_events_under_the_limit_pass_and_the_count_restarts_per_event() -> None:
     for _ in range(50):  # 50 events of 80 bytes: 4000 bytes in all, each under the limit
         events += decoder.feed(b"data: " + b"z" * 80 + b"\n\n: keep-alive\n\n")
     assert events == [b"z" * 80] * 50
+
+
+def test_events_completed_before_an_oversized_one_in_the_same_read_are_returned_first() -> None:
+    decoder = SseDecoder(max_event_bytes=100)
+    assert decoder.feed(b"data: first\n\ndata: " + b"x" * 200) == [b"first"]
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"more")
+    with pytest.raises(EventTooLarge):
+        decoder.close()

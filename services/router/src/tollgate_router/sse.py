@@ -26,10 +26,25 @@ class SseDecoder:
         self._pending = 0  # bytes in _pieces
         self._data: list[bytes] = []
         self._data_size = 0  # bytes in _data
+        #: Met while events completed earlier in the same read were still to be returned: raised next time.
+        self._error: EventTooLarge | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Bytes in; the ``data`` payload of each event completed by them out (multi-line data joined by LF)."""
+        """Bytes in; the ``data`` payload of each event completed by them out (multi-line data joined by LF).
+
+        An oversized event raises :class:`EventTooLarge`, after the events completed before it were returned."""
+        if self._error is not None:
+            raise self._error
         events: list[bytes] = []
+        try:
+            self._feed(data, events)
+        except EventTooLarge as exc:
+            if not events:
+                raise
+            self._error = exc
+        return events
+
+    def _feed(self, data: bytes, events: list[bytes]) -> None:
         start = 0
         end = data.find(b"\n")
         while end >= 0:
@@ -48,10 +63,11 @@ class SseDecoder:
             self._check(len(data) - start)
             self._pieces.append(data[start:])
             self._pending += len(data) - start
-        return events
 
     def close(self) -> list[bytes]:
         """Events left at the end of the stream (a last event the upstream did not terminate with a blank line)."""
+        if self._error is not None:
+            raise self._error
         events: list[bytes] = []
         if self._pieces:
             tail, self._pieces, self._pending = b"".join(self._pieces), [], 0
