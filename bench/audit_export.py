@@ -5,7 +5,8 @@ services' own migrations): per request a HoldPlaced and a HoldCaptured in billin
 metering's hash-chained archive and a rated_usage row, over several keys, models and projects, ~30 days, with
 every eighth stream cut short (outcome CLIENT_CANCELLED, fewer tokens). Then it times the export (reading the
 stores, chaining, writing JSONL + CSV + manifest, signing) and the offline verification, and prints the figures.
-Prints; asserts nothing (the target in issue 11 is export + verify of 1,000,000 events in < 30 s).
+Prints wall and CPU time (the latter holds up on a shared machine); asserts nothing (the target in issue 11 is
+export + verify of 1,000,000 events in < 30 s).
 """
 
 from __future__ import annotations
@@ -119,18 +120,22 @@ def main() -> None:
         stores = {"billing": Location(f"sqlite:///{billing}", "billing"),
                   "metering": Location(f"sqlite:///{metering}", "metering")}
         out = root / "export"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         report = asyncio.run(export(ACCOUNT, (0, int(time.time() * 1000)), stores, out, sign_key=key_path))
-        t_export = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_export, c_export = time.perf_counter() - t0, time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
         checked = verify_dir(out)
-        t_verify = time.perf_counter() - t0
+        t_verify, c_verify = time.perf_counter() - t0, time.process_time() - c0
         size = sum(f.stat().st_size for f in out.iterdir())
         print(f"audit export: {report.events:,} events over {report.days} days in {t_export:.1f} s "
-              f"({report.events / t_export:,.0f} events/s), {size / 2**20:.0f} MiB written, signed")
+              f"({report.events / t_export:,.0f} events/s; CPU {c_export:.1f} s = "
+              f"{c_export / max(1, report.events) * 1e6:.0f} µs/event), {size / 2**20:.0f} MiB written, signed")
         print(f"audit verify: {checked.events_read:,} events in {t_verify:.1f} s "
-              f"({checked.events_read / t_verify:,.0f} events/s), {'intact' if checked.intact else 'TAMPERED'}")
-        print(f"export + verify: {t_export + t_verify:.1f} s (target < 30 s for 1,000,000)")
+              f"({checked.events_read / t_verify:,.0f} events/s; CPU {c_verify:.1f} s = "
+              f"{c_verify / max(1, checked.events_read) * 1e6:.0f} µs/event), "
+              f"{'intact' if checked.intact else 'TAMPERED'}")
+        print(f"export + verify: {t_export + t_verify:.1f} s wall, {c_export + c_verify:.1f} s CPU "
+              "(target < 30 s for 1,000,000; on a shared machine the CPU figure is the one that holds)")
 
 
 if __name__ == "__main__":
