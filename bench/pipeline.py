@@ -221,7 +221,8 @@ async def bench_metering(bootstrap: str, topic: str, url: str, schema: str | Non
         producer = make_producer(bootstrap)
         await producer.start()
         try:
-            relay = OutboxRelay(metering.sessions, messaging, producer, keep=False)
+            relay = OutboxRelay(metering.sessions, messaging, producer, keep=False,
+                                write_turn=metering.write_turn)
             consumer = UsageConsumer(metering, bootstrap, after_commit=relay.notify)
             consumer.topics = [topic]  # this run's own topic: each run starts from an empty one
             _count_first_batch(consumer)

@@ -95,7 +95,8 @@ class MeteringApp:
         assert self.metering is not None
         # keep=False: published UsageRated rows are deleted; rated_usage holds everything to re-derive them,
         # and the archive (not the outbox) is metering's durable log.
-        self.relay = OutboxRelay(self.metering.sessions, messaging, producer, keep=False)
+        self.relay = OutboxRelay(self.metering.sessions, messaging, producer, keep=False,
+                                 write_turn=self.metering.write_turn)
         self.consumer = UsageConsumer(
             self.metering, self.settings.kafka_bootstrap_servers, after_commit=self.relay.notify,
             verify=EventVerifier(self.settings.internal_keys),

@@ -6,6 +6,7 @@ differ from the live one if the inputs differ (or someone edited the live one).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -73,6 +74,13 @@ class Metering:
         self.clock = clock
         self.books: list[PriceBook] = []
         self._books_loaded_at = 0.0
+        self._write_turn = asyncio.Lock()
+
+    def write_turn(self) -> asyncio.Lock:
+        """The one queue for this process's batch writers (the consumer's transactions, the relay's deletes):
+        taken around each, so on SQLite they wait here in turn instead of colliding on the write lock, whose busy
+        handler sleeps between tries (measured: the relay's deletes cut the consumer's pace several times)."""
+        return self._write_turn
 
     # --- price books --------------------------------------------------------------------------------------------
     async def load_price_books(self, session: AsyncSession | None = None) -> None:

@@ -46,6 +46,7 @@ class UsageConsumer(DbOffsetConsumer):
             tables=messaging,
             batch_handler=self._record,
             after_commit=self._committed,
+            write_turn=metering.write_turn,
             verify=verify,  # only ingress's signed UsageRecorded is applied; the rest is parked
             security=security,
         )
