@@ -44,9 +44,13 @@ class WatchedBody:
         yield b'"}]}'
 
 
-async def test_an_unknown_key_is_refused_before_its_body_is_read(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+@pytest.mark.parametrize("path", [CHAT, "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/messages"])
+async def test_an_unknown_key_is_refused_before_its_body_is_read(
+    client: httpx2.AsyncClient, fakes: Fakes, path: str
+) -> None:
     body = WatchedBody(4 * 1024 * 1024)
-    resp = await client.post(CHAT, content=body, headers={**auth("tg-unknown"), "content-type": "application/json"})
+    headers = {**auth("tg-unknown"), "x-api-key": "tg-unknown", "content-type": "application/json"}
+    resp = await client.post(path, content=body, headers=headers)
     assert resp.status_code == 401
     assert not body.read
     assert fakes.billing.authorize_calls == []

@@ -16,7 +16,7 @@ from .completions_wire import CompletionsRequest, completion_chunk, completion_f
 from .deps import services
 from .domain import TAGS_HEADER, parse_chat_request
 from .metrics import Metrics
-from .openai_routes import bearer_token, read_body
+from .openai_routes import bearer_token, checked_key, peer, read_body
 from .sse import SseResponse
 from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 
@@ -52,12 +52,12 @@ class CompletionsSseResponse(SseResponse):
 
 @router.post("/v1/completions")
 async def create_completion(request: Request) -> Response:
-    key = bearer_token(request)
+    key = await checked_key(request, bearer_token(request))  # the caller, before its body is read
     svc = services(request)
     parsed = parse_completions_request(await read_body(request, svc.settings.max_body_bytes))
     chat_request = parse_chat_request(orjson.dumps(parsed.chat_body), request.headers.get(TAGS_HEADER))
     request_id: str = request.state.request_id
-    prepared = await svc.chat.prepare(key, request_id, chat_request)
+    prepared = await svc.chat.prepare(key, request_id, chat_request, peer(request))
     if not parsed.stream:
         completion = await svc.chat.complete(prepared)
         return Response(completion_from_chat(completion, parsed, request_id, prepared.usage),

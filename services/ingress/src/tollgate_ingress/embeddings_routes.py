@@ -14,7 +14,7 @@ from .deps import services
 from .domain import TAGS_HEADER
 from .embeddings import create_embeddings
 from .embeddings_wire import parse_embeddings_request
-from .openai_routes import bearer_token, read_body
+from .openai_routes import bearer_token, checked_key, read_body
 
 __all__ = ["router"]
 
@@ -23,7 +23,7 @@ router = APIRouter()
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
-    key = bearer_token(request)
+    key = await checked_key(request, bearer_token(request))  # the caller, before its body is read
     svc = services(request)
     parsed = parse_embeddings_request(await read_body(request, svc.settings.max_body_bytes))
     body = await create_embeddings(svc.chat, key, request.state.request_id, parsed, request.headers.get(TAGS_HEADER))

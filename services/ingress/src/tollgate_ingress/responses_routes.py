@@ -17,7 +17,7 @@ from starlette.responses import Response
 from .deps import services
 from .domain import TAGS_HEADER, parse_chat_request
 from .metrics import Metrics
-from .openai_routes import bearer_token, read_body
+from .openai_routes import bearer_token, checked_key, peer, read_body
 from .responses_wire import ResponseStream, parse_responses_request, response_from_completion
 from .sse import SseResponse
 from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
@@ -49,12 +49,12 @@ class ResponsesSseResponse(SseResponse):
 
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
-    key = bearer_token(request)
+    key = await checked_key(request, bearer_token(request))  # the caller, before its body is read
     svc = services(request)
     parsed = parse_responses_request(await read_body(request, svc.settings.max_body_bytes))
     chat_request = parse_chat_request(orjson.dumps(parsed.chat_body), request.headers.get(TAGS_HEADER))
     request_id: str = request.state.request_id
-    prepared = await svc.chat.prepare(key, request_id, chat_request)
+    prepared = await svc.chat.prepare(key, request_id, chat_request, peer(request))
     if not parsed.stream:
         completion = await svc.chat.complete(prepared)
         return Response(response_from_completion(completion, parsed, request_id, prepared.usage), media_type=JSON)
