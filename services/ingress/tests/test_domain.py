@@ -199,3 +199,20 @@ def test_billed_request_parts_are_prompt_extras() -> None:
               "response_format": schema, "prediction": {"type": "content", "content": "long predicted text"}}
     req = parse_chat_request(raw(**extras, temperature=0.5))
     assert req.prompt_extras == list(extras.values())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", "hot"), ("temperature", 2.5), ("temperature", -0.1), ("temperature", True), ("top_p", 1.5),
+     ("frequency_penalty", -3), ("presence_penalty", "0"), ("seed", 1.5), ("seed", 2**63)],
+)
+def test_sampling_parameters_outside_openais_ranges_are_400_naming_them(field: str, value: object) -> None:
+    """A lenient upstream would take a string temperature (the canary sweep found the mock did); OpenAI answers 400."""
+    with pytest.raises(InvalidRequest) as err:
+        parse_chat_request(raw(**{field: value}))
+    assert err.value.param == field and err.value.status == 400
+
+
+def test_sampling_parameters_within_range_pass_through() -> None:
+    parsed = parse_chat_request(raw(temperature=0, top_p=0.5, frequency_penalty=-2, presence_penalty=2.0, seed=-7))
+    assert parsed.body["temperature"] == 0 and parsed.body["seed"] == -7

@@ -167,6 +167,30 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int, maximum: int = 
     return value
 
 
+#: OpenAI's documented ranges for the sampling parameters: a value outside them is the client's error (400 here),
+#: not something to pass on for the provider to refuse, or worse for a lenient upstream to take.
+_NUMBER_RANGES = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "presence_penalty": (-2.0, 2.0),
+}
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    for name, (low, high) in _NUMBER_RANGES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _invalid(f"'{name}' must be a number", name, "invalid_type")
+        if not low <= value <= high:
+            raise _invalid(f"'{name}' must be between {low:g} and {high:g}, got {value}", name)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63):
+        raise _invalid("'seed' must be a 64-bit integer", "seed", "invalid_type")
+
+
 def _refuse_cost_fields(body: dict[str, Any]) -> None:
     """Fields that change what the operator pays or what the provider keeps, which the price book does not price:
     refused unless they ask for the default (see the README, "Refused fields")."""
@@ -327,6 +351,7 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
     if n is not None and n > 1:
         raise _invalid("'n' greater than 1 is not supported yet", "n")
 
+    _check_sampling(body)
     _refuse_cost_fields(body)
     stream = _optional_bool(body, "stream")
     options = body.get("stream_options")
