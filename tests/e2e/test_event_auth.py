@@ -8,7 +8,9 @@ import asyncio
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 
+import pytest
 from tollgate.events.v1 import usage_pb2
 from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Envelope, Topics, envelope_for
@@ -16,7 +18,22 @@ from tollgate_common.internal_auth import InternalKeys
 from tollgate_common.kafka import make_producer
 from tollgate_dev.platform import Platform
 
+from .conftest import _kafka, _start
 from .tenant import NANOS, Tenant
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform of its own: the forged events this test writes must not reach the shared platform's topics,
+    whose rebuild tests replay every event (and today's rebuild does not check producer signatures, see
+    docs/architecture.md)."""
+    with _kafka(shared_ok=False) as kafka:
+        own = _start(tmp_path_factory.mktemp("event-auth"), kafka)
+        try:
+            yield own
+        finally:
+            own.stop()
+    assert not own.deaths, f"a service died during the test: {own.deaths}"
 
 
 def _parked(platform: Platform, service: str) -> dict[str, str]:
