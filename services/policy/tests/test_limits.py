@@ -17,7 +17,7 @@ from tollgate.policy.v1 import policy_service_pb2 as pb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.db import create_engine
 from tollgate_common.grpc import error_reason, retry_after
-from tollgate_policy import PolicyApp, Settings
+from tollgate_policy import PolicyApp, Settings, application
 from tollgate_policy.application import PolicyCache, PolicyService
 from tollgate_policy.domain import PolicySet, ScopePolicy
 from tollgate_policy.engine import build_scanner
@@ -129,16 +129,31 @@ class TestDocumentCaps:
 
 
 class TestLargeScans:
-    async def test_a_large_input_is_scanned_off_the_event_loop(self, engine: AsyncEngine) -> None:
+    async def test_a_large_input_is_scanned_off_the_event_loop(
+        self, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The large scan is held until the small Inspect has been answered: deterministic, where racing a real
+        # 200 KB scan against a small Inspect's database write was not. Were the scan on the loop, holding it would
+        # block the loop (for up to 10 s), and the small Inspect could only finish after the large one.
+        release = threading.Event()
+        real_scan = application._scan
+
+        def held_scan(scanners, texts):  # type: ignore[no-untyped-def]
+            if texts and texts[0] is SLOW:
+                release.wait(timeout=10)
+            return real_scan(scanners, texts)
+
+        monkeypatch.setattr(application, "_scan", held_scan)
         policy = service(engine, offload_chars=64 * 1024)
         try:
             large = asyncio.create_task(policy.inspect("big", "acc_big", [SLOW]))
-            await asyncio.sleep(0.05)  # the large scan is under way (on the loop, this sleep would wait for it)
-            small = asyncio.create_task(policy.inspect("small", "acc_small", ["hello"]))
-            done, _ = await asyncio.wait({large, small}, return_when=asyncio.FIRST_COMPLETED)
-            assert small in done and large not in done  # another account's small Inspect was not held up
+            await asyncio.sleep(0)  # the large Inspect starts first
+            await policy.inspect("small", "acc_small", ["hello"])
+            assert not large.done()  # another account's small Inspect was not held up by the large scan
+            release.set()
             await large
         finally:
+            release.set()
             policy.close()
 
     async def test_an_account_past_its_share_gets_resource_exhausted_while_others_keep_theirs(
