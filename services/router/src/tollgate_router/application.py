@@ -28,7 +28,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
@@ -51,9 +51,12 @@ from .metrics import BREAKER_OPEN, UPSTREAM_CALLS, UPSTREAM_SECONDS, UPSTREAM_TO
 from .resilience import Breakers, ResilienceSettings, counts_against_health, is_retryable, retry_wait
 from .routing import Constraints, LatencyTracker, Overrides, plan, split_overrides
 
-__all__ = ["MAX_UPSTREAM_REQUEST_ID", "ResilienceSettings", "Router"]
+__all__ = ["MAX_UPSTREAM_REQUEST_ID", "ResilienceSettings", "Router", "SendUnary"]
 
 log = logging.getLogger(__name__)
+
+#: One attempt of a unary call on one route: (route, body, request id, timeout) → the upstream's answer.
+SendUnary = Callable[[Route, dict[str, Any], str, float], Awaitable[Completion]]
 
 #: Longest upstream request id passed on (metering stores it in a 200-character column; a longer one would stop
 #: its consumer): longer ones are cut.
@@ -133,6 +136,31 @@ class Router:
         account_id: str = "",
         constraints: Constraints | None = None,
     ) -> Completion:
+        return await self.unary(
+            self._complete_on, request_id=request_id, model=model, body_json=body_json, deadline=deadline,
+            account_id=account_id, constraints=constraints,
+        )
+
+    async def _complete_on(self, route: Route, body: dict[str, Any], request_id: str, timeout: float) -> Completion:
+        return await self._adapters[route.provider.kind].complete(route, body, request_id=request_id, timeout=timeout)
+
+    async def unary(
+        self,
+        send: SendUnary,
+        *,
+        request_id: str,
+        model: str,
+        body_json: bytes,
+        deadline: float | None = None,
+        account_id: str = "",
+        constraints: Constraints | None = None,
+        serves: Callable[[Route], bool] | None = None,
+        none_serves: str = "",
+    ) -> Completion:
+        """The walk over a model's deployments for one unary upstream call (a chat completion, an embedding):
+        each attempt ``send``s to one route; a failure is recorded and the next route tried, until one answers or
+        the routes and the time run out; every attempt goes to the attempt log. ``serves`` keeps only the routes
+        that can take this kind of call; none left is the caller's mistake (``InvalidRequest`` + ``none_serves``)."""
         call = self._start(
             request_id=request_id,
             account_id=account_id,
@@ -142,14 +170,18 @@ class Router:
             constraints=constraints or Constraints(),
             streamed=False,
         )
+        if serves is not None:
+            call.candidates = [r for r in call.candidates if serves(r)]
+            if not call.candidates:
+                raise InvalidRequest(
+                    f"The model '{model or call.body.get('model')}' is not served by any deployment {none_serves}."
+                )
         try:
             while True:
                 route = await call.next_route()
                 attempt = call.begin(route)
                 try:
-                    result = await self._adapters[route.provider.kind].complete(
-                        route, call.body, request_id=request_id, timeout=call.timeout_of(attempt)
-                    )
+                    result = await send(route, call.body, request_id, call.timeout_of(attempt))
                 except RouterError as error:
                     call.failed(attempt, error)
                     continue

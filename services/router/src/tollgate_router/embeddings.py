@@ -9,7 +9,6 @@ mistake (``InvalidRequest``), not an outage. The body crosses unchanged but for 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -17,9 +16,9 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from .application import Router, _adapter_bug
+from .application import Router
 from .domain import Completion, Route, Usage
-from .errors import InvalidRequest, RouterError, UpstreamUnavailable
+from .errors import UpstreamUnavailable
 from .routing import Constraints
 from .upstream_http import DEFAULT_LIMITS, UpstreamLimits, post_raw
 
@@ -95,30 +94,11 @@ class Embedder:
         account_id: str = "",
         constraints: Constraints | None = None,
     ) -> Completion:
-        router = self.router
-        call = router._start(request_id=request_id, account_id=account_id, model=model, body_json=body_json,
-                             deadline=deadline, constraints=constraints or Constraints(), streamed=False)
-        call.candidates = [r for r in call.candidates if r.provider.kind in EMBEDDING_KINDS]
-        if not call.candidates:
-            raise InvalidRequest(f"The model '{model or call.body.get('model')}' is not served by any deployment "
-                                 "that provides embeddings.")
-        try:
-            while True:
-                route = await call.next_route()
-                attempt = call.begin(route)
-                try:
-                    result = await self.adapter.embed(route, call.body, request_id=request_id,
-                                                      timeout=call.timeout_of(attempt))
-                except RouterError as error:
-                    call.failed(attempt, error)
-                    continue
-                except asyncio.CancelledError:
-                    call.cancelled(attempt)
-                    raise
-                except Exception as exc:
-                    call.failed(attempt, _adapter_bug(route, exc))
-                    continue
-                upstream_id = call.succeeded(attempt, result.usage, result.upstream_request_id)
-                return replace(result, model=route.model, upstream_request_id=upstream_id)
-        finally:
-            await router._record(call)
+        return await self.router.unary(
+            self._embed_on, request_id=request_id, model=model, body_json=body_json, deadline=deadline,
+            account_id=account_id, constraints=constraints,
+            serves=lambda route: route.provider.kind in EMBEDDING_KINDS, none_serves="that provides embeddings",
+        )
+
+    async def _embed_on(self, route: Route, body: dict[str, Any], request_id: str, timeout: float) -> Completion:
+        return await self.adapter.embed(route, body, request_id=request_id, timeout=timeout)
