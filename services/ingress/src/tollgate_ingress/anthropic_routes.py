@@ -10,7 +10,6 @@ leaves as Anthropic's error JSON.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -91,14 +90,7 @@ async def _messages(request: Request) -> Response:
     if not parsed.stream:
         completion = await svc.chat.complete(prepared)
         return Response(message_from_completion(completion, parsed, request_id, prepared.usage), media_type=JSON)
-    session = svc.chat.stream(prepared)
-    try:
-        first = await session.queue.get()
-    except asyncio.CancelledError:
-        session.client_disconnected()
-        raise
-    if isinstance(first, StreamFailed):
-        raise first.error
+    session, first = await svc.chat.stream_started(prepared)
     translator = MessageStream(model=parsed.model, fallback_id=request_id,
                                estimated_input_tokens=prepared.prompt_tokens)
     return MessagesSseResponse(session, first, svc.deps.metrics, translator)

@@ -24,7 +24,7 @@ from .publisher import UsagePublisher
 from .response_scan import ResponseBlocked, scan_completion
 from .router_client import RouterClient, RouteRequest
 from .settlement import Settlement
-from .streaming import StreamPump, StreamSession
+from .streaming import StreamFailed, StreamItem, StreamPump, StreamSession
 from .tokens import PromptTokenCounter
 from .unknown_holds import UnknownHolds
 
@@ -224,6 +224,19 @@ class ChatCompletions:
         """Start consuming the router stream in its own task; read the session's queue for chunks."""
         scan = self._response_inspector(prepared) if prepared.scan_responses else None
         return self.pump.start(prepared, scan)
+
+    async def stream_started(self, prepared: Prepared) -> tuple[StreamSession, StreamItem]:
+        """:meth:`stream`, and its first item: it decides the HTTP status, so a failure before any chunk is raised
+        here as a proper HTTP error. A caller that goes away meanwhile leaves the stream to drain and bill."""
+        session = self.stream(prepared)
+        try:
+            first = await session.queue.get()
+        except asyncio.CancelledError:
+            session.client_disconnected()
+            raise
+        if isinstance(first, StreamFailed):
+            raise first.error
+        return session, first
 
     async def drain(self, timeout: float) -> None:
         """Shutdown: let router streams (including those whose client left) finish and bill, then cut the rest."""

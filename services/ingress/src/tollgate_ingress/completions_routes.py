@@ -6,8 +6,6 @@ Transport only: the key from ``Authorization: Bearer``, the body translated by
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -18,7 +16,7 @@ from .domain import TAGS_HEADER, parse_chat_request
 from .metrics import Metrics
 from .openai_routes import bearer_token, checked_key, peer, read_body
 from .sse import SseResponse
-from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
+from .streaming import StreamEnded, StreamItem, StreamSession
 
 __all__ = ["router"]
 
@@ -62,12 +60,5 @@ async def create_completion(request: Request) -> Response:
         completion = await svc.chat.complete(prepared)
         return Response(completion_from_chat(completion, parsed, request_id, prepared.usage),
                         media_type="application/json")
-    session = svc.chat.stream(prepared)
-    try:
-        first = await session.queue.get()
-    except asyncio.CancelledError:
-        session.client_disconnected()
-        raise
-    if isinstance(first, StreamFailed):
-        raise first.error
+    session, first = await svc.chat.stream_started(prepared)
     return CompletionsSseResponse(session, first, svc.deps.metrics, parsed)

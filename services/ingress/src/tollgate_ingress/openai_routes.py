@@ -5,8 +5,6 @@ Transport only: headers and JSON in, JSON and SSE out; the work is in :mod:`toll
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -15,7 +13,6 @@ from .domain import TAGS_HEADER, parse_chat_request
 from .errors import AuthenticationFailed, PayloadTooLarge
 from .money import ExactNumber, dumps_exact
 from .sse import SseResponse
-from .streaming import StreamFailed
 
 __all__ = ["bearer_token", "checked_key", "peer", "read_body", "router"]
 
@@ -76,15 +73,7 @@ async def chat_completions(request: Request) -> Response:
     prepared = await svc.chat.prepare(api_key, request.state.request_id, chat_request, peer(request))
     if not chat_request.stream:
         return Response(await svc.chat.complete(prepared), media_type=JSON)
-    session = svc.chat.stream(prepared)
-    try:
-        # The first message decides the status: an error before any chunk is a proper HTTP error.
-        first = await session.queue.get()
-    except asyncio.CancelledError:
-        session.client_disconnected()
-        raise
-    if isinstance(first, StreamFailed):
-        raise first.error
+    session, first = await svc.chat.stream_started(prepared)
     return SseResponse(session, first, svc.deps.metrics)
 
 

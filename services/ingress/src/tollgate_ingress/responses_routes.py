@@ -8,8 +8,6 @@ router, one usage event) exactly as ``/v1/chat/completions`` takes it. Errors ar
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -58,12 +56,5 @@ async def create_response(request: Request) -> Response:
     if not parsed.stream:
         completion = await svc.chat.complete(prepared)
         return Response(response_from_completion(completion, parsed, request_id, prepared.usage), media_type=JSON)
-    session = svc.chat.stream(prepared)
-    try:
-        first = await session.queue.get()
-    except asyncio.CancelledError:
-        session.client_disconnected()
-        raise
-    if isinstance(first, StreamFailed):
-        raise first.error
+    session, first = await svc.chat.stream_started(prepared)
     return ResponsesSseResponse(session, first, svc.deps.metrics, ResponseStream(parsed, request_id))
