@@ -226,7 +226,7 @@ async def test_with_a_producer_connected_decisions_go_straight_to_the_topic_not_
     producer = make_producer(broker, client_id="test")
     await producer.start()
     decisions = DecisionLog(repository)  # no relay runs here: whatever reaches the outbox stays there
-    decisions.producer = producer
+    decisions.kafka.producer = producer
     service = PolicyService(repository, PolicyCache(30.0), decisions=decisions)
     try:
         await asyncio.gather(*(service.inspect(f"d{i}", "acc_1", [f"n {CARD}"]) for i in range(20)))
@@ -251,7 +251,7 @@ async def test_when_publishing_fails_the_batch_is_committed_to_the_outbox_before
     broker.stop()  # the producer is connected, then Kafka goes away
     now = [0.0]
     decisions = DecisionLog(repository, clock=lambda: now[0])
-    decisions.producer = producer
+    decisions.kafka.producer = producer
     service = PolicyService(repository, PolicyCache(30.0), decisions=decisions)
     try:
         await service.inspect("req_1", "acc_1", ["hi"])  # tries Kafka (bounded by PUBLISH_TIMEOUT), then the outbox

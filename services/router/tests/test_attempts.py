@@ -258,7 +258,7 @@ async def test_with_a_connected_producer_attempts_are_acknowledged_by_kafka_not_
     producer = make_producer(broker)
     await producer.start()
     try:
-        log.producer = producer
+        log.kafka.producer = producer
         await asyncio.gather(*(log.record([_attempt(f"req_d{i}")]) for i in range(5)))
         assert _outbox_ids(tmp_path) == []
         seen = await _read_attempts(broker, {f"req_d{i}:1" for i in range(5)}, timeout=10)
@@ -276,7 +276,7 @@ async def test_a_failed_publish_falls_back_to_the_outbox_and_stays_there_for_a_w
     await producer.start()
     await producer.stop()  # a producer that can no longer send: every publish fails
     try:
-        log.producer = producer
+        log.kafka.producer = producer
         await log.record([_attempt("req_f1")])
         await log.record([_attempt("req_f2")])  # within DIRECT_RETRY_SECONDS: straight to the outbox
         assert _outbox_ids(tmp_path) == ["req_f1:1", "req_f2:1"]

@@ -32,7 +32,10 @@ from .events import Envelope
 from .kafka_security import KafkaSecurity
 
 __all__ = [
+    "DIRECT_RETRY_SECONDS",
     "PARKED_EVENTS",
+    "PUBLISH_TIMEOUT",
+    "AcknowledgedPublisher",
     "BatchApply",
     "BatchHandler",
     "DbOffsetConsumer",
@@ -162,6 +165,44 @@ async def ensure_topics(
         finally:
             await admin.close()
     raise RuntimeError(f"Kafka at {bootstrap} did not answer: {last!r}")
+
+
+#: How long an event log waits for Kafka's acknowledgement of a batch before writing it to its outbox instead.
+PUBLISH_TIMEOUT = 2.0
+#: After a failed publish, batches go to the outbox for this long before Kafka is tried again.
+DIRECT_RETRY_SECONDS = 5.0
+
+
+class AcknowledgedPublisher:
+    """An event log's durable path without a database commit: publish a batch to ``topic`` and wait until Kafka
+    acknowledged every record (the producer's acks=all). :meth:`publish` answers False when the caller must use
+    its outbox instead: no producer is connected (``producer`` is set by the service while it has one), a publish
+    failed less than :data:`DIRECT_RETRY_SECONDS` ago, or this one failed or took over :data:`PUBLISH_TIMEOUT`.
+    A publish that timed out may still arrive; the outbox copy then duplicates it, which consumers dedupe."""
+
+    def __init__(self, topic: str, *, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.topic = topic
+        self.what = what
+        self.clock = clock
+        self.producer: AIOKafkaProducer | None = None
+        self._direct_after = 0.0
+
+    async def publish(self, events: Sequence[Envelope]) -> bool:
+        producer = self.producer
+        if producer is None or self.clock() < self._direct_after:
+            return False
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                sent = [
+                    await producer.send(self.topic, value=e.data, key=e.subject.encode(), headers=e.headers())
+                    for e in events
+                ]
+                await asyncio.gather(*sent)
+        except Exception as exc:  # broker away, timeout, a rejected record: the outbox is the durable fallback
+            self._direct_after = self.clock() + DIRECT_RETRY_SECONDS
+            log.warning(f"publishing {self.what} failed; writing them to the outbox", extra={"error": repr(exc)})
+            return False
+        return True
 
 
 class OutboxRelay:

@@ -106,13 +106,13 @@ class PolicyApp:
             session_maker(self.engine), messaging, producer, keep=False, linger_seconds=_RELAY_LINGER_SECONDS
         )
         if self.decisions is not None:
-            self.decisions.producer = producer  # decisions go straight to Kafka while this producer runs
+            self.decisions.kafka.producer = producer  # decisions go straight to Kafka while this producer runs
         try:
             await self.relay.run(self._stop)
             await self.relay.publish_pending()  # what the last Inspects wrote before the stop
         finally:
             if self.decisions is not None:
-                self.decisions.producer = None
+                self.decisions.kafka.producer = None
             self.relay = None
 
     async def stop(self) -> None:

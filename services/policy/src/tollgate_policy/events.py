@@ -41,9 +41,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
 from tollgate.events.v1 import policy_pb2 as ev
 from tollgate_common.events import Envelope, Topics, envelope_for
+from tollgate_common.kafka import DIRECT_RETRY_SECONDS, PUBLISH_TIMEOUT, AcknowledgedPublisher
 
 from .errors import StorageUnavailable
 from .inspection import Inspection, Verdict, identity
@@ -66,10 +66,6 @@ log = logging.getLogger(__name__)
 DEV_HASH_KEY: bytes = hashlib.sha256(b"tollgate policy development hash key (not secret)").digest()
 #: Events kept in memory while the database is down, at most.
 MAX_BACKLOG = 50_000
-#: Longest wait for Kafka's acknowledgement of a batch before it goes to the outbox instead.
-PUBLISH_TIMEOUT = 2.0
-#: After a failed publish, batches go to the outbox for this long before Kafka is tried again.
-DIRECT_RETRY_SECONDS = 5.0
 
 _VERDICT = {
     Verdict.ALLOW: ev.POLICY_VERDICT_ALLOW,
@@ -147,7 +143,7 @@ def decided_event(
 
 class DecisionLog:
     """Group-commits events to Kafka or else the outbox (see the module docstring); ``on_written`` wakes the relay
-    after an outbox write. ``producer`` is set by the app while it has a connected one."""
+    after an outbox write. ``kafka.producer`` is set by the app while it has a connected one."""
 
     def __init__(
         self,
@@ -158,9 +154,7 @@ class DecisionLog:
     ) -> None:
         self.repository = repository
         self.on_written = on_written
-        self.producer: AIOKafkaProducer | None = None
-        self.clock = clock
-        self._direct_after = 0.0
+        self.kafka = AcknowledgedPublisher(Topics.POLICY, what="decisions", clock=clock)
         self._queued: list[tuple[Sequence[Envelope], asyncio.Future[None]]] = []
         self._backlog: list[Envelope] = []
         self._writer: asyncio.Task[None] | None = None
@@ -183,7 +177,7 @@ class DecisionLog:
             batch, self._queued = self._queued, []
             events = self._backlog + [e for group, _ in batch for e in group]
             try:
-                if not await self._published(events):
+                if not await self.kafka.publish(events):
                     await self.repository.add_events(events)
                     if self.on_written is not None:
                         self.on_written()
@@ -201,21 +195,3 @@ class DecisionLog:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
-
-    async def _published(self, events: Sequence[Envelope]) -> bool:
-        """True once Kafka acknowledged every event; False (go to the outbox) without a producer or on failure."""
-        producer = self.producer
-        if producer is None or self.clock() < self._direct_after:
-            return False
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
-                sent = [
-                    await producer.send(Topics.POLICY, value=e.data, key=e.subject.encode(), headers=e.headers())
-                    for e in events
-                ]
-                await asyncio.gather(*sent)
-        except Exception as exc:  # broker away, timeout, a rejected record: the outbox is the durable fallback
-            self._direct_after = self.clock() + DIRECT_RETRY_SECONDS
-            log.warning("publishing decisions failed; writing them to the outbox", extra={"error": repr(exc)})
-            return False
-        return True

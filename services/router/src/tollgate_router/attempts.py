@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tollgate.events.v1 import attempts_pb2 as apb
 from tollgate.events.v1 import usage_pb2 as upb
 from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope, Topics, envelope_for
+from tollgate_common.kafka import DIRECT_RETRY_SECONDS, PUBLISH_TIMEOUT, AcknowledgedPublisher
 from tollgate_common.migrations import migrate
 
 from .domain import Route, Usage
@@ -47,10 +47,6 @@ __all__ = ["DIRECT_RETRY_SECONDS", "PUBLISH_TIMEOUT", "Attempt", "AttemptLog", "
 log = logging.getLogger(__name__)
 
 SERVICE = "router"
-#: Longest wait for Kafka's acknowledgement of a batch before it goes to the outbox instead.
-PUBLISH_TIMEOUT = 2.0
-#: After a failed publish, batches go to the outbox for this long before Kafka is tried again.
-DIRECT_RETRY_SECONDS = 5.0
 
 
 def outcome_of(error: RouterError | None, *, cancelled: bool = False) -> int:
@@ -146,10 +142,8 @@ class AttemptLog:
     ) -> None:
         self.sessions = sessions
         self.max_batch = max_batch
-        #: Set by the server while it has a connected producer: batches then go straight to Kafka.
-        self.producer: AIOKafkaProducer | None = None
-        self._clock = clock
-        self._direct_after = 0.0
+        #: Its ``producer`` is set by the server while it has a connected one: batches then go straight to Kafka.
+        self.kafka = AcknowledgedPublisher(Topics.ATTEMPTS, what="attempts", clock=clock)
         self._queue: list[tuple[list[Envelope], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -190,7 +184,7 @@ class AttemptLog:
             events = [env for group, _ in batch for env in group]
             stored = False
             try:
-                if not await self._published(events):
+                if not await self.kafka.publish(events):
                     async with self.sessions.begin() as session:
                         await messaging.add_many_to_outbox(session, Topics.ATTEMPTS, events)
                     stored = True
@@ -202,24 +196,6 @@ class AttemptLog:
             if stored:
                 for hook in self.after_commit:
                     hook()
-
-    async def _published(self, events: list[Envelope]) -> bool:
-        """True once Kafka acknowledged every event; False (use the outbox) without a producer or on failure."""
-        producer = self.producer
-        if producer is None or self._clock() < self._direct_after:
-            return False
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
-                sent = [
-                    await producer.send(Topics.ATTEMPTS, value=e.data, key=e.subject.encode(), headers=e.headers())
-                    for e in events
-                ]
-                await asyncio.gather(*sent)
-        except Exception as exc:  # broker away, timeout, a rejected record: the outbox is the durable fallback
-            self._direct_after = self._clock() + DIRECT_RETRY_SECONDS
-            log.warning("publishing attempts failed; writing them to the outbox", extra={"error": repr(exc)})
-            return False
-        return True
 
 
 async def open_database(url: str, schema: str = "router") -> AsyncEngine:

@@ -116,12 +116,12 @@ class RouterServer:
         # keep=False: a published attempt has nothing more to give; the topic is its record.
         relay = OutboxRelay(self._attempts.sessions, messaging, producer, keep=False, linger_seconds=0.005)
         self._attempts.after_commit.append(relay.notify)
-        self._attempts.producer = producer  # attempts go straight to Kafka while this producer runs
+        self._attempts.kafka.producer = producer  # attempts go straight to Kafka while this producer runs
         try:
             await relay.run(self._stop)
             await relay.publish_pending()  # what the last requests committed before the stop
         finally:
-            self._attempts.producer = None
+            self._attempts.kafka.producer = None
             self._attempts.after_commit.remove(relay.notify)
 
     async def _probe(self, router: Router) -> None:
