@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from tollgate.router.v1 import router_service_pb2 as pb
@@ -20,7 +20,7 @@ from tollgate_common.logs import request_id_var
 from tollgate_common.telemetry import attach_traceparent
 
 from .application import Router
-from .domain import ModelEntry, Usage
+from .domain import Completion, ModelEntry, Usage
 from .embeddings import Embedder
 from .errors import (
     InvalidRequest,
@@ -98,38 +98,17 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         request_id_var.set(request.request_id)
         attach_traceparent(context)  # no server interceptor: the caller's trace continues here
         try:
-            result = await self.router.complete(
-                request_id=request.request_id,
-                model=request.model,
-                body_json=request.body_json,
-                deadline=context.time_remaining(),
-                account_id=request.account_id,
-                constraints=_constraints(request.constraints, request.authorized_models),
-            )
+            result = await self.router.complete(**_call(request, context))
         except RouterError as error:
             await _abort(context, error)
-        return pb.CompleteResponse(
-            model=result.model,
-            body_json=result.body_json,
-            usage=_usage(result.usage),
-            provider=result.provider,
-            upstream_model=result.upstream_model,
-            upstream_request_id=result.upstream_request_id,
-        )
+        return pb.CompleteResponse(**_answer(result))
 
     async def StreamComplete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         request_id_var.set(request.request_id)
         attach_traceparent(context)  # no server interceptor: the caller's trace continues here
-        events = self.router.stream_complete(
-            request_id=request.request_id,
-            model=request.model,
-            body_json=request.body_json,
-            deadline=context.time_remaining(),
-            account_id=request.account_id,
-            constraints=_constraints(request.constraints, request.authorized_models),
-        )
+        events = self.router.stream_complete(**_call(request, context))
         try:
             async with aclosing(events):  # a cancelled call closes the upstream response now, not at GC
                 async for event in events:
@@ -156,24 +135,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                         reason="not_implemented")
         assert self.embedder is not None
         try:
-            result = await self.embedder.embed(
-                request_id=request.request_id,
-                model=request.model,
-                body_json=request.body_json,
-                deadline=context.time_remaining(),
-                account_id=request.account_id,
-                constraints=_constraints(request.constraints, request.authorized_models),
-            )
+            result = await self.embedder.embed(**_call(request, context))
         except RouterError as error:
             await _abort(context, error)
-        return pb.EmbedResponse(
-            model=result.model,
-            body_json=result.body_json,
-            usage=_usage(result.usage),
-            provider=result.provider,
-            upstream_model=result.upstream_model,
-            upstream_request_id=result.upstream_request_id,
-        )
+        return pb.EmbedResponse(**_answer(result))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -181,6 +146,30 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         currency = self.router.catalogue.currency
         listed = self.router.list_models(_constraints(request.constraints))
         return pb.ListModelsResponse(models=[_model(entry, currency) for entry in listed])
+
+
+def _call(request: pb.CompleteRequest | pb.EmbedRequest, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """What Complete, StreamComplete and Embed hand the router: the request's routing fields, the caller's deadline."""
+    return {
+        "request_id": request.request_id,
+        "model": request.model,
+        "body_json": request.body_json,
+        "deadline": context.time_remaining(),
+        "account_id": request.account_id,
+        "constraints": _constraints(request.constraints, request.authorized_models),
+    }
+
+
+def _answer(result: Completion) -> dict[str, Any]:
+    """A served unary call's fields, shared by CompleteResponse and EmbedResponse."""
+    return {
+        "model": result.model,
+        "body_json": result.body_json,
+        "usage": _usage(result.usage),
+        "provider": result.provider,
+        "upstream_model": result.upstream_model,
+        "upstream_request_id": result.upstream_request_id,
+    }
 
 
 def _constraints(message: pb.RoutingConstraints, authorized_models: Iterable[str] = ()) -> Constraints:
