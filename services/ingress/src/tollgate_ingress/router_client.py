@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from tollgate.router.v1 import router_service_pb2 as rpb
@@ -79,6 +80,9 @@ def _served(pb: rpb.CompleteResponse | rpb.StreamEnd | rpb.EmbedResponse) -> Ser
     return Served(_usage(pb.usage), pb.provider, pb.upstream_model, pb.upstream_request_id, pb.model)
 
 
+M = TypeVar("M", rpb.CompleteRequest, rpb.EmbedRequest)
+
+
 def _constraints(c: RoutingConstraints) -> rpb.RoutingConstraints:
     return rpb.RoutingConstraints(
         allowed_providers=c.allowed_providers,
@@ -88,8 +92,9 @@ def _constraints(c: RoutingConstraints) -> rpb.RoutingConstraints:
     )
 
 
-def _message(request: RouteRequest) -> rpb.CompleteRequest:
-    return rpb.CompleteRequest(
+def _message(request: RouteRequest, kind: type[M]) -> M:
+    """The router's request message: ``CompleteRequest`` or ``EmbedRequest``, which have the same fields."""
+    return kind(
         request_id=request.request_id,
         account_id=request.account_id,
         model=request.model,
@@ -122,25 +127,16 @@ class RouterClient:
     async def complete(self, request: RouteRequest) -> Completion:
         started = time.perf_counter()
         try:
-            reply = await self._call(self._stub.Complete, _message(request), self._timeout)
+            reply = await self._call(self._stub.Complete, _message(request, rpb.CompleteRequest), self._timeout)
         finally:
             self._complete_seconds.observe(time.perf_counter() - started)
         return Completion(reply.body_json, _served(reply))
 
     async def embed(self, request: RouteRequest) -> Completion:
         """Embeddings: ``body_json`` is an OpenAI embeddings body; the answer is the upstream's, as it came."""
-        message = rpb.EmbedRequest(
-            request_id=request.request_id,
-            account_id=request.account_id,
-            model=request.model,
-            body_json=request.body_json,
-            constraints=_constraints(request.constraints),
-            key_id=request.key_id,
-            authorized_models=request.authorized_models,
-        )
         started = time.perf_counter()
         try:
-            reply = await self._call(self._stub.Embed, message, self._timeout)
+            reply = await self._call(self._stub.Embed, _message(request, rpb.EmbedRequest), self._timeout)
         finally:
             self._embed_seconds.observe(time.perf_counter() - started)
         return Completion(reply.body_json, _served(reply))
@@ -148,7 +144,9 @@ class RouterClient:
     async def stream(self, request: RouteRequest) -> AsyncIterator[bytes | Served]:
         """Chunks as they come, then the :class:`Served` end (missing if the router broke its promise)."""
         started = time.perf_counter()
-        call = self._stub.StreamComplete(_message(request), timeout=self._timeout, metadata=self._metadata())
+        call = self._stub.StreamComplete(
+            _message(request, rpb.CompleteRequest), timeout=self._timeout, metadata=self._metadata()
+        )
         try:
             async for message in call:
                 if message.HasField("chunk_json"):
