@@ -23,7 +23,8 @@ from tollgate.billing.v1 import tenancy_pb2 as tpb
 from tollgate.events.v1 import billing_pb2
 from tollgate_billing.app import BillingApp
 from tollgate_billing.rebuild import TargetNotEmpty, read_log, rebuild
-from tollgate_billing.tables import api_keys, messaging, wallets
+from tollgate_billing.tables import api_keys, holds, messaging, wallets
+from tollgate_billing.usage_lag import KafkaEndOffsets, UsageLag
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import make_producer
 
@@ -51,10 +52,11 @@ class Live:
         return await self.stub.GetBalance(pb.GetBalanceRequest(account_id=account_id))
 
     async def publish_rated(self, hold_id: str, account_id: str, key_id: str, price: int,
-                            event_id: str | None = None) -> None:
+                            event_id: str | None = None, occurred_at_unix_ms: int = 0) -> None:
         """What metering does: a UsageRated CloudEvent on tollgate.usage.rated.v1, keyed by account."""
-        env = envelope_for(rated(hold_id, account_id, key_id, price), id=event_id or hold_id, service="metering",
-                           subject=account_id)
+        message = rated(hold_id, account_id, key_id, price)
+        message.occurred_at_unix_ms = occurred_at_unix_ms
+        env = envelope_for(message, id=event_id or hold_id, service="metering", subject=account_id)
         producer = make_producer(self.bootstrap)
         await producer.start()
         try:
@@ -185,7 +187,10 @@ async def _rebuild_cli(bootstrap: str, into: str, live_url: str) -> subprocess.C
 async def test_rebuild_from_the_log_equals_live_and_catches_a_tampered_database(
     sqlite_db: Database, metering: FakeMeteringServer, broker: str, tmp_path: Path
 ) -> None:
-    async with _live(sqlite_db, metering, broker, hold_ttl_seconds=2, hold_sweep_seconds=0.2) as live:
+    # No maximum extension: holds expire at their TTL whether or not usage lags (the old behaviour), so that req_1
+    # and req_2 are captured in full here, then one is reconciled by its late usage.
+    async with _live(sqlite_db, metering, broker, hold_ttl_seconds=2, hold_sweep_seconds=0.2,
+                     hold_max_extension_seconds=0) as live:
         account_id, key = await live.tenant(credit=2 * NANOS)
         other_account, other_key = await live.tenant()
         await live.stub.AddCredits(pb.AddCreditsRequest(account_id=account_id, amount_nanos=2 * NANOS,
@@ -237,6 +242,113 @@ async def test_rebuild_from_the_log_equals_live_and_catches_a_tampered_database(
 
         with pytest.raises(TargetNotEmpty):  # a rebuild never replays onto existing rows
             await rebuild(broker, f"sqlite:///{tmp_path}/rebuilt.db")
+
+
+async def _hold(live: Live, hold_id: str) -> tuple[str, int, int]:
+    assert live.app.engine is not None
+    async with live.app.engine.connect() as conn:
+        row = (await conn.execute(select(holds.c.status, holds.c.captured_nanos, holds.c.expires_at_unix_ms)
+                                  .where(holds.c.hold_id == hold_id))).first()
+    return ("missing", 0, 0) if row is None else (row.status, row.captured_nanos, row.expires_at_unix_ms)
+
+
+async def test_holds_past_their_ttl_stay_open_while_usage_lags_then_close_at_the_rated_price(
+    database: Database, metering: FakeMeteringServer, broker: str
+) -> None:
+    """An outage longer than the TTL: the sweep extends the holds whose usage has not caught up, the late usage
+    captures them at the rated price; once usage is past a hold's deadline (or the maximum extension ran out) the
+    hold is presumed lost and captured in full."""
+    async with _live(database, metering, broker, hold_ttl_seconds=1, hold_sweep_seconds=3600,
+                     hold_max_extension_seconds=60) as live:
+        billing = live.app.billing
+        assert billing is not None and billing.usage_lag is not None
+        account_id, key = await live.tenant()
+        await live.authorize(key.api_key, "req_late")
+        status, _, deadline = await _hold(live, "req_late")
+        assert status == "open"
+
+        # Usage held back (nothing has been applied since the hold's deadline): the sweep past the TTL extends it.
+        assert await billing.expire_due_holds(deadline + 5_000) == 0
+        assert (await _hold(live, "req_late"))[0] == "open"
+        b = await live.balance(account_id)
+        assert (b.balance_nanos, b.held_nanos) == (NANOS, hold_for(100))
+
+        # The lag clears: the late usage event captures the hold at the real price, not the hold.
+        await live.publish_rated("req_late", account_id, key.key_id, 30_000, occurred_at_unix_ms=deadline - 100)
+
+        async def captured() -> bool:
+            return (await _hold(live, "req_late"))[:2] == ("captured", 30_000)
+        await eventually(captured)
+        b = await live.balance(account_id)
+        assert (b.balance_nanos, b.held_nanos) == (NANOS - 30_000, 0)
+        ledger = await live.stub.ListLedgerEntries(pb.ListLedgerEntriesRequest(account_id=account_id))
+        assert {e.kind for e in ledger.entries} == {"credit_purchase", "usage_charge"}
+
+        # A hold whose usage never comes: still extended while usage has not passed its deadline ...
+        await live.authorize(key.api_key, "req_lost")
+        lost_deadline = (await _hold(live, "req_lost"))[2]
+        assert await billing.expire_due_holds(lost_deadline + 1_000) == 0
+        # ... expired in full once usage that happened after its deadline has been applied (caught up).
+        await live.publish_rated("req_after", account_id, key.key_id, 0, occurred_at_unix_ms=lost_deadline + 500)
+
+        async def caught_up() -> bool:
+            return billing.usage_lag is not None and billing.usage_lag.watermark_unix_ms >= lost_deadline + 500
+        await eventually(caught_up)
+        assert await billing.expire_due_holds(lost_deadline + 1_000) == 1
+        assert (await _hold(live, "req_lost"))[:2] == ("expired", hold_for(100))
+
+
+async def test_a_hold_is_extended_no_longer_than_the_maximum_extension(
+    database: Database, metering: FakeMeteringServer, broker: str
+) -> None:
+    async with _live(database, metering, broker, hold_ttl_seconds=1, hold_sweep_seconds=3600,
+                     hold_max_extension_seconds=60) as live:
+        billing = live.app.billing
+        assert billing is not None and billing.usage_lag is not None
+        account_id, key = await live.tenant()
+        await live.authorize(key.api_key, "req_quiet")
+        deadline = (await _hold(live, "req_quiet"))[2]
+        assert await billing.expire_due_holds(deadline + 59_999) == 0  # no usage at all since: still lagging
+        assert await billing.expire_due_holds(deadline + 60_000) == 1  # however far behind usage is
+        assert (await _hold(live, "req_quiet"))[:2] == ("expired", hold_for(100))
+        assert (await live.balance(account_id)).balance_nanos == NANOS - hold_for(100)
+
+
+async def test_usage_lag_counts_records_the_consumer_has_not_applied(
+    database: Database, metering: FakeMeteringServer, broker: str
+) -> None:
+    """The offset signal: records on tollgate.usage.rated.v1 past billing's stored offsets mean lagging, even when
+    the watermark is past a hold's deadline; a broker that does not answer means lagging too."""
+    async with _live(database, metering, broker) as live:
+        assert live.app.sessions is not None
+        account_id, key = await live.tenant()
+        await live.publish_rated("req_x", account_id, key.key_id, 0)
+
+        async def applied() -> bool:
+            return (await _hold(live, "req_x"))[0] == "captured"
+        await eventually(applied)
+        lag = live.app.billing.usage_lag if live.app.billing is not None else None
+        assert lag is not None
+        assert await lag.refresh() == 0
+        lag.applied(10**13)
+        assert await lag.expiry_cutoff(10**12) == 10**12  # caught up: nothing held back
+
+        # The same topic seen by a group that has applied nothing: one record waiting.
+        stuck = UsageLag(topic=Topics.USAGE_RATED, group_id="nobody", sessions=live.app.sessions, tables=messaging,
+                         end_offsets=KafkaEndOffsets(broker))
+        try:
+            stuck.applied(10**13)
+            assert await stuck.refresh() == 1
+            assert await stuck.expiry_cutoff(10**12) == 0
+        finally:
+            await stuck.close()
+        unreachable = UsageLag(topic=Topics.USAGE_RATED, group_id="billing", sessions=live.app.sessions,
+                               tables=messaging, end_offsets=KafkaEndOffsets("127.0.0.1:1"))
+        try:
+            unreachable.applied(10**13)
+            assert await unreachable.expiry_cutoff(10**12) == 0 and unreachable.unapplied is None
+        finally:
+            await unreachable.close()
 
 
 @pytest.mark.postgres

@@ -30,10 +30,12 @@ from tollgate_common.runtime import serve_until
 from . import repository
 from .application import Billing, PriceSource
 from .config import Settings
+from .consumer import GROUP_ID as CONSUMER_GROUP
 from .consumer import UsageConsumer
 from .grpc_server import SERVICE_NAME, BillingServicer
 from .price_book import MeteringPriceBook
 from .tables import messaging
+from .usage_lag import KafkaEndOffsets, UsageLag
 
 __all__ = ["BillingApp", "serve"]
 
@@ -111,6 +113,8 @@ class BillingApp:
             key_cache_seconds=s.key_cache_seconds,
             clock=self.clock,
             on_commit=self._notify_relay,
+            usage_lag=self._usage_lag(),
+            hold_max_extension_seconds=s.hold_max_extension_seconds,
         )
         if s.kafka_bootstrap_servers:
             self._spawn("kafka", self._run_kafka)
@@ -133,6 +137,8 @@ class BillingApp:
         self._consumer_stop.set()
         await self._join("consumer", 15.0)
         await self._join("hold-sweeper", 15.0)
+        if self.billing is not None and self.billing.usage_lag is not None:
+            await self.billing.usage_lag.close()
         await self._join("price-book", 5.0)
         self._relay_stop.set()  # the relay publishes what is pending, then returns
         await self._join("relay", 15.0)
@@ -167,6 +173,14 @@ class BillingApp:
                 raise
         except Exception:
             log.exception("background task failed", extra={"task": name})
+
+    def _usage_lag(self) -> UsageLag | None:
+        """With Kafka, the sweeper asks whether rated usage lags before capturing a hold in full (usage_lag.py)."""
+        s = self.settings
+        if not s.kafka_bootstrap_servers or self.sessions is None:
+            return None
+        return UsageLag(topic=Topics.USAGE_RATED, group_id=CONSUMER_GROUP, sessions=self.sessions, tables=messaging,
+                        end_offsets=KafkaEndOffsets(s.kafka_bootstrap_servers, s.kafka_security))
 
     def _notify_relay(self) -> None:
         if self.relay is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from google.protobuf.message import Message
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from tollgate.events.v1 import billing_pb2, usage_pb2
@@ -39,6 +39,7 @@ from .errors import (
 from .hold_writer import HoldWriter, PendingHold
 from .memberships import check_membership
 from .repository import AccountRow, KeyRow, LedgerRow, WalletRow
+from .usage_lag import UsageLag
 
 __all__ = [
     "AddCreditsResult",
@@ -64,6 +65,10 @@ _KEY_CACHE_MAX = 100_000
 CAPTURE_OVERRUNS = Counter("tollgate_billing_capture_overruns_total", "Usage captures above the hold they close")
 CAPTURE_OVERRUN_NANOS = Counter("tollgate_billing_capture_overrun_nanos_total",
                                 "Nanos captured beyond the holds they close (all currencies)")
+#: Holds past their TTL left open because usage is lagging (see usage_lag.py); each later closes by its usage, or
+#: is captured in full once usage caught up or the maximum extension ran out.
+HOLDS_EXTENDED = Gauge("tollgate_billing_holds_extended",
+                       "Open holds past their TTL kept open at the last sweep because usage is lagging")
 
 
 class PriceSource(Protocol):
@@ -166,10 +171,16 @@ class Billing:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         on_commit: Callable[[], None] | None = None,
+        usage_lag: UsageLag | None = None,
+        hold_max_extension_seconds: int = 3600,
     ) -> None:
         self.engine = engine
         self.prices = prices
         self.hold_ttl_seconds = hold_ttl_seconds
+        #: Whether rated usage is behind (None: no consumer, e.g. in-process tests: holds expire at their TTL).
+        self.usage_lag = usage_lag
+        #: How long past its TTL a hold may be kept open while usage lags; then it is captured in full anyway.
+        self.hold_max_extension_seconds = hold_max_extension_seconds
         self.clock = clock
         self.monotonic = monotonic
         #: Called after a transaction that wrote events commits (the outbox relay's ``notify``).
@@ -496,12 +507,15 @@ class Billing:
     # --- holds past their TTL (the sweeper) ---------------------------------------------------------------------
 
     async def expire_due_holds(self, now_unix_ms: int | None = None) -> int:
-        """Capture in full every open hold past its TTL (HoldExpired, flagged for reconciliation)."""
+        """Capture in full every open hold past its TTL (HoldExpired, flagged for reconciliation) whose usage is
+        presumed lost: usage has caught up past the hold's deadline, or the maximum extension has run out. The
+        others stay open (extended): their usage is late, not lost, and will capture them at the rated price."""
         now = self._now_ms() if now_unix_ms is None else now_unix_ms
+        cutoff = await self._expiry_cutoff(now)
         expired = 0
         while True:
             async with self._read() as conn:
-                due = await repository.due_holds(conn, now, SWEEP_BATCH)
+                due = await repository.due_holds(conn, cutoff, SWEEP_BATCH)
             for hold in due:
                 event = domain.hold_expired(hold, now)
                 if event is None:
@@ -519,3 +533,20 @@ class Billing:
                 self._committed()
             if len(due) < SWEEP_BATCH:
                 return expired
+
+    async def _expiry_cutoff(self, now: int) -> int:
+        """The deadline at or before which open holds expire now (``now`` unless usage lags); counts the rest."""
+        if self.usage_lag is None:
+            return now
+        floor = now - self.hold_max_extension_seconds * 1000
+        cutoff = max(floor, await self.usage_lag.expiry_cutoff(now))
+        extended = 0
+        if cutoff < now:
+            async with self._read() as conn:
+                extended = await repository.count_open_holds(conn, after_unix_ms=cutoff, until_unix_ms=now)
+            if extended:
+                log.warning("usage is lagging: holds past their TTL kept open",
+                            extra={"holds": extended, "unapplied_usage": self.usage_lag.unapplied,
+                                   "usage_watermark_unix_ms": self.usage_lag.watermark_unix_ms})
+        HOLDS_EXTENDED.set(extended)
+        return cutoff

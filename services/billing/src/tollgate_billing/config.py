@@ -30,6 +30,9 @@ class Settings:
     kafka_bootstrap_servers: str | None = "127.0.0.1:9092"
     metering_addr: str = "127.0.0.1:50054"
     hold_ttl_seconds: int = 600
+    #: How long past its TTL a hold is kept open while rated usage lags (usage_lag.py) before it is captured in
+    #: full anyway (and reconciled when its usage arrives).
+    hold_max_extension_seconds: int = 3600
     #: How often open holds are checked against their TTL.
     hold_sweep_seconds: float = 5.0
     #: How often metering's price book is fetched again (until the first load: every second).
@@ -68,6 +71,8 @@ class Settings:
             kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             metering_addr=env.str("METERING_ADDR", cls.metering_addr),
             hold_ttl_seconds=env.int("HOLD_TTL_SECONDS", cls.hold_ttl_seconds, minimum=1),
+            hold_max_extension_seconds=env.int("HOLD_MAX_EXTENSION_SECONDS", cls.hold_max_extension_seconds,
+                                               minimum=0),
             hold_sweep_seconds=env.float("HOLD_SWEEP_SECONDS", cls.hold_sweep_seconds, minimum=0.05),
             price_book_refresh_seconds=env.float(
                 "PRICE_BOOK_REFRESH_SECONDS", cls.price_book_refresh_seconds, minimum=0.1

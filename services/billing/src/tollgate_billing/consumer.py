@@ -43,6 +43,9 @@ class UsageConsumer(DbOffsetConsumer):
         verify: RecordCheck | None = None,
         security: KafkaSecurity | None = None,
     ) -> None:
+        self._after = after_commit
+        #: Newest occurred_at of the batch being applied, reported to billing's UsageLag once it committed.
+        self._pending_watermark = 0
         super().__init__(
             bootstrap=bootstrap,
             topics=[Topics.USAGE_RATED],
@@ -50,7 +53,7 @@ class UsageConsumer(DbOffsetConsumer):
             sessions=sessions,
             tables=messaging,
             batch_handler=self._settle,
-            after_commit=after_commit,
+            after_commit=self._committed,
             # Taken before each batch transaction begins (``BEGIN IMMEDIATE`` takes SQLite's write lock): taken
             # inside the handler, Authorize could hold the turn while waiting for the lock this transaction holds.
             write_turn=billing.sqlite_turn,
@@ -58,6 +61,13 @@ class UsageConsumer(DbOffsetConsumer):
             security=security,
         )
         self.billing = billing
+
+    def _committed(self) -> None:
+        if self._pending_watermark and self.billing.usage_lag is not None:
+            self.billing.usage_lag.applied(self._pending_watermark)
+        self._pending_watermark = 0
+        if self._after is not None:
+            self._after()
 
     async def _settle(self, session: AsyncSession, envelopes: list[Envelope]) -> None:
         """Close the holds of a batch the base class already deduped, in its transaction."""
@@ -69,6 +79,9 @@ class UsageConsumer(DbOffsetConsumer):
             message = env.message()
             assert isinstance(message, usage_pb2.UsageRated)
             items.append((message, env.id))
+            # When it happened (ingress's clock); an event without the time counts as happening now.
+            occurred = message.occurred_at_unix_ms or int(self.billing.clock() * 1000)
+            self._pending_watermark = max(self._pending_watermark, occurred)
         if not items:
             return
         # One span per batch, parented to the first event's trace (the batch has many parents).

@@ -332,6 +332,15 @@ async def due_holds(conn: Executor, now_unix_ms: int, limit: int) -> list[HoldVi
     return [_hold_view(row) for row in rows]
 
 
+async def count_open_holds(conn: Executor, *, after_unix_ms: int, until_unix_ms: int) -> int:
+    """Open holds whose deadline lies in (after, until]: past their TTL, kept open while usage lags."""
+    return int((await conn.execute(
+        select(func.count()).select_from(holds)
+        .where(holds.c.status == HoldStatus.OPEN.value, holds.c.expires_at_unix_ms > after_unix_ms,
+               holds.c.expires_at_unix_ms <= until_unix_ms)
+    )).scalar_one())
+
+
 async def find_credit(conn: Executor, account_id: str, idempotency_key: str) -> tuple[str, int] | None:
     """(transaction id, amount) of an earlier AddCredits with this idempotency key, if any."""
     row = (
