@@ -17,18 +17,23 @@ fixed number of statements however many they are:
 
 The rows written are what :mod:`~tollgate_billing.projections` makes of the same HoldPlaced events, so a rebuild from
 the log yields the same tables. A batch that fails in the database (not a refusal: e.g. a deadlock with another
-replica) is retried one caller per transaction, so one caller's failure is only ever its own.
+replica) is retried one caller per transaction, so one caller's failure is only ever its own; a caller's own
+transaction that fails transiently (PostgreSQL serialization failure or deadlock, a lost connection, a busy SQLite)
+is tried again, up to ``RETRIES`` times after a short jittered pause, before the error reaches the caller (503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.bulk import insert_rows
@@ -40,8 +45,16 @@ from .tables import api_keys, holds, messaging, wallets
 
 __all__ = ["HoldWriter", "PendingHold"]
 
+log = logging.getLogger(__name__)
+
 #: Callers served by one transaction at most (the rest wait for the next one).
 MAX_BATCH = 256
+#: A caller's own transaction is tried this many more times when it fails transiently (see _transient).
+RETRIES = 3
+#: Pause before retry n (seconds, n = 1, 2, …): BASE × 2^(n−1), with full jitter, so contending replicas spread out.
+RETRY_BASE_SECONDS = 0.02
+#: PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 _HOLD_COLUMNS = ("hold_id", "account_id", "key_id", "model", "amount_nanos", "status", "captured_nanos",
                  "released_nanos", "refunded_nanos", "usage_event_id", "needs_reconciliation", "created_at_unix_ms",
@@ -129,13 +142,35 @@ class HoldWriter:
             raise
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch[0][1], exc)
+                await self._retry(batch[0], exc)
                 return
             for item in batch:  # alone, each caller meets only its own failure
                 await self._serve([item])
             return
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             _settle(future, outcome)
+
+    async def _retry(self, item: tuple[PendingHold, asyncio.Future[Outcome]], error: Exception) -> None:
+        """One caller's transaction failed: try it again while the failure is transient (the transaction rolled
+        back, so a retry decides afresh on the rows as they are now), then give the caller the last error."""
+        pending, future = item
+        for attempt in range(1, RETRIES + 1):
+            if not _transient(error) or future.done():
+                break
+            log.info("hold transaction failed transiently; retrying",
+                     extra={"hold_id": pending.event.hold_id, "attempt": attempt, "error": type(error).__name__})
+            await asyncio.sleep(random.uniform(0, RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
+            try:
+                outcomes = await self._transaction([pending])
+            except asyncio.CancelledError:
+                _settle(future, ConcurrentUpdate("billing is stopping; retry"))
+                raise
+            except Exception as exc:
+                error = exc
+                continue
+            _settle(future, outcomes[0])
+            return
+        _settle(future, error)
 
     async def _transaction(self, batch: Sequence[PendingHold]) -> list[Outcome]:
         events = [p.event for p in batch]
@@ -220,6 +255,20 @@ def _decide(ev: billing_pb2.HoldPlaced, existing: dict[str, HoldView], money: di
     wallet[1] += ev.amount_nanos
     key[3] += ev.amount_nanos
     return None
+
+
+def _transient(error: Exception) -> bool:
+    """A database failure that a new transaction may not meet: PostgreSQL's serialization and deadlock aborts (the
+    other replica's transaction won), a dropped connection, SQLite busy beyond its timeout."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return True
+    return "database is locked" in str(orig) or "database is busy" in str(orig)
 
 
 def _view(row: Any) -> HoldView:
