@@ -75,3 +75,21 @@ def test_no_eligible_deployment_is_the_callers_request_not_their_balance() -> No
     )
     assert error.status == 400
     assert error.payload()["error"]["code"] == "no_eligible_deployment"
+
+
+def test_the_param_trailer_reaches_openai_and_anthropic_error_bodies() -> None:
+    from tollgate_ingress.anthropic_wire import error_body
+
+    error = from_grpc(rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "Expected a value <= 20, but got 25 instead.",
+                                tollgate_reason="integer_above_max_value", tollgate_param="top_logprobs"),
+                      service="router")
+    assert error.status == 400
+    assert orjson.loads(error.body())["error"] == {
+        "message": "Expected a value <= 20, but got 25 instead.", "type": "invalid_request_error",
+        "code": "integer_above_max_value", "param": "top_logprobs"}
+    # Anthropic's error JSON has no param: the field leads the message, as in Anthropic's own errors.
+    assert orjson.loads(error_body(error)) == {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "top_logprobs: Expected a value <= 20, but got 25 instead."}}
+    named = from_grpc(rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens is too large: 9",
+                                tollgate_param="max_tokens"), service="router")
+    assert orjson.loads(error_body(named))["error"]["message"] == "max_tokens is too large: 9"

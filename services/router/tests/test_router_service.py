@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
-from tollgate_common.grpc import error_reason, retry_after
+from tollgate_common.grpc import error_param, error_reason, retry_after
 from tollgate_dev.mock_upstream import DEFAULT_REPLY, MockUpstream
 from tollgate_dev.ports import free_port
 from tollgate_router.config import Settings
@@ -212,6 +212,20 @@ async def test_upstream_400_is_invalid_argument_with_the_upstream_message(stub: 
             await call
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "messages" in (caught.value.details() or "")
+
+
+async def test_upstream_400_keeps_the_providers_param_and_code(stub: pb_grpc.RouterServiceStub) -> None:
+    """OpenAI's 400 names the field at fault (``param``); the caller's SDK reads it from the error body."""
+    for call in (
+        stub.Complete(request(max_tokens=20_000)),
+        collect(stub.StreamComplete(request(max_tokens=20_000, stream=True))),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_tokens is too large: 20000" in (caught.value.details() or "")
+        assert error_param(caught.value) == "max_tokens"
+        assert error_reason(caught.value) == "invalid_request"  # the provider gave no code (null)
 
 
 async def test_upstream_500_is_unavailable_before_any_chunk(stub: pb_grpc.RouterServiceStub) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "GrpcServer",
     "StatusTable",
     "abort",
+    "error_param",
     "error_reason",
     "open_channel",
     "retry_after",
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 REASON_KEY = "tollgate-reason"
 RETRY_AFTER_KEY = "retry-after"
+#: The request field an INVALID_ARGUMENT is about (OpenAI's error ``param``), when the refusing party named one.
+PARAM_KEY = "tollgate-param"
 
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -192,10 +195,13 @@ async def abort(
     *,
     reason: str,
     retry_after: int | None = None,
+    param: str | None = None,
 ) -> NoReturn:
     metadata: list[tuple[str, str]] = [(REASON_KEY, reason)]
     if retry_after is not None:
         metadata.append((RETRY_AFTER_KEY, str(retry_after)))
+    if param:
+        metadata.append((PARAM_KEY, param))
     context.set_trailing_metadata(tuple(metadata))
     await context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
@@ -210,6 +216,10 @@ def _trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
     return _trailer(error, REASON_KEY) or ""
+
+
+def error_param(error: grpc.aio.AioRpcError) -> str | None:
+    return _trailer(error, PARAM_KEY) or None
 
 
 def retry_after(error: grpc.aio.AioRpcError) -> int | None:

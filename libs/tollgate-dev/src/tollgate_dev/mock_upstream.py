@@ -16,7 +16,8 @@ deterministic:
   not counted (the real API does count them; nothing here needs that).
 - The reply is a fixed sentence that never echoes the prompt (so no user text can leak through it);
   ``completion_tokens`` is its token count, cut to ``max_completion_tokens``/``max_tokens`` (``finish_reason``
-  ``"length"`` then), times ``n``.
+  ``"length"`` then), times ``n``. A limit above the model's most (:data:`MAX_COMPLETION_TOKENS`) is OpenAI's
+  400 ``max_tokens is too large`` with ``param``.
 
 Fault injection (mock only; a real provider ignores or rejects these), each by request header or, because the
 router forwards request bodies unchanged but not client headers, by the same-named body field:
@@ -89,6 +90,8 @@ DEMO_MODELS: tuple[tuple[str, str], ...] = (
     ("claude-3-5-haiku", "anthropic"),
     ("gemini-2.0-flash", "google"),
 )
+#: The most completion tokens a model takes (OpenAI answers more with a 400 naming the param); others: no limit.
+MAX_COMPLETION_TOKENS = {"gpt-4o-mini": 16384, "gpt-4o": 16384, "deepseek-chat": 8192}
 TIMEOUT_FAULT_SECONDS = 30.0
 SYSTEM_FINGERPRINT = "fp_tollgate_mock"
 MAX_N = 16
@@ -374,8 +377,17 @@ class MockUpstream:
             chunk_delay_ms = self._knob(request, body, "X-Mock-Chunk-Delay-Ms", "mock_chunk_delay_ms")
             _validate(body)
             limit = _optional_int(body, "max_completion_tokens", minimum=1)
+            limit_param = "max_completion_tokens"
             if limit is None:
                 limit = _optional_int(body, "max_tokens", minimum=1)
+                limit_param = "max_tokens"
+            most = MAX_COMPLETION_TOKENS.get(str(body["model"]))
+            if limit is not None and most is not None and limit > most:
+                raise _BadRequest(
+                    f"{limit_param} is too large: {limit}. This model supports at most {most} completion tokens, "
+                    f"whereas you provided {limit}.",
+                    limit_param,
+                )
             n = _optional_int(body, "n", minimum=1) or 1
             if n > MAX_N:
                 raise _BadRequest(f"Invalid 'n': at most {MAX_N}.", "n")

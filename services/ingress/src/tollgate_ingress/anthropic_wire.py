@@ -505,13 +505,21 @@ class MessageStream:
         return out + _event("message_stop", {})
 
 
+def error_message(error: IngressError) -> str:
+    """The message in Anthropic's convention: its error JSON has no ``param``, the field leads the message
+    (``"max_tokens: Field required"``); an error that names its field elsewhere gets that prefix."""
+    if error.param and error.param not in error.message:
+        return f"{error.param}: {error.message}"
+    return error.message
+
+
 def error_body(error: IngressError) -> bytes:
     """``{"type": "error", "error": {"type", "message"}}``: the body the anthropic SDK parses into its errors."""
     kind = ERROR_TYPES.get(error.status, "api_error")
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": error_message(error)}})
 
 
 def error_event(error: IngressError) -> bytes:
     """An error met after the stream started: Anthropic's ``error`` event."""
     kind = ERROR_TYPES.get(error.status, "api_error")
-    return _event("error", {"error": {"type": kind, "message": error.message}})
+    return _event("error", {"error": {"type": kind, "message": error_message(error)}})

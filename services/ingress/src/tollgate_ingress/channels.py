@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import trace
-from tollgate_common.grpc import error_reason, open_channel, retry_after
+from tollgate_common.grpc import error_param, error_reason, open_channel, retry_after
 from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.telemetry import spans_exported
 
@@ -160,6 +160,9 @@ def from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:
         return InvalidRequest(message, code=reason or "no_eligible_deployment")
     if code == grpc.StatusCode.FAILED_PRECONDITION and reason in _CONFLICTS:
         return Conflict(message, code=reason)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        # The field at fault, as the refusing party (an upstream's OpenAI-format 400, or our own check) named it.
+        return InvalidRequest(message, code=reason, param=error_param(error))
     cls = _BY_CODE.get(code)
     if cls is not None:
         return cls(message, code=reason)

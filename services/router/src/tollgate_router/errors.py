@@ -7,7 +7,8 @@ error ``code``); ``grpc_server`` maps the classes to gRPC status codes once, in 
     ├── InvalidRequest            INVALID_ARGUMENT    invalid_request       body_json is not a usable request
     ├── ModelNotFound             NOT_FOUND           model_not_found       no route for that public model name
     ├── UpstreamRejected          INVALID_ARGUMENT    invalid_request       upstream said 400/413/422: the caller's
-    │                                                                       request is malformed; its message kept
+    │                                                                       request is malformed; its message, and
+    │                                                                       (OpenAI format) its param and code kept
     ├── UpstreamRateLimited       RESOURCE_EXHAUSTED  upstream_rate_limited upstream said 429 (+ retry_after)
     ├── UpstreamAuthFailed        UNAVAILABLE         upstream_auth         upstream said 401/403: the operator's
     │                                                                       provider key is wrong, not the caller
@@ -18,7 +19,9 @@ error ``code``); ``grpc_server`` maps the classes to gRPC status codes once, in 
     └── UpstreamTimeout           DEADLINE_EXCEEDED   upstream_timeout      no answer within the timeout
 
 Messages reach the caller, so they never carry provider keys nor the upstream's text for auth failures
-(OpenAI's 401 message quotes part of the key).
+(OpenAI's 401 message quotes part of the key). ``param`` (the request field at fault) travels as the
+``tollgate-param`` trailer; ``code``, when set (the provider's own, e.g. ``context_length_exceeded``), is sent as the
+``tollgate-reason`` instead of the class's reason, so the caller sees the code the provider would have given it.
 """
 
 from __future__ import annotations
@@ -44,10 +47,22 @@ __all__ = [
 class RouterError(Exception):
     reason: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: int | None = None, status: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        status: int = 0,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        #: The request field the error is about (OpenAI's ``param``), when known.
+        self.param = param
+        #: The provider's error code, passed on to the caller in place of :attr:`reason` when set.
+        self.code = code
         #: The provider's HTTP status when it answered with an error (200: its answer was refused, garbled or cut
         #: mid-way); 0 when there was no answer.
         self.status = status

@@ -63,7 +63,14 @@ def status_code(error: RouterError) -> grpc.StatusCode:
 async def _abort(context: grpc.aio.ServicerContext, error: RouterError) -> NoReturn:
     # The reason, not the message: an upstream's message may quote the caller's input.
     log.warning("call failed", extra={"reason": error.reason, "status": status_code(error).name})
-    await abort(context, status_code(error), error.message, reason=error.reason, retry_after=error.retry_after)
+    await abort(
+        context,
+        status_code(error),
+        error.message,
+        reason=error.code or error.reason,
+        retry_after=error.retry_after,
+        param=error.param,
+    )
     raise AssertionError("unreachable")  # abort raises; this tells type checkers so
 
 

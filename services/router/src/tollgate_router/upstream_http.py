@@ -17,6 +17,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
@@ -46,10 +47,12 @@ __all__ = [
     "post_raw",
     "post_sse",
     "post_sse_data",
+    "rejection",
     "retry_after_seconds",
     "status_error",
     "stream_failure",
     "upstream_message",
+    "without_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,9 @@ _MAX_ERROR_MESSAGE = 2000
 #: An error answer is read up to this much for its message; the rest is dropped.
 _MAX_ERROR_BODY = 64 * 1024
 _REJECTED_STATUSES = frozenset({400, 413, 422})
+#: What a provider's ``param`` / ``code`` may look like to be passed on (gRPC trailers take printable ASCII).
+_PARAM = re.compile(r"[A-Za-z0-9_.\[\]\-]{1,200}")
+_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,32 @@ class UpstreamLimits:
 
 
 DEFAULT_LIMITS = UpstreamLimits()
+
+
+def rejection(raw: bytes) -> tuple[str, str | None, str | None]:
+    """A 4xx body's message, ``param`` and ``code``: the latter two only from OpenAI's error object (Anthropic's
+    names the field inside the message, ``"max_tokens: Field required"``; Gemini's ``fieldViolations`` name
+    fields of its own request, not the caller's), and only when they are plain tokens safe to carry in a trailer."""
+    message = upstream_message(raw)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return message, None, None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return message, None, None
+    param, code = error.get("param"), error.get("code")
+    return (
+        message,
+        param if isinstance(param, str) and _PARAM.fullmatch(param) else None,
+        code if isinstance(code, str) and _CODE.fullmatch(code) else None,
+    )
+
+
+def without_key(text: str, route: Route) -> str:
+    """``text`` with the provider key masked: an upstream that echoes request headers must not hand it on."""
+    key = route.provider.api_key
+    return text.replace(key, "***") if key and len(key) >= 8 and key in text else text
 
 
 def upstream_message(raw: bytes) -> str:
@@ -119,13 +151,17 @@ def status_error(route: Route, status: int, headers: Mapping[str, str], raw: byt
     """The error an upstream HTTP status means for the caller; ``error.status`` keeps the status (attempt records)."""
     error = _status_error(route, status, headers, raw)
     error.status = status
+    error.message = without_key(error.message, route)
     return error
 
 
 def _status_error(route: Route, status: int, headers: Mapping[str, str], raw: bytes) -> RouterError:
     provider = route.provider.name
     if status in _REJECTED_STATUSES:
-        return UpstreamRejected(upstream_message(raw) or f"The upstream rejected the request (HTTP {status}).")
+        message, param, code = rejection(raw)
+        return UpstreamRejected(
+            message or f"The upstream rejected the request (HTTP {status}).", param=param, code=code
+        )
     if status in (401, 403):
         # The upstream's own text is not passed on: OpenAI's quotes part of the key.
         log.error("provider rejected the router's credentials", extra={"provider": provider, "status": status})
