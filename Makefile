@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PROTO_OUT := libs/tollgate-proto/src
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: install proto run test test-unit test-e2e bench lint clean
+.PHONY: install proto run test test-unit test-e2e bench fuzz lint clean
 
 # uv itself comes from PyPI with pip when it is not on PATH (only Python 3.11+ and make are assumed).
 .tools/bin/uv:
@@ -39,6 +39,12 @@ bench: install
 	$(PY) -m bench.run
 	$(PY) -m bench.cpu --seconds 5
 	$(PY) -m bench.pipeline
+
+# Schemathesis over ingress's OpenAPI against the whole platform (about 7,000 cases, minutes: not in CI; the
+# normal suite runs about 400 of them). Figures in var/fuzz-figures.txt.
+fuzz: install
+	TOLLGATE_FUZZ_EXAMPLES=150 TOLLGATE_FUZZ_COVERAGE=1 TOLLGATE_FUZZ_REPORT=var/fuzz-figures.txt \
+		$(PY) -m pytest tests/e2e/test_fuzz_api.py -p no:cacheprovider -q -s
 
 lint: install
 	.venv/bin/ruff check .

@@ -92,6 +92,9 @@ class TestRouting:
         [
             ({"rule": {}}, InvalidArgument),
             ({"rules": {"email": "shout"}}, InvalidArgument),
+            # Found by the fuzz run (tests/e2e/test_fuzz_api.py): an unhashable action was a TypeError → 503.
+            ({"rules": {"email": {}}}, InvalidArgument),
+            ({"rules": {"email": ["block"]}}, InvalidArgument),
             ({"rules": {"passport": "block"}}, UnknownDetector),
             ({"routing": {"allowed_regions": "eu"}}, InvalidArgument),
             ({"when_found": [{"allowed_regions": ["eu"]}]}, InvalidArgument),

@@ -36,6 +36,7 @@ from .config import Settings
 from .deps import Deps, Services, services
 from .errors import IngressError, InternalError, InvalidRequest
 from .metrics import Metrics
+from .openapi import document as openapi_document
 
 __all__ = ["IngressApp", "create_app", "sanitise_traceparent"]
 
@@ -215,6 +216,13 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
         ok = all(checks.values())
         body = orjson.dumps({"status": "ready" if ok else "not_ready", "checks": checks})
         return Response(body, status_code=200 if ok else 503, media_type=_JSON)
+
+    openapi_json = orjson.dumps(openapi_document())
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        """The API's OpenAPI 3.1 document (tollgate_ingress.openapi): public like any SDK's reference."""
+        return Response(openapi_json, media_type=_JSON)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

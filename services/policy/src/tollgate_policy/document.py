@@ -254,7 +254,7 @@ def parse_scope_document(raw: object) -> ScopePolicy:
         raise InvalidArgument("rules must be an object {detector: action}")
     pairs: list[tuple[str, Action | None]] = []
     for detector, action in rules_raw.items():
-        if action not in Action._value2member_map_:
+        if not isinstance(action, str) or action not in Action._value2member_map_:  # {} / [] are unhashable
             raise InvalidRule(f"the rule for {str(detector)[:80]!r} must be one of allow, flag, redact, block")
         pairs.append((str(detector), Action(action)))
     rules = validate_rules(pairs)
