@@ -277,11 +277,11 @@ def _query(name: str, schema: Schema) -> Schema:
 _TAGS_HEADER: Schema = {"name": "X-Tollgate-Tags", "in": "header", "required": False,
                         "description": "key=value pairs (at most 16) added to the request's usage tags",
                         "schema": {"type": "string", "maxLength": 4096}}
-_API_KEY = [{"apiKey": []}]
-_ANTHROPIC_KEY = [{"anthropicKey": []}, {"apiKey": []}]
-_OPERATOR = [{"adminToken": []}]
+_API_KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
+_ANTHROPIC_KEY: list[dict[str, list[str]]] = [{"anthropicKey": []}, {"apiKey": []}]
+_OPERATOR: list[dict[str, list[str]]] = [{"adminToken": []}]
 #: The operator's token, or an ``account_admin`` API key of the path's account (same header).
-_ACCOUNT_ADMIN = [{"adminToken": []}]
+_ACCOUNT_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 
 
 def _op(summary: str, security: list[Any], responses: dict[str, Any], *, body: str | None = None,
