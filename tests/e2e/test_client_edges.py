@@ -8,7 +8,7 @@ import openai
 import pytest
 from tollgate_dev.platform import Platform
 
-from .tenant import NANOS, Tenant, mock_calls
+from .tenant import NANOS, Tenant, mock_calls, resale_price
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +52,70 @@ def test_a_providers_400_reaches_the_anthropic_sdk_in_anthropics_error_json(plat
             "message": "max_tokens is too large: 20000. This model supports at most 16384 completion tokens, "
                        "whereas you provided 20000."}}
     assert tenant.settle()["balance_nanos"] == 10 * NANOS
+
+
+def test_n_choices_are_served_held_for_and_billed_as_reported(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, n=3, max_tokens=5)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert all(c.message.content and c.finish_reason == "length" for c in reply.choices)
+
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, n=2, stream=True,
+                                            stream_options={"include_usage": True})
+    texts = {0: "", 1: ""}
+    usage = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+        usage = chunk.usage or usage
+    assert texts[0] and texts[0] == texts[1]
+
+    served = mock_calls(platform)[before:]
+    assert [c["body"].get("n") for c in served] == [3, 2]
+    # No cap from the client: the held model's cap is shared between the choices, so the upstream cannot
+    # produce more than the hold covers.
+    assert served[1]["body"]["max_completion_tokens"] == 16384 // 2
+    assert reply.usage is not None and usage is not None
+    for answer, record in zip((reply.usage, usage), served, strict=True):
+        assert (answer.prompt_tokens, answer.completion_tokens) == (
+            record["usage"]["prompt_tokens"], record["usage"]["completion_tokens"])
+    assert served[0]["usage"]["completion_tokens"] == 3 * 5, "each choice's tokens are billed"
+    expected = sum(resale_price(platform, "gpt-4o-mini", c["usage"]["prompt_tokens"],
+                                c["usage"]["completion_tokens"]) for c in served)
+    assert tenant.settle()["balance_nanos"] == 10 * NANOS - expected
+
+
+def test_logprobs_and_parallel_tool_calls_pass_through(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=6, logprobs=True,
+                                           top_logprobs=3)
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert "".join(t.token for t in logprobs.content) == reply.choices[0].message.content
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in logprobs.content)
+    assert all(t.logprob < 0 and t.bytes == list(t.token.encode()) for t in logprobs.content)
+
+    streamed = []
+    for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=6, stream=True,
+                                                logprobs=True, top_logprobs=2):
+        for choice in chunk.choices:
+            if choice.logprobs is not None and choice.logprobs.content:
+                streamed += choice.logprobs.content
+    assert [t.token for t in streamed] == [t.token for t in logprobs.content]
+    assert all(len(t.top_logprobs) == 2 for t in streamed)
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, logprobs=True, top_logprobs=25)
+    assert (caught.value.param, caught.value.code) == ("top_logprobs", "integer_above_max_value")
+
+    tools: list = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=4, tools=tools,
+                                   parallel_tool_calls=False)
+    served = mock_calls(platform)[before:]
+    assert [c["body"].get("logprobs") for c in served] == [True, True, True, None]
+    assert served[-1]["body"]["parallel_tool_calls"] is False
+    tenant.settle()

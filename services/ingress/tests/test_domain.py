@@ -83,7 +83,7 @@ def test_bad_tags_are_400_naming_where(header: str | None, user: object) -> None
         (raw(max_tokens=1.5), "max_tokens", "invalid_type"),
         (raw(max_tokens=True), "max_tokens", "invalid_type"),
         (raw(max_completion_tokens=-3), "max_completion_tokens", "invalid_value"),
-        (raw(n=2), "n", "invalid_value"),
+        (raw(n=129), "n", "invalid_value"),
         (raw(n=0), "n", "invalid_value"),
         (raw(stream=1), "stream", "invalid_type"),
         (raw(stream=True, stream_options=[]), "stream_options", "invalid_type"),
@@ -100,10 +100,21 @@ def test_invalid_requests_name_the_param(body: bytes, param: str | None, code: s
     assert err.value.payload()["error"]["type"] == "invalid_request_error"
 
 
-def test_n_greater_than_one_says_not_supported_yet() -> None:
-    with pytest.raises(InvalidRequest, match="not supported yet"):
-        parse_chat_request(raw(n=4))
-    assert parse_chat_request(raw(n=1)).model == "gpt-4o-mini"
+def test_n_choices_are_held_for_n_times_the_cap_and_share_a_cap_the_client_did_not_give() -> None:
+    request = parse_chat_request(raw(n=4, max_tokens=50))
+    assert (request.choices, request.held_output_tokens) == (4, 200)
+    assert orjson.loads(request.forwarded_body(None, 200))["max_tokens"] == 50  # the client's per-choice cap
+    uncapped = parse_chat_request(raw(n=3))
+    assert uncapped.held_output_tokens == 0  # billing holds for the model's cap, once
+    assert orjson.loads(uncapped.forwarded_body(None, 16384))["max_completion_tokens"] == 16384 // 3
+    with pytest.raises(InvalidRequest) as err:
+        uncapped.forwarded_body(None, 2)
+    assert err.value.param == "n"
+    for bad in (0, 129, "2"):
+        with pytest.raises(InvalidRequest) as err:
+            parse_chat_request(raw(n=bad))
+        assert err.value.param == "n"
+    assert parse_chat_request(raw(n=1)).held_output_tokens == 0
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "u"}}

@@ -17,7 +17,8 @@ deterministic:
 - The reply is a fixed sentence that never echoes the prompt (so no user text can leak through it);
   ``completion_tokens`` is its token count, cut to ``max_completion_tokens``/``max_tokens`` (``finish_reason``
   ``"length"`` then), times ``n``. A limit above the model's most (:data:`MAX_COMPLETION_TOKENS`) is OpenAI's
-  400 ``max_tokens is too large`` with ``param``.
+  400 ``max_tokens is too large`` with ``param``. ``logprobs``/``top_logprobs`` are answered in OpenAI's shape
+  (:mod:`tollgate_dev.mock_logprobs`); ``n`` choices each carry the same reply.
 
 Fault injection (mock only; a real provider ignores or rejects these), each by request header or, because the
 router forwards request bodies unchanged but not client headers, by the same-named body field:
@@ -67,7 +68,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import mock_embeddings
+from . import mock_embeddings, mock_logprobs
 from . import mock_wire as wire
 from .mock_faults import FAULTS, FaultRule, Faults
 from .mock_tokens import Reply, count_prompt_tokens, count_tokens
@@ -393,8 +394,10 @@ class MockUpstream:
                 raise _BadRequest(f"Invalid 'n': at most {MAX_N}.", "n")
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-        except _BadRequest as exc:
-            return _error(400, exc.message, "invalid_request_error", param=exc.param)
+            top_logprobs = mock_logprobs.requested(body)
+        except (_BadRequest, mock_logprobs.LogprobsRejected) as exc:
+            code = "integer_above_max_value" if "above maximum value" in exc.message else None
+            return _error(400, exc.message, "invalid_request_error", param=exc.param, code=code)
 
         await self._delay(record, latency_ms)
         if fault == "500":
@@ -453,6 +456,7 @@ class MockUpstream:
                 headers,
                 chunk_delay_ms,
                 fault == "disconnect",
+                top_logprobs,
             )
         content = "".join(pieces)
         completion = {
@@ -464,7 +468,8 @@ class MockUpstream:
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
-                    "logprobs": None,
+                    "logprobs": None if top_logprobs is None else {
+                        "content": mock_logprobs.entries(pieces, top_logprobs), "refusal": None},
                     "finish_reason": finish_reason,
                 }
                 for i in range(n)
@@ -488,6 +493,7 @@ class MockUpstream:
         headers: dict[str, str],
         chunk_delay_ms: int,
         disconnect: bool,
+        top_logprobs: int | None = None,
     ) -> web.StreamResponse:
         created = int(time.time())
 
@@ -505,13 +511,17 @@ class MockUpstream:
                 payload["usage"] = chunk_usage
             return b"data: " + _dumps(payload) + b"\n\n"
 
-        def choice(i: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+        def choice(
+            i: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
+        ) -> dict[str, Any]:
+            return {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
         events = [chunk([choice(i, {"role": "assistant", "content": "", "refusal": None}) for i in range(n)])]
         for start in range(0, len(pieces), self.chunk_tokens):
-            text = "".join(pieces[start : start + self.chunk_tokens])
-            events.append(chunk([choice(i, {"content": text}) for i in range(n)]))
+            piece = pieces[start : start + self.chunk_tokens]
+            logprobs = None if top_logprobs is None else {
+                "content": mock_logprobs.entries(piece, top_logprobs, start), "refusal": None}
+            events.append(chunk([choice(i, {"content": "".join(piece)}, None, logprobs) for i in range(n)]))
         events.append(chunk([choice(i, {}, finish_reason) for i in range(n)]))
         if usage is not None:
             events.append(chunk([], usage))

@@ -123,7 +123,7 @@ class ChatCompletions:
         candidates = await self.directory.resolve(request.candidate_models)
         try:
             auth = await self.billing.authorize(
-                api_key, request_id, candidates, prompt_tokens, request.max_output_tokens
+                api_key, request_id, candidates, prompt_tokens, request.held_output_tokens
             )
         except (UpstreamTimeout, ServiceUnavailable, asyncio.CancelledError):
             # Billing may have placed the hold without ingress hearing of it: close it, whatever happened.

@@ -44,6 +44,8 @@ BILLED_EXTRAS = ("tools", "functions", "response_format", "prediction")
 #: The largest token count (``max_tokens``, ``max_completion_tokens``, ``n``) accepted: far above any model's
 #: cap, far below what overflows a 64-bit price × tokens product downstream.
 MAX_TOKEN_COUNT = 2**31 - 1
+#: OpenAI's largest ``n``.
+MAX_CHOICES = 128
 
 
 class Outcome(enum.Enum):
@@ -96,6 +98,14 @@ class ChatRequest:
     fallback_models: tuple[str, ...] = ()
     #: Both ``max_completion_tokens`` and a different ``max_tokens`` were sent; only the first is forwarded.
     conflicting_caps: bool = False
+    #: ``n``: how many choices the upstream generates, each up to the output cap (``usage`` counts them all).
+    choices: int = 1
+
+    @property
+    def held_output_tokens(self) -> int:
+        """The output tokens the hold is sized for: the cap times ``n`` (0 = the model's cap, see
+        :meth:`forwarded_body`)."""
+        return self.max_output_tokens * self.choices
 
     @property
     def candidate_models(self) -> list[str]:
@@ -117,9 +127,13 @@ class ChatRequest:
         - one output cap, the one the hold was sized with: ``max_tokens`` dropped when ``max_completion_tokens``
           (which the hold used) differs from it, and ``output_cap`` (billing's cap for the held model) sent as
           ``max_completion_tokens`` when the client gave none — so the upstream cannot produce more than is held.
+          With ``n`` > 1 that cap is shared: each choice gets ``output_cap // n`` (the hold covers one cap).
 
         The client's objects are copied, never mutated."""
         add_cap = self.max_output_tokens == 0 and output_cap > 0
+        if add_cap and output_cap < self.choices:
+            raise _invalid(f"'n' of {self.choices} leaves no output tokens per choice within the model's cap of "
+                           f"{output_cap}", "n")
         if redacted is None and not add_cap and not self.conflicting_caps:
             return self.raw
         body = dict(self.body)
@@ -128,7 +142,7 @@ class ChatRequest:
         if self.conflicting_caps:
             del body["max_tokens"]
         if add_cap:
-            body["max_completion_tokens"] = output_cap
+            body["max_completion_tokens"] = output_cap // self.choices
         return orjson.dumps(body)
 
     def _redacted_messages(self, texts: Sequence[str]) -> list[dict[str, Any]]:
@@ -347,9 +361,9 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
 
     max_completion = _optional_int(body, "max_completion_tokens", 1)
     max_tokens = _optional_int(body, "max_tokens", 1)
-    n = _optional_int(body, "n", 1)
-    if n is not None and n > 1:
-        raise _invalid("'n' greater than 1 is not supported yet", "n")
+    n = _optional_int(body, "n", 1, MAX_CHOICES)
+    if n is not None and n > 1 and (max_completion or max_tokens or 0) * n > MAX_TOKEN_COUNT:
+        raise _invalid(f"'n' times the output cap must stay within {MAX_TOKEN_COUNT} tokens", "n")
 
     _check_sampling(body)
     _refuse_cost_fields(body)
@@ -372,6 +386,7 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
         slots=slots,
         fallback_models=_fallback_models(body.get("models")),
         conflicting_caps=max_completion is not None and max_tokens is not None and max_completion != max_tokens,
+        choices=n or 1,
     )
 
 
