@@ -108,9 +108,9 @@ async def test_usage_recorded_becomes_usage_rated_with_the_right_amounts_and_clo
 
     msg = out.message()
     assert isinstance(msg, usage_pb2.UsageRated)
-    cost = 3000 * 800 + 700 * 4000
-    assert (msg.upstream_cost_nanos, msg.resale_price_nanos) == (cost, cost * 12 // 10) == (5_200_000, 6_240_000)
-    assert (msg.currency, msg.price_book_version, msg.markup_bps) == ("USD", "demo-2026-11", 2000)
+    cost = 2800 * 800 + 200 * 80 + 700 * 4000  # the 200 cached prompt tokens at the cache-read price
+    assert (msg.upstream_cost_nanos, msg.resale_price_nanos) == (cost, cost * 12 // 10) == (5_056_000, 6_067_200)
+    assert (msg.currency, msg.price_book_version, msg.markup_bps) == ("USD", "demo-cache-2026-12", 2000)
     assert (msg.input_price_nanos, msg.output_price_nanos) == (800, 4000)
     assert (msg.account_id, msg.key_id, msg.hold_id, msg.model) == ("acc_e2e", "key_e2e", "req_e2e_1",
                                                                     "claude-3-5-haiku")
@@ -121,7 +121,7 @@ async def test_usage_recorded_becomes_usage_rated_with_the_right_amounts_and_clo
 
     assert app.metering is not None
     [summary] = await app.metering.usage_summary("acc_e2e")
-    assert (summary.requests, summary.resale_price_nanos) == (1, 6_240_000)
+    assert (summary.requests, summary.resale_price_nanos) == (1, 6_067_200)
 
 
 async def test_a_duplicate_usage_recorded_is_rated_once_also_after_the_broker_forgot_everything(

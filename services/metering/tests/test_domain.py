@@ -73,7 +73,7 @@ class TestRate:
         rating = rate(DEMO_PRICE_BOOK, "gpt-4o-mini", UsageFacts(prompt_tokens=1000, completion_tokens=500))
         assert rating.upstream_cost_nanos == 1000 * 150 + 500 * 600 == 450_000
         assert rating.resale_price_nanos == 540_000
-        assert (rating.price_book_version, rating.currency, rating.markup_bps) == ("demo-2026-11", "USD", 2000)
+        assert (rating.price_book_version, rating.currency, rating.markup_bps) == ("demo-cache-2026-12", "USD", 2000)
         assert (rating.input_price_nanos, rating.output_price_nanos) == (150, 600)
         assert rating.priced
 
@@ -81,10 +81,75 @@ class TestRate:
         rating = rate(_book(markup_bps=2000, input_price=1, output_price=1), "m", UsageFacts(1, 1))
         assert (rating.upstream_cost_nanos, rating.resale_price_nanos) == (2, 3)  # 2.4 → 3
 
-    def test_cached_tokens_are_priced_as_input_for_now(self) -> None:
-        plain = rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(2000, 100))
-        cached = rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(2000, 100, cached_prompt_tokens=1500))
-        assert cached == plain
+    def test_an_anthropic_call_with_cache_reads_is_charged_the_cache_price(self) -> None:
+        # The issue's held-out case: 1,000 of 1,028 prompt tokens read from Anthropic's cache (0.1x input).
+        rating = rate(DEMO_PRICE_BOOK, "claude-3-5-haiku", UsageFacts(1028, 10, cached_prompt_tokens=1000))
+        assert rating.upstream_cost_nanos == 28 * 800 + 1000 * 80 + 10 * 4000 == 142_400
+        full_input = rate(DEMO_PRICE_BOOK, "claude-3-5-haiku", UsageFacts(1028, 10))
+        assert full_input.upstream_cost_nanos == 1028 * 800 + 10 * 4000 == 862_400  # what it used to be charged
+        assert (rating.cached_input_price_nanos, rating.cache_write_price_nanos) == (80, 1000)
+        assert rating.resale_price_nanos == apply_markup(142_400, 2000)
+
+    def test_cache_writes_are_charged_the_write_price(self) -> None:
+        rating = rate(DEMO_PRICE_BOOK, "claude-3-5-haiku",
+                      UsageFacts(2000, 0, cached_prompt_tokens=500, cache_write_tokens=1200))
+        assert rating.upstream_cost_nanos == 300 * 800 + 500 * 80 + 1200 * 1000
+
+    def test_openai_cached_input_is_half_price(self) -> None:
+        rating = rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(2000, 100, cached_prompt_tokens=1500))
+        assert rating.upstream_cost_nanos == 500 * 2500 + 1500 * 1250 + 100 * 10_000
+
+    def test_a_model_without_cache_prices_falls_back_to_the_input_price(self) -> None:
+        book = _book(input_price=150, output_price=600)
+        plain = rate(book, "m", UsageFacts(2000, 100))
+        cached = rate(book, "m", UsageFacts(2000, 100, cached_prompt_tokens=1500, cache_write_tokens=300))
+        assert cached.upstream_cost_nanos == plain.upstream_cost_nanos == 2000 * 150 + 100 * 600
+        assert (cached.cached_input_price_nanos, cached.cache_write_price_nanos, cached.reasoning_price_nanos) == (
+            150, 150, 600)
+
+    def test_reasoning_has_its_own_price_when_the_book_sets_one(self) -> None:
+        book = parse_price_book({"version": "r", "currency": "USD", "markup_bps": 0, "models": {"m": {
+            "input_price_nanos": 1, "output_price_nanos": 10, "reasoning_price_nanos": 30, "max_output_tokens": 9}}})
+        assert rate(book, "m", UsageFacts(0, 100, reasoning_tokens=80)).upstream_cost_nanos == 20 * 10 + 80 * 30
+
+    def test_cache_counts_beyond_the_prompt_never_charge_more_than_the_prompt(self) -> None:
+        # A provider reporting more cache reads + writes than prompt tokens: reads first, writes take the rest.
+        rating = rate(DEMO_PRICE_BOOK, "claude-3-5-haiku",
+                      UsageFacts(100, 0, cached_prompt_tokens=80, cache_write_tokens=500))
+        assert rating.upstream_cost_nanos == 80 * 80 + 20 * 1000
+
+    def test_a_book_without_cache_prices_keeps_its_content_hash(self) -> None:
+        # Versions stored before cache prices existed must keep their content (and sha256) byte for byte.
+        book = _book()
+        assert set(book.content()["models"]["m"]) == {"input_price_nanos", "output_price_nanos", "max_output_tokens"}
+        assert type(book).from_content(book.content()) == book
+        assert type(DEMO_PRICE_BOOK).from_content(DEMO_PRICE_BOOK.content()) == DEMO_PRICE_BOOK
+
+    def test_cache_prices_are_validated_like_the_others(self) -> None:
+        from tollgate_metering.errors import InvalidPriceBook
+
+        with pytest.raises(InvalidPriceBook, match="cached_input_price_nanos"):
+            parse_price_book({"version": "x", "currency": "USD", "markup_bps": 0, "models": {"m": {
+                "input_price_nanos": 1, "output_price_nanos": 1, "max_output_tokens": 1,
+                "cached_input_price_nanos": 0.5}}})
+
+    @given(prompt=tokens, cached=tokens, written=tokens, completion=tokens, reasoning=tokens,
+           input_price=prices, read_price=prices, write_price=prices, output_price=prices, markup=markups)
+    def test_a_hold_at_the_highest_prompt_and_output_prices_covers_any_mix(
+        self, prompt: int, cached: int, written: int, completion: int, reasoning: int, input_price: int,
+        read_price: int, write_price: int, output_price: int, markup: int,
+    ) -> None:
+        """Billing prices a hold's prompt at max(input, cache read, cache write) resale and its output at
+        max(output, reasoning): never below the rated price, however the tokens split."""
+        book = parse_price_book({"version": "h", "currency": "USD", "markup_bps": markup, "models": {"m": {
+            "input_price_nanos": input_price, "output_price_nanos": output_price, "max_output_tokens": 9,
+            "cached_input_price_nanos": read_price, "cache_write_price_nanos": write_price}}})
+        m = book.models["m"]
+        usage = UsageFacts(prompt, completion, cached, reasoning, written)
+        hold = prompt * max(book.resale_input_price(m), book.resale_cache_read_price(m),
+                            book.resale_cache_write_price(m)) + completion * max(
+            book.resale_output_price(m), book.resale_reasoning_price(m))
+        assert rate(book, "m", usage).resale_price_nanos <= hold
 
     def test_reasoning_tokens_are_part_of_completion(self) -> None:
         assert rate(DEMO_PRICE_BOOK, "gpt-4o", UsageFacts(0, 100, reasoning_tokens=80)).upstream_cost_nanos == 1_000_000
@@ -93,7 +158,7 @@ class TestRate:
         rating = rate(DEMO_PRICE_BOOK, "no-such-model", UsageFacts(1000, 1000))
         assert not rating.priced
         assert (rating.upstream_cost_nanos, rating.resale_price_nanos) == (0, 0)
-        assert rating.price_book_version == "demo-2026-11"
+        assert rating.price_book_version == "demo-cache-2026-12"
 
     def test_negative_tokens_are_refused(self) -> None:
         with pytest.raises(InvalidUsage):

@@ -27,7 +27,7 @@ models:
 def test_the_demo_book_is_the_documented_one() -> None:
     book = DEMO_PRICE_BOOK
     assert (book.version, book.currency, book.markup_bps, book.effective_from_unix_ms) == (
-        "demo-2026-11", "USD", 2000, 0
+        "demo-cache-2026-12", "USD", 2000, 0
     )
     assert {name: (m.input_price_nanos, m.output_price_nanos, m.max_output_tokens)
             for name, m in book.models.items()} == {

@@ -53,6 +53,7 @@ def assert_normalised(usage: pb.Usage, reported: dict[str, Any]) -> None:
     prompt = reported["input_tokens"] + reported["cache_read_input_tokens"] + reported["cache_creation_input_tokens"]
     assert usage.prompt_tokens == prompt > 0
     assert usage.cached_prompt_tokens == reported["cache_read_input_tokens"]
+    assert usage.cache_write_tokens == reported["cache_creation_input_tokens"]
     assert usage.completion_tokens == reported["output_tokens"] > 0
     assert usage.total_tokens == prompt + reported["output_tokens"]
 
@@ -113,13 +114,14 @@ async def test_stream_translates_the_event_sequence_and_usage(
     stub: pb_grpc.RouterServiceStub, mock: MockUpstream
 ) -> None:
     mock.cached_tokens = 4
+    mock.cache_write_tokens = 3
     chunks, end = await collect(stub.StreamComplete(request()))
 
     assert end is not None
     record = record_for(mock, end.upstream_request_id)
     assert record["stream"] is True and record["body"]["stream"] is True
     assert_normalised(end.usage, record["usage"])
-    assert end.usage.cached_prompt_tokens == 4
+    assert (end.usage.cached_prompt_tokens, end.usage.cache_write_tokens) == (4, 3)  # each priced apart
     assert all(c["object"] == "chat.completion.chunk" and "usage" not in c for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == DEFAULT_REPLY

@@ -41,8 +41,10 @@ The same canned reply is served in every wire format (shapes in :mod:`tollgate_d
 
 Each record carries its ``format`` and the ``usage`` exactly as reported on the wire in that format.
 ``mock.cached_tokens`` / ``mock.reasoning_tokens`` (or ``PUT /_mock/usage``) make every answer report that many
-cached prompt tokens and reasoning tokens. Faults for every format are armed by header as below, or by
-``POST /_mock/faults`` (see :mod:`tollgate_dev.mock_faults`), and come back in each provider's own error JSON.
+cached prompt tokens and reasoning tokens; ``mock.cache_write_tokens`` makes Anthropic answers report that
+many ``cache_creation_input_tokens`` (the other formats have no such field). Faults for every format are armed
+by header as below, or by ``POST /_mock/faults`` (see :mod:`tollgate_dev.mock_faults`), and come back in each
+provider's own error JSON.
 
 Other endpoints: ``GET /v1/models``; ``GET /_mock/calls`` (the record, oldest first), ``DELETE /_mock/calls``
 (clear it); ``GET /_mock/health``. The record notes whether an ``Authorization`` header was present, never its
@@ -163,6 +165,8 @@ class MockUpstream:
         #: reasoning tokens it reports on top of the reply: each format says so in its own fields.
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        #: Anthropic only: prompt tokens reported as written to the cache (capped at the prompt minus the reads).
+        self.cache_write_tokens = 0
         self.faults = Faults()
         self.reply = Reply.of(reply)
         self.chunk_tokens = chunk_tokens
@@ -205,7 +209,7 @@ class MockUpstream:
         """Forget the record, the armed faults and the usage knobs."""
         self._calls.clear()
         self.faults.clear()
-        self.cached_tokens = self.reasoning_tokens = 0
+        self.cached_tokens = self.reasoning_tokens = self.cache_write_tokens = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         # handler_cancellation: a caller that gives up (e.g. the router's timeout) ends the handler's sleep.
@@ -568,17 +572,20 @@ class MockUpstream:
         return web.Response(status=204)
 
     async def _set_usage(self, request: web.Request) -> web.Response:
-        """``{"cached_tokens": N, "reasoning_tokens": M}``: what every later answer reports."""
+        """``{"cached_tokens": N, "reasoning_tokens": M, "cache_write_tokens": W}``: what every later answer
+        reports (each optional, 0 when absent)."""
         try:
             body = json.loads(await request.read())
-            values = {key: body.get(key, 0) for key in ("cached_tokens", "reasoning_tokens")}
+            values = {key: body.get(key, 0) for key in ("cached_tokens", "reasoning_tokens", "cache_write_tokens")}
             if set(body) - set(values) or any(
                 isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values.values()
             ):
                 raise ValueError
         except (ValueError, AttributeError):
-            return _error(400, "expected {cached_tokens, reasoning_tokens}: integers >= 0", "invalid_request_error")
+            return _error(400, "expected {cached_tokens, reasoning_tokens, cache_write_tokens}: integers >= 0",
+                          "invalid_request_error")
         self.cached_tokens, self.reasoning_tokens = values["cached_tokens"], values["reasoning_tokens"]
+        self.cache_write_tokens = values["cache_write_tokens"]
         return web.Response(body=_dumps(values), content_type="application/json")
 
     # ---- Anthropic Messages ----
@@ -622,6 +629,7 @@ class MockUpstream:
 
         prompt = wire.anthropic_prompt_tokens(body)
         cached = min(self.cached_tokens, prompt)
+        written = min(self.cache_write_tokens, prompt - cached)
         tool = wire.anthropic_tool(body)
         pieces, finish = self.reply.cut(body["max_tokens"])
         if tool is not None:
@@ -631,8 +639,8 @@ class MockUpstream:
             stop_reason = "max_tokens" if finish == "length" else "end_turn"
             output = len(pieces)
         usage = {
-            "input_tokens": prompt - cached,  # Anthropic's input_tokens excludes cache reads and writes
-            "cache_creation_input_tokens": 0,
+            "input_tokens": prompt - cached - written,  # Anthropic's input_tokens excludes cache reads and writes
+            "cache_creation_input_tokens": written,
             "cache_read_input_tokens": cached,
             "output_tokens": output + self.reasoning_tokens,
         }

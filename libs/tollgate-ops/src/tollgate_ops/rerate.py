@@ -141,7 +141,8 @@ async def rerate(
     lines: dict[tuple[str, str, str, str], Line] = {}
     c = rated_usage.c
     query = select(c.account_id, c.model, c.project, c.currency, c.prompt_tokens, c.completion_tokens,
-                   c.cached_prompt_tokens, c.reasoning_tokens, c.upstream_cost_nanos, c.resale_price_nanos).where(
+                   c.cached_prompt_tokens, c.reasoning_tokens, c.upstream_cost_nanos, c.resale_price_nanos,
+                   c.cache_write_tokens).where(
         c.occurred_at_unix_ms >= window[0], c.occurred_at_unix_ms < window[1])
     if accounts:
         query = query.where(c.account_id.in_(sorted(accounts)))
@@ -151,7 +152,8 @@ async def rerate(
         async with engine.connect() as conn:
             result = await conn.stream(query)
             async for rows in result.partitions(5000):
-                for account, model, project, currency, prompt, completion, cached, reasoning, cost, price in rows:
+                for row in rows:
+                    account, model, project, currency, prompt, completion, cached, reasoning, cost, price, written = row
                     line = lines.get((account, model, project, currency))
                     if line is None:
                         line = lines[(account, model, project, currency)] = Line(account, model, project, currency)
@@ -160,7 +162,8 @@ async def rerate(
                     line.completion_tokens += int(completion)
                     line.upstream_cost_nanos += int(cost)
                     line.resale_price_nanos += int(price)
-                    new = rate(book, model, UsageFacts(int(prompt), int(completion), int(cached), int(reasoning)))
+                    new = rate(book, model, UsageFacts(int(prompt), int(completion), int(cached), int(reasoning),
+                                                        int(written)))
                     if not new.priced:
                         line.unpriced_requests += 1
                     line.whatif_upstream_cost_nanos += _convert(new.upstream_cost_nanos, book.currency, currency, fx)

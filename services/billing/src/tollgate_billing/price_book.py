@@ -26,14 +26,24 @@ _FIRST_LOAD_RETRY_SECONDS = 1.0
 
 
 def price_book_from_proto(reply: metering_service_pb2.GetPriceBookResponse) -> PriceBook:
+    """Billing's view of the book: for each model the most a prompt token and an output token can cost.
+
+    A hold is placed before anyone knows how many prompt tokens the provider will read from or write to its
+    cache, or how many output tokens will be reasoning. Metering rates each kind at its own price, and a cache
+    write costs MORE than plain input (Anthropic: 1.25×), so the hold prices every prompt token at the highest of
+    the input, cache-read and cache-write resale prices, and every output token at the higher of output and
+    reasoning: the hold stays an upper bound of the rated price whatever the mix turns out to be.
+    """
     return PriceBook(
         version=reply.version,
         currency=reply.currency or "USD",
         prices={
             p.model: ModelPrice(
                 model=p.model,
-                resale_input_price_nanos=p.resale_input_price_nanos,
-                resale_output_price_nanos=p.resale_output_price_nanos,
+                resale_input_price_nanos=max(
+                    p.resale_input_price_nanos, p.resale_cached_input_price_nanos, p.resale_cache_write_price_nanos
+                ),
+                resale_output_price_nanos=max(p.resale_output_price_nanos, p.resale_reasoning_price_nanos),
                 max_output_tokens=p.max_output_tokens,
             )
             for p in reply.prices

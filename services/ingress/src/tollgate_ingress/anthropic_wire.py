@@ -316,10 +316,11 @@ def message_id(upstream_id: object, fallback: str) -> str:
 
 
 def anthropic_usage(usage: Usage) -> dict[str, int]:
-    """Anthropic's convention: ``input_tokens`` excludes cache reads (OpenAI's ``prompt_tokens`` includes them)."""
+    """Anthropic's convention: ``input_tokens`` excludes cache reads and writes (OpenAI's ``prompt_tokens`` includes
+    them)."""
     return {
-        "input_tokens": max(usage.prompt_tokens - usage.cached_prompt_tokens, 0),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": max(usage.prompt_tokens - usage.cached_prompt_tokens - usage.cache_write_tokens, 0),
+        "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cached_prompt_tokens,
         "output_tokens": usage.completion_tokens,
     }

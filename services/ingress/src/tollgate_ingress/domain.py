@@ -64,6 +64,8 @@ class Usage:
     total_tokens: int = 0
     cached_prompt_tokens: int = 0
     reasoning_tokens: int = 0
+    #: Prompt tokens written to the provider's cache (inside prompt_tokens, apart from the cache reads).
+    cache_write_tokens: int = 0
 
     def as_openai(self) -> dict[str, Any]:
         return {

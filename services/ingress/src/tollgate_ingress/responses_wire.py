@@ -318,7 +318,9 @@ def response_usage(usage: Usage) -> dict[str, Any]:
     """Usage in the Responses convention (input includes cache reads, as OpenAI's ``prompt_tokens``)."""
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens, "cache_write_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": usage.cached_prompt_tokens, "cache_write_tokens": usage.cache_write_tokens
+        },
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,

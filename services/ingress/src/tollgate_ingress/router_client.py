@@ -73,6 +73,7 @@ def _usage(pb: rpb.Usage) -> Usage:
         total_tokens=pb.total_tokens or pb.prompt_tokens + pb.completion_tokens,
         cached_prompt_tokens=pb.cached_prompt_tokens,
         reasoning_tokens=pb.reasoning_tokens,
+        cache_write_tokens=pb.cache_write_tokens,
     )
 
 

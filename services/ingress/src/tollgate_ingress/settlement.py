@@ -75,6 +75,7 @@ class Settlement:
                     total_tokens=u.total_tokens,
                     cached_prompt_tokens=u.cached_prompt_tokens,
                     reasoning_tokens=u.reasoning_tokens,
+                    cache_write_tokens=u.cache_write_tokens,
                 ),
                 outcome=_OUTCOME_PB[outcome],
                 streamed=self.streamed,

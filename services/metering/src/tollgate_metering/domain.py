@@ -54,6 +54,8 @@ GENESIS_HASH = "0" * 64
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _BOOK_KEYS = {"version", "currency", "markup_bps", "effective_from", "models"}
 _MODEL_KEYS = {"input_price_nanos", "output_price_nanos", "max_output_tokens"}
+#: Optional per model: absent = the input price (cache reads and writes) or the output price (reasoning).
+_OPTIONAL_PRICE_KEYS = ("cached_input_price_nanos", "cache_write_price_nanos", "reasoning_price_nanos")
 
 
 def apply_markup(amount_nanos: int, markup_bps: int) -> int:
@@ -63,12 +65,49 @@ def apply_markup(amount_nanos: int, markup_bps: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Upstream per-token prices for one model; the resale prices follow from the book's markup."""
+    """Upstream per-token prices for one model; the resale prices follow from the book's markup.
+
+    Providers bill prompt-cache reads and writes apart from ordinary input (Anthropic: reads ≈ 0.1×, writes
+    ≈ 1.25× the input price; OpenAI and Gemini: cached input ≈ 0.25–0.5×), and some bill reasoning apart from
+    output. Those three prices are optional: ``None`` (not in the book) means "the input price" for the cache and
+    "the output price" for reasoning, and is kept as ``None`` so a book written before they existed keeps its
+    content (and its content hash) unchanged.
+    """
 
     model: str
     input_price_nanos: int
     output_price_nanos: int
     max_output_tokens: int
+    cached_input_price_nanos: int | None = None
+    cache_write_price_nanos: int | None = None
+    reasoning_price_nanos: int | None = None
+
+    @property
+    def cache_read_price(self) -> int:
+        """Per cached prompt token read from the provider's cache."""
+        return self.input_price_nanos if self.cached_input_price_nanos is None else self.cached_input_price_nanos
+
+    @property
+    def cache_write_price(self) -> int:
+        """Per prompt token written to the provider's cache."""
+        return self.input_price_nanos if self.cache_write_price_nanos is None else self.cache_write_price_nanos
+
+    @property
+    def reasoning_price(self) -> int:
+        """Per reasoning token (they are part of ``completion_tokens``)."""
+        return self.output_price_nanos if self.reasoning_price_nanos is None else self.reasoning_price_nanos
+
+    def content(self) -> dict[str, int]:
+        out = {
+            "input_price_nanos": self.input_price_nanos,
+            "output_price_nanos": self.output_price_nanos,
+            "max_output_tokens": self.max_output_tokens,
+        }
+        for key in _OPTIONAL_PRICE_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +130,15 @@ class PriceBook:
     def resale_output_price(self, model: ModelPrice) -> int:
         return apply_markup(model.output_price_nanos, self.markup_bps)
 
+    def resale_cache_read_price(self, model: ModelPrice) -> int:
+        return apply_markup(model.cache_read_price, self.markup_bps)
+
+    def resale_cache_write_price(self, model: ModelPrice) -> int:
+        return apply_markup(model.cache_write_price, self.markup_bps)
+
+    def resale_reasoning_price(self, model: ModelPrice) -> int:
+        return apply_markup(model.reasoning_price, self.markup_bps)
+
     def content(self) -> dict[str, Any]:
         """A plain, ordered form of everything that affects rating: what is stored and hashed per version."""
         return {
@@ -98,14 +146,7 @@ class PriceBook:
             "currency": self.currency,
             "markup_bps": self.markup_bps,
             "effective_from_unix_ms": self.effective_from_unix_ms,
-            "models": {
-                name: {
-                    "input_price_nanos": m.input_price_nanos,
-                    "output_price_nanos": m.output_price_nanos,
-                    "max_output_tokens": m.max_output_tokens,
-                }
-                for name, m in sorted(self.models.items())
-            },
+            "models": {name: m.content() for name, m in sorted(self.models.items())},
         }
 
     def canonical_json(self) -> str:
@@ -128,6 +169,7 @@ class PriceBook:
                     input_price_nanos=int(m["input_price_nanos"]),
                     output_price_nanos=int(m["output_price_nanos"]),
                     max_output_tokens=int(m["max_output_tokens"]),
+                    **{key: int(m[key]) for key in _OPTIONAL_PRICE_KEYS if m.get(key) is not None},
                 )
                 for name, m in content["models"].items()
             },
@@ -200,7 +242,7 @@ def parse_price_book(data: Any) -> PriceBook:
             if not isinstance(prices, Mapping):
                 problems.append(f"{where} must be a mapping with {', '.join(sorted(_MODEL_KEYS))}")
                 continue
-            extra = sorted(set(map(str, prices)) - _MODEL_KEYS)
+            extra = sorted(set(map(str, prices)) - _MODEL_KEYS - set(_OPTIONAL_PRICE_KEYS))
             if extra:
                 problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
             missing = sorted(_MODEL_KEYS - set(prices))
@@ -221,6 +263,11 @@ def parse_price_book(data: Any) -> PriceBook:
                     problems, f"{where}.max_output_tokens", prices["max_output_tokens"],
                     minimum=1, maximum=2**31 - 1,
                 ),
+                **{
+                    key: _int_field(problems, f"{where}.{key}", prices[key], minimum=0, maximum=MAX_PRICE_NANOS)
+                    for key in _OPTIONAL_PRICE_KEYS
+                    if prices.get(key) is not None
+                },
             )
     if problems:
         raise InvalidPriceBook(problems)
@@ -229,18 +276,26 @@ def parse_price_book(data: Any) -> PriceBook:
     )
 
 
-#: The book used when METERING_PRICE_BOOK_FILE is unset: list prices of late 2026, +20 % resale markup.
+#: The book used when METERING_PRICE_BOOK_FILE is unset: list prices of late 2026, +20 % resale markup, with the
+#: providers' prompt-cache prices (OpenAI cached input 0.5×, DeepSeek cache hits $0.07/M, Anthropic reads 0.1× and
+#: writes 1.25×, Gemini cached 0.25×). ``demo-2026-11`` was the same book without cache prices (it still rates
+#: the events it rated).
 DEMO_PRICE_BOOK = parse_price_book(
     {
-        "version": "demo-2026-11",
+        "version": "demo-cache-2026-12",
         "currency": "USD",
         "markup_bps": 2000,
         "models": {
-            "gpt-4o-mini": {"input_price_nanos": 150, "output_price_nanos": 600, "max_output_tokens": 16384},
-            "gpt-4o": {"input_price_nanos": 2500, "output_price_nanos": 10000, "max_output_tokens": 16384},
-            "deepseek-chat": {"input_price_nanos": 270, "output_price_nanos": 1100, "max_output_tokens": 8192},
-            "claude-3-5-haiku": {"input_price_nanos": 800, "output_price_nanos": 4000, "max_output_tokens": 8192},
-            "gemini-2.0-flash": {"input_price_nanos": 100, "output_price_nanos": 400, "max_output_tokens": 8192},
+            "gpt-4o-mini": {"input_price_nanos": 150, "output_price_nanos": 600, "max_output_tokens": 16384,
+                            "cached_input_price_nanos": 75},
+            "gpt-4o": {"input_price_nanos": 2500, "output_price_nanos": 10000, "max_output_tokens": 16384,
+                       "cached_input_price_nanos": 1250},
+            "deepseek-chat": {"input_price_nanos": 270, "output_price_nanos": 1100, "max_output_tokens": 8192,
+                              "cached_input_price_nanos": 70},
+            "claude-3-5-haiku": {"input_price_nanos": 800, "output_price_nanos": 4000, "max_output_tokens": 8192,
+                                 "cached_input_price_nanos": 80, "cache_write_price_nanos": 1000},
+            "gemini-2.0-flash": {"input_price_nanos": 100, "output_price_nanos": 400, "max_output_tokens": 8192,
+                                 "cached_input_price_nanos": 25},
             # Embeddings bill their input only: no output tokens, so an output price of 0 and a cap of 1.
             "text-embedding-3-small": {"input_price_nanos": 20, "output_price_nanos": 0, "max_output_tokens": 1},
             "text-embedding-3-large": {"input_price_nanos": 130, "output_price_nanos": 0, "max_output_tokens": 1},
@@ -277,12 +332,14 @@ def effective_book(books: Sequence[PriceBook], at_unix_ms: int) -> PriceBook:
 
 
 class UsageFacts(NamedTuple):
-    """The token counts of one request, as the upstream reported them."""
+    """The token counts of one request, as the upstream reported them (OpenAI's convention: cache reads and
+    writes are part of ``prompt_tokens``, reasoning is part of ``completion_tokens``)."""
 
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class Rating(NamedTuple):
@@ -296,28 +353,48 @@ class Rating(NamedTuple):
     upstream_cost_nanos: int
     resale_price_nanos: int
     priced: bool
+    cached_input_price_nanos: int = 0
+    cache_write_price_nanos: int = 0
+    reasoning_price_nanos: int = 0
 
 
 def rate(book: PriceBook, model: str, usage: UsageFacts) -> Rating:
     """Rate one request with ``book``.
 
-    Cached prompt tokens are priced as ordinary input tokens for now (they are included in ``prompt_tokens``);
-    reasoning tokens are included in ``completion_tokens`` and priced as output. A model missing from the book is
-    rated at zero and marked unpriced: the caller logs it, billing still closes the hold.
+    ``upstream_cost = uncached × input + cache reads × cached input + cache writes × cache write + (completion −
+    reasoning) × output + reasoning × reasoning price``, each price falling back as :class:`ModelPrice` says (so a
+    book without cache prices rates exactly as before). Cache reads and writes are part of ``prompt_tokens``: a
+    provider reporting more of them than prompt tokens is read as "every prompt token was a cache read, then a
+    write", never as a negative uncached count (the charge stays within the prompt). Likewise reasoning is capped
+    at ``completion_tokens``. A model missing from the book is rated at zero and marked unpriced: the caller logs
+    it, billing still closes the hold (billing refuses such models at Authorize, so this is a safety net).
     """
-    if usage.prompt_tokens < 0 or usage.completion_tokens < 0:
+    if min(usage) < 0:
         raise InvalidUsage(
-            f"negative token counts (prompt={usage.prompt_tokens}, completion={usage.completion_tokens})"
+            f"negative token counts (prompt={usage.prompt_tokens}, completion={usage.completion_tokens}, "
+            f"cached={usage.cached_prompt_tokens}, cache_write={usage.cache_write_tokens}, "
+            f"reasoning={usage.reasoning_tokens})"
         )
     price = book.price_of(model)
     if price is None:
         return Rating(book.version, book.currency, book.markup_bps, 0, 0, 0, 0, priced=False)
-    cost = usage.prompt_tokens * price.input_price_nanos + usage.completion_tokens * price.output_price_nanos
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    cache_read = min(usage.cached_prompt_tokens, prompt)
+    cache_write = min(usage.cache_write_tokens, prompt - cache_read)
+    reasoning = min(usage.reasoning_tokens, completion)
+    read_price, write_price, reasoning_price = price.cache_read_price, price.cache_write_price, price.reasoning_price
+    cost = (
+        (prompt - cache_read - cache_write) * price.input_price_nanos
+        + cache_read * read_price
+        + cache_write * write_price
+        + (completion - reasoning) * price.output_price_nanos
+        + reasoning * reasoning_price
+    )
     resale = apply_markup(cost, book.markup_bps)
     if resale > INT64_MAX:
         raise InvalidUsage(f"rated amount {resale} does not fit a 64-bit integer")
     return Rating(book.version, book.currency, book.markup_bps, price.input_price_nanos, price.output_price_nanos,
-                  cost, resale, True)
+                  cost, resale, True, read_price, write_price, reasoning_price)
 
 
 class UsageRecord(NamedTuple):

@@ -28,7 +28,7 @@ _mapped = rpc(STATUSES)
 #: Who may call what (see tollgate_common.internal_auth). ``ops``: an operator's tool holding the internal secret
 #: (reads only).
 CALLERS: dict[str, frozenset[str]] = {
-    "GetPriceBook": frozenset({"billing", "ops"}),
+    "GetPriceBook": frozenset({"billing", "router", "ops"}),
     "GetUsageSummary": frozenset({"ingress", "ops"}),
 }
 
@@ -46,6 +46,12 @@ def price_book_response(book: PriceBook) -> pb.GetPriceBookResponse:
                 resale_input_price_nanos=book.resale_input_price(m),
                 resale_output_price_nanos=book.resale_output_price(m),
                 max_output_tokens=m.max_output_tokens,
+                cached_input_price_nanos=m.cache_read_price,
+                cache_write_price_nanos=m.cache_write_price,
+                reasoning_price_nanos=m.reasoning_price,
+                resale_cached_input_price_nanos=book.resale_cache_read_price(m),
+                resale_cache_write_price_nanos=book.resale_cache_write_price(m),
+                resale_reasoning_price_nanos=book.resale_reasoning_price(m),
             )
             for name, m in sorted(book.models.items())
         ],

@@ -41,6 +41,7 @@ AGGREGATE_SUMS = (
     "reasoning_tokens",
     "upstream_cost_nanos",
     "resale_price_nanos",
+    "cache_write_tokens",
 )
 _IN_CHUNK = 500  # bound the number of bind parameters per IN (...) list
 
@@ -74,7 +75,8 @@ RATED_COLUMNS = (
     "upstream_request_id", "prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens",
     "reasoning_tokens", "outcome", "streamed", "team", "project", "tags", "occurred_at_unix_ms", "rated_at_unix_ms",
     "currency", "exchange_rate", "price_book_version", "markup_bps", "input_price_nanos", "output_price_nanos",
-    "upstream_cost_nanos", "resale_price_nanos", "priced",
+    "upstream_cost_nanos", "resale_price_nanos", "priced", "cache_write_tokens", "cached_input_price_nanos",
+    "cache_write_price_nanos", "reasoning_price_nanos",
 )
 
 
@@ -87,7 +89,8 @@ def rated_row(rated: RatedUsage, event_source: str) -> tuple[Any, ...]:
         r.upstream_request_id, u.prompt_tokens, u.completion_tokens, r.total_tokens, u.cached_prompt_tokens,
         u.reasoning_tokens, r.outcome, r.streamed, r.team, r.project, tags, r.occurred_at_unix_ms,
         rated.rated_at_unix_ms, g.currency, "", g.price_book_version, g.markup_bps, g.input_price_nanos,
-        g.output_price_nanos, g.upstream_cost_nanos, g.resale_price_nanos, g.priced,
+        g.output_price_nanos, g.upstream_cost_nanos, g.resale_price_nanos, g.priced, u.cache_write_tokens,
+        g.cached_input_price_nanos, g.cache_write_price_nanos, g.reasoning_price_nanos,
     )
 
 
@@ -108,6 +111,7 @@ def aggregate_deltas(rated: Iterable[RatedUsage]) -> list[tuple[Any, ...]]:
         acc[4] += r.usage.reasoning_tokens
         acc[5] += g.upstream_cost_nanos
         acc[6] += g.resale_price_nanos
+        acc[7] += r.usage.cache_write_tokens
     return [(*key, *acc) for key, acc in sums.items()]
 
 

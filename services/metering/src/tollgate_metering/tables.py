@@ -81,6 +81,12 @@ rated_usage = Table(
     Column("upstream_cost_nanos", BigInteger, nullable=False),
     Column("resale_price_nanos", BigInteger, nullable=False),
     Column("priced", Boolean, nullable=False),
+    # Prompt-cache writes (part of prompt_tokens) and the cache/reasoning prices applied (0 on rows rated before
+    # they existed, whose amounts used the input and output prices only).
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cached_input_price_nanos", BigInteger, nullable=False, server_default="0"),
+    Column("cache_write_price_nanos", BigInteger, nullable=False, server_default="0"),
+    Column("reasoning_price_nanos", BigInteger, nullable=False, server_default="0"),
 )
 
 #: Sums per account, key, model, UTC day, team, project and currency: what summaries and dashboards read.
@@ -101,6 +107,7 @@ aggregates = Table(
     Column("reasoning_tokens", BigInteger, nullable=False),
     Column("upstream_cost_nanos", BigInteger, nullable=False),
     Column("resale_price_nanos", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("account_id", "key_id", "model", "day", "team", "project", "currency"),
 )
 

@@ -48,7 +48,10 @@ TRUNCATED_TAG = "tollgate.truncated"
 SHORTENED_FIELDS = ("provider", "upstream_model", "upstream_request_id", "team", "project")
 #: Identities: refused when they do not fit.
 _IDENTITY_FIELDS = ("request_id", "account_id", "key_id", "hold_id", "model")
-_TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens", "reasoning_tokens")
+_TOKEN_FIELDS = (
+    "prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens", "reasoning_tokens",
+    "cache_write_tokens",
+)
 _HASH_HEX = 16
 
 

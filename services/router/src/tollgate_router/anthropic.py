@@ -21,7 +21,8 @@ refusal → content_filter.
 
 Usage: Anthropic's ``input_tokens`` excludes ``cache_read_input_tokens`` and ``cache_creation_input_tokens``;
 OpenAI's ``prompt_tokens`` includes cached tokens. So ``prompt_tokens = input + cache_read + cache_creation`` and
-``cached_prompt_tokens = cache_read``: every prompt token counted once. ``completion_tokens = output_tokens``
+``cached_prompt_tokens = cache_read``, ``cache_write_tokens = cache_creation`` (metering prices each kind apart):
+every prompt token counted once. ``completion_tokens = output_tokens``
 (extended-thinking tokens are inside it and not reported apart, so ``reasoning_tokens`` stays 0).
 
 Streaming: ``message_start`` (id, input usage) → the role chunk; ``content_block_start`` of a ``tool_use`` → a
@@ -270,6 +271,7 @@ def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
         completion_tokens=completion,
         total_tokens=prompt + completion,
         cached_prompt_tokens=cache_read,
+        cache_write_tokens=cache_write,
     )
 
 

@@ -108,6 +108,7 @@ class Attempt:
                 total_tokens=u.total_tokens,
                 cached_prompt_tokens=u.cached_prompt_tokens,
                 reasoning_tokens=u.reasoning_tokens,
+                cache_write_tokens=u.cache_write_tokens,
             )
             if u is not None
             else None,

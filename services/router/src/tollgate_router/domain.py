@@ -146,13 +146,17 @@ class Catalogue:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts as the upstream reported them (cached ⊂ prompt, reasoning ⊂ completion, as OpenAI's)."""
+    """Token counts as the upstream reported them (cached ⊂ prompt, reasoning ⊂ completion, as OpenAI's).
+
+    ``cache_write_tokens`` (Anthropic's ``cache_creation_input_tokens``) are prompt tokens the provider wrote to
+    its cache, also inside ``prompt_tokens`` and apart from the cache reads: they are billed at their own price."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     cached_prompt_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any]) -> Usage:
@@ -212,6 +216,7 @@ class UsageReader:
         total_tokens: int,
         cached_prompt_tokens: int = 0,
         reasoning_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> Usage:
         """The usage, or :class:`InvalidUsage` when a count was bad or a sum of good ones overflowed."""
         counts = {
@@ -220,6 +225,7 @@ class UsageReader:
             "total_tokens": total_tokens,
             "cached_prompt_tokens": cached_prompt_tokens,
             "reasoning_tokens": reasoning_tokens,
+            "cache_write_tokens": cache_write_tokens,
         }
         for key, value in counts.items():
             if value > MAX_TOKEN_COUNT:  # a sum of counts that were each in range

@@ -81,6 +81,7 @@ def _usage(usage: Usage) -> pb.Usage:
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
         reasoning_tokens=usage.reasoning_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
     )
 
 
