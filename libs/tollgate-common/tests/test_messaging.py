@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from aiokafka import TopicPartition
 from sqlalchemy import BigInteger, CheckConstraint, Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from tollgate.events.v1 import usage_pb2
@@ -230,3 +231,49 @@ def _parked_metric(group: str) -> float:
     from prometheus_client import REGISTRY
 
     return REGISTRY.get_sample_value("tollgate_consumer_parked_events_total", {"group": group}) or 0.0
+
+
+async def test_consumer_lingers_so_records_arriving_just_after_a_poll_share_its_transaction(
+    broker: str, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    """A record produced after the poll that returned the first one goes into the same batch (one transaction)
+    when it arrives within ``linger_seconds``; with no linger the first record is applied alone."""
+    md = MetaData()
+    tables = messaging_tables(md, consumer=True)
+    engine = create_engine(f"sqlite:///{tmp_path}/l.db")
+    await create_schema(engine, md)
+    sessions = session_maker(engine)
+    topic = "test.linger.v1"
+    await ensure_topics(broker, [topic], partitions=1)
+    batches: list[list[str]] = []
+
+    async def apply(_session: AsyncSession, events: list[Envelope]) -> None:
+        batches.append([env.id for env in events])
+
+    consumer = DbOffsetConsumer(bootstrap=broker, topics=[topic], group_id="linger", sessions=sessions,
+                                tables=tables, batch_handler=apply, linger_seconds=1.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    producer = make_producer(broker)
+    await producer.start()
+    first, second = _event(1), _event(2)
+    sent = await producer.send_and_wait(topic, first.data, key=b"a", headers=first.headers())
+    tp = TopicPartition(topic, sent.partition)
+    for _ in range(300):  # until the consumer's poll has returned the first record (its position moved past it)
+        if consumer.consumer is not None and tp in consumer.consumer.assignment() \
+                and await consumer.consumer.position(tp) > sent.offset:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the consumer never polled the first record")
+    assert batches == []  # still lingering
+    await producer.send_and_wait(topic, second.data, key=b"a", headers=second.headers())
+    await producer.stop()
+    for _ in range(100):
+        if batches:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    assert batches == [["req_1", "req_2"]]
+    await engine.dispose()
