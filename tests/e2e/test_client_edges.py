@@ -3,12 +3,16 @@ processes and the mock upstream as the provider: what a client sees when the pro
 
 from __future__ import annotations
 
+from typing import Any
+
 import anthropic
 import openai
 import pytest
+from tollgate_dev.mock_wire import REDACTED_THINKING_TRIGGER, THINKING_TEXT, thinking_signature
 from tollgate_dev.platform import Platform
 
 from .tenant import NANOS, Tenant, mock_calls, resale_price
+from .test_providers import normalised
 
 pytestmark = pytest.mark.e2e
 
@@ -119,3 +123,61 @@ def test_logprobs_and_parallel_tool_calls_pass_through(platform: Platform) -> No
     assert [c["body"].get("logprobs") for c in served] == [True, True, True, None]
     assert served[-1]["body"]["parallel_tool_calls"] is False
     tenant.settle()
+
+
+THINKING: Any = {"type": "enabled", "budget_tokens": 1024}
+WEATHER: Any = [{"name": "weather", "description": "The weather in a city",
+                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+def test_anthropic_thinking_blocks_round_trip_through_messages_to_a_claude_upstream(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    client = anthropic.Anthropic(base_url=platform.ingress_url, api_key=tenant.api_key, max_retries=0, timeout=30)
+    before = len(mock_calls(platform))
+
+    first = client.messages.create(model="claude-3-5-haiku", max_tokens=2048, thinking=THINKING, tools=WEATHER,
+                                   tool_choice={"type": "any"},
+                                   messages=[{"role": "user", "content": "Weather in Paris?"}])
+    thinking = first.content[0]
+    assert thinking.type == "thinking" and thinking.thinking == THINKING_TEXT
+    assert thinking.signature == thinking_signature(THINKING_TEXT)
+    call = next(b for b in first.content if b.type == "tool_use")
+
+    # The tool-use loop with thinking on: the signed thinking block goes back unchanged (the mock, like
+    # Anthropic, refuses a thinking block whose signature does not match).
+    with client.messages.stream(
+        model="claude-3-5-haiku", max_tokens=2048, thinking=THINKING, tools=WEATHER,
+        messages=[{"role": "user", "content": "Weather in Paris?"},
+                  {"role": "assistant", "content": first.content},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny"}]}],
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and "signature" in kinds  # the SDK's thinking_delta and signature_delta events
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == THINKING_TEXT  # type: ignore[union-attr]
+    assert final.content[0].signature == thinking_signature(THINKING_TEXT)  # type: ignore[union-attr]
+
+    redacted = client.messages.create(model="claude-3-5-haiku", max_tokens=2048, thinking=THINKING,
+                                      messages=[{"role": "user", "content": REDACTED_THINKING_TRIGGER}])
+    assert redacted.content[0].type == "redacted_thinking" and redacted.content[0].data
+    with client.messages.stream(model="claude-3-5-haiku", max_tokens=2048, thinking=THINKING,
+                                messages=[{"role": "user", "content": REDACTED_THINKING_TRIGGER}]) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.content[0] == redacted.content[0]
+
+    served = mock_calls(platform)[before:]
+    assert [c["body"].get("thinking") for c in served] == [THINKING] * 4
+    history = served[1]["body"]["messages"][1]["content"]
+    assert history[0] == {"type": "thinking", "thinking": THINKING_TEXT,
+                          "signature": thinking_signature(THINKING_TEXT)}
+    # Thinking tokens are output tokens: billed as the upstream reported them.
+    for reply, record in zip((first, final, redacted, streamed), served, strict=True):
+        assert reply.usage.output_tokens == record["usage"]["output_tokens"]
+    expected = sum(resale_price(platform, "claude-3-5-haiku", *normalised(c)) for c in served)
+    assert tenant.settle()["balance_nanos"] == 10 * NANOS - expected
+
+    with pytest.raises(anthropic.BadRequestError) as caught:  # the upstream's own rule, its message passed on
+        client.messages.create(model="claude-3-5-haiku", max_tokens=1024, thinking=THINKING,
+                               messages=[{"role": "user", "content": "x"}])
+    assert "`max_tokens` must be greater than `thinking.budget_tokens`" in caught.value.message

@@ -180,8 +180,8 @@ async def test_errors_are_anthropic_errors_the_sdk_understands(
         ({"model": "claude-3-5-haiku", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
         ({"model": "claude-3-5-haiku", "max_tokens": 8, "messages": [{"role": "system", "content": "x"}]},
          "messages.0.role"),
-        ({"model": "claude-3-5-haiku", "max_tokens": 8, "thinking": {"type": "enabled", "budget_tokens": 1024},
-          "messages": [{"role": "user", "content": "x"}]}, "thinking"),
+        ({"model": "claude-3-5-haiku", "max_tokens": 8, "thinking": {"type": "enabled"},
+          "messages": [{"role": "user", "content": "x"}]}, "thinking.enabled.budget_tokens"),
         ({"model": "claude-3-5-haiku", "max_tokens": 8, "top_k": 5,
           "messages": [{"role": "user", "content": "x"}]}, "top_k"),
     ]:

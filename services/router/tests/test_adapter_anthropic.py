@@ -368,3 +368,31 @@ async def test_an_error_event_mid_stream_fails_after_the_chunks_sent(
         await stub.Complete(request())
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # HTTP 529
     assert 529 in {c["status"] for c in mock.calls}
+
+
+def test_reasoning_becomes_thinking_and_reasoning_details_go_back_as_signed_blocks() -> None:
+    body = {
+        "reasoning": {"max_tokens": 2048},
+        "max_tokens": 4096,
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "reasoning_details": [
+                {"type": "reasoning.text", "text": "Think.", "signature": "c2ln", "format": "anthropic-claude-v1"},
+                {"type": "reasoning.encrypted", "data": "ZGF0YQ=="}],
+             "tool_calls": [{"id": "toolu_1", "type": "function",
+                             "function": {"name": "weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "Sunny"},
+        ],
+    }
+    request = to_anthropic(ROUTE, body)
+    assert request["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert request["messages"][1]["content"][:2] == [
+        {"type": "thinking", "thinking": "Think.", "signature": "c2ln"},
+        {"type": "redacted_thinking", "data": "ZGF0YQ=="},
+    ]
+    assert "thinking" not in to_anthropic(ROUTE, {**body, "reasoning": {"enabled": False}})
+    for bad in ({"reasoning": {"effort": "high"}}, {"reasoning": "high"},
+                {"messages": [{"role": "user", "content": "x"},
+                              {"role": "assistant", "content": "y", "reasoning_details": [{"type": "other"}]}]}):
+        with pytest.raises(InvalidRequest):
+            to_anthropic(ROUTE, {**body, **bad})

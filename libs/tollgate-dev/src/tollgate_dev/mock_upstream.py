@@ -638,6 +638,9 @@ class MockUpstream:
         else:
             stop_reason = "max_tokens" if finish == "length" else "end_turn"
             output = len(pieces)
+        thinking = wire.thinking_block(body)
+        if thinking is not None:  # thinking tokens are billed as output, inside output_tokens
+            output += count_tokens(wire.THINKING_TEXT if thinking["type"] == "thinking" else thinking["data"])
         usage = {
             "input_tokens": prompt - cached - written,  # Anthropic's input_tokens excludes cache reads and writes
             "cache_creation_input_tokens": written,
@@ -649,9 +652,11 @@ class MockUpstream:
         headers = {"request-id": record["id"]}
         if not record["stream"]:
             text = None if tool is not None else "".join(pieces)
-            message = wire.anthropic_message(message_id, body["model"], text, tool, stop_reason, usage)
+            message = wire.anthropic_message(message_id, body["model"], text, tool, stop_reason, usage, thinking)
             return web.Response(body=_dumps(message), content_type="application/json", headers=headers)
-        events = wire.anthropic_events(message_id, body["model"], pieces, self.chunk_tokens, tool, stop_reason, usage)
+        events = wire.anthropic_events(
+            message_id, body["model"], pieces, self.chunk_tokens, tool, stop_reason, usage, thinking
+        )
         # a cut stream stops after the first content delta (message_start, block start, ping, delta)
         if fault == "overloaded":  # Anthropic reports an overload met mid-stream as an error event
             overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock fault)"}}

@@ -7,7 +7,11 @@ the bodies and SSE events of an answer, shaped as the real APIs send them:
   ``cache_creation_input_tokens``, and the stream ``message_start``, ``content_block_start``, ``ping``,
   ``content_block_delta`` (``text_delta`` / ``input_json_delta``), ``content_block_stop``, ``message_delta``
   (``stop_reason``, cumulative ``usage.output_tokens``), ``message_stop``; errors as ``{"type": "error",
-  "error": {"type", "message"}}``.
+  "error": {"type", "message"}}``. Extended thinking (``thinking: {type: enabled, budget_tokens}``, budget ≥ 1024
+  and below ``max_tokens``, ``temperature`` only 1): a ``thinking`` block first (fixed text, a signature the
+  mock checks when the block comes back in a later assistant turn, as Anthropic does), streamed as
+  ``thinking_delta``s then one ``signature_delta``; its tokens are inside ``output_tokens``. A prompt holding
+  Anthropic's documented test string :data:`REDACTED_THINKING_TRIGGER` gets a ``redacted_thinking`` block instead.
 - Gemini: ``GenerateContentResponse`` with ``candidates``, ``usageMetadata`` (``promptTokenCount`` INCLUDING
   ``cachedContentTokenCount``; ``thoughtsTokenCount`` apart from ``candidatesTokenCount``), ``modelVersion``,
   ``responseId``; errors as ``{"error": {"code", "message", "status"}}``.
@@ -18,12 +22,16 @@ and non-text blocks as compact JSON), so one prompt costs about the same in ever
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from typing import Any
 
 from .mock_tokens import content_tokens, count_tokens
 
 __all__ = [
+    "REDACTED_THINKING_TRIGGER",
+    "THINKING_TEXT",
     "anthropic_error",
     "anthropic_events",
     "anthropic_message",
@@ -34,6 +42,8 @@ __all__ = [
     "gemini_prompt_tokens",
     "gemini_response",
     "gemini_tool",
+    "thinking_block",
+    "thinking_signature",
     "validate_anthropic",
     "validate_gemini",
 ]
@@ -58,6 +68,62 @@ _ANTHROPIC_TYPE = {
     500: "api_error",
     529: "overloaded_error",
 }
+
+
+#: The thinking the mock "does" (fixed, never derived from the prompt).
+THINKING_TEXT = "The user greets me. A short, friendly answer is enough; nothing needs a tool."
+#: Anthropic's documented string that makes a model answer with a redacted_thinking block (for client tests).
+REDACTED_THINKING_TRIGGER = "ANTHROPIC_MAGIC_STRING_TRIGGER_REDACTED_THINKING_46C9A13E193C177646C7398A98432ECCCE4C1253"
+
+
+def thinking_signature(text: str) -> str:
+    """The mock's signature of a thinking text (opaque base64, as Anthropic's; checked on the way back)."""
+    return base64.b64encode(hashlib.sha256(b"mock-thinking:" + text.encode()).digest()).decode()
+
+
+def thinking_block(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The block the answer starts with when the request turned thinking on (validated already)."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    if REDACTED_THINKING_TRIGGER in _compact(body.get("messages")):
+        data = base64.b64encode(hashlib.sha256(b"mock-redacted").digest() * 2).decode()
+        return {"type": "redacted_thinking", "data": data}
+    return {"type": "thinking", "thinking": THINKING_TEXT, "signature": thinking_signature(THINKING_TEXT)}
+
+
+def _validate_thinking(body: dict[str, Any]) -> str | None:
+    thinking = body.get("thinking")
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        return "thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'"
+    if thinking["type"] == "disabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        return "thinking.enabled.budget_tokens: Field required"
+    if budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if budget >= body["max_tokens"]:
+        return ("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at "
+                "https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size")
+    if body.get("temperature") not in (None, 1):
+        return "`temperature` may only be set to 1 when thinking is enabled or in interleaved thinking mode."
+    return None
+
+
+def _validate_thinking_history(messages: list[Any]) -> str | None:
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        for position, block in enumerate(content):
+            if not isinstance(block, dict) or block.get("type") != "thinking":
+                continue
+            if block.get("signature") != thinking_signature(str(block.get("thinking"))):
+                return f"messages.{index}.content.{position}: Invalid `signature` in `thinking` block"
+    return None
 
 
 def _compact(value: Any) -> str:
@@ -94,7 +160,7 @@ def validate_anthropic(body: Any) -> str | None:
     temperature = body.get("temperature")
     if temperature is not None and not (isinstance(temperature, int | float) and 0 <= temperature <= 1):
         return "temperature: Input should be less than or equal to 1"
-    return None
+    return _validate_thinking(body) or _validate_thinking_history(messages)
 
 
 def _block_tokens(block: Any) -> int:
@@ -108,8 +174,8 @@ def _block_tokens(block: Any) -> int:
     if kind == "tool_result":
         content = block.get("content")
         return sum(_block_tokens(b) for b in content) if isinstance(content, list) else content_tokens(content)
-    if kind == "image":
-        return 0
+    if kind == "image" or kind in ("thinking", "redacted_thinking"):
+        return 0  # earlier turns' thinking is stripped from the context, not billed as input
     return count_tokens(_compact(block))
 
 
@@ -138,9 +204,15 @@ def anthropic_tool(body: dict[str, Any]) -> str | None:
 
 
 def anthropic_message(
-    message_id: str, model: str, text: str | None, tool: str | None, stop_reason: str, usage: dict[str, Any]
+    message_id: str,
+    model: str,
+    text: str | None,
+    tool: str | None,
+    stop_reason: str,
+    usage: dict[str, Any],
+    thinking: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    content: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = [thinking] if thinking is not None else []
     if text is not None:
         content.append({"type": "text", "text": text})
     if tool is not None:
@@ -173,31 +245,44 @@ def anthropic_events(
     tool: str | None,
     stop_reason: str,
     usage: dict[str, Any],
+    thinking: dict[str, Any] | None = None,
 ) -> list[bytes]:
     """The whole event sequence of a streamed message (``usage`` is the final one)."""
     start_usage = {**usage, "output_tokens": 1}
     start = anthropic_message(message_id, model, None, None, "", start_usage)
     start["stop_reason"] = None
     events = [_sse("message_start", {"type": "message_start", "message": start})]
+    index = 0
+
+    def block_start(block: dict[str, Any]) -> bytes:
+        return _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+
+    def block_delta(delta: dict[str, Any]) -> bytes:
+        return _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+    if thinking is not None and thinking["type"] == "redacted_thinking":
+        events.append(block_start(thinking))
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+        index += 1
+    elif thinking is not None:
+        events.append(block_start({"type": "thinking", "thinking": "", "signature": ""}))
+        text = thinking["thinking"]
+        for begin in range(0, len(text), 24):
+            events.append(block_delta({"type": "thinking_delta", "thinking": text[begin : begin + 24]}))
+        events.append(block_delta({"type": "signature_delta", "signature": thinking["signature"]}))
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+        index += 1
     if tool is None:
-        events.append(
-            _sse(
-                "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            )
-        )
+        events.append(block_start({"type": "text", "text": ""}))
         events.append(_sse("ping", {"type": "ping"}))
         for begin in range(0, len(pieces), chunk_tokens):
-            delta = {"type": "text_delta", "text": "".join(pieces[begin : begin + chunk_tokens])}
-            events.append(_sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}))
+            events.append(block_delta({"type": "text_delta", "text": "".join(pieces[begin : begin + chunk_tokens])}))
     else:
-        block = {"type": "tool_use", "id": "toolu_" + message_id[4:], "name": tool, "input": {}}
-        events.append(_sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}))
+        events.append(block_start({"type": "tool_use", "id": "toolu_" + message_id[4:], "name": tool, "input": {}}))
         arguments = _compact(TOOL_INPUT)
         for begin in range(0, len(arguments), 8):
-            delta = {"type": "input_json_delta", "partial_json": arguments[begin : begin + 8]}
-            events.append(_sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}))
-    events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            events.append(block_delta({"type": "input_json_delta", "partial_json": arguments[begin : begin + 8]}))
+    events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
     events.append(
         _sse(
             "message_delta",

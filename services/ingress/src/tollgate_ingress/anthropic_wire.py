@@ -4,8 +4,7 @@ Why translate here rather than pass Anthropic's body through: every request then
 authorized, inspected, routed, metered and billed (hold → policy → router → ``UsageRecorded``), and a Messages
 client can use any model of the catalogue, not only Claude. The router already speaks Anthropic upstream (it
 translates OpenAI chat ↔ Messages), so a Claude model is served natively behind the translation. What a native
-passthrough would keep and this does not: thinking blocks' signatures (the router does not forward extended
-thinking, so ``thinking`` is refused with a 400 rather than silently dropped), ``cache_control`` hints (accepted
+passthrough would keep and this does not: ``cache_control`` hints (accepted
 and not forwarded: caching changes cost, never the answer), cache *writes* in the usage (counted inside
 ``input_tokens``), and which stop sequence matched (OpenAI's ``finish_reason`` does not say).
 
@@ -14,6 +13,14 @@ Pure: no I/O. Request: :func:`parse_messages_request` → an OpenAI chat body (t
 :class:`MessageStream` turns OpenAI chunks into Anthropic's event sequence (``message_start``, ``ping``,
 ``content_block_start/delta/stop``, ``message_delta`` with cumulative usage, ``message_stop``; ``error``).
 Errors: :func:`error_body` (``{"type": "error", "error": {"type", "message"}}`` with Anthropic's statuses).
+
+Extended thinking rides on the chat body in OpenRouter's convention, which the router speaks to Claude (see
+``tollgate_router.anthropic_thinking``): ``thinking: {type: enabled, budget_tokens}`` → ``reasoning:
+{max_tokens}``; an assistant turn's ``thinking`` / ``redacted_thinking`` blocks → its ``reasoning_details``
+(signatures and data kept, so a tool-use loop with thinking on continues); the answer's ``reasoning_details`` →
+those blocks again, streamed as ``thinking_delta`` + ``signature_delta`` (a redacted block whole). An
+OpenAI-compatible upstream's unsigned ``reasoning_content`` (DeepSeek) becomes a thinking block with an empty
+signature.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "
                403: "permission_error", 404: "not_found_error", 409: "invalid_request_error",
                413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 502: "api_error",
                503: "api_error", 504: "timeout_error"}
+
+#: ``reasoning_details`` format of Anthropic's thinking blocks (OpenRouter's name).
+THINKING_FORMAT = "anthropic-claude-v1"
 
 #: Fields translated onto the chat request.
 TRANSLATED = frozenset({"model", "max_tokens", "messages", "system", "stream", "temperature", "top_p",
@@ -138,6 +148,7 @@ def _assistant_turn(content: Any, where: str) -> list[dict[str, Any]]:
         return [{"role": "assistant", "content": content}]
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
     for i, block in enumerate(content):
         bwhere = f"{where}.{i}"
         kind = block.get("type") if isinstance(block, dict) else None
@@ -149,16 +160,39 @@ def _assistant_turn(content: Any, where: str) -> list[dict[str, Any]]:
             arguments = orjson.dumps(block.get("input") if block.get("input") is not None else {}).decode()
             calls.append({"id": block["id"], "type": "function",
                           "function": {"name": block["name"], "arguments": arguments}})
-        elif kind in ("thinking", "redacted_thinking"):
-            # A previous turn's reasoning: the chat path cannot carry it back (no signatures), and it is not
-            # needed to continue the conversation without extended thinking.
-            continue
+        elif kind == "thinking":
+            if not isinstance(block.get("thinking"), str) or not isinstance(block.get("signature"), str):
+                raise _bad(f"{bwhere}: a thinking block needs 'thinking' and 'signature'")
+            details.append({"type": "reasoning.text", "text": block["thinking"], "signature": block["signature"],
+                            "format": THINKING_FORMAT, "index": len(details)})
+        elif kind == "redacted_thinking":
+            if not isinstance(block.get("data"), str):
+                raise _bad(f"{bwhere}: a redacted_thinking block needs 'data'")
+            details.append({"type": "reasoning.encrypted", "data": block["data"], "format": THINKING_FORMAT,
+                            "index": len(details)})
         else:
             raise _bad(f"{bwhere}: an assistant turn may hold text, tool_use and thinking blocks (got {kind!r})")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls
-    return [message] if texts or calls else []
+    if details:
+        message["reasoning_details"] = details
+    return [message] if texts or calls or details else []
+
+
+def _thinking(thinking: Any) -> dict[str, Any] | None:
+    """The chat body's ``reasoning`` for Anthropic's ``thinking`` (``None``: off). Anthropic's own rules (a budget
+    of at least 1024, below ``max_tokens``) are the upstream's to enforce: its 400 reaches the client as is."""
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        raise _bad("thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'")
+    if thinking["type"] == "disabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise _bad("thinking.enabled.budget_tokens: Field required (an integer >= 1024)")
+    return {"max_tokens": budget}
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -242,10 +276,7 @@ def parse_messages_request(raw: bytes, *, counting: bool = False) -> MessagesReq
     for name in body:
         if name not in TRANSLATED and name not in IGNORED and body[name] is not None:
             raise _bad(f"{name}: not supported by the gateway (it has no equivalent on the routed path)")
-    thinking = body.get("thinking")
-    if thinking is not None and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
-        raise _bad("thinking: extended thinking is not supported through the gateway yet; omit 'thinking' "
-                   "or send {\"type\": \"disabled\"}.")
+    reasoning = _thinking(body.get("thinking"))
 
     chat: list[dict[str, Any]] = []
     system = body.get("system")
@@ -276,6 +307,8 @@ def parse_messages_request(raw: bytes, *, counting: bool = False) -> MessagesReq
     out: dict[str, Any] = {"model": model, "messages": chat, "max_tokens": max_tokens}
     if stream:
         out["stream"] = True
+    if reasoning is not None:
+        out["reasoning"] = reasoning
     for name, high in (("temperature", 1.0), ("top_p", 1.0)):
         value = _number(body, name, high)
         if value is not None:
@@ -366,11 +399,7 @@ def message_from_completion(
     choices = body.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
-        # DeepSeek-style reasoning from an OpenAI-compatible upstream; unsigned (there is no signature to give).
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    content: list[dict[str, Any]] = _thinking_blocks(message)
     text = message.get("content")
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
@@ -391,6 +420,27 @@ def message_from_completion(
         "stop_sequence": None,
         "usage": anthropic_usage(usage or usage_of(body.get("usage"))),
     })
+
+
+def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """An answer's thinking as Anthropic's blocks: signed ``reasoning_details`` (a Claude upstream), else
+    DeepSeek-style ``reasoning_content`` from an OpenAI-compatible upstream (unsigned: there is no signature)."""
+    details = message.get("reasoning_details")
+    if isinstance(details, list) and details:
+        blocks: list[dict[str, Any]] = []
+        for detail in details:
+            if not isinstance(detail, dict):
+                continue
+            if detail.get("type") == "reasoning.text":
+                blocks.append({"type": "thinking", "thinking": str(detail.get("text") or ""),
+                               "signature": str(detail.get("signature") or "")})
+            elif detail.get("type") == "reasoning.encrypted":
+                blocks.append({"type": "redacted_thinking", "data": str(detail.get("data") or "")})
+        return blocks
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        return [{"type": "thinking", "thinking": reasoning, "signature": ""}]
+    return []
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
@@ -464,10 +514,16 @@ class MessageStream:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out += self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning},
-                                   {"type": "thinking", "thinking": "", "signature": ""})
+            details = delta.get("reasoning_details")
+            if isinstance(details, list) and details:
+                for detail in details:
+                    if isinstance(detail, dict):
+                        out += self._thinking_detail(detail)
+            else:
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(reasoning, str) and reasoning:
+                    out += self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning},
+                                       {"type": "thinking", "thinking": "", "signature": ""})
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out += self._delta("text", {"type": "text_delta", "text": text}, {"type": "text", "text": ""})
@@ -476,6 +532,25 @@ class MessageStream:
             finish = choice.get("finish_reason")
             if finish:
                 self._stop_reason = STOP_REASONS.get(str(finish), "end_turn")
+        return out
+
+    def _thinking_detail(self, detail: dict[str, Any]) -> bytes:
+        """One streamed ``reasoning_details`` piece: text → ``thinking_delta``, a signature → ``signature_delta``
+        on the same block, encrypted data → a whole ``redacted_thinking`` block."""
+        block = {"type": "thinking", "thinking": "", "signature": ""}
+        out = b""
+        if detail.get("type") == "reasoning.encrypted":
+            out = self._open_block("redacted_thinking", {"type": "redacted_thinking",
+                                                         "data": str(detail.get("data") or "")})
+            return out + self._close()
+        if detail.get("type") != "reasoning.text":
+            return b""
+        text = detail.get("text")
+        if isinstance(text, str) and text:
+            out += self._delta("thinking", {"type": "thinking_delta", "thinking": text}, block)
+        signature = detail.get("signature")
+        if isinstance(signature, str) and signature:
+            out += self._delta("thinking", {"type": "signature_delta", "signature": signature}, block)
         return out
 
     def _tool_call(self, call: dict[str, Any]) -> bytes:

@@ -28,8 +28,13 @@ every prompt token counted once. ``completion_tokens = output_tokens``
 Streaming: ``message_start`` (id, input usage) → the role chunk; ``content_block_start`` of a ``tool_use`` → a
 tool-call chunk with id and name; ``text_delta`` → content chunks, ``input_json_delta`` → argument chunks;
 ``message_delta`` (``stop_reason``, cumulative ``output_tokens``) → the finish chunk; ``message_stop`` ends it;
-``ping`` and thinking deltas are skipped; an ``error`` event, or a stream cut before ``message_stop``, is an
-upstream failure.
+``ping`` is skipped; an ``error`` event, or a stream cut before ``message_stop``, is an upstream failure.
+
+Extended thinking (:mod:`tollgate_router.anthropic_thinking`, OpenRouter's convention): ``reasoning.max_tokens`` →
+``thinking: {type: enabled, budget_tokens}``; an assistant message's ``reasoning_details`` → its thinking /
+redacted_thinking blocks (signatures kept); answered thinking blocks → ``message.reasoning`` +
+``reasoning_details``, streamed ``thinking_delta``/``signature_delta`` → ``delta.reasoning`` /
+``delta.reasoning_details``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import aiohttp
 import orjson
 
 from .adapters import StreamEvent
+from .anthropic_thinking import FORMAT, block_detail, detail_blocks, thinking_param
 from .domain import Completion, Route, StreamEnded, Usage, UsageReader
 from .errors import InvalidRequest, UpstreamUnavailable
 from .openai_request import (
@@ -128,7 +134,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
+    blocks = detail_blocks(message, where)  # the turn's thinking comes first, signed, as Anthropic sent it
     text = text_of(message.get("content"), f"{where}.content")
     if text:
         blocks.append({"type": "text", "text": text})
@@ -225,6 +231,9 @@ def to_anthropic(route: Route, body: Mapping[str, Any]) -> dict[str, Any]:
     stop = stop_sequences(body)
     if stop:
         request["stop_sequences"] = stop
+    thinking = thinking_param(body)
+    if thinking is not None:
+        request["thinking"] = thinking
     if isinstance(body.get("user"), str):
         request["metadata"] = {"user_id": body["user"]}
     declared = functions(body)
@@ -275,6 +284,15 @@ def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
+def _thinking_delta(delta: Mapping[str, Any], position: int) -> dict[str, Any]:
+    """A ``thinking_delta`` or ``signature_delta`` as OpenRouter streams it (``reasoning`` + a details piece)."""
+    piece: dict[str, Any] = {"type": "reasoning.text", "format": FORMAT, "index": position}
+    if delta.get("type") == "signature_delta":
+        return {"reasoning_details": [{**piece, "signature": str(delta.get("signature") or "")}]}
+    text = str(delta.get("thinking") or "")
+    return {"reasoning": text, "reasoning_details": [{**piece, "text": text}]}
+
+
 def _finish(stop_reason: Any) -> str:
     return FINISH_REASONS.get(str(stop_reason), "stop")
 
@@ -321,10 +339,14 @@ class AnthropicAdapter:
         usage = anthropic_usage(reply["usage"])
         texts: list[str] = []
         calls: list[ToolCall] = []
+        details: list[dict[str, Any]] = []
         for block in reply["content"]:
             if not isinstance(block, dict):
                 continue
-            if block.get("type") == "text" and isinstance(block.get("text"), str):
+            detail = block_detail(block, len(details))
+            if detail is not None:
+                details.append(detail)
+            elif block.get("type") == "text" and isinstance(block.get("text"), str):
                 texts.append(block["text"])
             elif block.get("type") == "tool_use":
                 calls.append(
@@ -340,6 +362,7 @@ class AnthropicAdapter:
             finish_reason=_finish(reply.get("stop_reason")),
             usage=usage,
             upstream_request_id=header_id or message_id,
+            reasoning_details=details,
         )
 
     async def stream(
@@ -352,6 +375,7 @@ class AnthropicAdapter:
         start_usage: dict[str, Any] = {}
         final_usage: dict[str, Any] = {}
         tool_index: dict[int, int] = {}  # content block index → OpenAI tool_calls index
+        detail_index: dict[int, int] = {}  # content block index → reasoning_details index
         stopped = False
         events = post_sse(
             self._session,
@@ -383,7 +407,11 @@ class AnthropicAdapter:
                     )
                 if kind == "content_block_start":
                     block = event.get("content_block") or {}
-                    if block.get("type") == "tool_use":
+                    if block.get("type") in ("thinking", "redacted_thinking"):
+                        detail = detail_index[int(event.get("index", 0))] = len(detail_index)
+                        if block.get("type") == "redacted_thinking":
+                            yield write({"reasoning_details": [block_detail(block, detail)]})
+                    elif block.get("type") == "tool_use":
                         index = tool_index[int(event.get("index", 0))] = len(tool_index)
                         call = {
                             "index": index,
@@ -396,6 +424,10 @@ class AnthropicAdapter:
                     delta = event.get("delta") or {}
                     if delta.get("type") == "text_delta":
                         yield write({"content": delta.get("text", "")})
+                    elif delta.get("type") in ("thinking_delta", "signature_delta"):
+                        thinking_at = detail_index.get(int(event.get("index", 0)))
+                        if thinking_at is not None:
+                            yield write(_thinking_delta(delta, thinking_at))
                     elif delta.get("type") == "input_json_delta":
                         position = tool_index.get(int(event.get("index", 0)))
                         if position is not None:

@@ -47,8 +47,13 @@ def completion_body(
     tool_calls: Iterable[ToolCall],
     finish_reason: str,
     usage: Usage,
+    reasoning_details: list[dict[str, Any]] | None = None,
 ) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if reasoning_details:  # OpenRouter's convention (see anthropic_thinking)
+        texts = [d["text"] for d in reasoning_details if d.get("type") == "reasoning.text"]
+        message["reasoning"] = "".join(texts) or None
+        message["reasoning_details"] = reasoning_details
     calls = [call.as_openai() for call in tool_calls]
     if calls:
         message["tool_calls"] = calls
@@ -73,6 +78,7 @@ def translated_completion(
     finish_reason: str,
     usage: Usage,
     upstream_request_id: str,
+    reasoning_details: list[dict[str, Any]] | None = None,
 ) -> Completion:
     """A translated answer as the :class:`Completion` the router returns (``content`` is null for a tool-only reply)."""
     return Completion(
@@ -83,6 +89,7 @@ def translated_completion(
             tool_calls=tool_calls,
             finish_reason=finish_reason,
             usage=usage,
+            reasoning_details=reasoning_details,
         ),
         usage=usage,
         provider=route.provider.name,
