@@ -24,6 +24,7 @@ from tollgate_common.db import READ_ONLY
 from tollgate_common.ids import new_id
 
 from . import domain, repository
+from .budgets import TightestLimit, in_chain, tightest_limit
 from .domain import ApiKeyGrant, PriceBook, SlidingWindowLimiter
 from .errors import (
     AccountNotFound,
@@ -112,6 +113,8 @@ class AddCreditsResult:
 class KeyInfo:
     key: KeyRow
     wallet: WalletRow
+    #: The key's tightest limit now (its own limit or a budget of its chain), None when nothing limits it.
+    tightest: TightestLimit | None = None
 
     @property
     def balance_nanos(self) -> int:
@@ -315,17 +318,27 @@ class Billing:
             key = await repository.find_key(conn, key_hash=domain.hash_api_key(api_key))
             if key is None:
                 raise InvalidApiKey("invalid API key")
-            key.grant.check_usable(self._now_ms())
+            now = self._now_ms()
+            key.grant.check_usable(now)
             wallet = await repository.get_wallet(conn, key.grant.account_id)
+            grant = key.grant
+            chain = [b for b in await repository.budget_records(conn, grant.account_id)
+                     if in_chain(b.scope, b.scope_id, account_id=grant.account_id, key_id=grant.key_id,
+                                 team=grant.team, project=grant.project)]
         if wallet is None:
             raise AccountNotFound(f"account {key.grant.account_id} has no wallet")
-        return KeyInfo(key=key, wallet=wallet)
+        info = KeyInfo(key=key, wallet=wallet)
+        own = (grant.limit_nanos, info.limit_remaining_nanos) if grant.has_limit else None
+        return replace(info, tightest=tightest_limit(grant.key_id, own, chain, now))
 
     # --- admin --------------------------------------------------------------------------------------------------
 
-    async def create_account(self, name: str, currency: str = "", account_id: str = "") -> tuple[AccountRow, bool]:
-        """Create an account and its wallet. With a client-chosen id the call is idempotent: (account, created)."""
-        event = domain.account_created(account_id or new_id("acct"), name, currency or "USD", self._now_ms())
+    async def create_account(self, name: str, currency: str = "", account_id: str = "",
+                             time_zone: str = "") -> tuple[AccountRow, bool]:
+        """Create an account and its wallet. With a client-chosen id the call is idempotent: (account, created).
+        ``time_zone`` (IANA, default UTC) is where its budgets' days, weeks and months turn over."""
+        event = domain.account_created(account_id or new_id("acct"), name, currency or "USD", self._now_ms(),
+                                       time_zone)
         existing: AccountRow | None = None
         try:
             async with self._write() as conn:
@@ -337,7 +350,8 @@ class Billing:
         if existing is not None:
             return existing, False
         self._committed()
-        return AccountRow(event.account_id, event.name, event.currency, event.created_at_unix_ms), True
+        return AccountRow(event.account_id, event.name, event.currency, event.created_at_unix_ms,
+                          event.time_zone), True
 
     async def _account(self, account_id: str) -> AccountRow:
         async with self._read() as conn:

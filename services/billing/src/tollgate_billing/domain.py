@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from tollgate.events.v1 import billing_pb2, usage_pb2
 
+from .budgets import check_time_zone
 from .errors import ExpiredApiKey, InvalidArgument, ModelNotAllowed, ModelNotFound, RateLimited, RevokedApiKey
 from .key_lifecycle import check_expiry, check_label, clean_models
 
@@ -262,11 +263,13 @@ def validate_currency(currency: str) -> str:
     return code
 
 
-def account_created(account_id: str, name: str, currency: str, at_unix_ms: int) -> billing_pb2.AccountCreated:
+def account_created(account_id: str, name: str, currency: str, at_unix_ms: int,
+                    time_zone: str = "") -> billing_pb2.AccountCreated:
     if not account_id or len(account_id) > 100:
         raise InvalidArgument("account_id must be 1 to 100 characters")
     return billing_pb2.AccountCreated(
-        account_id=account_id, name=name, currency=validate_currency(currency), created_at_unix_ms=at_unix_ms
+        account_id=account_id, name=name, currency=validate_currency(currency), created_at_unix_ms=at_unix_ms,
+        time_zone=check_time_zone(time_zone),
     )
 
 

@@ -15,13 +15,16 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     │   ├── AccountNotFound      NOT_FOUND            account_not_found
     │   ├── ModelNotFound        NOT_FOUND            model_not_found
     │   ├── KeyNotFound          NOT_FOUND            key_not_found (also: a key of another account)
-    │   └── GroupNotFound        NOT_FOUND            team_not_found / project_not_found
+    │   ├── GroupNotFound        NOT_FOUND            team_not_found / project_not_found
+    │   └── BudgetNotFound       NOT_FOUND            budget_not_found (also: a budget of another account)
     ├── GroupExists              ALREADY_EXISTS       group_exists (the id is taken, with another name)
     ├── IdempotencyKeyReused     ALREADY_EXISTS       idempotency_key_reused (a credit's key, another amount)
+    ├── BudgetExists             ALREADY_EXISTS       budget_exists (one budget per scope, scope id and period)
     ├── GroupArchived            FAILED_PRECONDITION  group_archived (a key cannot join an archived group)
     ├── PaymentRequired          FAILED_PRECONDITION  (abstract: money is missing)
     │   ├── InsufficientBalance  FAILED_PRECONDITION  insufficient_balance
     │   ├── KeyLimitExceeded     FAILED_PRECONDITION  key_limit_exceeded
+    │   ├── BudgetExceeded       FAILED_PRECONDITION  budget_exceeded (the message names the budget's scope and id)
     │   └── CurrencyMismatch     FAILED_PRECONDITION  currency_mismatch
     ├── KeyRevoked               FAILED_PRECONDITION  key_revoked (an admin change to a revoked key)
     ├── RateLimited              RESOURCE_EXHAUSTED   rate_limited (+ retry-after seconds)
@@ -38,6 +41,9 @@ __all__ = [
     "AccountNotFound",
     "AmountOutOfRange",
     "BillingError",
+    "BudgetExceeded",
+    "BudgetExists",
+    "BudgetNotFound",
     "ConcurrentUpdate",
     "CurrencyMismatch",
     "ExpiredApiKey",
@@ -130,6 +136,17 @@ class GroupNotFound(NotFound):
         self.reason = f"{kind}_not_found"
 
 
+class BudgetNotFound(NotFound):
+    reason = "budget_not_found"
+
+
+class BudgetExists(BillingError):
+    """A scope has at most one budget per period (a daily and a monthly one on the same team, not two daily)."""
+
+    status = grpc.StatusCode.ALREADY_EXISTS
+    reason = "budget_exists"
+
+
 class GroupExists(BillingError):
     status = grpc.StatusCode.ALREADY_EXISTS
     reason = "group_exists"
@@ -170,6 +187,18 @@ class InsufficientBalance(PaymentRequired):
 
 class KeyLimitExceeded(PaymentRequired):
     reason = "key_limit_exceeded"
+
+
+class BudgetExceeded(PaymentRequired):
+    """A budget of the key's chain cannot cover the hold (ingress answers 402 ``budget_exceeded``)."""
+
+    reason = "budget_exceeded"
+
+    def __init__(self, message: str, *, scope: str, scope_id: str, budget_id: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.scope_id = scope_id
+        self.budget_id = budget_id
 
 
 class CurrencyMismatch(PaymentRequired):

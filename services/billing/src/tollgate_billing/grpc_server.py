@@ -17,8 +17,10 @@ from tollgate_common.logs import request_id_var
 from tollgate_common.telemetry import attach_traceparent
 
 from .application import Billing
+from .budget_admin import BudgetAdmin
 from .errors import BillingError
 from .group_admin import GroupAdmin
+from .grpc_budgets import BudgetRpcs
 from .grpc_keys import GroupRpcs, KeyRpcs
 from .key_admin import KeyAdmin
 from .repository import AccountRow
@@ -55,6 +57,11 @@ CALLERS: dict[str, frozenset[str]] = {
         "ListGroups",
         "GetGroup",
         "UpdateGroup",
+        "CreateBudget",
+        "ListBudgets",
+        "GetBudget",
+        "UpdateBudget",
+        "DeleteBudget",
     )
 }
 
@@ -81,7 +88,8 @@ def _mapped(method: Method[R]) -> Method[R]:
 
 def _account(row: AccountRow) -> pb.Account:
     return pb.Account(
-        account_id=row.account_id, name=row.name, currency=row.currency, created_at_unix_ms=row.created_at_unix_ms
+        account_id=row.account_id, name=row.name, currency=row.currency, created_at_unix_ms=row.created_at_unix_ms,
+        time_zone=row.time_zone,
     )
 
 
@@ -92,6 +100,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
         self.internal_auth = internal_auth
         self.key_admin = KeyAdmin(billing)
         self.group_admin = GroupAdmin(billing)
+        self.budget_admin = BudgetAdmin(billing)
 
     # The key lifecycle RPCs live in grpc_keys.py; mapped like the rest.
     ListApiKeys = _mapped(KeyRpcs.ListApiKeys)
@@ -103,6 +112,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     ListGroups = _mapped(GroupRpcs.ListGroups)
     GetGroup = _mapped(GroupRpcs.GetGroup)
     UpdateGroup = _mapped(GroupRpcs.UpdateGroup)
+    CreateBudget = _mapped(BudgetRpcs.CreateBudget)
+    ListBudgets = _mapped(BudgetRpcs.ListBudgets)
+    GetBudget = _mapped(BudgetRpcs.GetBudget)
+    UpdateBudget = _mapped(BudgetRpcs.UpdateBudget)
+    DeleteBudget = _mapped(BudgetRpcs.DeleteBudget)
 
     @_mapped
     async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:
@@ -145,13 +159,18 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
             limit_nanos=grant.limit_nanos,
             limit_remaining_nanos=info.limit_remaining_nanos,
             account_admin=info.key.account_admin,
+            tightest_limit=None if info.tightest is None else pb.TightestLimit(
+                scope=info.tightest.scope, scope_id=info.tightest.scope_id, budget_id=info.tightest.budget_id,
+                period=info.tightest.period, limit_nanos=info.tightest.limit_nanos,
+                remaining_nanos=info.tightest.remaining_nanos, resets_at_unix_ms=info.tightest.resets_at_unix_ms),
         )
 
     @_mapped
     async def CreateAccount(
         self, request: pb.CreateAccountRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateAccountResponse:
-        account, _created = await self.billing.create_account(request.name, request.currency, request.account_id)
+        account, _created = await self.billing.create_account(request.name, request.currency, request.account_id,
+                                                              request.time_zone)
         return pb.CreateAccountResponse(account=_account(account))
 
     @_mapped

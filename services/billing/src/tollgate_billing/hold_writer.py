@@ -9,11 +9,15 @@ fixed number of statements however many they are:
 2. the batch's keys with their wallets, in one read, locked (PostgreSQL ``FOR UPDATE`` in (account, key) order; on
    SQLite the transaction holds the database's write lock), so what is decided from them cannot be overtaken by
    another replica, the usage consumer or the sweeper;
-3. the decisions, in arrival order, in memory — the same guards the projections apply: a hold is placed only while
-   balance − held covers it (and, for a key with a limit, limit − usage − held), and never while the balance is
-   negative (a capture above its hold went beyond the money; the account must be topped up first). A refusal
-   changes nothing, so it never affects another caller;
-4. one UPDATE per wallet and per key (the batch's sums), one INSERT of the hold rows and one of their outbox rows.
+3. the budgets of the batch's accounts (budgets.py), in one read, locked after the wallets and keys (the order every
+   writer takes them in);
+4. the decisions, in arrival order, in memory — the same guards the projections apply: a hold is placed only while
+   balance − held covers it (and, for a key with a limit, limit − usage − held; for every budget of the key's chain,
+   limit − spent in the period − held), and never while the balance is negative (a capture above its hold went
+   beyond the money; the account must be topped up first). A refusal changes nothing, so it never affects another
+   caller. A placed hold records the budgets it counts against on its HoldPlaced event;
+5. one UPDATE per wallet, per key and per budget (the batch's sums), one INSERT of the hold rows and one of their
+   outbox rows.
 
 The rows written are what :mod:`~tollgate_billing.projections` makes of the same HoldPlaced events, so a rebuild from
 the log yields the same tables. A batch that fails in the database (not a refusal: e.g. a deadlock with another
@@ -39,9 +43,10 @@ from tollgate.events.v1 import billing_pb2
 from tollgate_common.bulk import insert_rows
 
 from . import repository
+from .budgets import BudgetState, in_chain, period_bounds
 from .domain import HoldStatus, HoldView
 from .errors import BillingError, ConcurrentUpdate, InsufficientBalance, InvalidApiKey, KeyLimitExceeded
-from .tables import api_keys, holds, messaging, wallets
+from .tables import accounts, api_keys, budgets, holds, messaging, wallets
 
 __all__ = ["HoldWriter", "PendingHold"]
 
@@ -58,7 +63,7 @@ _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 _HOLD_COLUMNS = ("hold_id", "account_id", "key_id", "model", "amount_nanos", "status", "captured_nanos",
                  "released_nanos", "refunded_nanos", "usage_event_id", "needs_reconciliation", "created_at_unix_ms",
-                 "expires_at_unix_ms")
+                 "expires_at_unix_ms", "budget_ids")
 
 _EXISTING = select(holds.c.hold_id, holds.c.account_id, holds.c.key_id, holds.c.amount_nanos, holds.c.status,
                    holds.c.captured_nanos, holds.c.expires_at_unix_ms).where(
@@ -67,13 +72,26 @@ _EXISTING = select(holds.c.hold_id, holds.c.account_id, holds.c.key_id, holds.c.
 #: (sorted) before keys, and a capture touches a key only with its own account's wallet, so the two cannot deadlock.
 _KEYS_AND_WALLETS = (
     select(api_keys.c.key_id, api_keys.c.has_limit, api_keys.c.limit_nanos, api_keys.c.usage_nanos,
-           api_keys.c.held_nanos.label("key_held"), wallets.c.account_id, wallets.c.balance_nanos,
+           api_keys.c.held_nanos.label("key_held"), api_keys.c.team, api_keys.c.project, wallets.c.account_id,
+           wallets.c.balance_nanos,
            wallets.c.held_nanos.label("wallet_held"))
     .join(wallets, wallets.c.account_id == api_keys.c.account_id)
     .where(api_keys.c.key_id.in_(bindparam("p_ids", expanding=True)))
     .order_by(wallets.c.account_id, api_keys.c.key_id)
     .with_for_update()
 )
+#: The budgets of the batch's accounts, locked after their wallets and keys; the time zone their periods turn in.
+_BUDGETS = (
+    select(budgets.c.budget_id, budgets.c.account_id, budgets.c.scope, budgets.c.scope_id, budgets.c.period,
+           budgets.c.limit_nanos, budgets.c.spent_nanos, budgets.c.held_nanos, budgets.c.period_start_unix_ms,
+           accounts.c.time_zone)
+    .join(accounts, accounts.c.account_id == budgets.c.account_id)
+    .where(budgets.c.account_id.in_(bindparam("p_ids", expanding=True)))
+    .order_by(budgets.c.budget_id)
+    .with_for_update(of=budgets)
+)
+_HOLD_BUDGET = (update(budgets).where(budgets.c.budget_id == bindparam("p_id"))
+                .values(held_nanos=budgets.c.held_nanos + bindparam("p_held")))
 _HOLD_WALLET = (update(wallets).where(wallets.c.account_id == bindparam("p_id"))
                 .values(held_nanos=wallets.c.held_nanos + bindparam("p_held")))
 _HOLD_KEY = (update(api_keys).where(api_keys.c.key_id == bindparam("p_id"))
@@ -90,6 +108,13 @@ class PendingHold:
     @classmethod
     def of(cls, event: billing_pb2.HoldPlaced) -> PendingHold:
         return cls(event, repository.outbox_row(event))
+
+    def decided_row(self) -> tuple[str, str, str, str, bytes]:
+        """The outbox row of the event as decided (with its budgets; the headers, and trace, the caller's)."""
+        if not self.event.budget_ids:
+            return self.outbox_row
+        topic, key, event_id, headers, _ = self.outbox_row
+        return topic, key, event_id, headers, self.event.SerializeToString()
 
 
 #: What a caller gets: None (its hold is placed), the hold that already had its id (a replay), or its refusal.
@@ -182,11 +207,12 @@ class HoldWriter:
             for row in await conn.execute(_KEYS_AND_WALLETS, {"p_ids": sorted({ev.key_id for ev in events})}):
                 money.setdefault(row.account_id, [row.balance_nanos, row.wallet_held])
                 keys[row.key_id] = [row.account_id, bool(row.has_limit), row.limit_nanos - row.usage_nanos,
-                                    row.key_held]
+                                    row.key_held, row.team, row.project]
+            limits = await _budgets(conn, money, max(ev.created_at_unix_ms for ev in events))
             outcomes: list[Outcome] = []
             placed: list[PendingHold] = []
             for pending in batch:
-                outcome = _decide(pending.event, existing, money, keys)
+                outcome = _decide(pending.event, existing, money, keys, limits)
                 if outcome is None:
                     placed.append(pending)
                     existing[pending.event.hold_id] = _placed_view(pending.event)
@@ -204,7 +230,7 @@ class HoldWriter:
                         outcomes[i] = twins.get(pending.event.hold_id) or ConcurrentUpdate(
                             f"hold {pending.event.hold_id} could not be placed; retry")
             await insert_rows(conn, messaging.outbox, repository.OUTBOX_COLUMNS,
-                              [p.outbox_row for p in placed if p.event.hold_id in inserted])
+                              [p.decided_row() for p in placed if p.event.hold_id in inserted])
         self.batches += 1
         return outcomes
 
@@ -212,7 +238,8 @@ class HoldWriter:
         """Move the money and insert the hold rows; returns the hold ids actually inserted."""
         await self._move(conn, placed, sign=1)
         rows = [(ev.hold_id, ev.account_id, ev.key_id, ev.model, ev.amount_nanos, HoldStatus.OPEN.value, 0, 0, 0,
-                 "", False, ev.created_at_unix_ms, ev.expires_at_unix_ms) for ev in (p.event for p in placed)]
+                 "", False, ev.created_at_unix_ms, ev.expires_at_unix_ms, ",".join(ev.budget_ids))
+                for ev in (p.event for p in placed)]
         found = await insert_rows(conn, holds, _HOLD_COLUMNS, rows, on_conflict="ON CONFLICT DO NOTHING",
                                   returning=("hold_id",))
         return {str(row.hold_id) for row in found}
@@ -221,11 +248,15 @@ class HoldWriter:
     async def _move(conn: AsyncConnection, placed: list[PendingHold], *, sign: int) -> None:
         by_wallet: dict[str, int] = {}
         by_key: dict[str, int] = {}
+        by_budget: dict[str, int] = {}
         for ev in (p.event for p in placed):
             by_wallet[ev.account_id] = by_wallet.get(ev.account_id, 0) + sign * ev.amount_nanos
             by_key[ev.key_id] = by_key.get(ev.key_id, 0) + sign * ev.amount_nanos
+            for budget_id in ev.budget_ids:
+                by_budget[budget_id] = by_budget.get(budget_id, 0) + sign * ev.amount_nanos
         await _update(conn, _HOLD_WALLET, by_wallet)
         await _update(conn, _HOLD_KEY, by_key)
+        await _update(conn, _HOLD_BUDGET, by_budget)
 
 
 async def _update(conn: AsyncConnection, statement: Any, moves: dict[str, int]) -> None:
@@ -234,9 +265,27 @@ async def _update(conn: AsyncConnection, statement: Any, moves: dict[str, int]) 
         await conn.execute(statement, rows[0] if len(rows) == 1 else rows)
 
 
+async def _budgets(conn: AsyncConnection, money: dict[str, list[int]], now_unix_ms: int
+                   ) -> dict[str, list[BudgetState]]:
+    """account id → its budgets, with the spend of the period containing ``now`` (0 once the stored one is past)."""
+    limits: dict[str, list[BudgetState]] = {}
+    if not money:
+        return limits
+    starts: dict[tuple[str, str], int] = {}
+    for row in await conn.execute(_BUDGETS, {"p_ids": sorted(money)}):
+        zone = (row.period, row.time_zone)
+        if zone not in starts:
+            starts[zone] = period_bounds(row.period, row.time_zone, now_unix_ms)[0]
+        spent = row.spent_nanos if row.period_start_unix_ms >= starts[zone] else 0
+        limits.setdefault(row.account_id, []).append(
+            BudgetState(row.budget_id, row.scope, row.scope_id, row.period, row.limit_nanos, spent, row.held_nanos))
+    return limits
+
+
 def _decide(ev: billing_pb2.HoldPlaced, existing: dict[str, HoldView], money: dict[str, list[int]],
-            keys: dict[str, list[Any]]) -> Outcome:
+            keys: dict[str, list[Any]], limits: dict[str, list[BudgetState]]) -> Outcome:
     """One caller's decision against the batch's state so far (and, if placed, its effect on that state)."""
+    del ev.budget_ids[:]  # decided afresh (a batch retried caller by caller decides again)
     earlier = existing.get(ev.hold_id)
     if earlier is not None:
         return earlier
@@ -249,11 +298,20 @@ def _decide(ev: billing_pb2.HoldPlaced, existing: dict[str, HoldView], money: di
                                    "add credits to continue")
     if wallet[0] - wallet[1] < ev.amount_nanos:
         return InsufficientBalance("the account's available balance does not cover this request's maximum cost")
-    _, has_limit, limit_left, held = key
+    _, has_limit, limit_left, held, team, project = key
     if has_limit and limit_left - held < ev.amount_nanos:
         return KeyLimitExceeded("the API key's spend limit does not cover this request's maximum cost")
+    chain = [b for b in limits.get(ev.account_id, ())
+             if in_chain(b.scope, b.scope_id, account_id=ev.account_id, key_id=ev.key_id, team=team, project=project)]
+    for budget in chain:
+        refused = budget.refusal(ev.amount_nanos)
+        if refused is not None:
+            return refused
     wallet[1] += ev.amount_nanos
     key[3] += ev.amount_nanos
+    for budget in chain:
+        budget.held_nanos += ev.amount_nanos
+        ev.budget_ids.append(budget.budget_id)
     return None
 
 

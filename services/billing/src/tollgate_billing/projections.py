@@ -9,8 +9,9 @@ that does not fit the stored rows raises :class:`~tollgate_billing.errors.Incons
 
 Events are applied in batches, one statement per table and kind (a Kafka batch of usage, a replay batch), which is
 equivalent to applying them one by one in order: kinds are applied in causal order (account → teams/projects →
-key → key changes, in their own order → credits → placed → captured → expired → reconciled), a hold only ever moves
-forward along that order, and money moves are additive. A single event (Authorize, an admin call) is a batch of one.
+key → key changes, in their own order → budget changes, in theirs → credits → placed → captured → expired →
+reconciled; the budgets' money last, see budget_changes.py), a hold only ever moves forward along that order, and
+money moves are additive. A single event (Authorize, an admin call) is a batch of one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.bulk import insert_rows, select_rows, update_rows
 
-from . import group_changes, key_changes
+from . import budget_changes, group_changes, key_changes
 from .domain import HoldStatus
 from .errors import ConcurrentUpdate, InconsistentEvent, InsufficientBalance, KeyLimitExceeded
 from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, wallets
@@ -43,6 +44,7 @@ _KINDS: tuple[type[Message], ...] = (
     billing_pb2.GroupUpdated,
     billing_pb2.ApiKeyCreated,
     *key_changes.KINDS,
+    *budget_changes.ADMIN_KINDS,
     billing_pb2.CreditsAdded,
     billing_pb2.HoldPlaced,
     billing_pb2.HoldCaptured,
@@ -120,6 +122,8 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
     by_kind: dict[type[Message], list[Any]] = {kind: [] for kind in _KINDS}
     changes: list[Any] = []  # one list for every kind of key change: they apply in their order
     by_kind.update({kind: changes for kind in key_changes.KINDS})
+    budget_admin: list[Any] = []  # created / updated / deleted, in their order
+    by_kind.update({kind: budget_admin for kind in budget_changes.ADMIN_KINDS})
     for event in events:
         bucket = by_kind.get(type(event))
         if bucket is None:
@@ -131,6 +135,7 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
     await group_changes.apply_updated(conn, by_kind[billing_pb2.GroupUpdated], strict=strict)
     await _api_keys_created(conn, by_kind[billing_pb2.ApiKeyCreated])
     await key_changes.apply(conn, changes, strict=strict)
+    await budget_changes.apply_admin(conn, budget_admin, strict=strict)
     _credits_added(by_kind[billing_pb2.CreditsAdded], moves)
     if by_kind[billing_pb2.CreditsAdded]:
         await _execute(conn, _INSERT_CREDIT, [
@@ -145,6 +150,8 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
     await _holds_expired(conn, by_kind[billing_pb2.HoldExpired], moves, strict)
     await _holds_reconciled(conn, by_kind[billing_pb2.HoldReconciled], moves, strict)
     await moves.flush(conn)
+    await budget_changes.apply_money(conn, by_kind[billing_pb2.HoldPlaced], by_kind[billing_pb2.HoldCaptured],
+                                     by_kind[billing_pb2.HoldExpired], by_kind[billing_pb2.HoldReconciled])
 
 
 # --- plumbing ---------------------------------------------------------------------------------------------------
@@ -241,7 +248,7 @@ async def _accounts_created(conn: Executor, events: list[billing_pb2.AccountCrea
         return
     await _execute(conn, _INSERT_ACCOUNT, [
         {"account_id": ev.account_id, "name": ev.name, "currency": ev.currency,
-         "created_at_unix_ms": ev.created_at_unix_ms}
+         "created_at_unix_ms": ev.created_at_unix_ms, "time_zone": ev.time_zone or "UTC"}
         for ev in events
     ])
     await _execute(conn, _INSERT_WALLET, [
@@ -274,13 +281,13 @@ def _credits_added(events: list[billing_pb2.CreditsAdded], moves: _Moves) -> Non
 
 def _hold_row(hold_id: str, account_id: str, key_id: str, model: str, amount: int, status: HoldStatus,
               created: int, expires: int, *, captured: int = 0, closed: int | None = None,
-              usage_event_id: str = "") -> dict[str, Any]:
+              usage_event_id: str = "", budget_ids: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "hold_id": hold_id, "account_id": account_id, "key_id": key_id, "model": model, "amount_nanos": amount,
         "status": status.value, "captured_nanos": captured, "released_nanos": 0, "refunded_nanos": 0,
         "rated_nanos": captured if status != HoldStatus.OPEN else None, "usage_event_id": usage_event_id,
         "needs_reconciliation": False, "created_at_unix_ms": created, "expires_at_unix_ms": expires,
-        "closed_at_unix_ms": closed,
+        "closed_at_unix_ms": closed, "budget_ids": ",".join(budget_ids),
     }
 
 
@@ -290,7 +297,7 @@ async def _holds_placed(conn: Executor, events: list[billing_pb2.HoldPlaced], mo
     # The insert comes first: a repeated request id fails here on the primary key, before any money moves.
     await _execute(conn, _INSERT_HOLD, [
         _hold_row(ev.hold_id, ev.account_id, ev.key_id, ev.model, ev.amount_nanos, HoldStatus.OPEN,
-                  ev.created_at_unix_ms, ev.expires_at_unix_ms)
+                  ev.created_at_unix_ms, ev.expires_at_unix_ms, budget_ids=ev.budget_ids)
         for ev in events
     ])
     for ev in events:

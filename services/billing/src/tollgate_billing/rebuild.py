@@ -2,7 +2,7 @@
 
 ``python -m tollgate_billing rebuild --kafka BOOTSTRAP --into DB_URL [--compare-with LIVE_DB_URL]`` replays
 ``tollgate.billing.v1`` from the beginning into a fresh schema with the same projection code the live path uses,
-then compares accounts, keys, wallets, holds, credits and ledger with the live database and prints a
+then compares accounts, keys, budgets, wallets, holds, credits and ledger with the live database and prints a
 reconciliation report. Exit status: 0 when equal (or nothing to compare), 1 on any difference, 2 on bad usage.
 
 Events not yet published by the live outbox are, by definition, not in the log: the report says how many there are,
@@ -36,6 +36,7 @@ from .repository import SERVICE
 from .tables import (
     accounts,
     api_keys,
+    budgets,
     credit_grants,
     groups,
     holds,
@@ -314,6 +315,7 @@ _COMPARED: tuple[tuple[str, Table], ...] = (
     ("accounts", accounts),
     ("groups", groups),
     ("api_keys", api_keys),
+    ("budgets", budgets),
     ("wallets", wallets),
     ("holds", holds),
     ("credit_grants", credit_grants),

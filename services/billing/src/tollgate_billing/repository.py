@@ -20,6 +20,7 @@ from tollgate_common.bulk import insert_rows, select_rows
 from tollgate_common.events import Envelope, Topics, envelope_for
 
 from . import projections
+from .budgets import BudgetRecord
 from .domain import ApiKeyGrant, HoldStatus, HoldView
 from .groups import GroupRecord
 from .key_lifecycle import KeyRecord
@@ -27,6 +28,7 @@ from .projections import Executor
 from .tables import (
     accounts,
     api_keys,
+    budgets,
     credit_grants,
     groups,
     holds,
@@ -60,6 +62,9 @@ _EVENT_IDS: dict[type[Message], Callable[[Any], str]] = {
     billing_pb2.ApiKeyRotated: lambda e: f"api_key.rotated:{e.key_id}:{e.revision}",
     billing_pb2.GroupCreated: lambda e: f"group.created:{e.account_id}:{e.kind}:{e.group_id}",
     billing_pb2.GroupUpdated: lambda e: f"group.updated:{e.account_id}:{e.kind}:{e.group_id}:{e.revision}",
+    billing_pb2.BudgetCreated: lambda e: f"budget.created:{e.budget_id}",
+    billing_pb2.BudgetUpdated: lambda e: f"budget.updated:{e.budget_id}:{e.revision}",
+    billing_pb2.BudgetDeleted: lambda e: f"budget.deleted:{e.budget_id}",
     billing_pb2.CreditsAdded: lambda e: f"credits.added:{e.transaction.transaction_id}",
     billing_pb2.HoldPlaced: lambda e: f"hold.placed:{e.hold_id}",
     billing_pb2.HoldCaptured: lambda e: f"hold.captured:{e.hold_id}",
@@ -123,6 +128,7 @@ class AccountRow:
     name: str
     currency: str
     created_at_unix_ms: int
+    time_zone: str = "UTC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +166,7 @@ async def get_account(conn: Executor, account_id: str) -> AccountRow | None:
     row = (await conn.execute(select(accounts).where(accounts.c.account_id == account_id))).first()
     if row is None:
         return None
-    return AccountRow(row.account_id, row.name, row.currency, row.created_at_unix_ms)
+    return AccountRow(row.account_id, row.name, row.currency, row.created_at_unix_ms, row.time_zone)
 
 
 async def get_wallet(conn: Executor, account_id: str, *, lock: bool = False) -> WalletRow | None:
@@ -287,6 +293,31 @@ async def group_records(conn: Executor, account_id: str, kind: str, *, include_a
         query = query.where(groups.c.archived_at_unix_ms.is_(None))
     rows = await conn.execute(query.order_by(groups.c.created_at_unix_ms, groups.c.group_id))
     return [_group_record(row) for row in rows]
+
+
+_BUDGETS = (select(budgets, accounts.c.time_zone).join(accounts, accounts.c.account_id == budgets.c.account_id))
+
+
+def _budget_record(row: Any) -> BudgetRecord:
+    return BudgetRecord(
+        budget_id=row.budget_id, account_id=row.account_id, scope=row.scope, scope_id=row.scope_id,
+        period=row.period, limit_nanos=row.limit_nanos, spent_nanos=row.spent_nanos, held_nanos=row.held_nanos,
+        period_start_unix_ms=row.period_start_unix_ms, time_zone=row.time_zone,
+        created_at_unix_ms=row.created_at_unix_ms, updated_at_unix_ms=row.updated_at_unix_ms, revision=row.revision,
+    )
+
+
+async def budget_record(conn: Executor, account_id: str, budget_id: str) -> BudgetRecord | None:
+    """One budget of one account (another account's budget is not found)."""
+    row = (await conn.execute(_BUDGETS.where(budgets.c.budget_id == budget_id,
+                                             budgets.c.account_id == account_id))).first()
+    return None if row is None else _budget_record(row)
+
+
+async def budget_records(conn: Executor, account_id: str) -> list[BudgetRecord]:
+    rows = await conn.execute(_BUDGETS.where(budgets.c.account_id == account_id)
+                              .order_by(budgets.c.created_at_unix_ms, budgets.c.budget_id))
+    return [_budget_record(row) for row in rows]
 
 
 def _hold_view(row: object) -> HoldView:

@@ -26,6 +26,7 @@ from tollgate_common.db import messaging_tables
 __all__ = [
     "accounts",
     "api_keys",
+    "budgets",
     "credit_grants",
     "groups",
     "holds",
@@ -46,6 +47,8 @@ accounts = Table(
     Column("name", String(200), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("created_at_unix_ms", BigInteger, nullable=False),
+    #: IANA zone the account's budget periods turn over in (migration 0006).
+    Column("time_zone", String(64), nullable=False, server_default="UTC"),
 )
 
 #: One prepaid balance per account. ``held_nanos`` is the sum of its open holds; available = balance − held.
@@ -130,8 +133,32 @@ holds = Table(
     Column("created_at_unix_ms", BigInteger, nullable=False),
     Column("expires_at_unix_ms", BigInteger, nullable=False),
     Column("closed_at_unix_ms", BigInteger, nullable=True),
+    #: Comma-separated ids of the budgets the hold counted against when placed ("" = none; migration 0006).
+    Column("budget_ids", Text, nullable=False, server_default=""),
 )
 Index("ix_holds_open_expiry", holds.c.status, holds.c.expires_at_unix_ms)
+
+#: Spend limits (budgets.py). ``spent_nanos`` is the spend of the period starting at ``period_start_unix_ms`` (0 for
+#: ``total``): once the current period is later, the stored spend is of a past one and counts as 0. ``held_nanos`` is
+#: the sum of the open holds counted against it. One budget per (account, scope, scope id, period).
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("budget_id", String(100), primary_key=True),
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("scope", String(10), nullable=False),
+    Column("scope_id", String(100), nullable=False),
+    Column("period", String(10), nullable=False),
+    Column("limit_nanos", BigInteger, nullable=False),
+    Column("spent_nanos", BigInteger, nullable=False),
+    Column("held_nanos", BigInteger, nullable=False),
+    Column("period_start_unix_ms", BigInteger, nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+    Column("updated_at_unix_ms", BigInteger, nullable=True),
+    Column("revision", BigInteger, nullable=False),
+)
+Index("ux_budgets_scope_period", budgets.c.account_id, budgets.c.scope, budgets.c.scope_id, budgets.c.period,
+      unique=True)
 
 #: AddCredits idempotency: one row per (account, idempotency key).
 credit_grants = Table(
