@@ -5,7 +5,8 @@ As a Kubernetes deployment with two pods of each runs it: ``ingress`` talks to `
 each ingress, against a budget that covers a small fraction of them: what is charged never exceeds the budget, the
 wallet never goes below zero, and every request the upstream served is charged exactly once at its price.
 
-Two budgets, each the same hold arithmetic: the account's prepaid balance, and a spend limit on the key.
+Three budgets, each the same hold arithmetic: the account's prepaid balance, a spend limit on the key, and a
+monthly budget on the key's team (billing's budgets table, decided in Authorize's group commit on each replica).
 The budget is sized so that the 1,000 requests would need about fourteen times what it holds (the mock's answers
 are cheap: a $1 budget would cover some 70,000 of them).
 """
@@ -71,15 +72,23 @@ async def _fire(urls: list[str], api_key: str) -> list[int]:
         return list(await asyncio.gather(*tasks))
 
 
-@pytest.mark.parametrize("budget", ["balance", "key limit"])
+@pytest.mark.parametrize("budget", ["balance", "key limit", "team budget"])
 def test_a_thousand_concurrent_requests_through_two_replicas_never_overspend(replicas: Platform, budget: str) -> None:
     platform = replicas
     if budget == "balance":
         tenant = Tenant.create(platform, credit=str(Decimal(BUDGET_NANOS) / NANOS), label="replicas")
-    else:
+    elif budget == "key limit":
         tenant = Tenant.create(platform, credit="10.00", label="replicas")
         key = platform.admin("POST", f"/admin/v1/accounts/{tenant.account_id}/keys",
                              {"label": "limited", "limit": str(Decimal(BUDGET_NANOS) / NANOS)})
+        tenant = Tenant(platform, tenant.account_id, str(key["key"]))
+    if budget == "team budget":
+        tenant = Tenant.create(platform, credit="10.00", label="replicas")
+        base = f"/admin/v1/accounts/{tenant.account_id}"
+        platform.admin("POST", f"{base}/teams", {"id": "ml", "name": "ML"})
+        team_budget = platform.admin("POST", f"{base}/budgets", {"scope": "team", "scope_id": "ml", "period": "monthly",
+                                                                 "limit": str(Decimal(BUDGET_NANOS) / NANOS)})
+        key = platform.admin("POST", f"{base}/keys", {"label": "in the team", "team": "ml"})
         tenant = Tenant(platform, tenant.account_id, str(key["key"]))
     served_before = len(mock_calls(platform))
     before = tenant.balance()["balance_nanos"]
@@ -108,3 +117,6 @@ def test_a_thousand_concurrent_requests_through_two_replicas_never_overspend(rep
     assert charged == ok * each, f"charged {charged} nanos for {ok} served calls at {each} each"
     assert charged <= BUDGET_NANOS, f"overspent: charged {charged} of a {BUDGET_NANOS} budget"
     assert after["balance_nanos"] >= 0
+    if budget == "team budget":
+        counted = platform.admin("GET", f"/admin/v1/accounts/{tenant.account_id}/budgets/{team_budget['id']}")
+        assert (counted["spent_nanos"], counted["held_nanos"]) == (charged, 0), counted

@@ -12,7 +12,16 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from billing_support import MODEL, Database, FakeClock, hold_for, postgres_database, rated, sqlite_database, static_prices
+from billing_support import (
+    MODEL,
+    Database,
+    FakeClock,
+    hold_for,
+    postgres_database,
+    rated,
+    sqlite_database,
+    static_prices,
+)
 from tollgate.events.v1.billing_pb2 import (
     BUDGET_PERIOD_DAILY,
     BUDGET_PERIOD_MONTHLY,

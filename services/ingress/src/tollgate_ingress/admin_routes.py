@@ -140,13 +140,15 @@ async def create_account(request: Request) -> Response:
     if not _CURRENCY.match(currency):
         raise InvalidRequest("'currency' must be an ISO 4217 code such as USD", param="currency")
     account_id = _str(body, "id")
-    account = await services(request).billing.create_account(name, currency, account_id)
+    time_zone = _str(body, "time_zone", default="UTC")  # billing checks it is an IANA zone (400 if not)
+    account = await services(request).billing.create_account(name, currency, account_id, time_zone)
     return _json(
         {
             "object": "account",
             "id": account.account_id,
             "name": account.name,
             "currency": account.currency,
+            "time_zone": account.time_zone or "UTC",
             "created_at_unix_ms": account.created_at_unix_ms,
         },
         201,

@@ -25,6 +25,7 @@ from tollgate_common.telemetry import TraceparentMiddleware, spans_exported
 from . import (
     admin_routes,
     anthropic_routes,
+    budget_routes,
     completions_routes,
     embeddings_routes,
     group_routes,
@@ -205,6 +206,7 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
     app.include_router(admin_routes.router)
     app.include_router(key_routes.router)
     app.include_router(group_routes.router)
+    app.include_router(budget_routes.router)
 
     @app.get("/healthz")
     async def healthz() -> Response:

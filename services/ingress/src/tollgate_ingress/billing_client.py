@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 from tollgate.billing.v1 import billing_service_pb2 as bpb
-from tollgate.billing.v1 import billing_service_pb2_grpc, key_admin_pb2, tenancy_pb2
+from tollgate.billing.v1 import billing_service_pb2_grpc, budgets_pb2, key_admin_pb2, tenancy_pb2
 
 from .channels import CallMetadata, UnaryCaller
 from .metrics import Metrics
@@ -78,9 +78,10 @@ class BillingClient:
         return await self._call(self._stub.GetKeyInfo, bpb.GetKeyInfoRequest(api_key=api_key))
 
     # --- accounts, credits, ledger (operator) -----------------------------------------------------------------
-    async def create_account(self, name: str, currency: str, account_id: str) -> bpb.Account:
+    async def create_account(self, name: str, currency: str, account_id: str, time_zone: str = "") -> bpb.Account:
         reply = await self._call(
-            self._stub.CreateAccount, bpb.CreateAccountRequest(name=name, currency=currency, account_id=account_id)
+            self._stub.CreateAccount,
+            bpb.CreateAccountRequest(name=name, currency=currency, account_id=account_id, time_zone=time_zone),
         )
         return reply.account
 
@@ -134,3 +135,19 @@ class BillingClient:
 
     async def update_group(self, request: tenancy_pb2.UpdateGroupRequest) -> tenancy_pb2.Group:
         return await self._call(self._stub.UpdateGroup, request)
+
+    # --- budgets ------------------------------------------------------------------------------------------------
+    async def create_budget(self, request: budgets_pb2.CreateBudgetRequest) -> budgets_pb2.Budget:
+        return await self._call(self._stub.CreateBudget, request)
+
+    async def list_budgets(self, request: budgets_pb2.ListBudgetsRequest) -> budgets_pb2.ListBudgetsResponse:
+        return await self._call(self._stub.ListBudgets, request)
+
+    async def get_budget(self, request: budgets_pb2.GetBudgetRequest) -> budgets_pb2.Budget:
+        return await self._call(self._stub.GetBudget, request)
+
+    async def update_budget(self, request: budgets_pb2.UpdateBudgetRequest) -> budgets_pb2.Budget:
+        return await self._call(self._stub.UpdateBudget, request)
+
+    async def delete_budget(self, request: budgets_pb2.DeleteBudgetRequest) -> budgets_pb2.Budget:
+        return await self._call(self._stub.DeleteBudget, request)

@@ -92,12 +92,25 @@ async def list_models(request: Request) -> Response:
 @router.get("/v1/key")
 async def key_info(request: Request) -> Response:
     info = await services(request).keys.key_info(await checked_key(request, bearer_token(request)))
-    data = {
+    data: dict[str, object] = {
         "label": info.label,
         "balance": ExactNumber.of_nanos(info.balance_nanos),
         "usage": ExactNumber.of_nanos(info.usage_nanos),
-        "limit": ExactNumber.of_nanos(info.limit_nanos) if info.has_limit else None,
-        "limit_remaining": ExactNumber.of_nanos(info.limit_remaining_nanos) if info.has_limit else None,
+        "limit": None,
+        "limit_remaining": None,
         "currency": info.currency,
+        "tightest_limit": None,
     }
+    if info.HasField("tightest_limit"):  # the key's own limit or a budget of its chain: the one with least left
+        tight = info.tightest_limit
+        data["limit"] = ExactNumber.of_nanos(tight.limit_nanos)
+        data["limit_remaining"] = ExactNumber.of_nanos(tight.remaining_nanos)
+        data["tightest_limit"] = {
+            "scope": tight.scope, "scope_id": tight.scope_id, "budget_id": tight.budget_id or None,
+            "period": tight.period, "limit": data["limit"], "remaining": data["limit_remaining"],
+            "resets_at": tight.resets_at_unix_ms // 1000 if tight.resets_at_unix_ms else None,
+        }
+    elif info.has_limit:
+        data["limit"] = ExactNumber.of_nanos(info.limit_nanos)
+        data["limit_remaining"] = ExactNumber.of_nanos(info.limit_remaining_nanos)
     return Response(dumps_exact({"data": data}), media_type=JSON)
