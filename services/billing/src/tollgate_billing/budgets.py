@@ -71,7 +71,7 @@ def check_time_zone(time_zone: str) -> str:
         raise InvalidArgument(f"time_zone {time_zone!r} is not an IANA time zone name")
     try:
         _zone(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidArgument(f"time_zone {time_zone!r} is not an IANA time zone name") from None
     return name
 
