@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         secret = secrets.token_urlsafe(32)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+        env["ROUTER_PRICE_CHECK"] = "off"  # the router alone: no metering to compare its catalogue with
         env |= {
             "PYTHONUNBUFFERED": "1",
             "TOLLGATE_INTERNAL_SECRET": secret,

@@ -397,7 +397,7 @@ def test_checksum_rolls_exactly_the_services_whose_config_changed(chart: helm.Ch
         ({"kafka": {"bootstrapServers": "other-kafka-bootstrap:9092"}}, set(SERVICES)),
         ({"otel": {"endpoint": "http://collector:4317"}}, set(SERVICES)),
         # A port change moves the peers that dial it too.
-        ({"services": {"metering": {"port": 50064}}}, {"metering", "billing"}),
+        ({"services": {"metering": {"port": 50064}}}, {"metering", "billing", "router"}),
         # Not configuration: scaling must not restart anything.
         ({"services": {"billing": {"replicas": 5}}}, set()),
     ]
@@ -560,7 +560,7 @@ def test_network_policies_admit_only_each_services_callers(default: Rendered, fu
     """Per service pair: who may connect to each gRPC service is exactly who calls it (docs/architecture.md's
     caller tables, and the helm test pod); ingress's HTTP port takes the configured controller's pods."""
     expected = {"billing": {"ingress"}, "policy": {"ingress"}, "router": {"ingress"},
-                "metering": {"billing", "ingress", "ops"}}
+                "metering": {"billing", "ingress", "router", "ops"}}
     for rendered in (default, full):
         policies = rendered.kind("NetworkPolicy")
         assert len(policies) == 5
@@ -599,7 +599,8 @@ def test_each_service_may_connect_only_to_its_peers_kafka_and_its_database(defau
     assert elsewhere == {53, 9092, 9093, 5432}  # DNS, Kafka, the outbox database
     assert _egress(default, "billing") == ({"metering": {50054}}, {53, 9092, 9093, 5432})
     assert _egress(default, "metering") == ({}, {53, 9092, 9093, 5432})
-    assert _egress(default, "router") == ({}, {53, 9092, 9093, 443})  # the providers; no database
+    # the providers and metering (the start-up price check); no database
+    assert _egress(default, "router") == ({"metering": {50054}}, {53, 9092, 9093, 443})
     # Only the router reaches the providers; the collector only when one is configured.
     assert 443 not in _egress(full, "billing")[1]
     assert {4317, 4318} <= _egress(full, "billing")[1]

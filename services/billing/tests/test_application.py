@@ -220,7 +220,7 @@ class ApplicationContract:
         with pytest.raises(errors.ModelNotAllowed):
             await h.billing.authorize(api_key, "r2", OTHER_MODEL, 1, 1)
         _, _, any_model_key = await h.funded_key()
-        with pytest.raises(errors.ModelNotFound):
+        with pytest.raises(errors.ModelNotPriced):
             await h.billing.authorize(any_model_key, "r3", "no-such-model", 1, 1)
         with pytest.raises(errors.InvalidArgument):
             await h.billing.authorize(api_key, "r4", MODEL, -1, 1)
@@ -236,7 +236,7 @@ class ApplicationContract:
             await h.billing.authorize(limited, "r_fb1", MODEL, 10, 50, [OTHER_MODEL])
         assert (await h.billing.get_balance(account_id)).held_nanos == 0
         _, _, any_model = await h.funded_key()
-        with pytest.raises(errors.ModelNotFound):
+        with pytest.raises(errors.ModelNotPriced):
             await h.billing.authorize(any_model, "r_fb2", MODEL, 10, 50, ["no-such-model"])
         result = await h.billing.authorize(any_model, "r_fb3", MODEL, 10, 50, [OTHER_MODEL])
         assert result.hold_amount_nanos == 10 * 960 + 50 * 4800 > 10 * INPUT_PRICE + 50 * OUTPUT_PRICE

@@ -44,7 +44,7 @@ def test_hold_amount_uses_max_tokens_or_the_models_cap() -> None:
 def test_price_book_lookup_and_allow_list() -> None:
     book = PriceBook("v1", "USD", {"m": PRICE})
     assert book.price_for("m") is PRICE
-    with pytest.raises(errors.ModelNotFound):
+    with pytest.raises(errors.ModelNotPriced):
         book.price_for("x")
     grant().check_model("anything")
     grant(allowed_models=frozenset({"m"})).check_model("m")

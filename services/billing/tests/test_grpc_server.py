@@ -102,7 +102,7 @@ async def test_errors_carry_the_status_and_reason_ingress_maps(client: Client) -
         grpc.StatusCode.PERMISSION_DENIED, "model_not_allowed", None)
     _, open_key = await client.account_with_key()
     assert await _status(client.authorize(open_key.api_key, "r2", model="nope")) == (
-        grpc.StatusCode.NOT_FOUND, "model_not_found", None)
+        grpc.StatusCode.INVALID_ARGUMENT, "model_not_priced", None)  # refused, never served free
     assert await _status(client.authorize(key.api_key, "r3", prompt=2_000_000_000_000)) == (
         grpc.StatusCode.FAILED_PRECONDITION, "insufficient_balance", None)
     await client.authorize(key.api_key, "r4", prompt=1, max_out=1)

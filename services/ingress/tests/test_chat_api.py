@@ -182,6 +182,29 @@ async def test_unknown_model_from_router_is_404(client: httpx2.AsyncClient, fake
                                     "code": "model_not_found", "param": None}
 
 
+async def test_a_catalogue_model_without_a_price_is_400_model_not_priced(
+    client: httpx2.AsyncClient, fakes: Fakes
+) -> None:
+    fakes.billing.authorize_failure = Failure(grpc.StatusCode.INVALID_ARGUMENT, "The model 'claude-3-5-haiku' has "
+                                              "no price, so this gateway cannot serve it.", "model_not_priced")
+    resp = await client.post(CHAT, json=body(model="claude-3-5-haiku"), headers=auth())
+    assert resp.status_code == 400
+    assert resp.json()["error"] == {"message": "The model 'claude-3-5-haiku' has no price, so this gateway cannot "
+                                    "serve it.", "type": "invalid_request_error", "code": "model_not_priced",
+                                    "param": "model"}
+    assert fakes.router.bodies == [], "never served (free)"
+
+
+async def test_a_model_neither_priced_nor_in_the_catalogue_is_404_model_not_found(
+    client: httpx2.AsyncClient, fakes: Fakes
+) -> None:
+    fakes.billing.authorize_failure = Failure(grpc.StatusCode.INVALID_ARGUMENT, "no price", "model_not_priced")
+    resp = await client.post(CHAT, json=body(model="gpt-9"), headers=auth())
+    assert resp.status_code == 404
+    assert resp.json()["error"] == {"message": "The model 'gpt-9' does not exist or is not served by this gateway.",
+                                    "type": "invalid_request_error", "code": "model_not_found", "param": "model"}
+
+
 async def test_policy_block_is_403_without_the_data_and_billed_as_blocked(
     client: httpx2.AsyncClient, fakes: Fakes, broker: str
 ) -> None:

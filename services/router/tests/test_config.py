@@ -174,6 +174,7 @@ async def test_the_command_serves_and_stops_cleanly_on_sigterm(mock: MockUpstrea
             "ROUTER_GRPC_PORT": str(port),
             "OPENAI_API_KEY": "sk-never-logged",
             "ROUTER_DATABASE_URL": f"sqlite:///{tmp_path}/router.db",
+            "ROUTER_PRICE_CHECK": "off",  # no metering here (test_price_check.py runs the check)
         }
     )
     try:

@@ -90,7 +90,9 @@ router:
   databaseEnv: ""
   # The attempt outbox: SQLite under /app/var (its default ROUTER_DATABASE_URL) on an emptyDir.
   localVar: true
-  peers: {}
+  # GetPriceBook at start: every routable model must be priced (ROUTER_PRICE_CHECK).
+  peers:
+    METERING_ADDR: metering
   callers: [ingress]
   database: false
   # Egress to the model providers (`networkPolicy.egress.providers`).
@@ -130,8 +132,9 @@ metering:
   databaseEnv: DATABASE_URL
   sqliteFile: metering.db
   peers: {}
-  # GetPriceBook (billing, ops), GetUsageSummary (ingress, ops): docs/architecture.md "Internal authentication".
-  callers: [billing, ingress, ops]
+  # GetPriceBook (billing, router, ops), GetUsageSummary and GetUsageReport (ingress, ops): docs/architecture.md
+  # "Internal authentication".
+  callers: [billing, ingress, router, ops]
   database: true
 {{- end }}
 

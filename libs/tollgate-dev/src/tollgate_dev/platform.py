@@ -232,6 +232,7 @@ class Platform:
                 ROUTER_GRPC_PORT=str(p["router"]),
                 ROUTER_DATABASE_URL=self.database_url("router"),
                 ROUTER_KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+                ROUTER_METERING_ADDR=self.grpc_addr("metering"),  # the start-up price check
             )
             if self.config.use_mock:
                 env["ROUTER_MOCK_BASE_URL"] = f"{self.mock_url}/v1"

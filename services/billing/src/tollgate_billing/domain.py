@@ -23,7 +23,7 @@ from enum import StrEnum
 from tollgate.events.v1 import billing_pb2, usage_pb2
 
 from .budgets import check_time_zone
-from .errors import ExpiredApiKey, InvalidArgument, ModelNotAllowed, ModelNotFound, RateLimited, RevokedApiKey
+from .errors import ExpiredApiKey, InvalidArgument, ModelNotAllowed, ModelNotPriced, RateLimited, RevokedApiKey
 from .key_lifecycle import check_expiry, check_label, clean_models
 
 __all__ = [
@@ -151,7 +151,7 @@ class PriceBook:
     def price_for(self, model: str) -> ModelPrice:
         price = self.prices.get(model)
         if price is None:
-            raise ModelNotFound(f"model {model!r} has no price")
+            raise ModelNotPriced(f"The model '{model}' has no price, so this gateway cannot serve it.")
         return price
 
 

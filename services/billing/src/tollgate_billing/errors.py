@@ -6,6 +6,7 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     BillingError
     ├── InvalidArgument          INVALID_ARGUMENT     invalid_argument
     │   ├── RequestIdConflict    INVALID_ARGUMENT     request_id_conflict
+    │   ├── ModelNotPriced       INVALID_ARGUMENT     model_not_priced (no price in the book: never served free)
     │   └── AmountOutOfRange     INVALID_ARGUMENT     amount_out_of_range (a total beyond what BIGINT holds)
     ├── InvalidApiKey            UNAUTHENTICATED      invalid_api_key
     │   ├── RevokedApiKey        UNAUTHENTICATED      api_key_revoked
@@ -13,7 +14,6 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     ├── ModelNotAllowed          PERMISSION_DENIED    model_not_allowed
     ├── NotFound                 NOT_FOUND            not_found
     │   ├── AccountNotFound      NOT_FOUND            account_not_found
-    │   ├── ModelNotFound        NOT_FOUND            model_not_found
     │   ├── KeyNotFound          NOT_FOUND            key_not_found (also: a key of another account)
     │   ├── GroupNotFound        NOT_FOUND            team_not_found / project_not_found
     │   └── BudgetNotFound       NOT_FOUND            budget_not_found (also: a budget of another account)
@@ -59,7 +59,7 @@ __all__ = [
     "KeyNotFound",
     "KeyRevoked",
     "ModelNotAllowed",
-    "ModelNotFound",
+    "ModelNotPriced",
     "NotFound",
     "PaymentRequired",
     "PriceBookUnavailable",
@@ -86,6 +86,14 @@ class RequestIdConflict(InvalidArgument):
     """A request id already names a hold of another key: ids must be unique per request."""
 
     reason = "request_id_conflict"
+
+
+class ModelNotPriced(InvalidArgument):
+    """The price book has no price for the model: refusing it is the only alternative to serving it free (the
+    hold would be zero and metering would rate it at zero). Ingress answers 404 ``model_not_found`` instead when
+    the router's catalogue does not know the model either."""
+
+    reason = "model_not_priced"
 
 
 class AmountOutOfRange(InvalidArgument):
@@ -122,8 +130,6 @@ class AccountNotFound(NotFound):
     reason = "account_not_found"
 
 
-class ModelNotFound(NotFound):
-    reason = "model_not_found"
 
 
 class KeyNotFound(NotFound):

@@ -43,6 +43,7 @@ class ModelDirectory:
         self.timeout = timeout
         self.clock = clock
         self._aliases: dict[str, str] = {}
+        self._models: frozenset[str] = frozenset()
         self._loaded = False
         self._next_refresh = float("-inf")
         self._lock = asyncio.Lock()
@@ -58,6 +59,14 @@ class ModelDirectory:
         aliases = self._aliases
         return list(dict.fromkeys(aliases.get(n, n) for n in names))
 
+    def unknown(self, names: Iterable[str]) -> str | None:
+        """The first of ``names`` (already resolved) the router's catalogue does not serve, or None, also when the
+        catalogue has not been read: billing's ``model_not_priced`` then says "no price", which ingress turns
+        into OpenAI's 404 ``model_not_found`` for a model that does not exist at all."""
+        if not self._loaded:
+            return None
+        return next((n for n in names if n not in self._models), None)
+
     async def _refresh(self) -> None:
         async with self._lock:
             if self.clock() < self._next_refresh:
@@ -69,5 +78,6 @@ class ModelDirectory:
                 self._next_refresh = self.clock() + self.retry
                 return
             self._aliases = {alias: m.id for m in models for alias in m.aliases}
+            self._models = frozenset(m.id for m in models)
             self._loaded = True
             self._next_refresh = self.clock() + self.ttl

@@ -17,7 +17,15 @@ from .admission import ConcurrencyLimits, KeyGate, Slot
 from .billing_client import BillingClient
 from .catalogue import ModelDirectory
 from .domain import ChatRequest, Outcome, Usage
-from .errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable, UpstreamTimeout, policy_violation
+from .errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+    UpstreamTimeout,
+    policy_violation,
+)
 from .metrics import Metrics
 from .policy_client import Inspection, PolicyClient, RoutingConstraints, Verdict
 from .publisher import UsagePublisher
@@ -131,6 +139,14 @@ class ChatCompletions:
             raise
         except AuthenticationFailed:
             self.gate.refused(api_key, peer)  # revoked or expired since the gate last asked
+            raise
+        except InvalidRequest as exc:
+            missing = self.directory.unknown(candidates) if exc.code == "model_not_priced" else None
+            if missing is not None:  # not unpriced: it does not exist (OpenAI's answer for an unknown model)
+                raise NotFound(f"The model '{missing}' does not exist or is not served by this gateway.",
+                               code="model_not_found", param="model") from None
+            if exc.code == "model_not_priced":
+                exc.param = exc.param or "model"
             raise
         settlement = Settlement(self.publisher, request, request_id, auth)
         try:

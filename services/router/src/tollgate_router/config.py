@@ -16,6 +16,7 @@ from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_en
 
 from .catalogue_config import catalogue_from_env, catalogue_from_file
 from .domain import Catalogue
+from .price_check import PRICE_CHECK_MODES
 from .resilience import BreakerSettings, ResilienceSettings
 from .upstream_http import UpstreamLimits
 
@@ -55,6 +56,12 @@ class Settings:
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
     #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: At start, ``python -m tollgate_router`` compares the catalogue with metering's price book
+    #: (:mod:`tollgate_router.price_check`): ``required`` exits 2 on a difference, ``warn`` logs it, ``off`` skips.
+    price_check: str = "required"
+    metering_addr: str = "127.0.0.1:50054"
+    #: How long the check waits for metering to answer (it may be starting too).
+    price_check_timeout_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -101,7 +108,14 @@ class Settings:
             database_url=env.str("DATABASE_URL", "sqlite:///var/router.db"),
             database_schema=env.str("DATABASE_SCHEMA", "router"),
             kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS"),
+            price_check=env.str("PRICE_CHECK", "required").lower(),
+            metering_addr=env.str("METERING_ADDR", "127.0.0.1:50054"),
+            price_check_timeout_seconds=env.float("PRICE_CHECK_TIMEOUT_SECONDS", 30.0, minimum=0.1),
         )
+        if settings.price_check not in PRICE_CHECK_MODES:
+            env.problems.append(
+                f"{env.name('PRICE_CHECK')}={settings.price_check!r} must be one of {', '.join(PRICE_CHECK_MODES)}"
+            )
         if settings.log_level not in _LEVELS:
             env.problems.append(f"{env.name('LOG_LEVEL')}={settings.log_level!r} must be one of {', '.join(_LEVELS)}")
         env.check()
