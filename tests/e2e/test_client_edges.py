@@ -181,3 +181,20 @@ def test_anthropic_thinking_blocks_round_trip_through_messages_to_a_claude_upstr
         client.messages.create(model="claude-3-5-haiku", max_tokens=1024, thinking=THINKING,
                                messages=[{"role": "user", "content": "x"}])
     assert "`max_tokens` must be greater than `thinking.budget_tokens`" in caught.value.message
+
+
+def test_chat_never_reaches_an_embedding_model_nor_embeddings_a_chat_model(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    with pytest.raises(openai.BadRequestError) as chat:
+        client.chat.completions.create(model="text-embedding-3-small", messages=HELLO)
+    assert chat.value.param == "model" and "/v1/embeddings" in chat.value.message
+    with pytest.raises(openai.BadRequestError) as streamed:
+        list(client.chat.completions.create(model="text-embedding-3-small", messages=HELLO, stream=True))
+    assert streamed.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as embedding:
+        client.embeddings.create(model="gpt-4o-mini", input="hello")
+    assert embedding.value.param == "model" and "/v1/chat/completions" in embedding.value.message
+    assert len(mock_calls(platform)) == before, "the wrong kind of call never reaches the upstream"
+    assert tenant.settle()["balance_nanos"] == 10 * NANOS

@@ -97,6 +97,7 @@ models:
       - {provider: nope}
   b: {provider: p, deployments: [{provider: p}]}
   c: {deployments: []}
+  d: {provider: p, mode: rerank}
 """
     found = "\n".join(_problems(tmp_path, bad))
     for expected in (
@@ -117,6 +118,7 @@ models:
         "models.a.deployments[2].provider: 'nope'",
         "models.b: give either deployments or provider/upstream_model, not both",
         "models.c.deployments must be a non-empty list",
+        "models.d.mode: 'rerank' is not one of chat, embedding",
     ):
         assert expected in found, expected
 

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
+from tollgate_common.grpc import error_param
 from tollgate_dev.mock_faults import FaultRule
 from tollgate_dev.mock_upstream import MockUpstream
 from tollgate_router.config import Settings
@@ -28,10 +29,12 @@ providers:
   claude: {{kind: anthropic, base_url: "{mock.base_url.removesuffix('/v1')}"}}
 models:
   emb:
+    mode: embedding
     deployments:
       - {{provider: primary, upstream_model: text-embedding-3-small, priority: 0}}
       - {{provider: backup, upstream_model: text-embedding-3-small, priority: 1}}
   haiku: {{provider: claude, upstream_model: claude-3-5-haiku}}
+  claude-embed: {{provider: claude, upstream_model: claude-3-5-haiku, mode: embedding}}
 """
     )
     server = RouterServer(Settings.from_env({
@@ -74,8 +77,8 @@ async def test_a_failing_deployment_falls_back_to_the_next(
 async def test_a_model_without_an_embedding_deployment_is_invalid(
     router: pb_grpc.RouterServiceStub, mock: MockUpstream
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await router.Embed(request("haiku"))
+    with pytest.raises(grpc.aio.AioRpcError) as error:  # an embedding model on a provider without the API
+        await router.Embed(request("claude-embed"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "embeddings" in (error.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as rejected:  # the upstream's own 400 (bad dimensions)
         await router.Embed(request(dimensions=99_999))
@@ -91,3 +94,23 @@ async def test_only_an_authorized_model_is_served(router: pb_grpc.RouterServiceS
     with pytest.raises(grpc.aio.AioRpcError):
         await router.Embed(unauthorized)
     assert mock.calls == []
+
+
+async def test_the_catalogue_mode_keeps_chat_and_embeddings_apart(
+    router: pb_grpc.RouterServiceStub, mock: MockUpstream
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as embedding_a_chat_model:
+        await router.Embed(request("haiku"))
+    chat = json.dumps({"model": "emb", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with pytest.raises(grpc.aio.AioRpcError) as chatting_with_an_embedding_model:
+        await router.Complete(pb.CompleteRequest(request_id="req_c1", model="emb", body_json=chat))
+    with pytest.raises(grpc.aio.AioRpcError) as streaming_from_an_embedding_model:
+        async for _ in router.StreamComplete(pb.CompleteRequest(request_id="req_c2", model="emb", body_json=chat)):
+            pass
+    for caught, endpoint in ((embedding_a_chat_model, "/v1/chat/completions"),
+                             (chatting_with_an_embedding_model, "/v1/embeddings"),
+                             (streaming_from_an_embedding_model, "/v1/embeddings")):
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert endpoint in (caught.value.details() or "")
+        assert error_param(caught.value) == "model"
+    assert mock.calls == [], "a call of the wrong kind never reaches the upstream"

@@ -102,6 +102,7 @@ class Router:
         deadline: float | None,
         constraints: Constraints,
         streamed: bool,
+        mode: str = "chat",
     ) -> _Call:
         try:
             raw = orjson.loads(body_json)
@@ -118,6 +119,13 @@ class Router:
             latency=self.latency,
             epsilon=self.resilience.latency_epsilon,
         )
+        served = [r for r in candidates if r.mode == mode]
+        if len(served) < len(candidates):
+            candidates = served
+            if not candidates:
+                other = "an embedding model: call POST /v1/embeddings" if mode == "chat" else (
+                    "a chat model: call POST /v1/chat/completions")
+                raise InvalidRequest(f"The model '{name}' is {other}.", param="model")
         budget = self.resilience.request_timeout_seconds
         callers = False
         if deadline is not None and deadline < budget:
@@ -156,11 +164,13 @@ class Router:
         constraints: Constraints | None = None,
         serves: Callable[[Route], bool] | None = None,
         none_serves: str = "",
+        mode: str = "chat",
     ) -> Completion:
         """The walk over a model's deployments for one unary upstream call (a chat completion, an embedding):
         each attempt ``send``s to one route; a failure is recorded and the next route tried, until one answers or
         the routes and the time run out; every attempt goes to the attempt log. ``serves`` keeps only the routes
-        that can take this kind of call; none left is the caller's mistake (``InvalidRequest`` + ``none_serves``)."""
+        that can take this kind of call; none left is the caller's mistake (``InvalidRequest`` + ``none_serves``).
+        Only the routes of the call's ``mode`` (chat or embedding, the catalogue's) are candidates."""
         call = self._start(
             request_id=request_id,
             account_id=account_id,
@@ -169,6 +179,7 @@ class Router:
             deadline=deadline,
             constraints=constraints or Constraints(),
             streamed=False,
+            mode=mode,
         )
         if serves is not None:
             call.candidates = [r for r in call.candidates if serves(r)]
@@ -276,8 +287,9 @@ class Router:
     async def probe(self) -> int:
         """One round of active health checks: a one-token call to every deployment whose breaker is closed or
         due for its half-open probe (open ones still cooling down are left alone); the result feeds the breaker.
-        Each probe is an attempt like any other (account ``""``, request id ``probe_…``). Returns the count."""
-        due = [r for r in self.catalogue.routes() if self.breakers[r.name].available()]
+        Each probe is an attempt like any other (account ``""``, request id ``probe_…``). Returns the count.
+        Embedding deployments are not probed (the probe is a chat call): live calls alone feed their breakers."""
+        due = [r for r in self.catalogue.routes() if r.mode == "chat" and self.breakers[r.name].available()]
         await asyncio.gather(*(self._probe_one(route) for route in due))
         return len(due)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .domain import STRATEGIES, Catalogue, Provider, Route
+from .domain import MODES, STRATEGIES, Catalogue, Provider, Route
 from .kinds import KINDS, option_problems
 
 __all__ = ["DEMO_MODELS", "catalogue_from_env", "catalogue_from_file"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
+#: The demo catalogue's embedding models (every other demo model is a chat model).
+DEMO_EMBEDDING_MODELS = frozenset({"text-embedding-3-small", "text-embedding-3-large"})
 #: The catalogue the development mock serves: public name → who makes the model (OpenAI's ``owned_by``).
 DEMO_MODELS: dict[str, str] = {
     "gpt-4o-mini": "openai",
@@ -50,7 +53,7 @@ _DEPLOYMENT_KEYS = {
     "output_price_per_mtok",
     "timeout_seconds",
 }
-_MODEL_KEYS = {"owned_by", "aliases", "strategy", "deployments"} | _DEPLOYMENT_KEYS
+_MODEL_KEYS = {"owned_by", "aliases", "strategy", "deployments", "mode"} | _DEPLOYMENT_KEYS
 NANOS_PER_UNIT = 1_000_000_000
 
 
@@ -80,7 +83,8 @@ def catalogue_from_env(mock_base_url: str, environ: Mapping[str, str]) -> tuple[
         }
         openai_mock = Provider("mock", "openai", root + "/v1")
         for model, owner in DEMO_MODELS.items():
-            routes[model] = Route(model, mocks.get(owner, openai_mock), model, owner)
+            mode = "embedding" if model in DEMO_EMBEDDING_MODELS else "chat"
+            routes[model] = Route(model, mocks.get(owner, openai_mock), model, owner, mode=mode)
     openai_key = environ.get("OPENAI_API_KEY", "").strip()
     if openai_key:
         openai = Provider("openai", "openai", OPENAI_BASE_URL, openai_key)
@@ -127,8 +131,11 @@ def catalogue_from_file(path: Path, environ: Mapping[str, str]) -> tuple[Catalog
                  input_price_per_mtok: "2.50", output_price_per_mtok: 10}
               - {provider: azure-eu, upstream_model: gpt4o-prod, weight: 1, priority: 1}
           llama-3.1-8b: {provider: local-vllm, upstream_model: meta-llama/Llama-3.1-8B-Instruct, owned_by: meta}
+          text-embedding-3-small: {provider: openai, mode: embedding}
 
-    The single-deployment form (``provider``/``upstream_model`` directly under the model) stays valid.
+    ``mode`` (``chat``, the default, or ``embedding``) says which calls a model takes: chat completions never reach
+    an embedding model, nor embeddings a chat model (a 400 naming the endpoint to use). The single-deployment form
+    (``provider``/``upstream_model`` directly under the model) stays valid.
     ``upstream_model`` defaults to the public name, ``owned_by`` to the first deployment's provider, a
     deployment's ``region`` and ``timeout_seconds`` to its provider's. Prices are decimal amounts of the currency
     per million tokens, stored as integer nano-units (never through a float).
@@ -288,6 +295,10 @@ def _models(
         if owned_by is not None and (not isinstance(owned_by, str) or not owned_by):
             problems.append(f"{where}.owned_by must be a non-empty string")
             owned_by = None
+        mode = spec.get("mode", "chat")
+        if mode not in MODES:
+            problems.append(f"{where}.mode: {mode!r} is not one of {', '.join(MODES)}")
+            mode = "chat"
         strategy = spec.get("strategy")
         if strategy is not None:
             if strategy not in STRATEGIES:
@@ -298,6 +309,7 @@ def _models(
             route = _deployment(model, dwhere, dspec, providers, owned_by, problems)
             if route is None:
                 continue
+            route = replace(route, mode=mode)
             if route.name in deployment_names:
                 problems.append(f"{dwhere}: deployment name {route.name!r} is used twice (set 'name')")
                 continue

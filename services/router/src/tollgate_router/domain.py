@@ -61,12 +61,17 @@ class Route:
     output_price_per_mtok_nanos: int | None = None
     #: ``None``: the provider's timeout, else the router's.
     timeout_seconds: float | None = None
+    #: What the model does (:data:`MODES`): a chat deployment never takes an embedding call, nor the reverse.
+    mode: str = "chat"
 
     @property
     def name(self) -> str:
         """The deployment's name (``deployment``, or ``<model>/<provider>``)."""
         return self.deployment or f"{self.model}/{self.provider.name}"
 
+
+#: A model's kind of call, as LiteLLM's ``model_info.mode``: chat completions, or embeddings.
+MODES = ("chat", "embedding")
 
 #: Routing strategies a model (or the catalogue) may default to; see :mod:`tollgate_router.routing`.
 STRATEGIES = ("priority", "weighted", "latency", "price")

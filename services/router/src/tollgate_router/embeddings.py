@@ -98,6 +98,7 @@ class Embedder:
             self._embed_on, request_id=request_id, model=model, body_json=body_json, deadline=deadline,
             account_id=account_id, constraints=constraints,
             serves=lambda route: route.provider.kind in EMBEDDING_KINDS, none_serves="that provides embeddings",
+            mode="embedding",
         )
 
     async def _embed_on(self, route: Route, body: dict[str, Any], request_id: str, timeout: float) -> Completion:
