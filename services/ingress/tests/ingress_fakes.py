@@ -20,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from tollgate.billing.v1 import billing_service_pb2 as bpb
 from tollgate.billing.v1 import billing_service_pb2_grpc as bgrpc
+from tollgate.billing.v1 import key_admin_pb2
 from tollgate.events.v1 import usage_pb2
 from tollgate.policy.v1 import policy_service_pb2 as ppb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pgrpc
@@ -94,6 +95,14 @@ class FakeBilling(bgrpc.BillingServiceServicer):
             balance_nanos=self.balance_nanos, usage_nanos=self.usage_nanos, has_limit=key["has_limit"],
             limit_nanos=key["limit_nanos"], limit_remaining_nanos=key["limit_nanos"] - self.usage_nanos,
         )
+
+    async def GetApiKey(self, request: key_admin_pb2.GetApiKeyRequest, context: Ctx) -> key_admin_pb2.ApiKey:
+        """As billing: the key id looked up within the request's account (another account's key: NOT_FOUND)."""
+        for key in self.keys.values():
+            if (key["account_id"], key["key_id"]) == (request.account_id, request.key_id):
+                return key_admin_pb2.ApiKey(key_id=key["key_id"], account_id=key["account_id"], label=key["label"])
+        await abort(context, grpc.StatusCode.NOT_FOUND, "no such key", reason="key_not_found")
+        raise AssertionError("unreachable")
 
     async def CreateAccount(self, request: bpb.CreateAccountRequest, context: Ctx) -> bpb.CreateAccountResponse:
         account_id = request.account_id or f"acct_{len(self.accounts) + 100}"

@@ -103,7 +103,7 @@ async def test_shadow_promote_discard_and_the_history(client: httpx2.AsyncClient
     [
         ("put", "/policy", {"rules": {"email": "nuke"}}, "invalid_rule"),
         ("put", "/teams/ml/policy", {"rules": {"passport": "block"}}, "unknown_detector"),
-        ("put", "/keys/k/policy", {"routing": {"allowed_regions": "eu"}}, "invalid_argument"),
+        ("put", "/keys/key_1/policy", {"routing": {"allowed_regions": "eu"}}, "invalid_argument"),
         ("post", "/policy/shadow", {"scope": "group:x", "policy": {}}, "invalid_argument"),
         ("put", "/policy", {"rules": [{"detector": "email", "action": "nuke"}]}, None),
     ],

@@ -141,3 +141,29 @@ async def test_operator_routes_take_the_admin_token_only(client: httpx2.AsyncCli
     assert balance.status_code == 200 and balance.json()["balance_nanos"] == 0  # the refused credit did nothing
     resp = await client.post(f"/admin/v1/accounts/{A}/keys", json={"account_admin": "yes"}, headers=admin())
     _error(resp, 400, "invalid_type")
+
+
+async def test_a_key_scope_must_name_a_key_of_the_paths_account(
+    client: httpx2.AsyncClient, keys: dict[str, str]
+) -> None:
+    """Issue 13: a policy write for a key id of another account (or an unknown one) was filed into this account's
+    document. Refused now, by the operator as by the account's admin, and nothing is written."""
+    listed = await client.get(f"/admin/v1/accounts/{B}/keys", headers=admin())
+    b_key = listed.json()["data"][0]["id"]
+    a_keys = (await client.get(f"/admin/v1/accounts/{A}/keys", headers=admin())).json()["data"]
+    a_key = a_keys[0]["id"]
+    for credential in (admin(), auth(keys["admin_a"])):
+        for key_id in (b_key, "key_nobody_has"):
+            resp = await client.put(f"/admin/v1/accounts/{A}/keys/{key_id}/policy", json=RULES, headers=credential)
+            _error(resp, 404, "key_not_found")
+            resp = await client.post(f"/admin/v1/accounts/{A}/policy/shadow",
+                                     json={"scope": f"key:{key_id}", "policy": RULES}, headers=credential)
+            _error(resp, 400, "unknown_key")
+    versions = await client.get(f"/admin/v1/accounts/{A}/policy/versions", headers=admin())
+    assert versions.json()["data"] == []
+    # A key of the account itself is a scope like any other.
+    resp = await client.put(f"/admin/v1/accounts/{A}/keys/{a_key}/policy", json=RULES, headers=auth(keys["admin_a"]))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["version"] == 1
+    got = await client.get(f"/admin/v1/accounts/{A}/keys/{a_key}/policy", headers=admin())
+    assert got.json()["scope"] == f"key:{a_key}"

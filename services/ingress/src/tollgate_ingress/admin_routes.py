@@ -29,10 +29,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
+from tollgate.billing.v1 import key_admin_pb2
 from tollgate.policy.v1 import policy_service_pb2
 
 from .deps import services
-from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
+from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from .money import nanos_to_text, parse_amount
 from .openai_routes import bearer_token, checked_key, peer, read_body
 
@@ -258,7 +259,23 @@ async def _document(request: Request) -> str:
     return json.dumps(body, default=str)  # Decimal numbers have no place in a policy; policy refuses them
 
 
+async def _key_of_account(request: Request, account_id: str, key_id: str) -> None:
+    """A key scope must name a key of the path's account: billing looks the id up within that account, so an
+    unknown id, or another account's key, is billing's NOT_FOUND (404) and nothing is written. Otherwise an account
+    could file rules under a key it does not govern (and its document would hold another tenant's key ids)."""
+    await services(request).billing.get_key(key_admin_pb2.GetApiKeyRequest(account_id=account_id, key_id=key_id))
+
+
 async def _put_scope(request: Request, account_id: str, scope: str, document: str, *, shadow: bool) -> Response:
+    kind, _, key_id = scope.partition(":")
+    if kind == "key" and key_id:
+        try:
+            await _key_of_account(request, account_id, key_id)
+        except NotFound:
+            if not shadow:
+                raise
+            raise InvalidRequest(f"'scope' names no key of account {account_id}", param="scope",
+                                 code="unknown_key") from None
     reply = await services(request).policy.put_scope(account_id, scope, document, shadow=shadow)
     return _json(_version_json(reply))
 
