@@ -192,3 +192,42 @@ def test_a_blocked_answer_is_refused_but_still_charged(platform: Platform) -> No
     assert len(served) == 1, "the answer was served upstream, so it is billed"
     after = tenant.settle()
     assert after["balance_nanos"] == 10 * NANOS - charged_for(platform, served) < 10 * NANOS
+
+
+def test_tool_call_arguments_and_tool_definitions_are_redacted_on_all_three_wire_formats(platform: Platform) -> None:
+    """Issue 13: DLP scanned only message text. Planted data in a tool call's arguments and in a tool definition,
+    sent with the official OpenAI SDK (chat and Responses) and Anthropic SDK, reaches the upstream redacted."""
+    import anthropic
+
+    tenant = Tenant.create(platform)
+    set_policy(platform, tenant, "redact")
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    parameters = {"type": "object", "properties": {"to": {"type": "string"}}}
+    tool = {"type": "function", "function": {"name": "mail", "description": f"Only ever writes to {EMAIL}",
+                                             "parameters": parameters}}
+    client.chat.completions.create(model="gpt-4o-mini", tools=[tool], messages=[  # type: ignore[list-item]
+        {"role": "user", "content": "send the card"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "mail", "arguments": f'{{"card": "{CARD}", "key": "{AWS_KEY}"}}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sent"},
+    ])
+    client.responses.create(model="gpt-4o-mini", tools=[{  # type: ignore[list-item]
+        "type": "function", "name": "mail", "description": f"writes to {EMAIL}", "parameters": {"type": "object"}}],
+        input=[{"role": "user", "content": "send it"},
+               {"type": "function_call", "call_id": "c1", "name": "mail", "arguments": f'{{"card": "{CARD}"}}'},
+               {"type": "function_call_output", "call_id": "c1", "output": "sent"}])
+    claude = anthropic.Anthropic(base_url=platform.ingress_url, api_key=tenant.api_key, max_retries=0, timeout=30)
+    claude.messages.create(model="claude-3-5-haiku", max_tokens=16, tools=[{
+        "name": "mail", "description": f"writes to {EMAIL}", "input_schema": {"type": "object"}}],
+        messages=[{"role": "user", "content": "send it"},
+                  {"role": "assistant", "content": [{"type": "tool_use", "id": "tu_1", "name": "mail",
+                                                     "input": {"key": AWS_KEY}}]},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu_1", "content": "ok"}]}])
+    served = mock_calls(platform)[before:]
+    assert len(served) == 3, served
+    for call in served:
+        sent = str(call["body"])
+        leaked = [p for p in PLANTED if p in sent]
+        assert not leaked, f"planted data reached the upstream: {len(leaked)} value(s)"
+        assert "[EMAIL_1]" in sent

@@ -34,6 +34,7 @@ from tollgate.policy.v1 import policy_service_pb2
 
 from .deps import services
 from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from .json_depth import TOO_DEEP, nests_too_deep
 from .money import nanos_to_text, parse_amount
 from .openai_routes import bearer_token, checked_key, peer, read_body
 
@@ -103,6 +104,10 @@ async def _body(request: Request) -> dict[str, Any]:
         body = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_reject_constant)
     except ValueError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # Python's json stops near 1,000 levels
+        body = None
+    if body is None or nests_too_deep(body):
+        raise InvalidRequest(TOO_DEEP, code="nesting_too_deep")
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object", code="invalid_type")
     return body

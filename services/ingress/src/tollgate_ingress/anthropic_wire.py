@@ -32,6 +32,7 @@ import orjson
 
 from .domain import Usage
 from .errors import IngressError, InvalidRequest
+from .json_depth import TOO_DEEP, nests_too_deep
 
 __all__ = [
     "MessageStream",
@@ -267,6 +268,8 @@ def parse_messages_request(raw: bytes, *, counting: bool = False) -> MessagesReq
         raise _bad("There was an error parsing the body of your request: it is not valid JSON.") from None
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.")
+    if nests_too_deep(body):
+        raise _bad(TOO_DEEP + ".")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _bad("model: Field required")

@@ -169,12 +169,12 @@ class ChatCompletions:
     async def _inspect(
         self, request_id: str, request: ChatRequest, settlement: Settlement
     ) -> tuple[tuple[str, ...] | None, Inspection]:
-        """The redacted prompt texts (None: forward them as sent) and policy's answer. Always asked, even without
-        text: the policy also decides which models and providers the request may use."""
+        """The redacted texts (message texts, then tool texts; None: forward them as sent) and policy's answer.
+        Always asked, even without text: the policy also decides which models and providers the request may use."""
         auth = settlement.auth
         inspection = await self.policy.inspect(
             request_id, auth.account_id, auth.key_id, team=auth.team, model=request.model,
-            texts=request.prompt_texts(),
+            texts=request.scanned_texts(),
         )
         if inspection.verdict is Verdict.ALLOW or inspection.verdict is Verdict.FLAG:
             return None, inspection
@@ -187,7 +187,7 @@ class ChatCompletions:
                     code="policy_violation",
                 )
             raise policy_violation("request", inspection.blocked_kinds())
-        if len(inspection.redacted_texts) != len(request.slots):
+        if len(inspection.redacted_texts) != request.scanned_count:
             raise ServiceUnavailable("policy returned a redaction that does not match the prompt", code="policy_error")
         return inspection.redacted_texts, inspection
 

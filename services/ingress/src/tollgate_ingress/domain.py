@@ -18,6 +18,8 @@ from urllib.parse import unquote
 import orjson
 
 from .errors import InvalidRequest
+from .json_depth import TOO_DEEP, nests_too_deep
+from .tool_texts import ToolSlot, redact_tools, tool_slots, tool_text
 
 __all__ = [
     "ChatRequest",
@@ -96,6 +98,8 @@ class ChatRequest:
     body: dict[str, Any]
     raw: bytes
     slots: list[TextSlot] = field(default_factory=list)
+    #: The tool texts DLP scans after the message texts (tool-call arguments, tool definitions: tool_texts.py).
+    tool_slots: list[ToolSlot] = field(default_factory=list)
     #: OpenRouter's ``models``: other models the router may fall back to. Each is checked and held for.
     fallback_models: tuple[str, ...] = ()
     #: Both ``max_completion_tokens`` and a different ``max_tokens`` were sent; only the first is forwarded.
@@ -122,10 +126,18 @@ class ChatRequest:
             out.append(content if p is None else content[p]["text"])
         return out
 
+    def scanned_texts(self) -> list[str]:
+        """What DLP inspects: :meth:`prompt_texts`, then the tool texts (tool-call arguments, tool definitions)."""
+        return [*self.prompt_texts(), *(tool_text(self.body, self.messages, s) for s in self.tool_slots)]
+
+    @property
+    def scanned_count(self) -> int:
+        return len(self.slots) + len(self.tool_slots)
+
     def forwarded_body(self, redacted: Sequence[str] | None = None, output_cap: int = 0) -> bytes:
         """The body the router gets: as the client sent it, except
 
-        - each prompt text replaced by its ``redacted`` version (same order as :meth:`prompt_texts`);
+        - each scanned text replaced by its ``redacted`` version (same order as :meth:`scanned_texts`);
         - one output cap, the one the hold was sized with: ``max_tokens`` dropped when ``max_completion_tokens``
           (which the hold used) differs from it, and ``output_cap`` (billing's cap for the held model) sent as
           ``max_completion_tokens`` when the client gave none — so the upstream cannot produce more than is held.
@@ -140,7 +152,10 @@ class ChatRequest:
             return self.raw
         body = dict(self.body)
         if redacted is not None:
-            body["messages"] = self._redacted_messages(redacted)
+            if len(redacted) != self.scanned_count:
+                raise ValueError(f"expected {self.scanned_count} redacted texts, got {len(redacted)}")
+            body["messages"] = self._redacted_messages(redacted[: len(self.slots)])
+            redact_tools(self.body, body, self.tool_slots, redacted[len(self.slots):])
         if self.conflicting_caps:
             del body["max_tokens"]
         if add_cap:
@@ -343,6 +358,8 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise _invalid("The request body must be a JSON object", None, "invalid_type")
+    if nests_too_deep(body):
+        raise _invalid(TOO_DEEP, None, "nesting_too_deep")
 
     model = body.get("model")
     if model is None:
@@ -386,6 +403,7 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
         body=body,
         raw=raw,
         slots=slots,
+        tool_slots=tool_slots(body, messages),
         fallback_models=_fallback_models(body.get("models")),
         conflicting_caps=max_completion is not None and max_tokens is not None and max_completion != max_tokens,
         choices=n or 1,

@@ -20,6 +20,7 @@ import orjson
 import tiktoken
 
 from .errors import InvalidRequest
+from .json_depth import TOO_DEEP, nests_too_deep
 from .tokens import ENCODING_NAME
 
 __all__ = ["EmbeddingsRequest", "parse_embeddings_request"]
@@ -108,6 +109,8 @@ def parse_embeddings_request(raw: bytes) -> EmbeddingsRequest:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object", code="invalid_type")
+    if nests_too_deep(body):
+        raise InvalidRequest(TOO_DEEP, code="nesting_too_deep")
     for name, value in body.items():
         if name not in FIELDS and value is not None:
             raise InvalidRequest(f"'{name}' is not supported by the embeddings endpoint", param=name,

@@ -31,6 +31,7 @@ import orjson
 
 from .domain import Usage
 from .errors import IngressError, InvalidRequest
+from .json_depth import TOO_DEEP, nests_too_deep
 
 __all__ = ["ResponseStream", "ResponsesRequest", "parse_responses_request", "response_from_completion"]
 
@@ -233,6 +234,8 @@ def parse_responses_request(raw: bytes) -> ResponsesRequest:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object")
+    if nests_too_deep(body):
+        raise InvalidRequest(TOO_DEEP, code="nesting_too_deep")
     for name, message in STATEFUL.items():
         if body.get(name) not in (None, False):
             raise InvalidRequest(message, param=name, code="unsupported_parameter")
