@@ -397,7 +397,7 @@ def test_checksum_rolls_exactly_the_services_whose_config_changed(chart: helm.Ch
         ({"kafka": {"bootstrapServers": "other-kafka-bootstrap:9092"}}, set(SERVICES)),
         ({"otel": {"endpoint": "http://collector:4317"}}, set(SERVICES)),
         # A port change moves the peers that dial it too.
-        ({"services": {"metering": {"port": 50064}}}, {"metering", "billing", "router"}),
+        ({"services": {"metering": {"port": 50064}}}, {"metering", "billing", "router", "ingress"}),
         # Not configuration: scaling must not restart anything.
         ({"services": {"billing": {"replicas": 5}}}, set()),
     ]
@@ -595,7 +595,7 @@ def _egress(rendered: Rendered, service: str) -> tuple[dict[str, set[int]], set[
 
 def test_each_service_may_connect_only_to_its_peers_kafka_and_its_database(default: Rendered, full: Rendered) -> None:
     peers, elsewhere = _egress(default, "ingress")
-    assert peers == {"billing": {50053}, "policy": {50052}, "router": {50051}}
+    assert peers == {"billing": {50053}, "policy": {50052}, "router": {50051}, "metering": {50054}}
     assert elsewhere == {53, 9092, 9093, 5432}  # DNS, Kafka, the outbox database
     assert _egress(default, "billing") == ({"metering": {50054}}, {53, 9092, 9093, 5432})
     assert _egress(default, "metering") == ({}, {53, 9092, 9093, 5432})

@@ -206,6 +206,57 @@ class MeteringStoreContract:
         assert [r["request_id"] for r in await self.rows(metering, rated_usage)] == ["req_ok"]
         assert len(await self.rows(metering, archive)) == 2
 
+    # --- usage analytics ----------------------------------------------------------------------------------------
+    async def test_the_usage_report_sums_the_groups_asked_in_the_window_page_by_page(
+        self, metering: Metering, make_usage: Any
+    ) -> None:
+        day = 86_400_000
+        await metering.replay_usage([
+            make_usage("u1", key="k1", model="gpt-4o", prompt=2000, completion=100, cached=1500, team="t1",
+                       tags={"feature": "chat", "env": "prod"}),
+            make_usage("u2", key="k1", model="gpt-4o-mini", prompt=1000, completion=500, team="t1",
+                       tags={"feature": "search"}, at=NOON + day),
+            make_usage("u3", key="k2", model="gpt-4o", prompt=10, completion=10, project="p9", at=NOON + 2 * day),
+            make_usage("other", account="acc_other", key="k9", model="gpt-4o"),
+            make_usage("late", key="k1", model="gpt-4o", at=NOON + 5 * day),  # outside the window
+        ])
+        window = (NOON - HOUR, NOON + 3 * day)
+        [total], token = await metering.usage_report("acc_1", "", *window, [])
+        assert token == ""
+        gpt4o = 500 * 2500 + 1500 * 1250 + 100 * 10000
+        mini = 1000 * 150 + 500 * 600
+        small = 10 * 2500 + 10 * 10000
+        assert (total.requests, total.prompt_tokens, total.cached_prompt_tokens, total.completion_tokens) == (
+            3, 3010, 1500, 610)
+        assert total.upstream_cost_nanos == gpt4o + mini + small
+        assert total.resale_price_nanos == sum(-(-c * 12_000 // 10_000) for c in (gpt4o, mini, small))
+        assert total.margin_nanos == total.resale_price_nanos - total.upstream_cost_nanos > 0
+
+        by_day_model, _ = await metering.usage_report("acc_1", "", *window, ["model", "day"])
+        assert [(r.day, r.model, r.requests) for r in by_day_model] == [
+            ("2026-11-20", "gpt-4o", 1), ("2026-11-21", "gpt-4o-mini", 1), ("2026-11-22", "gpt-4o", 1)]
+        by_tag, _ = await metering.usage_report("acc_1", "", *window, ["tag"])
+        assert [(r.tag, r.requests) for r in by_tag] == [("", 1), ("env=prod", 1), ("feature=chat", 1),
+                                                         ("feature=search", 1)]
+        by_feature, _ = await metering.usage_report("acc_1", "", *window, ["tag:feature", "team"])
+        assert [(r.team, r.tag, r.requests) for r in by_feature] == [("", "", 1), ("t1", "chat", 1),
+                                                                     ("t1", "search", 1)]
+        one_key, _ = await metering.usage_report("acc_1", "k2", *window, ["key", "project"])
+        assert [(r.key_id, r.project, r.requests) for r in one_key] == [("k2", "p9", 1)]
+
+        first, token = await metering.usage_report("acc_1", "", *window, ["day"], page_size=2)
+        assert len(first) == 2 and token
+        second, end = await metering.usage_report("acc_1", "", *window, ["day"], page_size=2, page_token=token)
+        assert [r.day for r in first + second] == ["2026-11-20", "2026-11-21", "2026-11-22"] and end == ""
+
+        for bad in ({"group_by": ["colour"]}, {"page_token": "garbage!"}, {"page_size": 10_001}):
+            with pytest.raises(InvalidRequest):
+                await metering.usage_report("acc_1", "", *window, bad.get("group_by", []),  # type: ignore[arg-type]
+                                            page_size=bad.get("page_size", 0),  # type: ignore[arg-type]
+                                            page_token=bad.get("page_token", ""))  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequest):
+            await metering.usage_report("acc_1", "", NOON, NOON, [])
+
     # --- the archive --------------------------------------------------------------------------------------------
     async def test_the_archive_chain_verifies_and_detects_edits_gaps_and_cut_tails(
         self, metering: Metering, make_usage: Any

@@ -75,6 +75,8 @@ ingress:
     BILLING_ADDR: billing
     POLICY_ADDR: policy
     ROUTER_ADDR: router
+    # GetUsageReport, for the usage analytics routes.
+    METERING_ADDR: metering
   # Who may connect (NetworkPolicy); ingress's callers are `networkPolicy.ingressFrom`.
   callers: []
   # Egress beyond its peers, Kafka, DNS and telemetry: its database (the outbox).

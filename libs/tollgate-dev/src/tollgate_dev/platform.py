@@ -223,6 +223,7 @@ class Platform:
                 INGRESS_BILLING_ADDR=self.grpc_addr("billing"),
                 INGRESS_POLICY_ADDR=self.grpc_addr("policy"),
                 INGRESS_ROUTER_ADDR=self.grpc_addr("router"),
+                INGRESS_METERING_ADDR=self.grpc_addr("metering"),  # usage analytics
                 INGRESS_KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
                 INGRESS_OUTBOX_DATABASE_URL=self.database_url("ingress"),
                 INGRESS_ADMIN_TOKEN=self.config.admin_token,

@@ -32,6 +32,7 @@ from . import (
     key_routes,
     openai_routes,
     responses_routes,
+    usage_routes,
 )
 from .config import Settings
 from .deps import Deps, Services, services
@@ -207,6 +208,7 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
     app.include_router(key_routes.router)
     app.include_router(group_routes.router)
     app.include_router(budget_routes.router)
+    app.include_router(usage_routes.router)
 
     @app.get("/healthz")
     async def healthz() -> Response:

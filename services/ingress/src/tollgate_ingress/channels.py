@@ -90,6 +90,9 @@ class Channels:
     policy: grpc.aio.Channel
     router: grpc.aio.Channel
     metadata: CallMetadata
+    #: Only the usage analytics routes use it, so it is not part of readiness: metering being away must not take
+    #: ingress out of the balancer.
+    metering: grpc.aio.Channel | None = None
     #: Indexes of channels that have been READY at least once.
     connected_once: set[int] = field(default_factory=set)
 
@@ -100,6 +103,7 @@ class Channels:
             billing=open_channel(settings.billing_addr, per_call_metadata=True),
             policy=open_channel(settings.policy_addr, per_call_metadata=True),
             router=open_channel(settings.router_addr, per_call_metadata=True),
+            metering=open_channel(settings.metering_addr, per_call_metadata=True),
             metadata=CallMetadata(InternalAuth("ingress", settings.internal_keys)),
         )
 
@@ -124,6 +128,8 @@ class Channels:
     async def close(self) -> None:
         for channel in self.all:
             await channel.close()
+        if self.metering is not None:
+            await self.metering.close()
 
 
 _BY_CODE: dict[grpc.StatusCode, type[IngressError]] = {

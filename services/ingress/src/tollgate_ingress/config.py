@@ -27,6 +27,8 @@ class Settings:
     billing_addr: str = "127.0.0.1:50053"
     policy_addr: str = "127.0.0.1:50052"
     router_addr: str = "127.0.0.1:50051"
+    #: Metering, for the usage analytics routes only (never on the request path).
+    metering_addr: str = "127.0.0.1:50054"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     outbox_database_url: str = "sqlite:///var/ingress-outbox.db"
     log_level: str = "INFO"
@@ -63,6 +65,7 @@ class Settings:
             host=env.str("HOST", "127.0.0.1"),
             port=env.port("PORT", 8080),
             billing_addr=env.str("BILLING_ADDR", "127.0.0.1:50053"),
+            metering_addr=env.str("METERING_ADDR", "127.0.0.1:50054"),
             policy_addr=env.str("POLICY_ADDR", "127.0.0.1:50052"),
             router_addr=env.str("ROUTER_ADDR", "127.0.0.1:50051"),
             kafka_bootstrap_servers=env.str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),

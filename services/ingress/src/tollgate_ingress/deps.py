@@ -15,6 +15,7 @@ from .channels import Channels
 from .chat import ChatCompletions
 from .config import Settings
 from .keys import Keys
+from .metering_client import MeteringClient
 from .metrics import Metrics
 from .policy_client import PolicyClient
 from .publisher import UsagePublisher
@@ -64,6 +65,8 @@ class Services:
     router: RouterClient
     chat: ChatCompletions
     keys: Keys
+    #: Usage analytics (None when the channels were built without metering, as some tests do).
+    metering: MeteringClient | None
     #: API keys checked (and failures throttled) before a body is read.
     gate: KeyGate
 
@@ -87,6 +90,8 @@ class Services:
             router=router,
             chat=ChatCompletions(billing, policy, router, deps.publisher, PromptTokenCounter(), metrics, gate, limits),
             keys=Keys(billing, policy, router),
+            metering=MeteringClient(channels.metering, channels.metadata, timeout)
+            if channels.metering is not None else None,
             gate=gate,
         )
 

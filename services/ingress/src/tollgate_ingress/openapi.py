@@ -196,6 +196,16 @@ _SCHEMAS: dict[str, Schema] = {
                        ("transaction_id", "kind", "amount", "amount_nanos"), transaction_id=_STR, kind=_STR,
                        ledger_account=_STR, amount=_AMOUNT, amount_nanos=_INT, reference=_STR,
                        created_at_unix_ms=_INT)}),
+    "UsageReport": _obj(
+        ("object", "from", "to", "group_by", "data", "has_more"), object={"const": "list"}, account_id=_STR,
+        key_id=_STR, **{"from": _STR, "to": _STR}, group_by={"type": "array", "items": _STR},
+        has_more={"type": "boolean"}, next_page_token={"type": ["string", "null"]},
+        data={"type": "array", "items": _obj(
+            ("currency", "requests", "prompt_tokens", "completion_tokens"), day=_STR, model=_STR, key_id=_STR,
+            team=_STR, project=_STR, tag=_STR, currency=_STR, requests=_INT, prompt_tokens=_INT,
+            cached_prompt_tokens=_INT, cache_write_tokens=_INT, completion_tokens=_INT, reasoning_tokens=_INT,
+            upstream_cost=_AMOUNT, upstream_cost_nanos=_INT, resale_price=_AMOUNT, resale_price_nanos=_INT,
+            margin=_AMOUNT, margin_nanos=_INT, cost=_AMOUNT, cost_nanos=_INT)}),
     "AccountCreate": {"type": "object", "required": ["name"],
                       "properties": {"name": {"type": "string", "minLength": 1}, "id": _STR,
                                      "currency": {"type": "string", "pattern": "^[A-Za-z]{3}$"},
@@ -306,6 +316,23 @@ _OPERATOR: list[dict[str, list[str]]] = [{"adminToken": []}]
 _ACCOUNT_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 
 
+_USAGE_QUERY = [
+    _query("from", {"type": "string", "description": "YYYY-MM-DD (UTC), ISO 8601 with a timezone, or unix seconds"}),
+    _query("to", {"type": "string", "description": "exclusive; default now (from: 30 days before to)"}),
+    _query("group_by", {"type": "string", "description": "comma-separated day, model, key, team, project, tag, "
+                                                          "tag:<name>"}),
+    _query("format", {"type": "string", "enum": ["json", "csv"]}),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+    _query("page_token", _STR),
+]
+
+
+def _usage_answers() -> dict[str, Any]:
+    answers = _answers(200, _ref("UsageReport"), (*_COMMON, 503))
+    answers["200"]["content"]["text/csv"] = {"schema": _STR}
+    return answers
+
+
 def _op(summary: str, security: list[Any], responses: dict[str, Any], *, body: str | None = None,
         parameters: list[Schema] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "security": security, "responses": responses}
@@ -375,6 +402,12 @@ def _paths() -> dict[str, Any]:
             body="CreditCreate", parameters=acct)},
         "/admin/v1/accounts/{account_id}/balance": {"get": _op(
             "The account's balance", _OPERATOR, _answers(200, _ref("Balance"), _ADMIN), parameters=acct)},
+        "/v1/usage": {"get": _op(
+            "The calling key's usage by day/model/team/project/tag (what it was charged)", _API_KEY,
+            _usage_answers(), parameters=_USAGE_QUERY)},
+        "/admin/v1/accounts/{account_id}/usage": {"get": _op(
+            "The account's usage analytics: tokens, requests, upstream cost, resale price and margin by group",
+            _ACCOUNT_ADMIN, _usage_answers(), parameters=[*acct, *_USAGE_QUERY])},
         "/admin/v1/accounts/{account_id}/ledger": {"get": _op(
             "The account's ledger entries", _OPERATOR, _answers(200, _ref("Ledger"), _ADMIN),
             parameters=[*acct, _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})])},

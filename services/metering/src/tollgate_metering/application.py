@@ -34,6 +34,7 @@ from .errors import InvalidRequest, InvalidUsage, PriceBookConflict, PriceBookEr
 from .messages import usage_rated_message, usage_record
 from .metrics import FIELDS_SHORTENED
 from .repository import MeteringRepository, SummaryRow, aggregate_deltas, rated_row
+from .usage_report import ReportRow, parse_group_by, report_page
 from .validation import ARCHIVE_ACCOUNT_LENGTH, envelope_problem, shorten_fields, usage_problem
 
 __all__ = ["SERVICE", "USAGE_RECORDED", "Metering", "RecordedBatch"]
@@ -248,6 +249,21 @@ class Metering:
             raise InvalidRequest("account_id is required")
         async with self.sessions() as session:
             return await MeteringRepository(session).usage_summary(account_id)
+
+    async def usage_report(
+        self, account_id: str, key_id: str, from_unix_ms: int, to_unix_ms: int, group_by: Sequence[str],
+        page_size: int = 0, page_token: str = "",
+    ) -> tuple[list[ReportRow], str]:
+        """One page of the usage report (:mod:`tollgate_metering.usage_report`) and the next page's token."""
+        if not account_id:
+            raise InvalidRequest("account_id is required")
+        if not 0 <= from_unix_ms < to_unix_ms:
+            raise InvalidRequest("the window must have 0 <= from < to")
+        parse_group_by(group_by)  # refuse a bad grouping before reading anything
+        async with self.sessions() as session:
+            facts = [f async for f in MeteringRepository(session).usage_facts(account_id, key_id, from_unix_ms,
+                                                                             to_unix_ms)]
+        return report_page(facts, group_by, page_size, page_token)
 
     async def verify_archive(self, account_id: str | None = None) -> list[ChainProblem]:
         """Recompute every hash of one account's chain (or all accounts'); an empty list means intact."""

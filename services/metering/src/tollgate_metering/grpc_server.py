@@ -30,6 +30,7 @@ _mapped = rpc(STATUSES)
 CALLERS: dict[str, frozenset[str]] = {
     "GetPriceBook": frozenset({"billing", "router", "ops"}),
     "GetUsageSummary": frozenset({"ingress", "ops"}),
+    "GetUsageReport": frozenset({"ingress", "ops"}),
 }
 
 
@@ -93,4 +94,27 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                 )
                 for r in rows
             ]
+        )
+
+    @_mapped
+    async def GetUsageReport(
+        self, request: pb.GetUsageReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageReportResponse:
+        rows, next_token = await self.metering.usage_report(
+            request.account_id, request.key_id, request.from_unix_ms, request.to_unix_ms, list(request.group_by),
+            request.page_size, request.page_token,
+        )
+        return pb.GetUsageReportResponse(
+            rows=[
+                pb.UsageReportRow(
+                    day=r.day, model=r.model, key_id=r.key_id, team=r.team, project=r.project, tag=r.tag,
+                    currency=r.currency, requests=r.requests, prompt_tokens=r.prompt_tokens,
+                    cached_prompt_tokens=r.cached_prompt_tokens, cache_write_tokens=r.cache_write_tokens,
+                    completion_tokens=r.completion_tokens, reasoning_tokens=r.reasoning_tokens,
+                    upstream_cost_nanos=r.upstream_cost_nanos, resale_price_nanos=r.resale_price_nanos,
+                    margin_nanos=r.margin_nanos,
+                )
+                for r in rows
+            ],
+            next_page_token=next_token,
         )

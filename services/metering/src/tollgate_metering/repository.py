@@ -21,6 +21,7 @@ from tollgate_common.migrations import migrate
 
 from .domain import ArchivedEvent, PriceBook, RatedUsage
 from .tables import aggregates, archive, archive_heads, messaging, price_books, rated_usage
+from .usage_report import UsageFact
 
 __all__ = [
     "AGGREGATE_KEY",
@@ -184,6 +185,22 @@ class MeteringRepository:
         statement (both dialects spell the upsert the same)."""
         await insert_rows(self.session, aggregates, (*AGGREGATE_KEY, *AGGREGATE_SUMS), deltas,
                           on_conflict=_ADD_TO_AGGREGATES)
+
+    async def usage_facts(
+        self, account_id: str, key_id: str, from_unix_ms: int, to_unix_ms: int
+    ) -> AsyncIterator[UsageFact]:
+        """The rated requests of one account (one key when ``key_id``) with ``from <= occurred_at < to``."""
+        c = rated_usage.c
+        query = select(
+            c.occurred_at_unix_ms, c.model, c.key_id, c.team, c.project, c.tags, c.currency, c.prompt_tokens,
+            c.cached_prompt_tokens, c.cache_write_tokens, c.completion_tokens, c.reasoning_tokens,
+            c.upstream_cost_nanos, c.resale_price_nanos,
+        ).where(c.account_id == account_id, c.occurred_at_unix_ms >= from_unix_ms, c.occurred_at_unix_ms < to_unix_ms)
+        if key_id:
+            query = query.where(c.key_id == key_id)
+        result = await self.session.stream(query.execution_options(yield_per=5000))
+        async for row in result:
+            yield UsageFact._make(row)
 
     async def usage_summary(self, account_id: str) -> list[SummaryRow]:
         a = aggregates.c

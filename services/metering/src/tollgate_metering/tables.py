@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -87,6 +88,8 @@ rated_usage = Table(
     Column("cached_input_price_nanos", BigInteger, nullable=False, server_default="0"),
     Column("cache_write_price_nanos", BigInteger, nullable=False, server_default="0"),
     Column("reasoning_price_nanos", BigInteger, nullable=False, server_default="0"),
+    # Usage reports read one account's rows in a time window.
+    Index("ix_rated_usage_account_time", "account_id", "occurred_at_unix_ms"),
 )
 
 #: Sums per account, key, model, UTC day, team, project and currency: what summaries and dashboards read.
