@@ -3,6 +3,7 @@ processes and the mock upstream as the provider: what a client sees when the pro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -10,7 +11,9 @@ import openai
 import pytest
 from tollgate_dev.mock_wire import REDACTED_THINKING_TRIGGER, THINKING_TEXT, thinking_signature
 from tollgate_dev.platform import Platform
+from tollgate_dev.ports import free_port
 
+from .conftest import _kafka, _start
 from .tenant import NANOS, Tenant, mock_calls, resale_price
 from .test_providers import normalised
 
@@ -198,3 +201,69 @@ def test_chat_never_reaches_an_embedding_model_nor_embeddings_a_chat_model(platf
     assert embedding.value.param == "model" and "/v1/chat/completions" in embedding.value.message
     assert len(mock_calls(platform)) == before, "the wrong kind of call never reaches the upstream"
     assert tenant.settle()["balance_nanos"] == 10 * NANOS
+
+
+@pytest.fixture(scope="module")
+def gemini_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform whose catalogue serves a Gemini embedding model (and an OpenAI chat one) from the mock."""
+    tmp = tmp_path_factory.mktemp("gemini-embeddings")
+    mock_port = free_port()
+    providers = tmp / "providers.yaml"
+    providers.write_text(f"""
+providers:
+  google: {{kind: gemini, base_url: "http://127.0.0.1:{mock_port}"}}
+  openai: {{kind: openai, base_url: "http://127.0.0.1:{mock_port}/v1"}}
+models:
+  gemini-embedding-001: {{provider: google, mode: embedding, owned_by: google}}
+  gpt-4o-mini: {{provider: openai}}
+""")
+    book = tmp / "prices.yaml"
+    book.write_text("""
+version: gemini-embeddings-test
+currency: USD
+markup_bps: 2000
+models:
+  gemini-embedding-001: {input_price_nanos: 150, output_price_nanos: 0, max_output_tokens: 1}
+  gpt-4o-mini: {input_price_nanos: 150, output_price_nanos: 600, max_output_tokens: 16384}
+""")
+    with _kafka(shared_ok=False) as kafka:
+        p = _start(tmp, kafka, ports={"mock": mock_port},
+                   extra_env={"router": {"ROUTER_PROVIDERS_FILE": str(providers)},
+                              "metering": {"METERING_PRICE_BOOK_FILE": str(book)}})
+        try:
+            yield p
+        finally:
+            p.stop()
+
+
+def test_gemini_embedding_deployments_serve_the_openai_sdk_and_bill_the_counted_input(
+    gemini_platform: Platform,
+) -> None:
+    platform = gemini_platform
+    tenant = Tenant.create(platform)
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    texts = ["The quick brown fox", "jumps over the lazy dog"]
+    floats = client.embeddings.create(model="gemini-embedding-001", input=texts, dimensions=8,
+                                      encoding_format="float")
+    packed = client.embeddings.create(model="gemini-embedding-001", input="Hello there.")  # SDK default: base64
+    assert [len(d.embedding) for d in floats.data] == [8, 8] and [d.index for d in floats.data] == [0, 1]
+    assert len(packed.data[0].embedding) == 3072
+
+    served = mock_calls(platform)[before:]
+    assert [c["path"] for c in served] == ["/v1beta/models/gemini-embedding-001:batchEmbedContents"] * 2
+    assert [r["content"]["parts"][0]["text"] for r in served[0]["body"]["requests"]] == texts
+    assert served[0]["body"]["requests"][0]["outputDimensionality"] == 8
+    assert all(c["usage"] is None for c in served), "Gemini reports no token count"
+    # Billed: the tokenizer's count of the texts (what the mock counted with the same tokenizer), shown in usage.
+    for reply, record in zip((floats, packed), served, strict=True):
+        assert reply.usage.prompt_tokens == reply.usage.total_tokens == record["input_tokens"] > 0
+    cost = sum(c["input_tokens"] for c in served) * 150
+    assert tenant.settle()["balance_nanos"] == 10 * NANOS - -(-cost * 12_000 // 10_000)
+
+    hello = [9906, 1070, 13]  # "Hello there." in cl100k_base: ingress decodes token arrays for the policy
+    client.embeddings.create(model="gemini-embedding-001", input=[hello], encoding_format="float")
+    assert mock_calls(platform)[-1]["body"]["requests"][0]["content"]["parts"][0]["text"] == "Hello there."
+    with pytest.raises(openai.BadRequestError) as chat:
+        client.chat.completions.create(model="gemini-embedding-001", messages=HELLO)
+    assert chat.value.param == "model"

@@ -18,10 +18,15 @@ import random
 import struct
 from typing import Any
 
-__all__ = ["EMBEDDING_MODELS", "EmbeddingRejected", "embed", "embedding_body"]
+__all__ = ["EMBEDDING_MODELS", "GEMINI_EMBEDDING_MODELS", "EmbeddingRejected", "batch_embed_problem",
+           "batch_embedding_body", "embed", "embedding_body"]
 
 #: Model → its native dimension count (OpenAI's).
 EMBEDDING_MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+#: Gemini embedding model → its native dimension count.
+GEMINI_EMBEDDING_MODELS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
+#: Gemini's most requests in one batchEmbedContents call.
+GEMINI_MAX_BATCH = 100
 MAX_INPUTS = 2048
 MAX_INPUT_TOKENS = 8192
 
@@ -111,3 +116,37 @@ def embedding_body(model: str, vectors: list[list[float]], tokens: int, encoding
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+# ---- Gemini batchEmbedContents ------------------------------------------------------------------------------------
+
+
+def batch_embed_problem(model: str, body: Any) -> str | None:
+    """The message of Gemini's 400 for a malformed ``batchEmbedContents`` body, or ``None``."""
+    if not isinstance(body, dict) or not isinstance(body.get("requests"), list) or not body["requests"]:
+        return "* BatchEmbedContentsRequest.requests: requests is not specified"
+    if len(body["requests"]) > GEMINI_MAX_BATCH:
+        return f"* BatchEmbedContentsRequest.requests: at most {GEMINI_MAX_BATCH} requests can be in one batch"
+    native = GEMINI_EMBEDDING_MODELS[model]
+    for i, one in enumerate(body["requests"]):
+        where = f"* BatchEmbedContentsRequest.requests[{i}]"
+        if not isinstance(one, dict) or one.get("model") != f"models/{model}":
+            return f"{where}.model: the model in each request must match the model of the batch (models/{model})"
+        parts = (one.get("content") or {}).get("parts") if isinstance(one.get("content"), dict) else None
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) and isinstance(p.get("text"), str)
+                                                               for p in parts):
+            return f"{where}.content.parts: text parts are required"
+        size = one.get("outputDimensionality")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= native):
+            return f"{where}.output_dimensionality: must be between 1 and {native}"
+    return None
+
+
+def batch_embedding_body(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Gemini's answer: ``embeddings[i].values`` and nothing else (the API reports no token count)."""
+    native = GEMINI_EMBEDDING_MODELS[model]
+    out = []
+    for one in body["requests"]:
+        text = "".join(p["text"] for p in one["content"]["parts"])
+        out.append({"values": _vector(model, one.get("outputDimensionality") or native, text)})
+    return {"embeddings": out}

@@ -37,7 +37,8 @@ The same canned reply is served in every wire format (shapes in :mod:`tollgate_d
 - Anthropic ``POST /v1/messages`` (``anthropic-version`` header required; streaming with the real event
   sequence; ``input_tokens`` excludes cache reads, as Anthropic's); a forced ``tool_choice`` gets a ``tool_use``;
 - Gemini ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``; ``mode: ANY``
-  gets a ``functionCall``.
+  gets a ``functionCall``; ``:batchEmbedContents`` for its embedding models (``embeddings[i].values`` only: the
+  Gemini API reports no token count, so the record's ``usage`` is None and ``input_tokens`` is the cl100k count).
 
 Each record carries its ``format`` and the ``usage`` exactly as reported on the wire in that format.
 ``mock.cached_tokens`` / ``mock.reasoning_tokens`` (or ``PUT /_mock/usage``) make every answer report that many
@@ -675,6 +676,8 @@ class MockUpstream:
             return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
         model, _, method = request.match_info["target"].partition(":")
+        if method == "batchEmbedContents" and model in mock_embeddings.GEMINI_EMBEDDING_MODELS:
+            return await self._gemini_embed(request, record, model, error)
         if method not in ("generateContent", "streamGenerateContent") or not model:
             return error(404, f"Method not found: {request.match_info['target']}")
         record["model"] = model
@@ -729,6 +732,36 @@ class MockUpstream:
             return web.Response(body=_dumps(chunks), content_type="application/json")
         events = [b"data: " + _dumps(chunk) + b"\r\n\r\n" for chunk in chunks]
         return await self._write_events(request, {}, events, 1 if fault == "disconnect" else None)
+
+    async def _gemini_embed(
+        self, request: web.Request, record: dict[str, Any], model: str, error: Callable[..., web.Response]
+    ) -> web.StreamResponse:
+        """Gemini ``batchEmbedContents``: deterministic vectors; the record's ``usage`` is None, because the Gemini
+        API reports none (its ``input_tokens`` is the cl100k count of the texts, for tests to compare with)."""
+        record["model"] = model
+        record["stream"] = False
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error(400, "Invalid JSON payload received.")
+        record["body"] = body
+        try:
+            fault, retry_after = await self._admit(
+                request, body, record, lambda b: mock_embeddings.batch_embed_problem(model, b))
+        except _BadRequest as exc:
+            return error(400, exc.message)
+        if fault in ("500", "overloaded"):
+            return error(503 if fault == "overloaded" else 500, "An internal error has occurred. (mock fault)")
+        if fault == "429":
+            return error(429, "Resource has been exhausted (e.g. check quota). (mock fault)",
+                         {"Retry-After": str(retry_after)})
+        if fault == "401":
+            return error(403, "Method doesn't allow unregistered callers. (mock fault)")
+        record["usage"] = None
+        record["input_tokens"] = sum(count_tokens(p["text"]) for one in body["requests"]
+                                     for p in one["content"]["parts"])
+        reply = mock_embeddings.batch_embedding_body(model, body)
+        return web.Response(body=_dumps(reply), content_type="application/json")
 
     async def _write_events(
         self,

@@ -44,6 +44,16 @@ async def create_embeddings(
         prepared.release()  # the key's concurrency place (tollgate_ingress.admission)
     served = embedded.served
     tokens = served.usage.prompt_tokens
+    body_json = embedded.body_json
+    if embedded.usage_unreported:
+        # Gemini's batchEmbedContents reports no token count: bill the tokenizer's count of the texts sent (the
+        # count the hold was sized on, less the chat formula's per-message overhead), and show it in the answer.
+        sent = orjson.loads(body).get("input")
+        tokens = sum(chat.counter.text(t) if isinstance(t, str) else len(t)
+                     for t in ([sent] if isinstance(sent, str) else sent))
+        answer = orjson.loads(body_json)
+        answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        body_json = orjson.dumps(answer)
     settlement.close(
         Outcome.SUCCEEDED,
         Usage(prompt_tokens=tokens, total_tokens=tokens),
@@ -52,4 +62,4 @@ async def create_embeddings(
         upstream_request_id=served.upstream_request_id,
         model=served.model,
     )
-    return embedded.body_json
+    return body_json

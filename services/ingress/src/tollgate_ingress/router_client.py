@@ -56,6 +56,8 @@ class Completion:
 
     body_json: bytes
     served: Served
+    #: The upstream reported no usage (Gemini embeddings): the caller bills its own count of what it sent.
+    usage_unreported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ class RouterClient:
             reply = await self._call(self._stub.Embed, _message(request, rpb.EmbedRequest), self._timeout)
         finally:
             self._embed_seconds.observe(time.perf_counter() - started)
-        return Completion(reply.body_json, _served(reply))
+        return Completion(reply.body_json, _served(reply), usage_unreported=reply.usage_unreported)
 
     async def stream(self, request: RouteRequest) -> AsyncIterator[bytes | Served]:
         """Chunks as they come, then the :class:`Served` end (missing if the router broke its promise)."""

@@ -253,6 +253,8 @@ class Completion:
     upstream_request_id: str
     #: The public catalogue model served (set by the application from the route; adapters leave it empty).
     model: str = ""
+    #: False when the upstream reports no usage at all (Gemini's batchEmbedContents): the caller counts it.
+    usage_reported: bool = True
 
 
 @dataclass(frozen=True, slots=True)

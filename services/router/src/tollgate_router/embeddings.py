@@ -1,4 +1,5 @@
-"""Embeddings: ``POST {base}/embeddings`` on OpenAI-compatible deployments (OpenAI, Azure, vLLM, the mock).
+"""Embeddings: ``POST {base}/embeddings`` on OpenAI-compatible deployments (OpenAI, Azure, vLLM, the mock), and
+``batchEmbedContents`` on Gemini ones (:mod:`tollgate_router.gemini_embeddings`).
 
 Why a module of its own: an embedding call is routed like a chat call (same catalogue, policy constraints,
 ``authorized_models``, breakers, retries, fallback and attempt log: :class:`~tollgate_router.application.Router`'s
@@ -19,13 +20,14 @@ import orjson
 from .application import Router
 from .domain import Completion, Route, Usage
 from .errors import UpstreamUnavailable
+from .gemini_embeddings import GeminiEmbeddingsAdapter
 from .routing import Constraints
 from .upstream_http import DEFAULT_LIMITS, UpstreamLimits, post_raw
 
 __all__ = ["EMBEDDING_KINDS", "Embedder", "OpenAIEmbeddingsAdapter"]
 
 #: Provider kinds that serve OpenAI's embeddings API.
-EMBEDDING_KINDS = frozenset({"openai", "azure"})
+EMBEDDING_KINDS = frozenset({"openai", "azure", "gemini"})
 
 
 class OpenAIEmbeddingsAdapter:
@@ -80,9 +82,12 @@ class OpenAIEmbeddingsAdapter:
 class Embedder:
     """The router's walk over a model's deployments, for an embedding call."""
 
-    def __init__(self, router: Router, adapter: OpenAIEmbeddingsAdapter) -> None:
+    def __init__(
+        self, router: Router, adapter: OpenAIEmbeddingsAdapter, gemini: GeminiEmbeddingsAdapter | None = None
+    ) -> None:
         self.router = router
         self.adapter = adapter
+        self.gemini = gemini
 
     async def embed(
         self,
@@ -97,9 +102,13 @@ class Embedder:
         return await self.router.unary(
             self._embed_on, request_id=request_id, model=model, body_json=body_json, deadline=deadline,
             account_id=account_id, constraints=constraints,
-            serves=lambda route: route.provider.kind in EMBEDDING_KINDS, none_serves="that provides embeddings",
+            serves=self._serves, none_serves="that provides embeddings",
             mode="embedding",
         )
 
+    def _serves(self, route: Route) -> bool:
+        return route.provider.kind in EMBEDDING_KINDS and (route.provider.kind != "gemini" or self.gemini is not None)
+
     async def _embed_on(self, route: Route, body: dict[str, Any], request_id: str, timeout: float) -> Completion:
-        return await self.adapter.embed(route, body, request_id=request_id, timeout=timeout)
+        adapter = self.gemini if route.provider.kind == "gemini" and self.gemini is not None else self.adapter
+        return await adapter.embed(route, body, request_id=request_id, timeout=timeout)

@@ -146,7 +146,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             result = await self.embedder.embed(**_call(request, context))
         except RouterError as error:
             await _abort(context, error)
-        return pb.EmbedResponse(**_answer(result))
+        return pb.EmbedResponse(**_answer(result), usage_unreported=not result.usage_reported)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -26,6 +26,7 @@ from .application import Router
 from .attempts import AttemptLog, open_database
 from .config import Settings
 from .embeddings import Embedder, OpenAIEmbeddingsAdapter
+from .gemini_embeddings import GeminiEmbeddingsAdapter
 from .grpc_server import SERVICE_NAME, RouterServicer, register
 from .kinds import KINDS
 from .openai_compat import create_session
@@ -69,7 +70,8 @@ class RouterServer:
             attempts=self._attempts,
         )
         self._grpc = GrpcServer(settings.grpc_host, settings.grpc_port)
-        embedder = Embedder(router, OpenAIEmbeddingsAdapter(self._session, limits))
+        embedder = Embedder(router, OpenAIEmbeddingsAdapter(self._session, limits),
+                            GeminiEmbeddingsAdapter(self._session, limits))
         servicer = RouterServicer(router, InternalAuth("router", settings.internal_keys), embedder)
         self._grpc.add(register, servicer, SERVICE_NAME)
         try:
