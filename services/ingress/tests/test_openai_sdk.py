@@ -64,7 +64,7 @@ async def test_sdk_sees_typed_errors(sdk: openai.AsyncOpenAI, fakes: Fakes, brok
     assert limited.value.response.headers["retry-after"] == "3"
 
     with pytest.raises(openai.BadRequestError) as bad:
-        await sdk.chat.completions.create(model="gpt-4o-mini", messages=messages, n=2)
+        await sdk.chat.completions.create(model="gpt-4o-mini", messages=messages, n=0)
     assert bad.value.param == "n"
 
     wrong = sdk.with_options(api_key="tg-wrong")

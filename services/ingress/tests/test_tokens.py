@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tollgate_ingress.tokens import PromptTokenCounter
+import threading
+from typing import Any
+
+import httpx2
+from ingress_fakes import Fakes, auth
+from tollgate_ingress.tokens import INLINE_MAX_BYTES, PromptTokenCounter
 
 counter = PromptTokenCounter()
 
@@ -53,3 +58,40 @@ def test_content_parts_and_extras_count() -> None:
     calls = [{"role": "assistant", "content": None,
               "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
     assert counter.messages(calls) > 3 + 1 + 3
+
+
+class _Recording(PromptTokenCounter):
+    """Records the thread each count ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def messages(self, messages: Any, extras: Any = ()) -> int:
+        self.threads.append(threading.current_thread().name)
+        return super().messages(messages, extras)
+
+
+async def test_large_prompts_are_counted_off_the_event_loop_small_ones_inline() -> None:
+    """Issue 12: tokenising a large prompt on the loop stalls every other request on the replica (a 1 MiB prompt
+    ~150 ms: bench/tokenise.py). Above INLINE_MAX_BYTES of body the count runs in the tokeniser thread; the
+    count itself is the same either way."""
+    recording = _Recording()
+    small = [{"role": "user", "content": "hello world"}]
+    big = [{"role": "user", "content": "lorem ipsum dolor " * 4000}]
+    loop_thread = threading.current_thread().name
+    try:
+        assert await recording.count(small, (), INLINE_MAX_BYTES) == counter.messages(small)
+        assert await recording.count(big, (), INLINE_MAX_BYTES + 1) == counter.messages(big)
+    finally:
+        recording.close()
+    assert recording.threads[0] == loop_thread
+    assert recording.threads[1].startswith("tokeniser")
+
+
+async def test_a_large_chat_request_is_held_for_the_same_count(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    content = "lorem ipsum dolor " * 4000  # 72 KB: counted in the tokeniser thread
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+    resp = await client.post("/v1/chat/completions", json=body, headers=auth())
+    assert resp.status_code == 200, resp.text
+    assert fakes.billing.authorize_calls[-1].prompt_tokens == counter.messages(body["messages"])  # type: ignore[arg-type]

@@ -116,7 +116,7 @@ async def count_tokens(request: Request) -> Response:
         svc = services(request)
         parsed = parse_messages_request(await read_body(request, svc.settings.max_body_bytes), counting=True)
         chat_request = parse_chat_request(orjson.dumps(parsed.chat_body))
-        tokens = svc.chat.counter.messages(chat_request.messages, chat_request.prompt_extras)
+        tokens = await svc.chat.counter.count(chat_request.messages, chat_request.prompt_extras, len(chat_request.raw))
     except IngressError as exc:
         return _error(exc)
     return Response(orjson.dumps({"input_tokens": tokens}), media_type=JSON)

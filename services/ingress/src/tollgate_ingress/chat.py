@@ -127,7 +127,7 @@ class ChatCompletions:
         return prepared
 
     async def _prepare(self, api_key: str, request_id: str, request: ChatRequest, peer: str) -> Prepared:
-        prompt_tokens = self.counter.messages(request.messages, request.prompt_extras)
+        prompt_tokens = await self.counter.count(request.messages, request.prompt_extras, len(request.raw))
         candidates = await self.directory.resolve(request.candidate_models)
         try:
             auth = await self.billing.authorize(

@@ -98,6 +98,7 @@ class Services:
     async def shutdown(self, grace: float | None = None) -> None:
         """After the HTTP server stopped taking requests: let streams finish and bill, flush, close."""
         await self.chat.drain(self.settings.shutdown_grace_seconds if grace is None else grace)
+        self.chat.counter.close()
         await self.deps.close()
 
 
