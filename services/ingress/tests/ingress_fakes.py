@@ -43,6 +43,8 @@ class Failure:
     message: str
     reason: str
     retry_after: int | None = None
+    #: The router's ``tollgate-usage-unknown`` trailer: a provider may bill the failed call.
+    usage_unknown: bool = False
 
 
 class FakeBilling(bgrpc.BillingServiceServicer):
@@ -229,7 +231,7 @@ class FakeRouter(rgrpc.RouterServiceServicer):
         self.bodies.append(orjson.loads(request.body_json))
         if self.failure:
             await abort(context, self.failure.code, self.failure.message, reason=self.failure.reason,
-                        retry_after=self.failure.retry_after)
+                        retry_after=self.failure.retry_after, usage_unknown=self.failure.usage_unknown)
         last = self.bodies[-1]["messages"][-1]["content"]
         text = last if isinstance(last, str) else " ".join(p.get("text", "") for p in last)
         body = {
@@ -250,7 +252,7 @@ class FakeRouter(rgrpc.RouterServiceServicer):
         self.bodies.append(orjson.loads(request.body_json))
         if self.failure:
             await abort(context, self.failure.code, self.failure.message, reason=self.failure.reason,
-                        retry_after=self.failure.retry_after)
+                        retry_after=self.failure.retry_after, usage_unknown=self.failure.usage_unknown)
         for i, piece in enumerate(self.pieces):
             if self.fail_after_chunks is not None and i == self.fail_after_chunks:
                 await abort(context, grpc.StatusCode.UNAVAILABLE, "upstream connection reset", reason="upstream_error")
@@ -267,7 +269,7 @@ class FakeRouter(rgrpc.RouterServiceServicer):
         body = orjson.loads(request.body_json)
         if self.failure:
             await abort(context, self.failure.code, self.failure.message, reason=self.failure.reason,
-                        retry_after=self.failure.retry_after)
+                        retry_after=self.failure.retry_after, usage_unknown=self.failure.usage_unknown)
         inputs = body["input"] if isinstance(body["input"], list) and not isinstance(body["input"][0], int) else [0]
         vector = [0.6, 0.8, 0.0]
         encoded: Any = vector

@@ -7,6 +7,7 @@ from pathlib import Path
 import grpc
 import httpx2
 import orjson
+import pytest
 from ingress_fakes import GOOD_KEY, STREAM_PIECES, Failure, Fakes, auth, make_settings, usage_event, usage_events
 from tollgate.events.v1 import usage_pb2
 from tollgate.policy.v1 import policy_service_pb2 as ppb
@@ -132,6 +133,24 @@ async def test_error_before_first_chunk_is_an_http_error_and_closes_the_hold(
     _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
     assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
     assert event.usage.total_tokens == 0
+    assert not event.usage_unknown  # refused before it reached a provider: nothing to bill
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_timeout_the_provider_may_bill_carries_the_prompt_estimate_and_usage_unknown(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str, stream: bool
+) -> None:
+    """The router sent the request and got no answer (its usage-unknown trailer): the usage event carries the
+    prompt estimate the hold was sized with and no output, flagged, for billing to charge per its setting."""
+    fakes.router.failure = Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "upstream timed out", "upstream_timeout",
+                                   usage_unknown=True)
+    resp = await client.post(CHAT, json=body(stream=stream), headers=auth())
+    assert resp.status_code == 504
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.outcome == usage_pb2.REQUEST_OUTCOME_FAILED
+    assert event.usage_unknown
+    assert (event.usage.prompt_tokens, event.usage.completion_tokens) == (3 + 1 + 2 + 3, 0)
+    assert event.usage.total_tokens == event.usage.prompt_tokens
 
 
 async def test_error_mid_stream_becomes_an_sse_error_event(

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from tollgate.router.v1 import router_service_pb2 as pb
 from tollgate.router.v1 import router_service_pb2_grpc as pb_grpc
-from tollgate_common.grpc import error_param, error_reason, retry_after
+from tollgate_common.grpc import error_param, error_reason, retry_after, usage_unknown
 from tollgate_dev.mock_upstream import DEFAULT_REPLY, MockUpstream
 from tollgate_dev.ports import free_port
 from tollgate_router.config import Settings
@@ -256,6 +256,7 @@ async def test_upstream_401_is_an_operator_problem_not_the_callers(stub: pb_grpc
         await stub.Complete(request(mock_fault="401"))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_reason(caught.value) == "upstream_auth"
+    assert not usage_unknown(caught.value)  # refused with an error status: nothing to bill
     # The upstream's own text (which, at OpenAI, quotes part of the key) is not passed on.
     assert "Incorrect API key" not in (caught.value.details() or "")
 
@@ -270,6 +271,8 @@ async def test_upstream_timeout_is_deadline_exceeded(start_router: StartRouter) 
             await call
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert error_reason(caught.value) == "upstream_timeout"
+        # The request was sent and no answer came: the provider may bill it, and ingress is told so.
+        assert usage_unknown(caught.value)
 
 
 async def test_a_stream_cut_mid_way_fails_after_the_chunks_already_sent(stub: pb_grpc.RouterServiceStub) -> None:

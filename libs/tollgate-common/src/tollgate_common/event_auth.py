@@ -60,6 +60,7 @@ _SOURCE_PREFIX = "//tollgate/"
 PRODUCERS: dict[str, str] = {
     "tollgate.usage.v1.usage.recorded": "ingress",
     "tollgate.usage.v1.usage.rated": "metering",
+    "tollgate.usage.v1.usage.reconciled": "metering",
     "tollgate.billing.v1.": "billing",
     "tollgate.policy.v1.": "policy",
     "tollgate.attempts.v1.": "router",

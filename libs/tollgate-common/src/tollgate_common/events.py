@@ -56,8 +56,14 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "tollgate.billing.v1.hold.reconciled": billing_pb2.HoldReconciled,
     "tollgate.policy.v1.policy.decided": policy_pb2.PolicyDecided,
     "tollgate.attempts.v1.attempt.recorded": attempts_pb2.AttemptRecorded,
+    # Metering's usage event for a request whose UsageRecorded never came, built from the router's attempts
+    # (tollgate_metering.reconciler). Listed after usage.recorded: a UsageRecorded is wrapped as that.
+    "tollgate.usage.v1.usage.reconciled": usage_pb2.UsageRecorded,
 }
-_TYPE_OF: dict[type[Message], str] = {cls: name for name, cls in EVENT_TYPES.items()}
+#: The first type listed for a class (usage.recorded, not usage.reconciled, for a UsageRecorded).
+_TYPE_OF: dict[type[Message], str] = {}
+for _name, _cls in EVENT_TYPES.items():
+    _TYPE_OF.setdefault(_cls, _name)
 
 
 @dataclass(frozen=True, slots=True)

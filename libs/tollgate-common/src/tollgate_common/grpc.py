@@ -41,6 +41,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REASON_KEY = "tollgate-reason"
+#: On a failed router call: a provider may have served (and will bill) it, its usage unknown (a timeout, a cut).
+USAGE_UNKNOWN_KEY = "tollgate-usage-unknown"
 RETRY_AFTER_KEY = "retry-after"
 #: The request field an INVALID_ARGUMENT is about (OpenAI's error ``param``), when the refusing party named one.
 PARAM_KEY = "tollgate-param"
@@ -196,12 +198,15 @@ async def abort(
     reason: str,
     retry_after: int | None = None,
     param: str | None = None,
+    usage_unknown: bool = False,
 ) -> NoReturn:
     metadata: list[tuple[str, str]] = [(REASON_KEY, reason)]
     if retry_after is not None:
         metadata.append((RETRY_AFTER_KEY, str(retry_after)))
     if param:
         metadata.append((PARAM_KEY, param))
+    if usage_unknown:
+        metadata.append((USAGE_UNKNOWN_KEY, "1"))
     context.set_trailing_metadata(tuple(metadata))
     await context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
@@ -220,6 +225,10 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
 
 def error_param(error: grpc.aio.AioRpcError) -> str | None:
     return _trailer(error, PARAM_KEY) or None
+
+
+def usage_unknown(error: grpc.aio.AioRpcError) -> bool:
+    return _trailer(error, USAGE_UNKNOWN_KEY) == "1"
 
 
 def retry_after(error: grpc.aio.AioRpcError) -> int | None:

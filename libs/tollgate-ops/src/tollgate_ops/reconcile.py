@@ -12,7 +12,9 @@ What it reads (all read-only):
 
 Gaps (exit 1), each listed by id: ``usage_not_rated``, ``rated_without_usage``, ``usage_not_settled`` (its hold
 is open or missing), ``settled_more_than_once`` (both captured and expired), ``attempt_without_usage`` (the
-provider served it, nobody was billed), ``unbalanced_transaction``, ``ledger_not_zero``, ``wallet_balance``
+provider served it, nobody was billed), ``hold_expired_unreconciled`` (captured in full at its TTL, still
+flagged ``needs_reconciliation``: neither a late usage event nor metering's reconciliation from the router's
+attempts has corrected it), ``unbalanced_transaction``, ``ledger_not_zero``, ``wallet_balance``
 (balance ≠ the wallet's postings), ``wallet_held`` (held ≠ the sum of its open holds). What is younger than
 ``--grace`` may still be on its way through the pipeline: it is counted as in flight, not as a gap.
 """
@@ -41,6 +43,8 @@ from .targets import Location, read_only_engine
 __all__ = ["Gap", "ReconcileReport", "reconcile"]
 
 USAGE_RECORDED = "tollgate.usage.v1.usage.recorded"
+#: Metering's usage event for a request whose UsageRecorded never came (built from the router's attempts).
+USAGE_RECONCILED = "tollgate.usage.v1.usage.reconciled"
 ATTEMPT_RECORDED = "tollgate.attempts.v1.attempt.recorded"
 SETTLING = {"tollgate.billing.v1.hold.captured": "captured", "tollgate.billing.v1.hold.expired": "expired"}
 
@@ -115,7 +119,7 @@ async def _from_kafka(bootstrap: str, accounts: set[str] | None, bars: Bars) -> 
 
     async def on_batch(items: Sequence[tuple[Envelope, ConsumerRecord[Any, Any]]]) -> None:
         for env, _ in items:
-            if env.type == USAGE_RECORDED:
+            if env.type in (USAGE_RECORDED, USAGE_RECONCILED):
                 u = usage_pb2.UsageRecorded.FromString(env.data)
                 if accounts is None or u.account_id in accounts:
                     usage[u.request_id] = _Usage(u.account_id, u.hold_id or u.request_id, u.occurred_at_unix_ms)
@@ -148,7 +152,8 @@ async def reconcile(
     try:
         async with metering.connect() as conn:
             c = archive.c
-            for data, in await conn.execute(select(c.data).where(c.event_type == USAGE_RECORDED, mine(c.account_id))):
+            usage_types = (USAGE_RECORDED, USAGE_RECONCILED)
+            for data, in await conn.execute(select(c.data).where(c.event_type.in_(usage_types), mine(c.account_id))):
                 u = usage_pb2.UsageRecorded.FromString(bytes(data))
                 usage.setdefault(u.request_id, _Usage(u.account_id, u.hold_id or u.request_id, u.occurred_at_unix_ms))
             r = rated_usage.c
@@ -199,6 +204,11 @@ async def reconcile(
             row = hold_rows.get(hold_id)
             report.gaps.append(Gap("settled_more_than_once", hold_id, row.account_id if row else "",
                                    "both " + " and ".join(sorted(kinds))))
+    for hold_id, row in sorted(hold_rows.items()):
+        if row.status == "expired":  # captured in full at its TTL, flagged, and nothing has reconciled it since
+            (report.in_flight if row.expires_at_unix_ms > cutoff else report.gaps).append(Gap(
+                "hold_expired_unreconciled", hold_id, row.account_id,
+                f"captured in full ({row.amount_nanos} nanos) at its TTL; no usage event or attempts reconciled it"))
     for request_id, (account, started, provider) in sorted(attempts.items()):
         if request_id not in usage:
             (report.in_flight if started > cutoff else report.gaps).append(

@@ -115,6 +115,7 @@ class BillingApp:
             on_commit=self._notify_relay,
             usage_lag=self._usage_lag(),
             hold_max_extension_seconds=s.hold_max_extension_seconds,
+            unknown_usage_charge=s.unknown_usage_charge,
         )
         if s.kafka_bootstrap_servers:
             self._spawn("kafka", self._run_kafka)

@@ -176,6 +176,7 @@ class Billing:
         on_commit: Callable[[], None] | None = None,
         usage_lag: UsageLag | None = None,
         hold_max_extension_seconds: int = 3600,
+        unknown_usage_charge: domain.UnknownUsageCharge = domain.UnknownUsageCharge.PROMPT,
     ) -> None:
         self.engine = engine
         self.prices = prices
@@ -184,6 +185,8 @@ class Billing:
         self.usage_lag = usage_lag
         #: How long past its TTL a hold may be kept open while usage lags; then it is captured in full anyway.
         self.hold_max_extension_seconds = hold_max_extension_seconds
+        #: What a request whose usage is unknown (UsageRated.usage_unknown) is charged: none, prompt or hold.
+        self.unknown_usage_charge = unknown_usage_charge
         self.clock = clock
         self.monotonic = monotonic
         #: Called after a transaction that wrote events commits (the outbox relay's ``notify``).
@@ -493,23 +496,28 @@ class Billing:
                     log.error("usage for an unknown account and no hold; nothing to charge", extra=ids)
                     continue
                 log.warning("usage without a hold; charging it without one", extra=ids)
-                captured = domain.unheld_capture(hold_id, rated.account_id, rated.key_id, rated, usage_event_id, now)
+                captured = domain.unheld_capture(hold_id, rated.account_id, rated.key_id, rated, usage_event_id, now,
+                                                 self.unknown_usage_charge)
                 holds[hold_id] = domain.HoldView(hold_id, rated.account_id, rated.key_id, 0,
                                                  domain.HoldStatus.CAPTURED, captured.captured_nanos, now)
                 events.append(captured)
                 continue
-            event = domain.settle_usage(hold, rated, usage_event_id, now)
+            event = domain.settle_usage(hold, rated, usage_event_id, now, self.unknown_usage_charge)
             if event is None:
                 log.warning("another usage event for a closed hold; ignored",
                             extra={**ids, "status": hold.status.value})
                 continue
+            if rated.usage_unknown:
+                log.info("usage unknown (a provider may bill it): charged per BILLING_UNKNOWN_USAGE_CHARGE",
+                         extra={**ids, "mode": self.unknown_usage_charge.value,
+                                "rated_nanos": rated.resale_price_nanos, "hold_nanos": hold.amount_nanos})
             if isinstance(event, billing_pb2.HoldCaptured):
-                if rated.resale_price_nanos > hold.amount_nanos:
-                    overrun = rated.resale_price_nanos - hold.amount_nanos
+                if event.captured_nanos > hold.amount_nanos:
+                    overrun = event.captured_nanos - hold.amount_nanos
                     CAPTURE_OVERRUNS.inc()
                     CAPTURE_OVERRUN_NANOS.inc(overrun)
                     log.warning("rated price above the hold; charging the rated price",
-                                extra={**ids, "hold_nanos": hold.amount_nanos, "rated_nanos": rated.resale_price_nanos,
+                                extra={**ids, "hold_nanos": hold.amount_nanos, "rated_nanos": event.captured_nanos,
                                        "overrun_nanos": overrun})
                 holds[hold_id] = replace(hold, status=domain.HoldStatus.CAPTURED, captured_nanos=event.captured_nanos)
             else:

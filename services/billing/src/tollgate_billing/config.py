@@ -11,6 +11,8 @@ from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
 from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
+from .domain import UnknownUsageCharge
+
 __all__ = ["DEFAULT_SCHEMA", "Settings"]
 
 #: The PostgreSQL schema billing owns (SQLite has no schemas and ignores it).
@@ -33,6 +35,8 @@ class Settings:
     #: How long past its TTL a hold is kept open while rated usage lags (usage_lag.py) before it is captured in
     #: full anyway (and reconciled when its usage arrives).
     hold_max_extension_seconds: int = 3600
+    #: What a request a provider may have served without its usage being known is charged (domain.py).
+    unknown_usage_charge: UnknownUsageCharge = UnknownUsageCharge.PROMPT
     #: How often open holds are checked against their TTL.
     hold_sweep_seconds: float = 5.0
     #: How often metering's price book is fetched again (until the first load: every second).
@@ -73,6 +77,7 @@ class Settings:
             hold_ttl_seconds=env.int("HOLD_TTL_SECONDS", cls.hold_ttl_seconds, minimum=1),
             hold_max_extension_seconds=env.int("HOLD_MAX_EXTENSION_SECONDS", cls.hold_max_extension_seconds,
                                                minimum=0),
+            unknown_usage_charge=_unknown_usage_charge(env),
             hold_sweep_seconds=env.float("HOLD_SWEEP_SECONDS", cls.hold_sweep_seconds, minimum=0.05),
             price_book_refresh_seconds=env.float(
                 "PRICE_BOOK_REFRESH_SECONDS", cls.price_book_refresh_seconds, minimum=0.1
@@ -84,6 +89,15 @@ class Settings:
         )
         env.check()
         return settings
+
+
+def _unknown_usage_charge(env: EnvReader) -> UnknownUsageCharge:
+    value = (env.raw("UNKNOWN_USAGE_CHARGE") or UnknownUsageCharge.PROMPT.value).lower()
+    try:
+        return UnknownUsageCharge(value)
+    except ValueError:
+        env.problems.append(f"BILLING_UNKNOWN_USAGE_CHARGE={value!r} must be one of none, prompt, hold")
+        return UnknownUsageCharge.PROMPT
 
 
 def _log_level(env: EnvReader) -> str:

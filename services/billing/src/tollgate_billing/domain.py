@@ -37,8 +37,10 @@ __all__ = [
     "ModelPrice",
     "PriceBook",
     "SlidingWindowLimiter",
+    "UnknownUsageCharge",
     "account_created",
     "api_key_created",
+    "charge_for",
     "credits_added",
     "hash_api_key",
     "hold_amount",
@@ -360,17 +362,45 @@ class HoldView:
     expires_at_unix_ms: int
 
 
+class UnknownUsageCharge(StrEnum):
+    """What a request is charged when a provider may have served it but its usage is unknown
+    (``UsageRated.usage_unknown``: a timeout, an answer refused or cut before output reached the client)."""
+
+    #: Nothing: the operator bears whatever the provider bills.
+    NONE = "none"
+    #: The rated price of the prompt estimate (no output): what the provider bills at least once it took the call.
+    PROMPT = "prompt"
+    #: The full hold: the most the provider could have billed.
+    HOLD = "hold"
+
+
+def charge_for(hold_amount_nanos: int, rated: usage_pb2.UsageRated,
+               unknown_usage: UnknownUsageCharge = UnknownUsageCharge.PROMPT) -> int:
+    """The nanos a rated request is charged: its rated price; for unknown usage, per the operator's setting. An
+    unknown-usage event without a prompt estimate (metering reconciled it from the router's attempts, which do not
+    know the prompt) is charged the hold under ``prompt``: it is the only bound known."""
+    rated_nanos = max(0, rated.resale_price_nanos)
+    if not rated.usage_unknown:
+        return rated_nanos
+    if unknown_usage is UnknownUsageCharge.PROMPT and rated.usage.prompt_tokens > 0:
+        return rated_nanos
+    if unknown_usage is UnknownUsageCharge.NONE:
+        return 0
+    return max(rated_nanos, hold_amount_nanos)
+
+
 def settle_usage(
-    hold: HoldView, rated: usage_pb2.UsageRated, usage_event_id: str, at_unix_ms: int
+    hold: HoldView, rated: usage_pb2.UsageRated, usage_event_id: str, at_unix_ms: int,
+    unknown_usage: UnknownUsageCharge = UnknownUsageCharge.PROMPT,
 ) -> billing_pb2.HoldCaptured | billing_pb2.HoldReconciled | None:
-    """What a rated usage event does to its hold.
+    """What a rated usage event does to its hold (its charge: :func:`charge_for`).
 
     - open: charge the rated price (all of it: the rated price is what the upstream actually served, so billing
       matches the upstream's record even if the estimate behind the hold was low), release the rest;
     - expired (captured in full): refund what was captured beyond the rated price, never charge more;
     - already captured or reconciled: nothing (a second usage event for one request is not billed twice).
     """
-    rated_nanos = max(0, rated.resale_price_nanos)
+    rated_nanos = charge_for(hold.amount_nanos, rated, unknown_usage)
     if hold.status == HoldStatus.OPEN:
         txn = None
         if rated_nanos > 0:
@@ -412,10 +442,11 @@ def settle_usage(
 
 
 def unheld_capture(
-    hold_id: str, account_id: str, key_id: str, rated: usage_pb2.UsageRated, usage_event_id: str, at_unix_ms: int
+    hold_id: str, account_id: str, key_id: str, rated: usage_pb2.UsageRated, usage_event_id: str, at_unix_ms: int,
+    unknown_usage: UnknownUsageCharge = UnknownUsageCharge.PROMPT,
 ) -> billing_pb2.HoldCaptured:
     """Usage for a request billing never authorized (or whose hold is lost): charge it anyway, hold amount 0."""
-    rated_nanos = max(0, rated.resale_price_nanos)
+    rated_nanos = charge_for(0, rated, unknown_usage)
     txn = None
     if rated_nanos > 0:
         txn = _charge(f"capture:{hold_id}", LedgerKind.USAGE_CHARGE, hold_id, account_id, rated_nanos, at_unix_ms)

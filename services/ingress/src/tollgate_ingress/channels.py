@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import trace
-from tollgate_common.grpc import error_param, error_reason, open_channel, retry_after
+from tollgate_common.grpc import error_param, error_reason, open_channel, retry_after, usage_unknown
 from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.telemetry import spans_exported
 
@@ -154,7 +154,18 @@ def from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:
 
     A broken router means the model provider failed (502); a broken billing or policy means Tollgate itself is
     degraded (503), which clients should retry elsewhere or later.
+    A failed router call carries ``usage_unknown`` (see IngressError).
     """
+    translated = _from_grpc(error, service=service)
+    if service == "router":
+        # The router says an attempt may be billed unseen; or ingress's own deadline cut the call (no reason
+        # trailer), after which the router cancels an attempt that the provider may be serving.
+        translated.usage_unknown = usage_unknown(error) or (
+            error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not error_reason(error))
+    return translated
+
+
+def _from_grpc(error: grpc.aio.AioRpcError, *, service: str) -> IngressError:
     code = error.code()
     reason = error_reason(error) or None
     message = error.details() or f"{service} failed ({code.name})"

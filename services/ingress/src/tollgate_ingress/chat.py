@@ -209,8 +209,8 @@ class ChatCompletions:
         settlement = prepared.settlement
         try:
             completion = await self.router.complete(prepared.route())
-        except BaseException:
-            settlement.close(Outcome.FAILED)
+        except BaseException as exc:
+            settlement.close_failed(exc, prepared.prompt_tokens)
             raise
         finally:
             prepared.release()

@@ -37,8 +37,8 @@ async def create_embeddings(
     try:
         body = request.upstream_body(_redacted(request, prepared.body_json, chat_request.raw))
         embedded = await chat.router.embed(replace(prepared.route(), body_json=body))
-    except BaseException:
-        settlement.close(Outcome.FAILED)
+    except BaseException as exc:
+        settlement.close_failed(exc, prepared.prompt_tokens)
         raise
     finally:
         prepared.release()  # the key's concurrency place (tollgate_ingress.admission)

@@ -55,6 +55,9 @@ class IngressError(Exception):
         self.message = message
         self.code = code or self.default_code
         self.param = param
+        #: A failed router call that a provider may have served (and will bill) without its usage being known: the
+        #: router's ``tollgate-usage-unknown`` trailer, or ingress's own deadline cutting the call.
+        self.usage_unknown = False
 
     def headers(self) -> dict[str, str]:
         return {}

@@ -41,6 +41,16 @@ class Settlement:
     def closed(self) -> bool:
         return self._closed
 
+    def close_failed(self, error: BaseException | None, prompt_tokens: int) -> None:
+        """Close a request whose router call failed before any output reached the client. When a provider may
+        have served it without telling its usage (``error.usage_unknown``), the event carries the prompt estimate
+        and ``usage_unknown``: billing charges it per its ``BILLING_UNKNOWN_USAGE_CHARGE``. Otherwise zero usage."""
+        if getattr(error, "usage_unknown", False):
+            self.close(Outcome.FAILED, Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+                       usage_unknown=True)
+        else:
+            self.close(Outcome.FAILED)
+
     def close(
         self,
         outcome: Outcome,
@@ -50,6 +60,7 @@ class Settlement:
         upstream_model: str = "",
         upstream_request_id: str = "",
         model: str = "",
+        usage_unknown: bool = False,
     ) -> None:
         """``model``: the public model the router served (what metering rates). Without one (nothing served, or
         usage estimated after a broken stream) the hold's model is rated: the most expensive candidate, so an
@@ -66,6 +77,7 @@ class Settlement:
                 hold_id=self.auth.hold_id or self.request_id,
                 model=model or self.auth.hold_model or self.request.model,
                 requested_model=self.request.model,
+                usage_unknown=usage_unknown,
                 provider=provider,
                 upstream_model=upstream_model,
                 upstream_request_id=upstream_request_id,

@@ -112,7 +112,11 @@ class StreamPump:
             if scanner is not None and not stopped and not session.client_gone:
                 stopped = not await self._forward(session, scanner.finish())
         except IngressError as exc:
-            settlement.close(Outcome.FAILED, self._estimate(prepared, delivered))
+            estimate = self._estimate(prepared, delivered)
+            if estimate is None:  # nothing reached the client: zero usage, or the prompt if a provider may bill it
+                settlement.close_failed(exc, prepared.prompt_tokens)
+            else:
+                settlement.close(Outcome.FAILED, estimate)
             await session.deliver(StreamFailed(exc))
         except asyncio.CancelledError:
             settlement.close(

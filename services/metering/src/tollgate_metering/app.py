@@ -27,6 +27,7 @@ from .application import Metering
 from .config import Settings
 from .consumer import UsageConsumer
 from .grpc_server import FULL_NAME, MeteringServicer
+from .reconciler import AttemptsConsumer, Reconciler
 from .repository import open_database
 from .tables import messaging
 
@@ -82,7 +83,7 @@ class MeteringApp:
             self._relay_and_consume,
             stop=self._stop,
             client_id="tollgate-metering",
-            topics=[Topics.USAGE, Topics.USAGE_RATED],
+            topics=[Topics.USAGE, Topics.USAGE_RATED, Topics.ATTEMPTS],
             connecting=self._set_connecting,
             signer=EventSigner("metering", self.settings.internal_keys),
             security=self.settings.kafka_security,
@@ -102,9 +103,17 @@ class MeteringApp:
             verify=EventVerifier(self.settings.internal_keys),
             security=self.settings.kafka_security,
         )
+        s = self.settings
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.relay.run(self._stop))
             tasks.create_task(self.consumer.run(self._stop))
+            if s.reconcile_after_seconds > 0:  # requests whose usage event never came, rated from their attempts
+                attempts = AttemptsConsumer(self.metering, s.kafka_bootstrap_servers,
+                                            verify=EventVerifier(s.internal_keys), security=s.kafka_security)
+                reconciler = Reconciler(self.metering, after_seconds=s.reconcile_after_seconds,
+                                        on_commit=self.relay.notify)
+                tasks.create_task(attempts.run(self._stop))
+                tasks.create_task(reconciler.run(self._stop, s.reconcile_sweep_seconds))
         await self.relay.publish_pending()  # what the last batches committed before the stop
 
     async def stop(self, grace: float = 10.0) -> None:

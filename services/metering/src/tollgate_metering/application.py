@@ -44,6 +44,8 @@ _tracer = trace.get_tracer("tollgate_metering")
 
 SERVICE = "metering"
 USAGE_RECORDED = "tollgate.usage.v1.usage.recorded"
+#: A UsageRecorded metering built from the router's attempts when ingress's never came (reconciler.py).
+USAGE_RECONCILED = "tollgate.usage.v1.usage.reconciled"
 USAGE_RATED = "tollgate.usage.v1.usage.rated"
 RATED_SOURCE = f"//tollgate/{SERVICE}"
 
@@ -145,7 +147,7 @@ class Metering:
         refused: list[tuple[Envelope, str]] = []
         for env in events:
             account = env.subject
-            if env.type == USAGE_RECORDED:
+            if env.type in (USAGE_RECORDED, USAGE_RECONCILED):
                 problem = None
                 try:
                     msg = usage_pb2.UsageRecorded.FromString(env.data)

@@ -57,6 +57,12 @@ class Settings:
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
     #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: A request whose last router attempt is this old with no usage event is rated from its attempts
+    #: (reconciler.py); 0 turns that off. Below billing's hold TTL (600 s), so such a hold is captured at the
+    #: provider's usage rather than expired in full.
+    reconcile_after_seconds: float = 120.0
+    #: How often the attempts are checked for requests to reconcile.
+    reconcile_sweep_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -86,6 +92,8 @@ class Settings:
             price_book_file=Path(book_path) if book_path else None,
             price_book=book,
             metrics_port=env.port("METRICS_PORT", 0),
+            reconcile_after_seconds=env.float("RECONCILE_AFTER_SECONDS", 120.0, minimum=0.0),
+            reconcile_sweep_seconds=env.float("RECONCILE_SWEEP_SECONDS", 5.0, minimum=0.05),
             log_level=log_level,
         )
         env.check()

@@ -416,6 +416,8 @@ class UsageRecord(NamedTuple):
     team: str
     project: str
     tags: Mapping[str, str]
+    #: The provider may have billed more than ``usage`` (an estimate): passed on to billing, which decides.
+    usage_unknown: bool = False
 
 
 class RatedUsage(NamedTuple):

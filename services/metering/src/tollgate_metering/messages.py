@@ -37,6 +37,7 @@ def usage_record(msg: usage_pb2.UsageRecorded) -> UsageRecord:
         team=msg.team,
         project=msg.project,
         tags={k: msg.tags[k] for k in msg.tags},  # ~3x faster than dict(map) on upb
+        usage_unknown=msg.usage_unknown,
     )
 
 
@@ -74,4 +75,5 @@ def usage_rated_message(rated: RatedUsage) -> usage_pb2.UsageRated:
         team=r.team,
         project=r.project,
         tags=dict(r.tags),
+        usage_unknown=r.usage_unknown,
     )

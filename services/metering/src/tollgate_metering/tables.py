@@ -25,6 +25,7 @@ __all__ = [
     "aggregates",
     "archive",
     "archive_heads",
+    "attempt_usage",
     "messaging",
     "metadata",
     "price_books",
@@ -139,4 +140,30 @@ archive_heads = Table(
     Column("account_id", String(200), primary_key=True),
     Column("last_seq", BigInteger, nullable=False),
     Column("last_hash", String(64), nullable=False),
+)
+
+#: The router's attempts (tollgate.attempts.v1) of requests not rated yet: a work list, not a read model. A row
+#: leaves when its request is rated; a request whose usage event never came is rated from its attempts
+#: (:mod:`tollgate_metering.reconciler`). Usage counts are what the provider reported for that attempt.
+attempt_usage = Table(
+    "attempt_usage",
+    metadata,
+    Column("request_id", String(200), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("account_id", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider", String(200), nullable=False),
+    Column("upstream_model", String(200), nullable=False),
+    Column("upstream_request_id", String(200), nullable=False),
+    Column("succeeded", Boolean, nullable=False),
+    Column("usage_unknown", Boolean, nullable=False),
+    Column("streamed", Boolean, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cached_prompt_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("ended_at_unix_ms", BigInteger, nullable=False),
+    #: When metering stored it (its clock): a request is reconciled this long after its last attempt arrived.
+    Column("seen_at_unix_ms", BigInteger, nullable=False, index=True),
+    PrimaryKeyConstraint("request_id", "attempt"),
 )

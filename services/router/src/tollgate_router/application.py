@@ -204,6 +204,9 @@ class Router:
                     continue
                 upstream_id = call.succeeded(attempt, result.usage, result.upstream_request_id)
                 return replace(result, model=route.model, upstream_request_id=upstream_id)
+        except RouterError as error:
+            error.usage_unknown = call.usage_unknown()
+            raise
         finally:
             await self._record(call)
 
@@ -281,6 +284,9 @@ class Router:
                     except Exception as exc:
                         call.failed(attempt, _adapter_bug(route, exc), final=True)
                         raise AssertionError("unreachable") from exc
+        except RouterError as error:
+            error.usage_unknown = call.usage_unknown()
+            raise
         finally:
             await self._record(call)
 
@@ -481,6 +487,10 @@ class _Call:
         UPSTREAM_TOKENS.labels(route.provider.name, "prompt").inc(usage.prompt_tokens)
         UPSTREAM_TOKENS.labels(route.provider.name, "completion").inc(usage.completion_tokens)
         return attempt.upstream_request_id
+
+    def usage_unknown(self) -> bool:
+        """Whether a provider may have served (and will bill) an attempt of this call whose usage is not known."""
+        return any(a.usage_unknown for a in self.attempts)
 
     def cancelled(self, attempt: Attempt) -> None:
         if attempt.number in self._finished:

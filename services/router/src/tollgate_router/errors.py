@@ -68,6 +68,10 @@ class RouterError(Exception):
         self.status = status
         #: The provider was never connected to, so nothing reached it (its usage is known to be none).
         self.unreached = False
+        #: Set on the error a call ends with: some attempt of it may have been served (and billed) by its provider
+        #: without its usage being known (``AttemptRecorded.usage_unknown``); the ``tollgate-usage-unknown: 1``
+        #: trailer tells ingress, which then charges the request per the operator's setting.
+        self.usage_unknown = False
 
 
 class InvalidRequest(RouterError):

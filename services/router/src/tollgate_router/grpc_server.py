@@ -70,6 +70,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: RouterError) -> NoRet
         reason=error.code or error.reason,
         retry_after=error.retry_after,
         param=error.param,
+        usage_unknown=error.usage_unknown,
     )
     raise AssertionError("unreachable")  # abort raises; this tells type checkers so
 
