@@ -76,6 +76,9 @@ def test_a_settled_account_is_complete_and_each_gap_is_named(platform: Platform,
         conn.execute("DELETE FROM rated_usage WHERE request_id = ?", (first,))
     with sqlite3.connect(billing) as conn:
         conn.execute("UPDATE holds SET status = 'open' WHERE hold_id = ?", (second,))
+        # captured in full at its TTL and never corrected since (no late usage, no reconciliation from attempts)
+        conn.execute("UPDATE holds SET status = 'expired', needs_reconciliation = 1, expires_at_unix_ms = 1 "
+                     "WHERE hold_id = ?", (first,))
         (tx,) = conn.execute("SELECT transaction_id FROM ledger_transactions WHERE account_id = ? AND kind = "
                              "'usage_charge' LIMIT 1", (tenant.account_id,)).fetchone()
         conn.execute("INSERT INTO ledger_postings (transaction_id, ledger_account, amount_nanos) VALUES (?, ?, 7)",
@@ -97,6 +100,7 @@ def test_a_settled_account_is_complete_and_each_gap_is_named(platform: Platform,
     assert ("unbalanced_transaction", tx) in found
     assert ("settled_more_than_once", first) in found
     assert ("attempt_without_usage", unbilled) in found
+    assert ("hold_expired_unreconciled", first) in found
     assert all(g["account_id"] == tenant.account_id for g in report["gaps"])
 
     text = tollgate("reconcile", "--kafka", platform.bootstrap, "--account", tenant.account_id, "--grace", "0",
