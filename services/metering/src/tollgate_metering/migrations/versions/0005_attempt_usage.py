@@ -1,7 +1,7 @@
 """attempt_usage: the router's attempts of requests not rated yet (reconciliation from attempts)
 
-Revision ID: 0004_attempt_usage
-Revises: 0003
+Revision ID: 0005_attempt_usage
+Revises: 0004
 Create Date: 2026-12-03 16:50:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0004_attempt_usage'
-down_revision: str | Sequence[str] | None = '0003'
+revision: str = '0005_attempt_usage'
+down_revision: str | Sequence[str] | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
