@@ -267,3 +267,27 @@ def test_gemini_embedding_deployments_serve_the_openai_sdk_and_bill_the_counted_
     with pytest.raises(openai.BadRequestError) as chat:
         client.chat.completions.create(model="gemini-embedding-001", messages=HELLO)
     assert chat.value.param == "model"
+
+
+def test_models_list_and_retrieve_in_openai_and_anthropic_shapes(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    openai_client = tenant.client()
+    claude = anthropic.Anthropic(base_url=platform.ingress_url, api_key=tenant.api_key, max_retries=0, timeout=30)
+
+    model = openai_client.models.retrieve("gpt-4o-mini")
+    assert (model.id, model.object, model.owned_by) == ("gpt-4o-mini", "model", "openai")
+    with pytest.raises(openai.NotFoundError) as missing:
+        openai_client.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+
+    listed = {m.id: m for m in claude.models.list()}  # x-api-key and anthropic-version, as the SDK sends them
+    assert {"claude-3-5-haiku", "gpt-4o-mini"} <= set(listed) and listed["claude-3-5-haiku"].type == "model"
+    retrieved = claude.models.retrieve("claude-3-5-haiku")
+    assert (retrieved.id, retrieved.type, retrieved.display_name) == ("claude-3-5-haiku", "model", "claude-3-5-haiku")
+    with pytest.raises(anthropic.NotFoundError) as unknown:
+        claude.models.retrieve("no-such-model")
+    assert unknown.value.body == {"type": "error", "error": {  # type: ignore[comparison-overlap]
+        "type": "not_found_error", "message": "model: no-such-model"}}
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=platform.ingress_url, api_key="tg-nope", max_retries=0).models.retrieve(
+            "claude-3-5-haiku")

@@ -27,13 +27,13 @@ from .anthropic_wire import (
 )
 from .deps import services
 from .domain import parse_chat_request
-from .errors import AuthenticationFailed, IngressError, InternalError
+from .errors import AuthenticationFailed, IngressError, InternalError, NotFound
 from .metrics import Metrics
 from .openai_routes import bearer_token, checked_key, peer, read_body
 from .sse import SseResponse
 from .streaming import StreamEnded, StreamFailed, StreamItem, StreamSession
 
-__all__ = ["api_key", "list_models", "router"]
+__all__ = ["api_key", "list_models", "retrieve_model", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,23 @@ async def count_tokens(request: Request) -> Response:
     except IngressError as exc:
         return _error(exc)
     return Response(orjson.dumps({"input_tokens": tokens}), media_type=JSON)
+
+
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    """One model in Anthropic's shape (``client.models.retrieve``); 404 ``not_found_error`` otherwise."""
+    from .openai_routes import find_model
+
+    try:
+        reply = await services(request).keys.models(await checked_key(request, api_key(request)),
+                                                    request.state.request_id)
+        model = find_model(reply, model_id)
+        if model is None:
+            raise NotFound(f"model: {model_id}")  # Anthropic's own text for an unknown model id
+    except IngressError as exc:
+        return _error(exc)
+    created = datetime.fromtimestamp(0, UTC).isoformat().replace("+00:00", "Z")
+    body = {"type": "model", "id": model.id, "display_name": model.id, "created_at": created}
+    return Response(orjson.dumps(body), media_type=JSON)
 
 
 async def list_models(request: Request) -> Response:

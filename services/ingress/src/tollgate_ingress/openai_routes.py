@@ -5,13 +5,16 @@ Transport only: headers and JSON in, JSON and SSE out; the work is in :mod:`toll
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from .deps import services
 from .domain import TAGS_HEADER, parse_chat_request
-from .errors import AuthenticationFailed, PayloadTooLarge
+from .errors import AuthenticationFailed, NotFound, PayloadTooLarge
 from .money import ExactNumber, dumps_exact
+from .router_client import CatalogueModel
 from .sse import SseResponse
 
 __all__ = ["bearer_token", "checked_key", "peer", "read_body", "router"]
@@ -87,6 +90,28 @@ async def list_models(request: Request) -> Response:
                                                 request.state.request_id)
     data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by or m.provider} for m in reply]
     return Response(dumps_exact({"object": "list", "data": data}), media_type=JSON)
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    """One model the key may use (``client.models.retrieve``), by id or alias; 404 ``model_not_found`` otherwise."""
+    if "anthropic-version" in request.headers:
+        from .anthropic_routes import retrieve_model as anthropic_model
+
+        return await anthropic_model(request, model_id)
+    reply = await services(request).keys.models(await checked_key(request, bearer_token(request)),
+                                                request.state.request_id)
+    model = find_model(reply, model_id)
+    if model is None:
+        raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model",
+                       code="model_not_found")
+    body = {"id": model.id, "object": "model", "created": 0, "owned_by": model.owned_by or model.provider}
+    return Response(dumps_exact(body), media_type=JSON)
+
+
+def find_model(models: Sequence[CatalogueModel], model_id: str) -> CatalogueModel | None:
+    """The listed model named ``model_id`` or answering to it as an alias."""
+    return next((m for m in models if m.id == model_id or model_id in m.aliases), None)
 
 
 @router.get("/v1/key")

@@ -156,6 +156,12 @@ _SCHEMAS: dict[str, Schema] = {
                  data={"type": "array", "items": _obj(("id", "type"), id=_STR, type={"const": "model"})}),
         ]
     },
+    "Model": {
+        "anyOf": [
+            _obj(("id", "object"), id=_STR, object={"const": "model"}, created=_INT, owned_by=_STR),
+            _obj(("id", "type"), id=_STR, type={"const": "model"}, display_name=_STR, created_at=_STR),
+        ]
+    },
     "KeyInfo": _obj(("data",), data=_obj(
         ("label", "balance", "usage", "currency"), label=_STR, balance={"type": "number"},
         usage={"type": "number"}, limit={"type": ["number", "null"]},
@@ -393,6 +399,11 @@ def _paths() -> dict[str, Any]:
             "The models the key may use (Anthropic's shape with anthropic-version)", _API_KEY,
             _answers(200, _ref("ModelList"), (*_COMMON, 503)),
             parameters=[{"name": "anthropic-version", "in": "header", "required": False, "schema": _STR}])},
+        "/v1/models/{model_id}": {"get": _op(
+            "One model the key may use, by id or alias (Anthropic's shape with anthropic-version)", _API_KEY,
+            _answers(200, _ref("Model"), (*_COMMON, 503)),
+            parameters=[*_path("model_id"),
+                        {"name": "anthropic-version", "in": "header", "required": False, "schema": _STR}])},
         "/v1/key": {"get": _op("The calling key's balance, usage and limit", _API_KEY,
                                _answers(200, _ref("KeyInfo"), (*_COMMON, 503)))},
         "/admin/v1/accounts": {"post": _op("Create an account", _OPERATOR, _answers(201, _ref("Account"), _ADMIN),
