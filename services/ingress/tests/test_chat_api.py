@@ -153,6 +153,18 @@ async def test_a_timeout_the_provider_may_bill_carries_the_prompt_estimate_and_u
     assert event.usage.total_tokens == event.usage.prompt_tokens
 
 
+async def test_ingress_own_deadline_cutting_the_router_call_counts_as_usage_unknown(
+    client: httpx2.AsyncClient, fakes: Fakes, broker: str
+) -> None:
+    """DEADLINE_EXCEEDED without the router's reason: ingress's own deadline passed, and the router then cancels an
+    attempt the provider may be serving, so the request is charged by estimate like a router-reported timeout."""
+    fakes.router.failure = Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", "")
+    resp = await client.post(CHAT, json=body(), headers=auth())
+    assert resp.status_code == 504
+    _env, event, _key = await usage_event(broker, resp.headers["x-request-id"])
+    assert event.usage_unknown and event.usage.prompt_tokens == 3 + 1 + 2 + 3
+
+
 async def test_error_mid_stream_becomes_an_sse_error_event(
     client: httpx2.AsyncClient, fakes: Fakes, broker: str
 ) -> None:
