@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy import BigInteger, CheckConstraint, Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from tollgate.events.v1 import usage_pb2
@@ -246,33 +247,35 @@ async def test_consumer_lingers_so_records_arriving_just_after_a_poll_share_its_
     topic = "test.linger.v1"
     await ensure_topics(broker, [topic], partitions=1)
     batches: list[list[str]] = []
+    polled = asyncio.Event()
 
     async def apply(_session: AsyncSession, events: list[Envelope]) -> None:
         batches.append([env.id for env in events])
 
-    consumer = DbOffsetConsumer(bootstrap=broker, topics=[topic], group_id="linger", sessions=sessions,
-                                tables=tables, batch_handler=apply, linger_seconds=1.5)
+    class Observed(DbOffsetConsumer):
+        async def _linger(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> dict[
+            TopicPartition, list[ConsumerRecord]
+        ]:
+            polled.set()  # a poll returned records: the linger starts now
+            return await super()._linger(batches)
+
+    # The broker answers a fetch that finds nothing after up to 0.5 s: a 3 s linger leaves room for a loaded box.
+    consumer = Observed(bootstrap=broker, topics=[topic], group_id="linger", sessions=sessions, tables=tables,
+                        batch_handler=apply, linger_seconds=3.0)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     producer = make_producer(broker)
     await producer.start()
     first, second = _event(1), _event(2)
-    sent = await producer.send_and_wait(topic, first.data, key=b"a", headers=first.headers())
-    tp = TopicPartition(topic, sent.partition)
-    for _ in range(300):  # until the consumer's poll has returned the first record (its position moved past it)
-        if consumer.consumer is not None and tp in consumer.consumer.assignment() \
-                and await consumer.consumer.position(tp) > sent.offset:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the consumer never polled the first record")
-    assert batches == []  # still lingering
+    await producer.send_and_wait(topic, first.data, key=b"a", headers=first.headers())
+    await asyncio.wait_for(polled.wait(), 30)
     await producer.send_and_wait(topic, second.data, key=b"a", headers=second.headers())
     await producer.stop()
-    for _ in range(100):
+    for _ in range(200):
         if batches:
             break
         await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # a second batch, if the records were split, lands meanwhile
     stop.set()
     await task
     assert batches == [["req_1", "req_2"]]
