@@ -100,3 +100,30 @@ def test_the_usage_report_sums_what_was_charged_by_the_groups_asked(any_platform
     assert _get(platform, path, tenant.api_key).status_code == 403  # not an account admin key
     assert _get(platform, path, "tga-wrong").status_code == 401
     assert _get(platform, "/v1/usage", "tg-not-a-key").status_code == 401
+
+
+def test_the_ledger_pages_with_a_cursor_to_the_first_entry(any_platform: Platform) -> None:
+    """The ledger API used to stop at 1,000 entries; it now pages with a cursor (issue 13, statements)."""
+    platform = any_platform
+    admin = platform.config.admin_token
+    tenant = Tenant.create(platform)
+    for i in range(3):
+        _chat(platform, tenant.api_key, "gpt-4o-mini", f"n={i}")
+    tenant.settle()
+    path = f"/admin/v1/accounts/{tenant.account_id}/ledger"
+    everything = _get(platform, path, admin).json()
+    assert len(everything["entries"]) == 8 and not everything["has_more"]  # a credit and 3 charges, 2 legs each
+
+    pages, token = [], None
+    while True:
+        page = _get(platform, path, admin, limit=3, **({"page_token": token} if token else {})).json()
+        pages.append(page["entries"])
+        token = page["next_page_token"]
+        assert page["has_more"] == (token is not None)
+        if token is None:
+            break
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [e for p in pages for e in p] == everything["entries"]
+    assert pages[-1][-1]["kind"] == "credit_purchase"  # down to the first credit
+    bad = _get(platform, path, admin, page_token="bm90LW91cnM")
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"

@@ -442,6 +442,33 @@ class ApplicationContract:
         with pytest.raises(errors.AccountNotFound):
             await h.billing.list_ledger_entries("acct_missing")
 
+    async def test_the_ledger_pages_with_a_cursor_past_any_limit_and_new_entries_never_shift_a_page(
+        self, h: Harness
+    ) -> None:
+        account_id, key_id, api_key = await h.funded_key()
+        for i in range(6):  # 2 credit postings + 6 x 2 usage postings = 14 entries
+            await h.billing.authorize(api_key, f"req_p{i}", MODEL, 1, 1)
+            await h.usage(f"req_p{i}", account_id, key_id, 100 + i)
+        everything = await h.billing.list_ledger_entries(account_id, limit=1000)
+        assert len(everything) == 14
+        first, token = await h.billing.ledger_page(account_id, limit=5)
+        assert first == everything[:5] and token
+        # an entry written while paging lands at the newest end and shifts nothing
+        await h.billing.authorize(api_key, "req_late", MODEL, 1, 1)
+        await h.usage("req_late", account_id, key_id, 7)
+        seen = list(first)
+        while token:
+            page, token = await h.billing.ledger_page(account_id, limit=5, page_token=token)
+            assert 1 <= len(page) <= 5
+            seen += page
+        assert seen == everything  # each entry once, newest first, down to the first credit
+        _, after_14 = await h.billing.ledger_page(account_id, limit=14)  # 16 entries now
+        tail, end = await h.billing.ledger_page(account_id, limit=2, page_token=after_14)
+        assert len(tail) == 2 and end == ""  # exactly the rest: the last page says so
+        for bad in ("garbage!", "bGVkZ2VyOnYxOng", "bGVkZ2VyOnYxOi0x"):  # not base64; "ledger:v1:x"; "ledger:v1:-1"
+            with pytest.raises(errors.InvalidArgument):
+                await h.billing.ledger_page(account_id, page_token=bad)
+
     async def test_key_info_is_balance_less_holds_and_usage_through_the_key(self, h: Harness) -> None:
         account_id, key_id, api_key = await h.funded_key()
         await h.billing.authorize(api_key, "req_1", MODEL, 100, 0)

@@ -38,6 +38,7 @@ from .errors import (
     RequestIdConflict,
 )
 from .hold_writer import HoldWriter, PendingHold
+from .ledger_cursor import ledger_cursor, ledger_page_token
 from .memberships import check_membership
 from .repository import AccountRow, KeyRow, LedgerRow, WalletRow
 from .usage_lag import UsageLag
@@ -458,13 +459,24 @@ class Billing:
         return wallet
 
     async def list_ledger_entries(self, account_id: str, limit: int = 0) -> list[LedgerRow]:
+        """The newest ``limit`` entries (the first page of :meth:`ledger_page`)."""
+        return (await self.ledger_page(account_id, limit))[0]
+
+    async def ledger_page(
+        self, account_id: str, limit: int = 0, page_token: str = ""
+    ) -> tuple[list[LedgerRow], str]:
+        """One page of the account's ledger, newest first, and the token of the next (older) page ("" at the end)."""
         if limit < 0:
             raise InvalidArgument("limit must not be negative")
         limit = min(limit or DEFAULT_LEDGER_LIMIT, MAX_LEDGER_LIMIT)
+        before = ledger_cursor(page_token)
         async with self._read() as conn:
             if await repository.get_account(conn, account_id) is None:
                 raise AccountNotFound(f"account {account_id} not found")
-            return await repository.ledger_entries(conn, account_id, limit)
+            rows = await repository.ledger_entries(conn, account_id, limit + 1, before)
+        if len(rows) <= limit:
+            return rows, ""
+        return rows[:limit], ledger_page_token(rows[limit - 1].posting_id)
 
     # --- usage (the consumer) -----------------------------------------------------------------------------------
 

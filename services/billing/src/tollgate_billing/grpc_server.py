@@ -219,8 +219,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     async def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLedgerEntriesResponse:
-        rows = await self.billing.list_ledger_entries(request.account_id, request.limit)
+        rows, next_token = await self.billing.ledger_page(request.account_id, request.limit, request.page_token)
         return pb.ListLedgerEntriesResponse(
+            next_page_token=next_token,
             entries=[
                 pb.LedgerEntry(
                     transaction_id=r.transaction_id,

@@ -160,6 +160,8 @@ class LedgerRow:
     amount_nanos: int
     reference: str
     created_at_unix_ms: int
+    #: The posting's position (``ledger_postings.id``): the cursor a page ends at.
+    posting_id: int = 0
 
 
 async def get_account(conn: Executor, account_id: str) -> AccountRow | None:
@@ -384,9 +386,12 @@ async def find_credit(conn: Executor, account_id: str, idempotency_key: str) -> 
     return None if row is None else (str(row.transaction_id), int(row.amount_nanos))
 
 
-async def ledger_entries(conn: Executor, account_id: str, limit: int) -> list[LedgerRow]:
-    """Every posting of the transactions that belong to ``account_id`` (both legs), newest first."""
-    rows = await conn.execute(
+async def ledger_entries(
+    conn: Executor, account_id: str, limit: int, before_posting_id: int | None = None
+) -> list[LedgerRow]:
+    """The postings of the transactions that belong to ``account_id`` (both legs), newest first, at most
+    ``limit``, only those older than ``before_posting_id`` when given (keyset paging: no offset to drift)."""
+    query = (
         select(
             ledger_postings.c.transaction_id,
             ledger_transactions.c.kind,
@@ -394,12 +399,14 @@ async def ledger_entries(conn: Executor, account_id: str, limit: int) -> list[Le
             ledger_postings.c.amount_nanos,
             ledger_transactions.c.reference,
             ledger_transactions.c.created_at_unix_ms,
+            ledger_postings.c.id,
         )
         .join(ledger_transactions, ledger_transactions.c.transaction_id == ledger_postings.c.transaction_id)
         .where(ledger_transactions.c.account_id == account_id)
-        .order_by(ledger_postings.c.id.desc())
-        .limit(limit)
     )
+    if before_posting_id is not None:
+        query = query.where(ledger_postings.c.id < before_posting_id)
+    rows = await conn.execute(query.order_by(ledger_postings.c.id.desc()).limit(limit))
     return [LedgerRow(*row) for row in rows]
 
 

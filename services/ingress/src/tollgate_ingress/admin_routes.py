@@ -196,10 +196,13 @@ async def get_balance(account_id: str, request: Request) -> Response:
 
 @operator_router.get("/accounts/{account_id}/ledger")
 async def get_ledger(account_id: str, request: Request) -> Response:
+    """Newest first, ``limit`` per page (default and most 1000); ``next_page_token`` (a cursor: entries written
+    meanwhile never shift a page) gives the next, older page, until it is null."""
     raw_limit = request.query_params.get("limit", "1000")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not re.fullmatch(r"[0-9]{1,4}", raw_limit) or not 1 <= int(raw_limit) <= 1000:
         raise InvalidRequest("'limit' must be an integer from 1 to 1000", param="limit")
-    reply = await services(request).billing.ledger(account_id, int(raw_limit))
+    token = request.query_params.get("page_token", "")
+    reply = await services(request).billing.ledger(account_id, int(raw_limit), token)
     entries = [
         {
             "transaction_id": e.transaction_id,
@@ -211,7 +214,8 @@ async def get_ledger(account_id: str, request: Request) -> Response:
         }
         for e in reply.entries
     ]
-    return _json({"object": "list", "account_id": account_id, "entries": entries})
+    return _json({"object": "list", "account_id": account_id, "entries": entries,
+                  "has_more": bool(reply.next_page_token), "next_page_token": reply.next_page_token or None})
 
 
 # --- DLP policy ---------------------------------------------------------------------------------------------

@@ -99,9 +99,10 @@ class BillingClient:
     async def balance(self, account_id: str) -> bpb.GetBalanceResponse:
         return await self._call(self._stub.GetBalance, bpb.GetBalanceRequest(account_id=account_id))
 
-    async def ledger(self, account_id: str, limit: int) -> bpb.ListLedgerEntriesResponse:
+    async def ledger(self, account_id: str, limit: int, page_token: str = "") -> bpb.ListLedgerEntriesResponse:
         return await self._call(
-            self._stub.ListLedgerEntries, bpb.ListLedgerEntriesRequest(account_id=account_id, limit=limit)
+            self._stub.ListLedgerEntries,
+            bpb.ListLedgerEntriesRequest(account_id=account_id, limit=limit, page_token=page_token),
         )
 
     # --- an account's keys --------------------------------------------------------------------------------------

@@ -197,7 +197,8 @@ _SCHEMAS: dict[str, Schema] = {
                      "available", "available_nanos"),
                     object={"const": "balance"}, account_id=_STR, currency=_STR, balance=_AMOUNT,
                     balance_nanos=_INT, held=_AMOUNT, held_nanos=_INT, available=_AMOUNT, available_nanos=_INT),
-    "Ledger": _obj(("object", "account_id", "entries"), object={"const": "list"}, account_id=_STR,
+    "Ledger": _obj(("object", "account_id", "entries", "has_more"), object={"const": "list"}, account_id=_STR,
+                   has_more={"type": "boolean"}, next_page_token={"type": ["string", "null"]},
                    entries={"type": "array", "items": _obj(
                        ("transaction_id", "kind", "amount", "amount_nanos"), transaction_id=_STR, kind=_STR,
                        ledger_account=_STR, amount=_AMOUNT, amount_nanos=_INT, reference=_STR,
@@ -421,7 +422,8 @@ def _paths() -> dict[str, Any]:
             _ACCOUNT_ADMIN, _usage_answers(), parameters=[*acct, *_USAGE_QUERY])},
         "/admin/v1/accounts/{account_id}/ledger": {"get": _op(
             "The account's ledger entries", _OPERATOR, _answers(200, _ref("Ledger"), _ADMIN),
-            parameters=[*acct, _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})])},
+            parameters=[*acct, _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                        _query("page_token", _STR)])},
         "/admin/v1/accounts/{account_id}/keys": {
             "post": _op("Create an API key (its secret is shown this once)", _ACCOUNT_ADMIN,
                         _answers(201, _ref("ApiKey"), _ADMIN), body="ApiKeyCreate", parameters=acct),
