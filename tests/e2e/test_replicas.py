@@ -120,3 +120,51 @@ def test_a_thousand_concurrent_requests_through_two_replicas_never_overspend(rep
     if budget == "team budget":
         counted = platform.admin("GET", f"/admin/v1/accounts/{tenant.account_id}/budgets/{team_budget['id']}")
         assert (counted["spent_nanos"], counted["held_nanos"]) == (charged, 0), counted
+
+
+RPM = 100
+RPM_REQUESTS = 300
+
+
+async def _fire_coded(urls: list[str], api_key: str, n: int) -> list[tuple[int, str, str]]:
+    """n chat calls at once across the ingress replicas: (status, error code, Retry-After) of each."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=120, limits=limits,
+                                 headers={"Authorization": f"Bearer {api_key}"}) as http:
+        gate = asyncio.Event()
+
+        async def one(i: int) -> tuple[int, str, str]:
+            await gate.wait()
+            r = await http.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=BODY)
+            code = r.json().get("error", {}).get("code", "") if r.status_code != 200 else ""
+            return r.status_code, str(code), r.headers.get("retry-after", "")
+
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        return list(await asyncio.gather(*tasks))
+
+
+def test_an_rpm_is_held_across_two_ingress_and_two_billing_replicas(replicas: Platform) -> None:
+    """Issue 12's "RPM 100 → ≤ 100 admitted per window": billing counts the key's holds of the last 60 s in its
+    database inside the Authorize transaction, so the two billing replicas share one window (in-process counters
+    would admit up to 200)."""
+    platform = replicas
+    tenant = Tenant.create(platform, credit="10.00", label="rpm")
+    key = platform.admin("POST", f"/admin/v1/accounts/{tenant.account_id}/keys",
+                         {"label": "rpm", "rate_limit_rpm": RPM})
+    tenant = Tenant(platform, tenant.account_id, str(key["key"]))
+    served_before = len(mock_calls(platform))
+
+    answers = asyncio.run(_fire_coded([platform.url_of("ingress"), platform.url_of("ingress#2")], tenant.api_key,
+                                      RPM_REQUESTS))
+    tenant.settle(timeout=120)
+
+    ok = sum(1 for status, _, _ in answers if status == 200)
+    limited = [(code, retry) for status, code, retry in answers if status == 429]
+    counts = {s: [a[0] for a in answers].count(s) for s in {a[0] for a in answers}}
+    print(f"rpm {RPM}: {counts}")
+    assert {status for status, _, _ in answers} <= {200, 429, 503, 504}, counts
+    assert 0 < ok <= RPM, f"{ok} requests admitted within one minute for an RPM of {RPM}"
+    assert len(mock_calls(platform)) - served_before == ok  # a refused request never reached the upstream
+    assert limited and all(code == "rate_limited" and 1 <= int(retry) <= 60 for code, retry in limited), limited[:5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from billing_support import rated
 from tollgate_billing import domain, errors
-from tollgate_billing.domain import ApiKeyGrant, HoldStatus, HoldView, ModelPrice, PriceBook, SlidingWindowLimiter
+from tollgate_billing.domain import ApiKeyGrant, HoldStatus, HoldView, ModelPrice, PriceBook
 
 PRICE = ModelPrice("m", resale_input_price_nanos=3, resale_output_price_nanos=11, max_output_tokens=500)
 
@@ -50,21 +50,6 @@ def test_price_book_lookup_and_allow_list() -> None:
     grant(allowed_models=frozenset({"m"})).check_model("m")
     with pytest.raises(errors.ModelNotAllowed):
         grant(allowed_models=frozenset({"m"})).check_model("x")
-
-
-def test_sliding_window_limits_per_key_and_frees_slots_as_they_age() -> None:
-    limiter = SlidingWindowLimiter()
-    limiter.acquire("k", 2, now=100.0)
-    limiter.acquire("k", 2, now=130.0)
-    with pytest.raises(errors.RateLimited) as err:
-        limiter.acquire("k", 2, now=150.0)
-    assert err.value.retry_after == 10  # the first hit leaves the window at 160
-    limiter.acquire("other", 2, now=150.0)
-    limiter.acquire("k", 2, now=160.5)  # the 100.0 hit has aged out
-    with pytest.raises(errors.RateLimited):
-        limiter.acquire("k", 2, now=161.0)
-    for i in range(1000):
-        limiter.acquire("unlimited", 0, now=float(i) / 1000)
 
 
 def test_ledger_transactions_must_balance() -> None:

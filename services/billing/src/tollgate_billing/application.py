@@ -25,7 +25,7 @@ from tollgate_common.ids import new_id
 
 from . import domain, repository
 from .budgets import TightestLimit, in_chain, tightest_limit
-from .domain import ApiKeyGrant, PriceBook, SlidingWindowLimiter
+from .domain import ApiKeyGrant, PriceBook
 from .errors import (
     AccountNotFound,
     AmountOutOfRange,
@@ -196,7 +196,6 @@ class Billing:
         self._sqlite_writes = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         #: Authorize's writes: concurrent holds group-committed, one transaction for many callers.
         self.holds = HoldWriter(engine, self.sqlite_turn)
-        self.limiter = SlidingWindowLimiter()
 
     @asynccontextmanager
     async def sqlite_turn(self) -> AsyncIterator[None]:
@@ -282,7 +281,6 @@ class Billing:
         if book.currency != grant.currency:
             raise CurrencyMismatch(f"prices are in {book.currency}, the account in {grant.currency}")
         amount = candidate.amount_nanos
-        self.limiter.acquire(grant.key_id, grant.rate_limit_rpm, self.monotonic())
         event = domain.hold_placed(grant, request_id, candidate.model, amount, self._now_ms(), self.hold_ttl_seconds)
         existing = await self.holds.place(PendingHold.of(event))
         if existing is not None:

@@ -12,10 +12,8 @@ Every ledger transaction's postings sum to zero.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import secrets
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,7 +21,7 @@ from enum import StrEnum
 from tollgate.events.v1 import billing_pb2, usage_pb2
 
 from .budgets import check_time_zone
-from .errors import ExpiredApiKey, InvalidArgument, ModelNotAllowed, ModelNotPriced, RateLimited, RevokedApiKey
+from .errors import ExpiredApiKey, InvalidArgument, ModelNotAllowed, ModelNotPriced, RevokedApiKey
 from .key_lifecycle import check_expiry, check_label, clean_models
 
 __all__ = [
@@ -36,7 +34,6 @@ __all__ = [
     "LedgerKind",
     "ModelPrice",
     "PriceBook",
-    "SlidingWindowLimiter",
     "UnknownUsageCharge",
     "account_created",
     "api_key_created",
@@ -202,34 +199,6 @@ def hold_for_candidates(
     if best is None:
         raise InvalidArgument("model is required")
     return best
-
-
-# --- rate limits ------------------------------------------------------------------------------------------------
-
-
-class SlidingWindowLimiter:
-    """Requests per minute per key, over a true sliding 60 s window, in this replica's memory.
-
-    Each replica enforces the limit on its own traffic; with R replicas behind a balancer a key gets at most R×rpm.
-    """
-
-    WINDOW = 60.0
-
-    def __init__(self) -> None:
-        self._hits: dict[str, deque[float]] = {}
-
-    def acquire(self, key_id: str, rpm: int, now: float) -> None:
-        """Count one request or raise :class:`RateLimited` with the seconds until a slot frees up."""
-        if rpm <= 0:
-            return
-        hits = self._hits.setdefault(key_id, deque())
-        horizon = now - self.WINDOW
-        while hits and hits[0] <= horizon:
-            hits.popleft()
-        if len(hits) >= rpm:
-            retry_after = max(1, math.ceil(hits[0] + self.WINDOW - now))
-            raise RateLimited(f"rate limit of {rpm} requests per minute reached", retry_after=retry_after)
-        hits.append(now)
 
 
 # --- ledger -----------------------------------------------------------------------------------------------------

@@ -10,12 +10,15 @@ fixed number of statements however many they are:
    SQLite the transaction holds the database's write lock), so what is decided from them cannot be overtaken by
    another replica, the usage consumer or the sweeper;
 3. the budgets of the batch's accounts (budgets.py), in one read, locked after the wallets and keys (the order every
-   writer takes them in);
+   writer takes them in); and, for the batch's keys with an RPM limit, how many holds each placed in the last 60 s
+   (the holds table is the sliding window's log: read after the key rows are locked, so two billing replicas
+   count each other's holds and a key gets at most its RPM however many replicas serve it);
 4. the decisions, in arrival order, in memory — the same guards the projections apply: a hold is placed only while
    balance − held covers it (and, for a key with a limit, limit − usage − held; for every budget of the key's chain,
-   limit − spent in the period − held), and never while the balance is negative (a capture above its hold went
-   beyond the money; the account must be topped up first). A refusal changes nothing, so it never affects another
-   caller. A placed hold records the budgets it counts against on its HoldPlaced event;
+   limit − spent in the period − held; for a key with an RPM, fewer than RPM holds in the last 60 s, else 429 with
+   the seconds until the oldest leaves the window), and never while the balance is negative (a capture above its
+   hold went beyond the money; the account must be topped up first). A refusal changes nothing, so it never affects
+   another caller. A placed hold records the budgets it counts against on its HoldPlaced event;
 5. one UPDATE per wallet, per key and per budget (the batch's sums), one INSERT of the hold rows and one of their
    outbox rows.
 
@@ -30,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tollgate.events.v1 import billing_pb2
@@ -45,7 +49,7 @@ from tollgate_common.bulk import insert_rows
 from . import repository
 from .budgets import BudgetState, in_chain, period_bounds
 from .domain import HoldStatus, HoldView
-from .errors import BillingError, ConcurrentUpdate, InsufficientBalance, InvalidApiKey, KeyLimitExceeded
+from .errors import BillingError, ConcurrentUpdate, InsufficientBalance, InvalidApiKey, KeyLimitExceeded, RateLimited
 from .tables import accounts, api_keys, budgets, holds, messaging, wallets
 
 __all__ = ["HoldWriter", "PendingHold"]
@@ -72,7 +76,8 @@ _EXISTING = select(holds.c.hold_id, holds.c.account_id, holds.c.key_id, holds.c.
 #: (sorted) before keys, and a capture touches a key only with its own account's wallet, so the two cannot deadlock.
 _KEYS_AND_WALLETS = (
     select(api_keys.c.key_id, api_keys.c.has_limit, api_keys.c.limit_nanos, api_keys.c.usage_nanos,
-           api_keys.c.held_nanos.label("key_held"), api_keys.c.team, api_keys.c.project, wallets.c.account_id,
+           api_keys.c.held_nanos.label("key_held"), api_keys.c.team, api_keys.c.project, api_keys.c.rate_limit_rpm,
+           wallets.c.account_id,
            wallets.c.balance_nanos,
            wallets.c.held_nanos.label("wallet_held"))
     .join(wallets, wallets.c.account_id == api_keys.c.account_id)
@@ -89,6 +94,13 @@ _BUDGETS = (
     .where(budgets.c.account_id.in_(bindparam("p_ids", expanding=True)))
     .order_by(budgets.c.budget_id)
     .with_for_update(of=budgets)
+)
+#: The RPM window: holds placed through these keys since p_since, and the oldest of them (ix_holds_key_created).
+WINDOW_MS = 60_000
+_RECENT = (
+    select(holds.c.key_id, func.count().label("n"), func.min(holds.c.created_at_unix_ms).label("oldest"))
+    .where(holds.c.key_id.in_(bindparam("p_ids", expanding=True)), holds.c.created_at_unix_ms > bindparam("p_since"))
+    .group_by(holds.c.key_id)
 )
 _HOLD_BUDGET = (update(budgets).where(budgets.c.budget_id == bindparam("p_id"))
                 .values(held_nanos=budgets.c.held_nanos + bindparam("p_held")))
@@ -207,8 +219,10 @@ class HoldWriter:
             for row in await conn.execute(_KEYS_AND_WALLETS, {"p_ids": sorted({ev.key_id for ev in events})}):
                 money.setdefault(row.account_id, [row.balance_nanos, row.wallet_held])
                 keys[row.key_id] = [row.account_id, bool(row.has_limit), row.limit_nanos - row.usage_nanos,
-                                    row.key_held, row.team, row.project]
-            limits = await _budgets(conn, money, max(ev.created_at_unix_ms for ev in events))
+                                    row.key_held, row.team, row.project, row.rate_limit_rpm, 0, 0]
+            now = max(ev.created_at_unix_ms for ev in events)
+            limits = await _budgets(conn, money, now)
+            await _recent(conn, keys, now)
             outcomes: list[Outcome] = []
             placed: list[PendingHold] = []
             for pending in batch:
@@ -265,6 +279,15 @@ async def _update(conn: AsyncConnection, statement: Any, moves: dict[str, int]) 
         await conn.execute(statement, rows[0] if len(rows) == 1 else rows)
 
 
+async def _recent(conn: AsyncConnection, keys: dict[str, list[Any]], now_unix_ms: int) -> None:
+    """Fill each rate-limited key's [.., holds in the window, oldest of them] (no read when no key has an RPM)."""
+    limited = sorted(key_id for key_id, key in keys.items() if key[6] > 0)
+    if not limited:
+        return
+    for row in await conn.execute(_RECENT, {"p_ids": limited, "p_since": now_unix_ms - WINDOW_MS}):
+        keys[row.key_id][7:9] = [int(row.n), int(row.oldest)]
+
+
 async def _budgets(conn: AsyncConnection, money: dict[str, list[int]], now_unix_ms: int
                    ) -> dict[str, list[BudgetState]]:
     """account id → its budgets, with the spend of the period containing ``now`` (0 once the stored one is past)."""
@@ -298,7 +321,10 @@ def _decide(ev: billing_pb2.HoldPlaced, existing: dict[str, HoldView], money: di
                                    "add credits to continue")
     if wallet[0] - wallet[1] < ev.amount_nanos:
         return InsufficientBalance("the account's available balance does not cover this request's maximum cost")
-    _, has_limit, limit_left, held, team, project = key
+    _, has_limit, limit_left, held, team, project, rpm, recent, oldest = key
+    if rpm > 0 and recent >= rpm:
+        retry_after = max(1, math.ceil((oldest + WINDOW_MS - ev.created_at_unix_ms) / 1000))
+        return RateLimited(f"rate limit of {rpm} requests per minute reached", retry_after=retry_after)
     if has_limit and limit_left - held < ev.amount_nanos:
         return KeyLimitExceeded("the API key's spend limit does not cover this request's maximum cost")
     chain = [b for b in limits.get(ev.account_id, ())
@@ -309,6 +335,8 @@ def _decide(ev: billing_pb2.HoldPlaced, existing: dict[str, HoldView], money: di
             return refused
     wallet[1] += ev.amount_nanos
     key[3] += ev.amount_nanos
+    key[7] += 1
+    key[8] = min(oldest, ev.created_at_unix_ms) if recent else ev.created_at_unix_ms
     for budget in chain:
         budget.held_nanos += ev.amount_nanos
         ev.budget_ids.append(budget.budget_id)

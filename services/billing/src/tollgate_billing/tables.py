@@ -137,6 +137,8 @@ holds = Table(
     Column("budget_ids", Text, nullable=False, server_default=""),
 )
 Index("ix_holds_open_expiry", holds.c.status, holds.c.expires_at_unix_ms)
+#: A key's holds of the last minute: the RPM window Authorize counts (migration 0007).
+Index("ix_holds_key_created", holds.c.key_id, holds.c.created_at_unix_ms)
 
 #: Spend limits (budgets.py). ``spent_nanos`` is the spend of the period starting at ``period_start_unix_ms`` (0 for
 #: ``total``): once the current period is later, the stored spend is of a past one and counts as 0. ``held_nanos`` is
