@@ -106,7 +106,8 @@ async def test_errors_carry_the_status_and_reason_ingress_maps(client: Client) -
     assert await _status(client.authorize(key.api_key, "r3", prompt=2_000_000_000_000)) == (
         grpc.StatusCode.FAILED_PRECONDITION, "insufficient_balance", None)
     await client.authorize(key.api_key, "r4", prompt=1, max_out=1)
-    code, reason, after = await _status(client.authorize(key.api_key, "r5", prompt=1, max_out=1))
+    await client.authorize(key.api_key, "r5", prompt=1, max_out=1)  # r3, refused for money, took no slot
+    code, reason, after = await _status(client.authorize(key.api_key, "r6", prompt=1, max_out=1))
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited")
     assert after is not None and 1 <= after <= 60
     assert await _status(client.stub.AddCredits(pb.AddCreditsRequest(account_id=account_id, amount_nanos=0))) == (
