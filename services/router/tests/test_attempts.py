@@ -200,6 +200,7 @@ async def test_a_kill_9_right_after_the_answer_loses_no_attempt(mock: MockUpstre
             "ROUTER_MOCK_BASE_URL": mock.base_url,
             "ROUTER_GRPC_PORT": str(port),
             "ROUTER_DATABASE_URL": f"sqlite:///{db}",
+            "ROUTER_PRICE_CHECK": "off",  # a router alone: no metering to compare its catalogue with
         },
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
