@@ -57,6 +57,30 @@ def test_the_job_runs_tollgate_with_the_services_secrets(chart: helm.Chart, kube
     assert JOB in rendered.notes
 
 
+def test_the_job_reads_kafka_as_the_services_do(chart: helm.Chart) -> None:
+    """The ops command checks producer signatures with the internal secret and connects with the same Kafka
+    TLS/SASL settings as the services: the Job gets both, from the same Secrets."""
+    secure = {"kafka": {"security": {"protocol": "SASL_SSL", "saslMechanism": "SCRAM-SHA-512",
+                                     "sasl": {"existingSecret": "kafka-user"},
+                                     "tls": {"existingSecret": "kafka-ca", "caKey": "ca.crt"}}}}
+    rendered = render(chart, merged(merged(FULL_VALUES, ON), secure))
+    job = rendered.get("Job", JOB)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    billing = rendered.environment("billing")
+    assert env["TOLLGATE_INTERNAL_SECRET"] == billing["TOLLGATE_INTERNAL_SECRET"]
+    assert env["TOLLGATE_ENV"]["value"] == billing["TOLLGATE_ENV"]["value"]
+    assert env["TOLLGATE_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["TOLLGATE_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+    assert env["TOLLGATE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-user",
+                                                                                "key": "password"}
+    assert env["TOLLGATE_KAFKA_SSL_CA_FILE"]["value"] == "/etc/tollgate/kafka-tls/ca.crt"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["kafka-tls"] == "/etc/tollgate/kafka-tls"
+    assert {v["name"]: v for v in pod["volumes"]}["kafka-tls"]["secret"]["secretName"] == "kafka-ca"
+
+
 def test_bad_job_values_are_refused(chart: helm.Chart) -> None:
     with pytest.raises(Exception, match="ops"):
         render(chart, merged(FULL_VALUES, {"ops": {"job": {"enabled": True, "name": "Not_A_Name"}}}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -80,11 +81,17 @@ def resale_price(platform: Platform, model: str, prompt_tokens: int, completion_
     return -(-cost * (10_000 + book.markup_bps) // 10_000)
 
 
+def operator_env(platform: Platform) -> dict[str, str]:
+    """The environment an operator's tool runs with on this platform: the deployment's internal secret, with which
+    rebuilds and the ``tollgate`` command check each Kafka record's producer signature as the live consumers do."""
+    return {**os.environ, "TOLLGATE_INTERNAL_SECRET": platform.config.internal_secret}
+
+
 def rebuild(platform: Platform, service: str, into: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", f"tollgate_{service}", "rebuild", "--kafka", platform.bootstrap, "--into", into,
          "--compare-with", platform.database_url(service)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=operator_env(platform),
     )
 
 

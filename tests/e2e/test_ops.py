@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tollgate_dev.platform import Platform
 
-from .tenant import Tenant
+from .tenant import Tenant, operator_env
 from .test_request_path import run_completions
 
 pytestmark = pytest.mark.e2e
@@ -24,8 +24,13 @@ pytestmark = pytest.mark.e2e
 TOLLGATE = shutil.which("tollgate") or str(Path(__file__).resolve().parents[2] / ".venv/bin/tollgate")
 
 
-def tollgate(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TOLLGATE, *args], capture_output=True, text=True, timeout=timeout)
+def tollgate(*args: str, timeout: float = 180, platform: Platform | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed command; with ``platform``, in its operator environment (the internal secret, so producer
+    signatures are checked as the live consumers check them)."""
+    if env is None and platform is not None:
+        env = operator_env(platform)
+    return subprocess.run([TOLLGATE, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def live_args(platform: Platform, billing: str | None = None, metering: str | None = None) -> list[str]:
@@ -34,7 +39,7 @@ def live_args(platform: Platform, billing: str | None = None, metering: str | No
 
 
 def replay(platform: Platform, into: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return tollgate("replay", "--kafka", platform.bootstrap, "--into", into, "--json", *extra)
+    return tollgate("replay", "--kafka", platform.bootstrap, "--into", into, "--json", *extra, platform=platform)
 
 
 def replay_until_equal(platform: Platform, tmp: Path) -> tuple[str, dict[str, Any]]:
@@ -133,7 +138,7 @@ def test_replay_names_the_account_the_field_and_the_first_differing_event(platfo
     assert report["tables_equal"]["metering.rated_usage"] is False
 
     text = tollgate("replay", "--kafka", platform.bootstrap, "--into", f"sqlite:///{tmp_path}/text.db",
-                    *live_args(platform, billing, metering))
+                    *live_args(platform, billing, metering), platform=platform)
     assert text.returncode == 1
     assert f"account {tenant.account_id}:" in text.stdout and f"first differing event: {first}" in text.stdout
     assert "RESULT: DIFFERENT" in text.stdout
@@ -141,6 +146,6 @@ def test_replay_names_the_account_the_field_and_the_first_differing_event(platfo
 
 def test_replay_refuses_a_live_database_as_its_target(platform: Platform) -> None:
     result = tollgate("replay", "--kafka", platform.bootstrap, "--into", f"billing={platform.database_url('billing')}",
-                      "--into", f"metering={platform.database_url('metering')}")
+                      "--into", f"metering={platform.database_url('metering')}", platform=platform)
     assert result.returncode == 2
     assert "live" in result.stderr

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from tollgate.events.v1 import attempts_pb2, billing_pb2
+from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Topics, envelope_for
+from tollgate_common.internal_auth import InternalKeys
+from tollgate_common.kafka import make_producer
 from tollgate_dev.platform import Platform
 
 from .tenant import Tenant
@@ -29,20 +31,22 @@ def reconcile(platform: Platform, account: str, billing: str | None = None, mete
               *extra: str) -> tuple[int, dict[str, Any]]:
     result = tollgate("reconcile", "--kafka", platform.bootstrap, "--account", account, "--grace", "0", "--json",
                       "--db", f"billing={billing or platform.database_url('billing')}",
-                      "--db", f"metering={metering or platform.database_url('metering')}", *extra)
+                      "--db", f"metering={metering or platform.database_url('metering')}", *extra, platform=platform)
     assert result.returncode in (0, 1), result.stdout + result.stderr
     return result.returncode, json.loads(result.stdout)
 
 
 def publish_attempt(platform: Platform, account: str, request_id: str) -> None:
-    """What the router publishes after a provider answered: here for a request no usage event will ever close."""
+    """What the router publishes after a provider answered, signed with the router's key as the router signs it:
+    here for a request no usage event will ever close."""
     event = attempts_pb2.AttemptRecorded(request_id=request_id, account_id=account, attempt=1, model="gpt-4o-mini",
                                          provider="mock", outcome=attempts_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
                                          http_status=200, started_at_unix_ms=1)
     env = envelope_for(event, id=f"{request_id}:1", service="router", subject=account)
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=platform.bootstrap)
+        producer = make_producer(platform.bootstrap,
+                                 signer=EventSigner("router", InternalKeys(platform.config.internal_secret)))
         await producer.start()
         try:
             await producer.send_and_wait(Topics.ATTEMPTS, env.data, key=account.encode(), headers=env.headers())
@@ -104,7 +108,8 @@ def test_a_settled_account_is_complete_and_each_gap_is_named(platform: Platform,
     assert all(g["account_id"] == tenant.account_id for g in report["gaps"])
 
     text = tollgate("reconcile", "--kafka", platform.bootstrap, "--account", tenant.account_id, "--grace", "0",
-                    "--db", f"billing=sqlite:///{billing}", "--db", f"metering=sqlite:///{metering}")
+                    "--db", f"billing=sqlite:///{billing}", "--db", f"metering=sqlite:///{metering}",
+                    platform=platform)
     assert text.returncode == 1 and f"usage_not_rated: 1\n    {first}" in text.stdout
     assert "RESULT: GAPS" in text.stdout
 

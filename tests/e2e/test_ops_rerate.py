@@ -126,6 +126,6 @@ def test_rerate_export_and_reconcile_need_only_select_on_postgresql(pg_platform:
     export = tollgate("audit", "export", "--account", tenant.account_id, "--out", str(tmp_path / "a"), *stores)
     assert export.returncode == 0, export.stderr
     checked = tollgate("reconcile", "--kafka", pg_platform.bootstrap, "--account", tenant.account_id, "--grace",
-                       "30", "--json", *stores)
+                       "30", "--json", *stores, platform=pg_platform)
     assert checked.returncode in (0, 1), checked.stderr
     assert json.loads(checked.stdout)["usage_events"] == 2

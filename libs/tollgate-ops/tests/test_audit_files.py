@@ -24,8 +24,9 @@ def write_export(out: Path, n: int, amounts: list[int]) -> list[str]:
     writer = ChainWriter(out)
     for i in range(n):
         day = DAYS[i * len(DAYS) // n]
-        writer.append({"time": f"{day}T00:00:{i % 60:02d}.000Z", "day": day, "id": f"ev_{i}", "type": "t.credits",
-                       "source": "//tollgate/billing", "subject": "acct", "account_id": "acct", "store": "s",
+        writer.append({"time": f"{day}T00:00:{i % 60:02d}.000Z", "day": day, "id": f"ev_{i}",
+                       "type": "tollgate.billing.v1.credits.added", "source": "//tollgate/billing",
+                       "subject": "acct", "account_id": "acct", "store": "s",
                        "data": {"amount_nanos": amounts[i % len(amounts)], "note": "é,\"quoted\"\nline"}})
     writer.finish({"account_id": "acct"})
     return (out / "events.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
@@ -102,3 +103,22 @@ def test_the_csv_and_the_signature_are_checked(tmp_path: Path) -> None:
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
     tampered = verify_dir(tmp_path / "m", public_key=public)
     assert tampered.signature == "invalid" and {f.kind for f in tampered.findings} >= {"signature", "day"}
+
+
+def test_an_event_from_a_service_not_allowed_to_produce_its_type_is_not_genuine(tmp_path: Path) -> None:
+    """A chain written consistently (every hash right) still fails when one event claims a producer that may not
+    produce its type: what the live consumers refuse is never verified as genuine."""
+    writer = ChainWriter(tmp_path / "x")
+    rows = [("ev_ok", "tollgate.billing.v1.credits.added", "//tollgate/billing"),
+            ("ev_forged", "tollgate.billing.v1.credits.added", "//tollgate/ingress"),
+            ("ev_rated", "tollgate.usage.v1.usage.rated", "//tollgate/metering"),
+            ("ev_unknown", "tollgate.nothing.v1", "//tollgate/billing")]
+    for event_id, ce_type, source in rows:
+        writer.append({"time": "2026-11-01T00:00:00.000Z", "day": "2026-11-01", "id": event_id, "type": ce_type,
+                       "source": source, "subject": "acct", "account_id": "acct", "store": "s", "data": {}})
+    writer.finish({"account_id": "acct"})
+    report = verify_dir(tmp_path / "x")
+    assert {(f.kind, f.seq, f.event_id) for f in report.findings} == {("producer", 2, "ev_forged"),
+                                                                      ("producer", 4, "ev_unknown")}
+    forged = next(f for f in report.findings if f.event_id == "ev_forged")
+    assert "only be produced by billing" in forged.detail

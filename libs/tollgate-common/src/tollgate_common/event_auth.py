@@ -50,6 +50,7 @@ __all__ = [
     "EventVerifier",
     "SigningProducer",
     "producer_of",
+    "wrong_producer",
 ]
 
 SIGNATURE_HEADER = "tollgate-signature"
@@ -80,6 +81,17 @@ def producer_of(ce_type: str) -> str | None:
 
 #: Every known event type resolved once (the hot path is one dict lookup).
 _PRODUCER_OF_TYPE: dict[str, str] = {t: p for t in EVENT_TYPES if (p := producer_of(t)) is not None}
+
+
+def wrong_producer(ce_type: str, source: str) -> str | None:
+    """Why ``source`` may not produce ``ce_type`` (None when it may): the part of the check that needs no secret,
+    so readers of stores that keep no signature (an audit export, its offline verification) apply it too."""
+    producer = _PRODUCER_OF_TYPE.get(ce_type) or producer_of(ce_type)
+    if producer is None:
+        return "no service may produce this event type"
+    if source != _SOURCE_PREFIX + producer:
+        return f"event type may only be produced by {producer}, not by source {source[:80]!r}"
+    return None
 
 
 _FIELDS = b"tollgate-event/v1\n%d:%b\n%d:%b\n%d:%b\n%d:%b\n"
@@ -138,11 +150,9 @@ class EventVerifier:
         """None when ``env`` may be applied; else why not (a reason to park it with; never payload data)."""
         if not self.enabled:
             return None
-        producer = _PRODUCER_OF_TYPE.get(env.type) or producer_of(env.type)
-        if producer is None:
-            return "no service may produce this event type"
-        if env.source != _SOURCE_PREFIX + producer:
-            return f"event type may only be produced by {producer}, not by source {env.source[:80]!r}"
+        wrong = wrong_producer(env.type, env.source)
+        if wrong is not None:
+            return wrong
         signature = None
         for key, value in headers:
             if key == SIGNATURE_HEADER:
@@ -158,7 +168,7 @@ class EventVerifier:
                 mac.update(env.data)
             if hmac.compare_digest(signature, _VERSION + mac.hexdigest().encode()):
                 return None
-        return f"signature does not verify as {producer}'s"
+        return f"signature does not verify as {env.source.removeprefix(_SOURCE_PREFIX)}'s"
 
 
 class SigningProducer(AIOKafkaProducer):  # type: ignore[misc]

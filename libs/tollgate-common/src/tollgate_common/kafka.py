@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -42,6 +43,7 @@ __all__ = [
     "DbOffsetConsumer",
     "OutboxRelay",
     "RecordCheck",
+    "RefusedRecord",
     "UnusableRecord",
     "ensure_topics",
     "make_producer",
@@ -60,6 +62,28 @@ BatchApply = Callable[[AsyncSession, list[Envelope]], Awaitable["Sequence[tuple[
 BatchHandler = Callable[[list[tuple[Envelope, ConsumerRecord]]], Awaitable[None]]
 #: (envelope, raw headers) → None to apply it, or the reason to park it (``event_auth.EventVerifier``).
 RecordCheck = Callable[[Envelope, Sequence[tuple[str, bytes]]], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRecord:
+    """A record a reader of the log did not hand over: not a CloudEvent, or refused by its ``verify`` (a forged or
+    foreign-signed event). What identifies it and why, never its payload: it goes into operators' reports."""
+
+    topic: str
+    partition: int
+    offset: int
+    event_id: str
+    event_type: str
+    source: str
+    reason: str
+
+    def describe(self) -> str:
+        return (f"{self.topic}[{self.partition}]@{self.offset} event {self.event_id or '?'} "
+                f"({self.event_type or '?'} from {self.source or '?'}): {self.reason}")
+
+    def to_json(self) -> dict[str, str | int]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "event_id": self.event_id,
+                "type": self.event_type, "source": self.source, "reason": self.reason}
 
 
 def make_producer(
@@ -620,6 +644,8 @@ async def replay_topics(
     from_offset: int | None = None,
     from_time_ms: int | None = None,
     security: KafkaSecurity | None = None,
+    verify: RecordCheck | None = None,
+    on_refused: Callable[[RefusedRecord], None] | None = None,
 ) -> int:
     """Read every partition of ``topics`` from the beginning to its end, without a group, committing nothing.
 
@@ -630,6 +656,10 @@ async def replay_topics(
     The end is taken when called and raised to each fetch's high watermark: Tansu 0.6 (the embedded broker)
     answers ListOffsets(latest) with the base offset of the partition's last record BATCH + 1, not the log end,
     while the high watermark in fetch responses is right; on Apache Kafka both agree. Returns the messages read.
+
+    ``verify`` is the live consumers' check (``event_auth.EventVerifier``): a record it refuses, like one that is
+    not a CloudEvent, is never handed to ``on_batch`` but to ``on_refused`` (and logged), so a rebuild or an audit
+    skips and reports exactly what the live consumers parked. ``security``: the same TLS/SASL settings as theirs.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                                 **_security_kwargs(security))
@@ -666,12 +696,15 @@ async def replay_topics(
                     if record.offset >= end[tp]:
                         continue
                     try:
-                        items.append((Envelope.from_kafka(record.headers, record.value), record))
-                    except (ValueError, UnicodeDecodeError):
-                        log.error(
-                            "replay skipped a non-CloudEvent message",
-                            extra={"topic": tp.topic, "offset": record.offset},
-                        )
+                        env = Envelope.from_kafka(record.headers, record.value)
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        _refuse(on_refused, record, None, f"not a Tollgate CloudEvent: {exc}")
+                        continue
+                    refused = verify(env, record.headers) if verify is not None else None
+                    if refused is not None:
+                        _refuse(on_refused, record, env, f"producer not verified: {refused}")
+                        continue
+                    items.append((env, record))
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
@@ -681,3 +714,14 @@ async def replay_topics(
     finally:
         await consumer.stop()
     return count
+
+
+def _refuse(on_refused: Callable[[RefusedRecord], None] | None, record: ConsumerRecord, env: Envelope | None,
+            reason: str) -> None:
+    refused = RefusedRecord(record.topic, record.partition, record.offset, (env.id if env else "")[:200],
+                            (env.type if env else "")[:200], (env.source if env else "")[:200], reason[:300])
+    log.error("a reader of the log skipped a record", extra={
+        "topic": refused.topic, "partition": refused.partition, "offset": refused.offset,
+        "event_id": refused.event_id, "reason": refused.reason})
+    if on_refused is not None:
+        on_refused(refused)

@@ -9,6 +9,12 @@ Where the events come from (the durable copies the services keep, read read-only
   deletes its outbox rows once published, but each ``rated_usage`` row holds every field of the event it
   published, so the event is rebuilt from it (id = request id, time = when it was rated).
 
+Producer identity: these stores keep no Kafka signature (billing signs when it publishes; metering's archive holds
+what its consumer accepted after checking the signature), so what the export can still check is that each event
+comes from the one service allowed to produce its type (``event_auth.wrong_producer``). An event that does not is
+left out of the chain and listed in the report as refused: never exported as genuine. ``audit verify`` applies the
+same rule to every line, offline.
+
 The three are merged in event-time order (then billing, usage, rated; then each store's own order), which is the
 order of the export's chain. ``--from`` is inclusive, ``--to`` exclusive, on each event's CloudEvents time.
 """
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from google.protobuf.message import DecodeError, Message
 from sqlalchemy import select
 from tollgate.events.v1 import usage_pb2
 from tollgate_billing.tables import messaging as billing_messaging
+from tollgate_common.event_auth import wrong_producer
 from tollgate_common.events import EVENT_TYPES, Topics
 from tollgate_metering.tables import archive, rated_usage
 
@@ -110,11 +117,14 @@ class ExportReport:
     days: int
     head_hash: str
     signed_by: str | None
+    #: Events left out because their source may not produce their type: (store, event id, reason).
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"result": "exported", "account_id": self.account_id, "directory": self.directory,
                 "events": self.events, "by_store": self.by_store, "days": self.days,
-                "chain_head": self.head_hash, "signed_by": self.signed_by}
+                "chain_head": self.head_hash, "signed_by": self.signed_by,
+                "refused": [{"store": s, "event_id": i, "reason": r} for s, i, r in self.refused]}
 
     def render(self) -> str:
         stores = ", ".join(f"{k} {v}" for k, v in self.by_store.items())
@@ -123,6 +133,8 @@ class ExportReport:
             f"  {self.events} events ({stores}) over {self.days} day(s)",
             f"  chain head {self.head_hash}",
             f"  signed by {self.signed_by}" if self.signed_by else "  not signed (--sign-key to sign the manifest)",
+            *([f"  {len(self.refused)} event(s) left out, not from their type's producer:"]
+              + [f"    {s} {i}: {r}" for s, i, r in self.refused[:50]] if self.refused else []),
             f"check it anywhere with: tollgate audit verify {self.directory}",
         ])
 
@@ -239,6 +251,9 @@ async def export(
                                   BILLING_OUTBOX, window, bars)
     events += await _archive_events(stores["metering"], account, window, bars)
     events += await _rated_events(stores["metering"], account, window, bars)
+    refused = [(e.store, e.id, wrong) for e in events if (wrong := wrong_producer(e.type, e.source)) is not None]
+    if refused:
+        events = [e for e in events if wrong_producer(e.type, e.source) is None]
     events.sort(key=lambda e: (e.at_ms, e.rank, e.position, e.id))
 
     writer = ChainWriter(out)
@@ -265,4 +280,4 @@ async def export(
         sign_manifest(out / MANIFEST, key)
         signed_by = fingerprint(key.public_key())
     return ExportReport(account, str(out), writer.seq, dict(sorted(by_store.items())), len(manifest["days"]),
-                        writer.head, signed_by)
+                        writer.head, signed_by, refused)

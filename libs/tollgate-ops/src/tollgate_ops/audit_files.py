@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tollgate_common.event_auth import wrong_producer
+
 __all__ = [
     "CSV_COLUMNS",
     "FORMAT",
@@ -171,7 +173,7 @@ class ChainWriter:
 @dataclass(frozen=True)
 class Finding:
     """One thing wrong with an export. ``kind``: edited, removed, reordered, inserted, head, day, file, csv,
-    signature, manifest."""
+    signature, manifest, producer (an event whose source is not the one service allowed to produce its type)."""
 
     kind: str
     detail: str
@@ -284,6 +286,9 @@ def _scan(directory: Path, findings: list[Finding], step: Any) -> list[_Line]:
                 findings.append(Finding("edited", f"not a valid event record ({exc})", line=n))
                 continue
             lines.append(ln)
+            wrong = wrong_producer(str(record["type"]), str(record["source"]))
+            if wrong is not None:
+                findings.append(Finding("producer", f"not a genuine event: {wrong}", ln.seq, ln.id, n))
             expected_rows.setdefault(str(ln.seq), set()).add(_row_digest(
                 [*(str(record[k]) for k in HEAD_FIELDS), data_json, ln.prev_hash, ln.hash]))
     csv_path = directory / CSV_FILE

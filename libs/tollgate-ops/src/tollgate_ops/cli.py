@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from tollgate_common.config import ConfigError
+from tollgate_common.log_access import LogAccess, log_access_from_env
 
 from .progress import Bars
 from .targets import BadUsage, live_locations, parse_locations
@@ -36,6 +38,13 @@ Databases are given as URLs (sqlite:///path or postgresql://user@host/db). Billi
 databases; name each with billing=URL and metering=URL, or give one PostgreSQL URL for both (each service in its
 own schema). Where a live database is needed and none is given, BILLING_DATABASE_URL and METERING_DATABASE_URL
 are used, as the services themselves read them.
+
+Kafka is read as the services read it: TLS/SASL from TOLLGATE_KAFKA_SECURITY_PROTOCOL, TOLLGATE_KAFKA_SASL_MECHANISM,
+TOLLGATE_KAFKA_SASL_USERNAME, TOLLGATE_KAFKA_SASL_PASSWORD, TOLLGATE_KAFKA_SSL_CA_FILE, TOLLGATE_KAFKA_SSL_CERT_FILE,
+TOLLGATE_KAFKA_SSL_KEY_FILE; and every record's producer signature is checked with TOLLGATE_INTERNAL_SECRET (and
+TOLLGATE_INTERNAL_SECRET_PREVIOUS while rotating), required outside development (TOLLGATE_ENV). A record the live
+consumers would park (unsigned, foreign-signed, from a service that may not produce its type) is skipped and
+listed as refused, never applied or counted.
 
 exit status: 0 ok / equal / intact, 1 difference or gap found, 2 bad usage or could not run.
 """
@@ -89,6 +98,14 @@ def _kafka_default() -> str:
         if os.environ.get(name, "").strip():
             return os.environ[name].strip()
     return "127.0.0.1:9092"
+
+
+def _log_access() -> LogAccess:
+    """Kafka security settings and the producer check, from TOLLGATE_KAFKA_* and TOLLGATE_INTERNAL_SECRET."""
+    try:
+        return log_access_from_env("TOLLGATE")
+    except ConfigError as exc:
+        raise BadUsage("invalid configuration: " + "; ".join(exc.problems)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,9 +268,11 @@ def _reconcile(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tupl
     if args.grace < 0:
         raise BadUsage("--grace is 0 or more seconds")
     kafka = None if args.no_kafka else (args.kafka or _kafka_default())
+    access = _log_access() if kafka else LogAccess()
 
     async def run() -> tuple[int, Any]:
-        report = await reconcile(stores, kafka=kafka, accounts=args.account, grace_s=args.grace, bars=bars)
+        report = await reconcile(stores, kafka=kafka, accounts=args.account, grace_s=args.grace, bars=bars,
+                                 access=access)
         return (EXIT_OK if report.complete else EXIT_DIFFERENT), report
 
     return run()
@@ -355,10 +374,11 @@ def _status(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[i
     addresses = {name: given.get(name) or os.environ.get(env, "").strip() or f"127.0.0.1:{port}"
                  for name, (env, port) in GRPC_DEFAULTS.items()}
     ingress = args.ingress or os.environ.get("TOLLGATE_INGRESS_URL", "").strip() or "http://127.0.0.1:8080"
+    security = _log_access().security
 
     async def run() -> tuple[int, Any]:
         report = await status(databases, grpc_addresses=addresses, ingress_url=ingress,
-                              kafka=args.kafka or _kafka_default(), bars=bars)
+                              kafka=args.kafka or _kafka_default(), bars=bars, security=security)
         return (EXIT_OK if report.healthy else EXIT_DIFFERENT), report
 
     return run()
@@ -375,7 +395,8 @@ def _replay(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[i
             if into[service] == compare[service]:
                 raise BadUsage(f"--into and --compare-with name the same {service} database")
     source = ReplaySource(bootstrap=args.kafka or _kafka_default(), from_offset=args.from_offset,
-                          from_time_ms=args.from_time, archive=archive)
+                          from_time_ms=args.from_time, archive=archive,
+                          access=LogAccess() if archive else _log_access())
 
     async def run() -> tuple[int, Any]:
         report = await replay(source, into, compare_with=compare, price_book=args.price_book, bars=bars)

@@ -34,7 +34,8 @@ from tollgate.events.v1 import attempts_pb2, billing_pb2, usage_pb2
 from tollgate_billing.tables import holds, ledger_postings, ledger_transactions, wallets
 from tollgate_billing.tables import messaging as billing_messaging
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import replay_topics
+from tollgate_common.kafka import RefusedRecord, replay_topics
+from tollgate_common.log_access import LogAccess
 from tollgate_metering.tables import archive, rated_usage
 
 from .progress import Bars
@@ -78,6 +79,10 @@ class ReconcileReport:
     transactions: int = 0
     in_flight: list[Gap] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
+    #: Kafka records skipped because their producer is not verified: a forged attempt or usage event is neither
+    #: evidence of a gap nor proof that there is none. Listed, not counted as gaps.
+    refused: list[RefusedRecord] = field(default_factory=list)
+    producers_verified: bool = True
 
     @property
     def complete(self) -> bool:
@@ -94,7 +99,8 @@ class ReconcileReport:
                 "kafka": self.kafka, "usage_events": self.usage_events, "rated": self.rated, "settled": self.settled,
                 "successful_attempts": self.successful_attempts, "ledger_transactions": self.transactions,
                 "gap_counts": self.counts(), "gaps": [g.to_json() for g in self.gaps],
-                "in_flight": [g.to_json() for g in self.in_flight]}
+                "in_flight": [g.to_json() for g in self.in_flight],
+                "producers_verified": self.producers_verified, "refused": [r.to_json() for r in self.refused]}
 
     def render(self) -> str:
         lines = [f"reconcile ({'accounts ' + ', '.join(self.accounts) if self.accounts else 'every account'}; "
@@ -103,6 +109,11 @@ class ReconcileReport:
                  f"{self.successful_attempts} successful upstream attempts, {self.transactions} ledger transactions"]
         if self.in_flight:
             lines.append(f"  {len(self.in_flight)} still in flight (younger than --grace), not counted as gaps")
+        if not self.producers_verified:
+            lines.append("  producer signatures NOT checked (no TOLLGATE_INTERNAL_SECRET; development only)")
+        if self.refused:
+            lines.append(f"  {len(self.refused)} Kafka record(s) refused (producer not verified), not counted:")
+            lines += [f"    {r.describe()}" for r in self.refused[:50]]
         for kind, n in self.counts().items():
             lines.append(f"  {kind}: {n}")
             for g in [g for g in self.gaps if g.kind == kind][:50]:
@@ -111,7 +122,8 @@ class ReconcileReport:
         return "\n".join(lines)
 
 
-async def _from_kafka(bootstrap: str, accounts: set[str] | None, bars: Bars) -> tuple[
+async def _from_kafka(bootstrap: str, access: LogAccess, accounts: set[str] | None, bars: Bars,
+                      refused: list[RefusedRecord]) -> tuple[
         dict[str, _Usage], dict[str, tuple[str, int, str]]]:
     usage: dict[str, _Usage] = {}
     attempts: dict[str, tuple[str, int, str]] = {}  # request id → (account, started at, provider)
@@ -130,20 +142,23 @@ async def _from_kafka(bootstrap: str, accounts: set[str] | None, bars: Bars) -> 
                     attempts[a.request_id] = (a.account_id, a.started_at_unix_ms, a.provider)
         step(len(items))
 
-    await replay_topics(bootstrap, [Topics.USAGE, Topics.ATTEMPTS], on_batch)
+    await replay_topics(bootstrap, [Topics.USAGE, Topics.ATTEMPTS], on_batch, security=access.security,
+                        verify=access.verifier(), on_refused=refused.append)
     return usage, attempts
 
 
 async def reconcile(
     stores: dict[str, Location], *, kafka: str | None, accounts: list[str] | None = None, grace_s: float = 60.0,
-    bars: Bars | None = None,
+    bars: Bars | None = None, access: LogAccess | None = None,
 ) -> ReconcileReport:
     bars = bars or Bars(enabled=False)
+    access = access or LogAccess()
     wanted = set(accounts) if accounts else None
-    report = ReconcileReport(sorted(wanted) if wanted else None, kafka)
+    report = ReconcileReport(sorted(wanted) if wanted else None, kafka,
+                             producers_verified=not kafka or access.verifies)
     cutoff = int(time.time() * 1000 - grace_s * 1000)
 
-    usage, attempts = (await _from_kafka(kafka, wanted, bars)) if kafka else ({}, {})
+    usage, attempts = (await _from_kafka(kafka, access, wanted, bars, report.refused)) if kafka else ({}, {})
 
     def mine(column: Any) -> Any:
         return column.in_(sorted(wanted)) if wanted else column.is_not(None)

@@ -5,6 +5,12 @@ It drives :mod:`tollgate_billing.rebuild` (its :class:`Replayer` and :func:`comp
 one source — Kafka from the beginning, an offset or a time, or the durable copies (billing's outbox, metering's
 hash-chained archive) — and adds the per-account reconciliation of :mod:`tollgate_ops.accounts`.
 
+Producer identity is checked as the live consumers check it (:mod:`tollgate_common.log_access`): a Kafka record
+that is unsigned, signed with another secret or from a service not allowed to produce its type is skipped and
+listed (``refused``), never applied. The live consumers parked the same records, so they are no difference between
+live and rebuilt; the report names each so the operator can look into who wrote them. The durable copies hold only
+what the services wrote themselves (billing's outbox) or accepted after this check (metering's archive).
+
 A target must be a rebuild, never a live database: one with consumer offsets or outbox rows (what only a running
 service writes) is refused. A target that an earlier replay filled is accepted, and dedupe on (source, id) makes
 replaying the same events again a no-op.
@@ -24,6 +30,9 @@ from tollgate_billing import rebuild as billing_rebuild
 from tollgate_billing.tables import messaging as billing_messaging
 from tollgate_common.db import create_engine
 from tollgate_common.events import Topics
+from tollgate_common.kafka import RefusedRecord
+from tollgate_common.kafka_security import KafkaSecurity
+from tollgate_common.log_access import LogAccess
 from tollgate_common.migrations import migrate
 from tollgate_metering.config import load_price_book_file
 from tollgate_metering.domain import DEMO_PRICE_BOOK, PriceBook
@@ -46,6 +55,8 @@ class ReplaySource:
     from_time_ms: int | None = None
     #: billing → its outbox, metering → its archive (``--archive``), instead of Kafka.
     archive: dict[str, Location] | None = None
+    #: Kafka TLS/SASL and the producer check, as the live consumers have them.
+    access: LogAccess = field(default_factory=LogAccess)
 
     def describe(self) -> str:
         if self.archive:
@@ -74,6 +85,10 @@ class ReplayReport:
     metering_reconciliation: MeteringReconciliation | None = None
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     account_diffs: list[AccountDiff] = field(default_factory=list)
+    #: Kafka records skipped because their producer is not verified (listed, never applied; no difference).
+    refused: list[RefusedRecord] = field(default_factory=list)
+    #: False when no internal secret was given (development only): producer signatures were not checked.
+    producers_verified: bool = True
 
     @property
     def equal(self) -> bool:
@@ -97,6 +112,8 @@ class ReplayReport:
             "metering": {"events_read": self.metering_events, "rated": self.metering_rated,
                          "price_book_versions": self.price_book_versions},
             "accounts": self.accounts,
+            "producers_verified": self.producers_verified,
+            "refused": [r.to_json() for r in self.refused],
         }
         if self.compared_with is not None:
             tables: dict[str, bool] = {}
@@ -120,6 +137,12 @@ class ReplayReport:
                  f"  metering: {self.metering_events} events read, {self.metering_rated} rated "
                  f"(price books {', '.join(self.price_book_versions) or 'none'})"]
         lines += [f"    {p}" for p in self.billing_problems[:20]]
+        if not self.producers_verified:
+            lines.append("  producer signatures NOT checked (no TOLLGATE_INTERNAL_SECRET; development only)")
+        if self.refused:
+            lines.append(f"  {len(self.refused)} record(s) refused, not applied: their producer is not verified "
+                         "(the live consumers parked them too)")
+            lines += [f"    {r.describe()}" for r in self.refused[:20]]
         if self.compared_with is None:
             lines.append(f"  {len(self.accounts)} account(s) rebuilt; no --compare-with, so nothing reconciled")
             lines.append("RESULT: " + ("OK" if self.equal else "PROBLEMS"))
@@ -149,9 +172,10 @@ async def _is_live(engine: AsyncEngine, messaging: Any) -> bool:
     return False
 
 
-async def _topic_size(bootstrap: str, topic: str, from_offset: int | None) -> int | None:
+async def _topic_size(bootstrap: str, topic: str, from_offset: int | None, security: KafkaSecurity) -> int | None:
     """For the progress bar only: the end offsets (Tansu may answer a little short; the bar then ends at 100%)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                **security.client_kwargs())
     try:
         await consumer.start()
         await consumer.topics()
@@ -192,7 +216,9 @@ async def replay(
     bars: Bars | None = None,
 ) -> ReplayReport:
     bars = bars or Bars(enabled=False)
-    report = ReplayReport(source=source.describe(), into={s: loc.display() for s, loc in into.items()})
+    report = ReplayReport(source=source.describe(), into={s: loc.display() for s, loc in into.items()},
+                          producers_verified=bool(source.archive) or source.access.verifies)
+    security, verify = source.access.security, source.access.verifier()
 
     # Price books: the versions live metering recorded (so each event is rated as it was), else the configured one.
     books: list[PriceBook] = []
@@ -222,9 +248,11 @@ async def replay(
         else:
             assert source.bootstrap
             step = bars.task("billing (Kafka)", await _topic_size(source.bootstrap, Topics.BILLING,
-                                                                  source.from_offset))
+                                                                  source.from_offset, security))
             stats = await billing_rebuild.replay_log(source.bootstrap, target, from_offset=source.from_offset,
-                                                     from_time_ms=source.from_time_ms, on_progress=step)
+                                                     from_time_ms=source.from_time_ms, on_progress=step,
+                                                     security=security, verify=verify)
+            report.refused += stats.refused
         report.billing_events, report.billing_applied = stats.read, stats.applied
         report.billing_duplicates, report.billing_problems = stats.duplicates, list(stats.problems)
     finally:
@@ -248,10 +276,13 @@ async def replay(
             on_progress=step)
     else:
         assert source.bootstrap
-        step = bars.task("metering (Kafka)", await _topic_size(source.bootstrap, Topics.USAGE, source.from_offset))
+        step = bars.task("metering (Kafka)", await _topic_size(source.bootstrap, Topics.USAGE, source.from_offset,
+                                                               security))
         result = await rebuild(
             source.bootstrap, mloc.url, books, schema=mloc.schema, from_offset=source.from_offset,
-            from_time_ms=source.from_time_ms, fresh_only=False, on_progress=step)
+            from_time_ms=source.from_time_ms, fresh_only=False, on_progress=step, security=security,
+            verify=verify)
+        report.refused += result.refused
     report.metering_events, report.metering_rated = result.events_read, result.rated
 
     # --- the figures, and the reconciliation ---

@@ -27,6 +27,7 @@ from sqlalchemy import MetaData, func, select
 from tollgate_billing.tables import holds
 from tollgate_common.db import messaging_tables
 from tollgate_common.events import Topics
+from tollgate_common.kafka_security import KafkaSecurity
 
 from .audit import event_time_ms
 from .progress import Bars
@@ -96,9 +97,10 @@ def _http_ready(url: str) -> str:
         return f"UNREACHABLE ({getattr(exc, 'reason', exc)})"
 
 
-async def _end_offsets(bootstrap: str, topics: set[str]) -> dict[tuple[str, int], int] | None:
+async def _end_offsets(bootstrap: str, topics: set[str],
+                       security: KafkaSecurity) -> dict[tuple[str, int], int] | None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                request_timeout_ms=5000)
+                                request_timeout_ms=5000, **security.client_kwargs())
     try:
         await asyncio.wait_for(consumer.start(), 10)
         await consumer.topics()
@@ -113,7 +115,7 @@ async def _end_offsets(bootstrap: str, topics: set[str]) -> dict[tuple[str, int]
 
 async def status(
     databases: dict[str, Location], *, grpc_addresses: dict[str, str], ingress_url: str | None, kafka: str,
-    bars: Bars | None = None,
+    bars: Bars | None = None, security: KafkaSecurity | None = None,
 ) -> StatusReport:
     bars = bars or Bars(enabled=False)
     report = StatusReport(kafka=kafka)
@@ -157,7 +159,7 @@ async def status(
             await engine.dispose()
 
     topics = {t for offsets in committed.values() for t, _ in offsets} or set(Topics.ALL)
-    ends = await _end_offsets(kafka, topics)
+    ends = await _end_offsets(kafka, topics, security or KafkaSecurity())
     if ends is None:
         report.problems.append(f"Kafka at {kafka} did not answer: consumer lag unknown")
     for group, offsets in sorted(committed.items()):

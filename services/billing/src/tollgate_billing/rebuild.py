@@ -24,9 +24,12 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tollgate_common.config import ConfigError
 from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import BatchHandler, replay_topics
+from tollgate_common.kafka import BatchHandler, RecordCheck, RefusedRecord, replay_topics
+from tollgate_common.kafka_security import KafkaSecurity
+from tollgate_common.log_access import log_access_from_env
 from tollgate_common.migrations import migrate
 
 from . import projections
@@ -73,6 +76,9 @@ class ReplayStats:
     duplicates: int = 0
     #: Events that did not fit the rebuilt state (each is a difference).
     problems: list[str] = field(default_factory=list)
+    #: Records skipped because their producer is not verified (forged, foreign-signed, not a CloudEvent): the live
+    #: consumer parked the same ones, so they are no difference, but an operator must see them.
+    refused: list[RefusedRecord] = field(default_factory=list)
 
 
 class Replayer:
@@ -130,25 +136,31 @@ async def replay_log(
     from_offset: int | None = None,
     from_time_ms: int | None = None,
     on_progress: Progress = _no_progress,
+    security: KafkaSecurity | None = None,
+    verify: RecordCheck | None = None,
 ) -> ReplayStats:
-    """Apply every billing event in the topic to ``engine``'s (fresh) tables, with the live projection code."""
+    """Apply every billing event in the topic to ``engine``'s (fresh) tables, with the live projection code.
+    ``verify``: the live consumer's producer check; what it refuses is skipped and listed in ``stats.refused``."""
     replayer = Replayer(engine)
 
     async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
         await replayer.apply([(env, f"partition {rec.partition} offset {rec.offset}") for env, rec in items])
         on_progress(len(items))
 
-    await read_log(bootstrap, on_batch, from_offset=from_offset, from_time_ms=from_time_ms)
+    await read_log(bootstrap, on_batch, from_offset=from_offset, from_time_ms=from_time_ms, security=security,
+                   verify=verify, on_refused=replayer.stats.refused.append)
     return replayer.stats
 
 
 async def read_log(
-    bootstrap: str, on_batch: BatchHandler, *, from_offset: int | None = None, from_time_ms: int | None = None
+    bootstrap: str, on_batch: BatchHandler, *, from_offset: int | None = None, from_time_ms: int | None = None,
+    security: KafkaSecurity | None = None, verify: RecordCheck | None = None,
+    on_refused: Callable[[RefusedRecord], None] | None = None,
 ) -> int:
     """Every event of ``tollgate.billing.v1`` from the beginning (or the given point), in order per partition
-    (= per account)."""
+    (= per account); records ``verify`` refuses go to ``on_refused`` instead."""
     return await replay_topics(bootstrap, [Topics.BILLING], on_batch, from_offset=from_offset,
-                               from_time_ms=from_time_ms)
+                               from_time_ms=from_time_ms, security=security, verify=verify, on_refused=on_refused)
 
 
 async def replay_outbox(
@@ -233,8 +245,9 @@ class Reconciliation:
         if self.replay is not None:
             r = self.replay
             lines.append(f"  events read {r.read}, applied {r.applied}, duplicates skipped {r.duplicates}, "
-                         f"not applicable {len(r.problems)}")
+                         f"not applicable {len(r.problems)}, refused (producer not verified) {len(r.refused)}")
             lines += [f"      {p}" for p in r.problems[:_SHOWN]]
+            lines += [f"      refused: {x.describe()}" for x in r.refused[:_SHOWN]]
         for table in self.tables:
             lines += table.render()
         lines += [f"  invariant: {p}" for p in self.invariant_problems]
@@ -372,8 +385,9 @@ class RebuildResult:
             return self.reconciliation.render()
         r = self.replay
         lines = [f"billing rebuild: events read {r.read}, applied {r.applied}, duplicates skipped {r.duplicates}, "
-                 f"not applicable {len(r.problems)}"]
+                 f"not applicable {len(r.problems)}, refused (producer not verified) {len(r.refused)}"]
         lines += [f"  {p}" for p in r.problems[:_SHOWN]]
+        lines += [f"  refused: {x.describe()}" for x in r.refused[:_SHOWN]]
         return "\n".join(lines)
 
 
@@ -384,8 +398,11 @@ async def rebuild(
     into_schema: str = DEFAULT_SCHEMA,
     compare_with: str | None = None,
     compare_schema: str = DEFAULT_SCHEMA,
+    security: KafkaSecurity | None = None,
+    verify: RecordCheck | None = None,
 ) -> RebuildResult:
-    """Replay the log into a fresh schema at ``into_url``; with ``compare_with``, reconcile against it."""
+    """Replay the log into a fresh schema at ``into_url``; with ``compare_with``, reconcile against it.
+    ``security`` and ``verify``: the live consumer's Kafka settings and producer check (see :func:`main`)."""
     target = create_engine(into_url, schema=into_schema)
     try:
         await migrate(target, "tollgate_billing", schema=into_schema)
@@ -394,7 +411,7 @@ async def rebuild(
                 if (await conn.execute(select(func.count()).select_from(table))).scalar_one():
                     raise TargetNotEmpty(f"{into_url} already holds billing data ({table.name}); "
                                          "rebuild into a fresh database or schema")
-        stats = await replay_log(bootstrap, target)
+        stats = await replay_log(bootstrap, target, security=security, verify=verify)
         reconciliation = None
         if compare_with:
             live = create_engine(compare_with, schema=compare_schema)
@@ -420,17 +437,25 @@ def add_arguments(parser: argparse.ArgumentParser, default_kafka: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Reads the Kafka security settings and the internal secret as the service does (``BILLING_KAFKA_*``,
+    ``TOLLGATE_INTERNAL_SECRET``), so the rebuild connects like the live consumer and refuses what it parks."""
+    try:
+        access = log_access_from_env("BILLING")
+    except ConfigError as exc:
+        print("tollgate-billing rebuild: invalid configuration: " + "; ".join(exc.problems), file=sys.stderr)
+        return 2
     try:
         result = asyncio.run(
             rebuild(args.kafka, args.into, into_schema=args.into_schema, compare_with=args.compare_with,
-                    compare_schema=args.compare_schema)
+                    compare_schema=args.compare_schema, security=access.security, verify=access.verifier())
         )
     except TargetNotEmpty as exc:
         print(f"tollgate-billing rebuild: {exc}", file=sys.stderr)
         return 2
     print(result.render())
     if args.json:
-        summary = {"equal": result.equal, "applied": result.replay.applied, "problems": len(result.replay.problems)}
+        summary = {"equal": result.equal, "applied": result.replay.applied, "problems": len(result.replay.problems),
+                   "refused": len(result.replay.refused)}
         if result.reconciliation:
             summary["tables"] = {t.name: t.equal for t in result.reconciliation.tables}  # type: ignore[assignment]
         print(json.dumps(summary))

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from tollgate_common.config import load_or_exit
+from tollgate_common.config import ConfigError, load_or_exit
 from tollgate_common.db import session_maker
+from tollgate_common.log_access import log_access_from_env
 from tollgate_common.logs import configure_logging
 from tollgate_common.runtime import run, stop_event
 from tollgate_common.telemetry import configure_telemetry, start_metrics_server
@@ -73,6 +74,10 @@ def _rebuild(args: argparse.Namespace) -> int:
         book = _configured_book(args.price_book)
     except InvalidPriceBook as exc:
         return _fail("invalid price book: " + "; ".join(exc.problems))
+    try:  # connect and check producers as the live consumer does (METERING_KAFKA_*, TOLLGATE_INTERNAL_SECRET)
+        access = log_access_from_env("METERING")
+    except ConfigError as exc:
+        return _fail("invalid configuration: " + "; ".join(exc.problems))
 
     async def main() -> int:
         books: list[PriceBook] = []
@@ -84,8 +89,12 @@ def _rebuild(args: argparse.Namespace) -> int:
             result = await rebuild_from_archive(args.from_archive, args.into, [*books, book], schema=into_schema,
                                                 archive_schema=args.schema)
         else:
-            result = await rebuild(args.kafka, args.into, [*books, book], schema=into_schema)
-        print(f"rebuilt {args.into}: {result.events_read} events read, {result.rated} rated")
+            result = await rebuild(args.kafka, args.into, [*books, book], schema=into_schema,
+                                   security=access.security, verify=access.verifier())
+        print(f"rebuilt {args.into}: {result.events_read} events read, {result.rated} rated, "
+              f"{len(result.refused)} refused (producer not verified)")
+        for refused in result.refused[:20]:
+            print(f"  refused: {refused.describe()}")
         if not args.compare_with:
             return 0
         report = await compare_databases(

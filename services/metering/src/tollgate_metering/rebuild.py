@@ -19,7 +19,8 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Envelope, Topics
-from tollgate_common.kafka import replay_topics
+from tollgate_common.kafka import RecordCheck, RefusedRecord, replay_topics
+from tollgate_common.kafka_security import KafkaSecurity
 
 from .application import Metering
 from .domain import PriceBook
@@ -55,6 +56,8 @@ class NotFresh(MeteringError):
 class RebuildResult:
     events_read: int
     rated: int
+    #: Records skipped because their producer is not verified (the live consumer parked the same ones).
+    refused: list[RefusedRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -145,6 +148,7 @@ async def _rebuild_into(
     *,
     fresh_only: bool = True,
     on_progress: Progress = _no_progress,
+    refused: list[RefusedRecord] | None = None,
 ) -> RebuildResult:
     engine = await open_database(into_url, schema)
     try:
@@ -161,7 +165,7 @@ async def _rebuild_into(
             on_progress(len(events))
 
         read = await feed(apply)
-        return RebuildResult(events_read=read, rated=rated)
+        return RebuildResult(events_read=read, rated=rated, refused=refused if refused is not None else [])
     finally:
         await engine.dispose()
 
@@ -176,23 +180,30 @@ async def rebuild(
     from_time_ms: int | None = None,
     fresh_only: bool = True,
     on_progress: Progress = _no_progress,
+    security: KafkaSecurity | None = None,
+    verify: RecordCheck | None = None,
 ) -> RebuildResult:
     """Replay ``tollgate.usage.v1`` from the beginning (or the given point) into the empty database at ``into_url``.
 
     ``price_books`` are recorded in order first (the live database's versions, then the configured book), so each
     event is rated with the version that was in force when it happened, as it was live. ``fresh_only=False`` lets
     a caller that checked the target itself (the ops command: an earlier rebuild, never a live database) replay
-    onto it again; dedupe on (source, id) makes that a no-op for events already applied.
+    onto it again; dedupe on (source, id) makes that a no-op for events already applied. ``security`` and
+    ``verify``: the live consumer's Kafka settings and producer check; what ``verify`` refuses is skipped and
+    listed in the result's ``refused``.
     """
+    refused: list[RefusedRecord] = []
 
     async def feed(apply: Callable[[list[Envelope]], Awaitable[None]]) -> int:
         async def on_batch(items: list[tuple[Envelope, ConsumerRecord]]) -> None:
             await apply([env for env, _ in items])
 
         return await replay_topics(bootstrap, [Topics.USAGE], on_batch, from_offset=from_offset,
-                                   from_time_ms=from_time_ms)
+                                   from_time_ms=from_time_ms, security=security, verify=verify,
+                                   on_refused=refused.append)
 
-    return await _rebuild_into(into_url, price_books, schema, feed, fresh_only=fresh_only, on_progress=on_progress)
+    return await _rebuild_into(into_url, price_books, schema, feed, fresh_only=fresh_only, on_progress=on_progress,
+                               refused=refused)
 
 
 async def rebuild_from_archive(
