@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconcile(sub, common)
     _add_rerate(sub, common)
     _add_status(sub, common)
+    _add_usage(sub, common)
     return parser
 
 
@@ -405,6 +406,87 @@ def _replay(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[i
     return run()
 
 
+USAGE_EPILOG = """\
+examples:
+  tollgate usage providers --from 2026-11-01 --to 2026-12-01 --format csv --out providers-2026-11.csv \\
+      --db metering=sqlite:///var/metering.db
+  tollgate usage providers --from 2026-11-01 --to 2026-12-01 --account acct_42 --format json
+
+One line per provider, deployment, model and upstream model: attempts, succeeded, failed (by outcome), attempts
+with unknown usage (timed out, cancelled, cut: the provider may have billed them), the tokens the provider
+reported, and their upstream cost under the price book in force at each attempt (metering's recorded versions
+from --db, else --price-book / METERING_PRICE_BOOK_FILE). Source: the router's attempt events on Kafka
+(tollgate.attempts.v1), read-only; the window is on each attempt's start, --from included, --to excluded.
+Money: integer nanos (upstream_cost_nanos) and the same as a decimal (upstream_cost).
+"""
+
+
+def _add_usage(sub: Any, common: argparse.ArgumentParser) -> None:
+    usage = sub.add_parser("usage", help="usage exports: what each provider served (for invoice reconciliation)",
+                           description="Usage exports from the event log.", epilog=USAGE_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    usub = usage.add_subparsers(dest="usage_command", metavar="EXPORT", required=True)
+    pr = usub.add_parser("providers", parents=[common], epilog=USAGE_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         help="per provider / deployment / model: attempts, outcomes, tokens, upstream cost",
+                         description="What each provider served over a period, from the router's attempt events: "
+                                     "the figures a procurement team checks a provider's invoice against.")
+    pr.add_argument("--from", dest="from_", type=parse_time, default=0, metavar="TIME",
+                    help="first attempt start included (ISO 8601 or unix ms; default: the beginning)")
+    pr.add_argument("--to", type=parse_time, default=None, metavar="TIME", help="first excluded (default: now)")
+    pr.add_argument("--account", action="append", metavar="ACCOUNT_ID", help="only these accounts (repeat)")
+    pr.add_argument("--format", choices=("text", "csv", "json"), default=None,
+                    help="text (default), csv (one row per line, for spreadsheets) or json (--json is the same)")
+    pr.add_argument("--out", type=Path, metavar="FILE", help="write the csv/json there (default: stdout)")
+    pr.add_argument("--kafka", default=None, metavar="BOOTSTRAP",
+                    help="the broker (default: KAFKA_BOOTSTRAP_SERVERS…)")
+    pr.add_argument("--db", action="append", metavar="[metering=]URL",
+                    help="metering's database, read-only, for the price-book versions it recorded "
+                         "(default: METERING_DATABASE_URL; without one, --price-book)")
+    pr.add_argument("--price-book", metavar="FILE",
+                    help="price book YAML when metering's database is not given (default: METERING_PRICE_BOOK_FILE, "
+                         "else the built-in demo book)")
+    pr.set_defaults(run=_usage_providers)
+
+
+def _usage_providers(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from tollgate_metering.domain import PriceBook
+    from tollgate_metering.rebuild import live_price_books
+
+    from .providers import provider_usage
+    from .replay import configured_price_book
+
+    fmt = "json" if args.json else (args.format or "text")
+    if args.out is not None and fmt == "text":
+        raise BadUsage("--out writes csv or json: add --format csv or --format json")
+    if args.out is not None and args.out.exists():
+        raise BadUsage(f"--out {args.out}: already exists (an export is never written over another)")
+    values = [v if "=" in v.split("://")[0] else f"metering={v}" for v in (args.db or [])]
+    metering = None
+    if values or os.environ.get("METERING_DATABASE_URL", "").strip():
+        metering = live_locations(values, "--db", needed=("metering",))["metering"]
+    window = _window(args)
+    access = _log_access()
+    kafka = args.kafka or _kafka_default()
+
+    async def run() -> tuple[int, Any]:
+        books: list[PriceBook] = []
+        if metering is not None:
+            books = await live_price_books(metering.url, metering.schema)
+        if args.price_book or not books:
+            books.append(configured_price_book(args.price_book))
+        report = await provider_usage(kafka, books, window, accounts=args.account, access=access, bars=bars,
+                                      format=fmt)
+        if args.out is not None:
+            text = report.to_csv() if fmt == "csv" else json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
+            args.out.write_text(text, encoding="utf-8")
+            report.format = "text"
+            args.json = False
+        return EXIT_OK, report
+
+    return run()
+
+
 def _fail(message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -431,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.__class__.__module__.startswith(("tollgate_", "aiokafka")):
             return _fail(f"{exc.__class__.__name__}: {exc}")
         raise
-    if args.json:
+    if args.json or getattr(report, "format", None) == "json":
         print(json.dumps(report.to_json(), indent=2, sort_keys=True, default=str))
     else:
         print(report.render())
