@@ -89,7 +89,8 @@ def generate(billing: Path, metering: Path, events: int, seed: int = 7) -> None:
                              _iso(at + 40), data, prev, digest, at + 41))
         rated.append((req, "//tollgate/ingress", ACCOUNT, key, hold, model, "mock", model, f"up_{n}", prompt,
                       completion, prompt + completion, 0, 0, int(recorded.outcome), recorded.streamed, "", project,
-                      "{}", at + 40, at + 45, "USD", "", "bench-1", 2000, in_price, out_price, cost, price, True))
+                      "{}", at + 40, at + 45, "USD", "", "bench-1", 2000, in_price, out_price, cost, price, True,
+                      0, in_price, in_price, out_price))
         captured = billing_pb2.HoldCaptured(hold_id=hold, account_id=ACCOUNT, key_id=key, hold_amount_nanos=price * 3,
                                             captured_nanos=price, released_nanos=price * 2, usage_event_id=req,
                                             captured_at_unix_ms=at + 50)
@@ -101,7 +102,7 @@ def generate(billing: Path, metering: Path, events: int, seed: int = 7) -> None:
                          "VALUES (?, ?, ?, ?, ?, ?)", outbox)
     with sqlite3.connect(metering) as conn:
         conn.executemany("INSERT INTO event_archive VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", archive_rows)
-        conn.executemany(f"INSERT INTO rated_usage VALUES ({', '.join('?' * 30)})", rated)
+        conn.executemany(f"INSERT INTO rated_usage VALUES ({', '.join('?' * 34)})", rated)
 
 
 def main() -> None:
