@@ -42,6 +42,23 @@ def test_a_providers_400_reaches_the_openai_sdk_with_its_message_and_param(platf
     assert tenant.settle()["balance_nanos"] == 10 * NANOS, "a refused request costs nothing"
 
 
+@pytest.mark.parametrize(("model", "extra", "param"), [
+    ("claude-3-5-haiku", {"logprobs": True}, "logprobs"),
+    ("claude-3-5-haiku", {"n": 2}, "n"),
+    ("gemini-2.0-flash", {"parallel_tool_calls": False,
+                          "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+     "parallel_tool_calls"),
+])
+def test_a_parameter_the_routed_provider_cannot_honour_is_a_400_naming_it(
+    platform: Platform, model: str, extra: dict[str, Any], param: str
+) -> None:
+    tenant = Tenant.create(platform)
+    with pytest.raises(openai.BadRequestError) as caught:
+        tenant.client().chat.completions.create(model=model, messages=HELLO, **extra)
+    assert caught.value.param == param, caught.value.message
+    assert tenant.settle()["balance_nanos"] == 10 * NANOS
+
+
 def test_a_providers_400_reaches_the_anthropic_sdk_in_anthropics_error_json(platform: Platform) -> None:
     tenant = Tenant.create(platform)
     client = anthropic.Anthropic(base_url=platform.ingress_url, api_key=tenant.api_key, max_retries=0, timeout=30)

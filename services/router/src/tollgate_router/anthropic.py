@@ -110,7 +110,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
-        raise InvalidRequest(f"Invalid '{where}': expected a string or a list of parts.")
+        raise InvalidRequest(f"Invalid '{where}': expected a string or a list of parts.", param=where)
     blocks: list[dict[str, Any]] = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -120,7 +120,8 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
-                raise InvalidRequest(f"Invalid '{where}[{index}].image_url': expected a URL.")
+                raise InvalidRequest(f"Invalid '{where}[{index}].image_url': expected a URL.",
+                                     param=f"{where}[{index}].image_url")
             inline = data_url(url, f"{where}[{index}].image_url.url")
             source = (
                 {"type": "base64", "media_type": inline[0], "data": inline[1]}
@@ -129,7 +130,8 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             )
             blocks.append({"type": "image", "source": source})
         else:
-            raise InvalidRequest(f"Invalid '{where}[{index}]': only text and image_url parts are supported.")
+            raise InvalidRequest(f"Invalid '{where}[{index}]': only text and image_url parts are supported.",
+                                 param=f"{where}[{index}]")
     return blocks
 
 
@@ -140,11 +142,12 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
         blocks.append({"type": "text", "text": text})
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
-        raise InvalidRequest(f"Invalid '{where}.tool_calls': expected an array.")
+        raise InvalidRequest(f"Invalid '{where}.tool_calls': expected an array.", param=f"{where}.tool_calls")
     for index, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(call.get("id"), str):
-            raise InvalidRequest(f"Invalid '{where}.tool_calls[{index}]': expected an id and a function.")
+            raise InvalidRequest(f"Invalid '{where}.tool_calls[{index}]': expected an id and a function.",
+                                 param=f"{where}.tool_calls[{index}]")
         blocks.append(
             {
                 "type": "tool_use",
@@ -179,7 +182,8 @@ def _turns(body: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                 add("assistant", blocks)
         elif role == "tool":
             if not isinstance(message.get("tool_call_id"), str):
-                raise InvalidRequest(f"Invalid '{where}.tool_call_id': required for a tool message.")
+                raise InvalidRequest(f"Invalid '{where}.tool_call_id': required for a tool message.",
+                                     param=f"{where}.tool_call_id")
             result = {
                 "type": "tool_result",
                 "tool_use_id": message["tool_call_id"],
@@ -187,7 +191,8 @@ def _turns(body: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             }
             add("user", [result])
         else:
-            raise InvalidRequest(f"Invalid '{where}.role': {role!r} is not supported for Anthropic models.")
+            raise InvalidRequest(f"Invalid '{where}.role': {role!r} is not supported for Anthropic models.",
+                                 param=f"{where}.role")
     if not turns:
         raise InvalidRequest("The request needs at least one user message.")
     return "\n\n".join(system), turns
@@ -212,7 +217,8 @@ def to_anthropic(route: Route, body: Mapping[str, Any]) -> dict[str, Any]:
     ):
         raise InvalidRequest(
             "The parameter 'response_format' (JSON mode / structured outputs) is not supported for Anthropic "
-            "models; use a tool with an input schema instead."
+            "models; use a tool with an input schema instead.",
+            param="response_format",
         )
     system, turns = _turns(body)
     request: dict[str, Any] = {

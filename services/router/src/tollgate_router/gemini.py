@@ -91,7 +91,7 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}]
     if not isinstance(content, list):
-        raise InvalidRequest(f"Invalid '{where}': expected a string or a list of parts.")
+        raise InvalidRequest(f"Invalid '{where}': expected a string or a list of parts.", param=where)
     parts: list[dict[str, Any]] = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -102,10 +102,12 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             url = image.get("url") if isinstance(image, dict) else image
             inline = data_url(url, f"{where}[{index}].image_url.url") if isinstance(url, str) else None
             if inline is None:
-                raise InvalidRequest(f"Invalid '{where}[{index}].image_url': Gemini models take images as data URLs.")
+                raise InvalidRequest(f"Invalid '{where}[{index}].image_url': Gemini models take images as data URLs.",
+                                     param=f"{where}[{index}].image_url")
             parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
         else:
-            raise InvalidRequest(f"Invalid '{where}[{index}]': only text and image_url parts are supported.")
+            raise InvalidRequest(f"Invalid '{where}[{index}]': only text and image_url parts are supported.",
+                                 param=f"{where}[{index}]")
     return parts
 
 
@@ -135,7 +137,8 @@ def _contents(body: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]
             for n, call in enumerate(message.get("tool_calls") or []):
                 function = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                    raise InvalidRequest(f"Invalid '{where}.tool_calls[{n}]': expected a function with a name.")
+                    raise InvalidRequest(f"Invalid '{where}.tool_calls[{n}]': expected a function with a name.",
+                                         param=f"{where}.tool_calls[{n}]")
                 if isinstance(call.get("id"), str):
                     call_names[call["id"]] = function["name"]
                 arguments = tool_arguments(function.get("arguments"), f"{where}.tool_calls[{n}].function.arguments")
@@ -145,11 +148,13 @@ def _contents(body: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]
         elif role == "tool":
             name = call_names.get(str(message.get("tool_call_id")))
             if name is None:
-                raise InvalidRequest(f"Invalid '{where}.tool_call_id': it matches no earlier assistant tool call.")
+                raise InvalidRequest(f"Invalid '{where}.tool_call_id': it matches no earlier assistant tool call.",
+                                     param=f"{where}.tool_call_id")
             result = text_of(message.get("content"), f"{where}.content")
             add("user", [{"functionResponse": {"name": name, "response": {"content": result}}}])
         else:
-            raise InvalidRequest(f"Invalid '{where}.role': {role!r} is not supported for Gemini models.")
+            raise InvalidRequest(f"Invalid '{where}.role': {role!r} is not supported for Gemini models.",
+                                 param=f"{where}.role")
     if not contents:
         raise InvalidRequest("The request needs at least one user message.")
     return system, contents
@@ -175,7 +180,7 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
     seed = body.get("seed")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InvalidRequest("Invalid 'seed': expected an integer.")
+            raise InvalidRequest("Invalid 'seed': expected an integer.", param="seed")
         config["seed"] = seed
     response_format = body.get("response_format")
     if response_format is not None:
@@ -186,11 +191,13 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
             spec = response_format.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, dict) else None
             if not isinstance(schema, dict):
-                raise InvalidRequest("Invalid 'response_format.json_schema': a 'schema' object is required.")
+                raise InvalidRequest("Invalid 'response_format.json_schema': a 'schema' object is required.",
+                                     param="response_format.json_schema")
             config["responseMimeType"] = "application/json"
             config["responseJsonSchema"] = schema
         elif kind != "text":
-            raise InvalidRequest("Invalid 'response_format': expected type text, json_object or json_schema.")
+            raise InvalidRequest("Invalid 'response_format': expected type text, json_object or json_schema.",
+                                 param="response_format")
     return config
 
 
@@ -198,7 +205,8 @@ def to_gemini(body: Mapping[str, Any]) -> dict[str, Any]:
     """The generateContent request for an OpenAI chat request (see the module docstring for every field)."""
     reject_unsupported(body, UNSUPPORTED, "Gemini")
     if body.get("parallel_tool_calls") is False:
-        raise InvalidRequest("The parameter 'parallel_tool_calls' is not supported for Gemini models.")
+        raise InvalidRequest("The parameter 'parallel_tool_calls' is not supported for Gemini models.",
+                             param="parallel_tool_calls")
     system, contents = _contents(body)
     request: dict[str, Any] = {"contents": contents}
     if system:

@@ -45,7 +45,7 @@ def reject_unsupported(body: Mapping[str, Any], unsupported: Mapping[str, str], 
     """A 400 naming the first parameter of ``unsupported`` (name → why) the request sets."""
     for key, why in unsupported.items():
         if _present(body, key):
-            raise InvalidRequest(f"The parameter '{key}' is not supported for {provider_kind} models: {why}")
+            raise InvalidRequest(f"The parameter '{key}' is not supported for {provider_kind} models: {why}", param=key)
 
 
 def max_tokens(body: Mapping[str, Any]) -> int | None:
@@ -55,7 +55,7 @@ def max_tokens(body: Mapping[str, Any]) -> int | None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidRequest(f"Invalid '{key}': expected a positive integer, got {value!r}.")
+            raise InvalidRequest(f"Invalid '{key}': expected a positive integer, got {value!r}.", param=key)
         return value
     return None
 
@@ -68,7 +68,7 @@ def stop_sequences(body: Mapping[str, Any]) -> list[str] | None:
         return [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         return list(stop)
-    raise InvalidRequest("Invalid 'stop': expected a string or a list of strings.")
+    raise InvalidRequest("Invalid 'stop': expected a string or a list of strings.", param="stop")
 
 
 def number(body: Mapping[str, Any], key: str, *, low: float, high: float) -> float | None:
@@ -76,7 +76,7 @@ def number(body: Mapping[str, Any], key: str, *, low: float, high: float) -> flo
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidRequest(f"Invalid '{key}': expected a number in [{low:g}, {high:g}] for this model.")
+        raise InvalidRequest(f"Invalid '{key}': expected a number in [{low:g}, {high:g}] for this model.", param=key)
     return value
 
 
@@ -90,10 +90,10 @@ def text_of(content: Any, where: str) -> str:
         texts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InvalidRequest(f"Invalid '{where}': only text parts are supported here.")
+                raise InvalidRequest(f"Invalid '{where}': only text parts are supported here.", param=where)
             texts.append(part["text"])
         return "".join(texts)
-    raise InvalidRequest(f"Invalid '{where}': expected a string or a list of parts.")
+    raise InvalidRequest(f"Invalid '{where}': expected a string or a list of parts.", param=where)
 
 
 def data_url(url: str, where: str) -> tuple[str, str] | None:
@@ -103,7 +103,7 @@ def data_url(url: str, where: str) -> tuple[str, str] | None:
     header, sep, data = url[5:].partition(",")
     media_type, _, encoding = header.partition(";")
     if not sep or encoding != "base64" or not media_type:
-        raise InvalidRequest(f"Invalid '{where}': a data URL must be 'data:<media type>;base64,<data>'.")
+        raise InvalidRequest(f"Invalid '{where}': a data URL must be 'data:<media type>;base64,<data>'.", param=where)
     return media_type, data
 
 
@@ -112,15 +112,15 @@ def tool_arguments(arguments: Any, where: str) -> dict[str, Any]:
     if isinstance(arguments, dict):
         return arguments
     if not isinstance(arguments, str):
-        raise InvalidRequest(f"Invalid '{where}': expected a JSON string.")
+        raise InvalidRequest(f"Invalid '{where}': expected a JSON string.", param=where)
     if not arguments.strip():
         return {}
     try:
         value = orjson.loads(arguments)
     except orjson.JSONDecodeError:
-        raise InvalidRequest(f"Invalid '{where}': not valid JSON.") from None
+        raise InvalidRequest(f"Invalid '{where}': not valid JSON.", param=where) from None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"Invalid '{where}': expected a JSON object.")
+        raise InvalidRequest(f"Invalid '{where}': expected a JSON object.", param=where)
     return value
 
 
@@ -130,12 +130,13 @@ def functions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     if tools is None:
         return []
     if not isinstance(tools, list):
-        raise InvalidRequest("Invalid 'tools': expected an array.")
+        raise InvalidRequest("Invalid 'tools': expected an array.", param="tools")
     result = []
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise InvalidRequest(f"Invalid 'tools[{index}]': expected a function tool with a name.")
+            raise InvalidRequest(f"Invalid 'tools[{index}]': expected a function tool with a name.",
+                                 param=f"tools[{index}]")
         result.append(function)
     return result
 
@@ -151,14 +152,16 @@ def tool_choice(body: Mapping[str, Any]) -> tuple[str, str | None] | None:
         function = choice.get("function")
         if isinstance(function, dict) and isinstance(function.get("name"), str):
             return "function", function["name"]
-    raise InvalidRequest("Invalid 'tool_choice': expected 'auto', 'none', 'required' or a named function.")
+    raise InvalidRequest("Invalid 'tool_choice': expected 'auto', 'none', 'required' or a named function.",
+                         param="tool_choice")
 
 
 def messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     value = body.get("messages")
     if not isinstance(value, list) or not value:
-        raise InvalidRequest("Missing required parameter: 'messages'.")
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
     for index, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidRequest(f"Invalid 'messages[{index}]': expected an object with a 'role'.")
+            raise InvalidRequest(f"Invalid 'messages[{index}]': expected an object with a 'role'.",
+                                 param=f"messages[{index}]")
     return value
