@@ -468,6 +468,7 @@ def test_minimal_install_switches_the_extras_off(minimal: Rendered) -> None:
         assert pod["spec"]["serviceAccountName"] == "default"
         assert "lifecycle" not in pod["spec"]["containers"][0]
     assert minimal.env_value("router", "ROUTER_METRICS_PORT") == "0"
+    assert minimal.env_value("ingress", "INGRESS_METRICS_PORT") == "0"
     assert [p["name"] for p in minimal.container("billing")["ports"]] == ["grpc"]
     assert minimal.env_value("billing", "BILLING_DATABASE_URL") == "sqlite:////app/var/billing.db"
     assert minimal.env_value("ingress", "INGRESS_OUTBOX_DATABASE_URL") == "sqlite:////app/var/ingress-outbox.db"
@@ -622,8 +623,33 @@ def _routes(ingress: dict[str, Any]) -> set[tuple[str, str]]:
     return {(r["host"], p["path"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
 
 
+def test_metrics_have_a_port_of_their_own_on_every_service_ingress_included(default: Rendered, full: Rendered) -> None:
+    """Issue 12: ingress served /metrics on its public HTTP port. Every service now serves it on `metrics.port`
+    (listening on all interfaces in the pod: TOLLGATE_METRICS_ADDR), scraped there, reachable only from
+    `metricsFrom`; the Ingress routes to the HTTP port alone."""
+    services = default.kind("Service")
+    for service in SERVICES:
+        ports = {p["name"]: p["containerPort"] for p in default.container(service)["ports"]}
+        assert ports["metrics"] == 9464 and ports["metrics"] not in {v for k, v in ports.items() if k != "metrics"}
+        env = default.environment(service)
+        assert env[f"{service.upper()}_METRICS_PORT"]["value"] == "9464"
+        assert env["TOLLGATE_METRICS_ADDR"]["value"] == "0.0.0.0"
+        pod = default.deployment(service)["spec"]["template"]["metadata"]["annotations"]
+        assert pod["prometheus.io/port"] == "9464"
+        svc_ports = {p["name"] for p in services[f"{RELEASE}-tollgate-{service}"]["spec"]["ports"]}
+        assert "metrics" in svc_ports
+    spec = full.kind("NetworkPolicy")[f"{RELEASE}-tollgate-ingress"]["spec"]
+    (metrics_rule,) = [r for r in spec["ingress"] if r["ports"][0]["port"] == "metrics"]
+    assert metrics_rule["from"] == FULL_VALUES["networkPolicy"]["metricsFrom"]
+    for ingress in full.kind("Ingress").values():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["port"] != {"name": "metrics"}
+                assert path["backend"]["service"]["port"].get("number") != 9464
+
+
 def test_the_public_ingress_routes_only_v1_and_admin_gets_its_own_host(chart: helm.Chart, full: Rendered) -> None:
-    """`/admin/v1` and `/metrics` share ingress's port: a default install must not publish them."""
+    """`/admin/v1` shares ingress's port: a default install must not publish it."""
     rendered = render(chart, {"kubernetesIngress": {"enabled": True}})
     (public,) = rendered.kind("Ingress").values()
     assert _routes(public) == {("tollgate.example.com", "/v1")}

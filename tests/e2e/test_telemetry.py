@@ -62,3 +62,19 @@ def test_one_trace_id_from_the_request_to_every_event(platform: Platform, client
             break
         time.sleep(0.5)
     assert {t: traces.get(t) for t in wanted} == {t: trace_id for t in wanted}, traces
+
+
+def test_every_service_serves_metrics_on_its_own_port_and_ingress_not_on_its_api_port(platform: Platform) -> None:
+    """Issue 12: ingress served /metrics on its public port, where any Ingress path or client could read it. Each
+    process now serves it on its own metrics port (loopback by default); the API port answers 404."""
+    import httpx
+
+    Tenant.create(platform).client().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert httpx.get(f"{platform.ingress_url}/metrics", timeout=10).status_code == 404
+    expected = {"ingress": "tollgate_ingress_requests_total", "router": "tollgate_router_",
+                "policy": "tollgate_policy_", "billing": "tollgate_billing_", "metering": "tollgate_"}
+    for service, metric in expected.items():
+        reply = httpx.get(platform.metrics_url(service), timeout=10)
+        assert reply.status_code == 200, service
+        assert metric in reply.text, service

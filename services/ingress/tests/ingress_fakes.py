@@ -308,6 +308,7 @@ def make_settings(fakes: Fakes, bootstrap: str, tmp_path: Path, **overrides: Any
         outbox_database_url=f"sqlite:///{tmp_path}/outbox.db",
         kafka_send_timeout_seconds=2.0,
         shutdown_grace_seconds=10.0,
+        metrics_port=0,  # in-process apps serve no metrics port (test_server.py serves one)
     )
     values.update(overrides)
     return Settings(**values)

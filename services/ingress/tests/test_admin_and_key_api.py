@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from decimal import Decimal
+from typing import Any
 
 import httpx2
 from ingress_fakes import ADMIN_TOKEN, Fakes, admin, auth
+from prometheus_client import generate_latest
 from tollgate.policy.v1 import policy_service_pb2 as ppb
 
 
@@ -144,7 +146,7 @@ async def test_unknown_route_and_method_are_openai_errors(client: httpx2.AsyncCl
     assert resp.status_code == 405 and resp.json()["error"]["type"] == "invalid_request_error"
 
 
-async def test_health_readiness_and_metrics(client: httpx2.AsyncClient) -> None:
+async def test_health_readiness_and_metrics(client: httpx2.AsyncClient, app: Any) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     await client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
                       headers=auth())
@@ -155,7 +157,9 @@ async def test_health_readiness_and_metrics(client: httpx2.AsyncClient) -> None:
         await asyncio.sleep(0.1)
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"grpc_channels": True, "kafka_producer": True}
-    text = (await client.get("/metrics")).text
+    # /metrics is served on its own port (test_server.py), from this registry; the public port has none.
+    assert (await client.get("/metrics")).status_code == 404
+    text = generate_latest(app.state.services.deps.metrics.registry).decode()
     assert ('tollgate_ingress_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0'
             in text)
     assert 'tollgate_ingress_upstream_seconds_count{rpc="Complete",service="router"} 1.0' in text

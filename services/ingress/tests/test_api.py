@@ -55,7 +55,7 @@ async def test_an_invalid_client_traceparent_starts_a_new_trace(traced: httpx2.A
 
 @pytest.mark.parametrize(("method", "path", "headers"), [
     ("POST", CHAT, auth()), ("POST", CHAT, {}), ("GET", "/nope", {}), ("DELETE", CHAT, {}), ("GET", "/healthz", {}),
-    ("GET", "/metrics", {}), ("GET", "/v1/models", auth()), ("GET", "/admin/v1/accounts/a/balance", admin()),
+    ("GET", "/openapi.json", {}), ("GET", "/v1/models", auth()), ("GET", "/admin/v1/accounts/a/balance", admin()),
     ("POST", "/v1/messages", {}), ("HEAD", "/healthz", {}),
 ])
 async def test_every_answer_carries_a_request_id(client: httpx2.AsyncClient, method: str, path: str,

@@ -39,6 +39,7 @@ class Running:
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.url = f"http://127.0.0.1:{settings.port}"
+        self.metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
 
     async def answers(self) -> bool:
         try:
@@ -49,7 +50,7 @@ class Running:
 
     async def metric(self, name: str) -> float:
         async with httpx2.AsyncClient() as c:
-            text = (await c.get(self.url + "/metrics")).text
+            text = (await c.get(self.metrics_url)).text
         for line in text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
@@ -58,7 +59,7 @@ class Running:
 
 @pytest.fixture
 async def server(fakes: Fakes, broker: str, tmp_path: Path) -> AsyncIterator[Running]:
-    running = Running(make_settings(fakes, broker, tmp_path, port=free_port()))
+    running = Running(make_settings(fakes, broker, tmp_path, port=free_port(), metrics_port=free_port()))
     running.task = asyncio.create_task(serve(running.settings, running.stop))
     await wait_until(running.answers, "ingress to answer")
     yield running
@@ -177,3 +178,16 @@ def test_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
 
+
+
+async def test_metrics_are_served_on_their_own_port_not_beside_the_api(server: Running) -> None:
+    """Issue 12: /metrics shared the public port (so a catch-all Ingress path published it). It is on
+    INGRESS_METRICS_PORT, on loopback by default; the public port answers 404."""
+    async with httpx2.AsyncClient() as c:
+        assert (await c.get(server.url + "/healthz")).status_code == 200
+        public = await c.get(server.url + "/metrics")
+        assert public.status_code == 404
+        assert public.json()["error"]["code"] == "not_found"
+        served = await c.get(server.metrics_url)
+    assert served.status_code == 200
+    assert "tollgate_ingress_requests_total" in served.text

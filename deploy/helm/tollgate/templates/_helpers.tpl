@@ -67,7 +67,7 @@ ingress:
   protocol: http
   hostEnv: HOST
   portEnv: PORT
-  metricsEnv: ""
+  metricsEnv: METRICS_PORT
   kafka: true
   databaseEnv: OUTBOX_DATABASE_URL
   sqliteFile: ingress-outbox.db
@@ -213,6 +213,8 @@ Args: root, name.
 {{- $_ := set $env "TOLLGATE_ENV" $root.Values.environment }}
 {{- if $facts.metricsEnv }}
 {{- $_ := set $env (printf "%s_%s" $p $facts.metricsEnv) (ternary (toString $root.Values.metrics.port) "0" $root.Values.metrics.enabled) }}
+{{- /* /metrics listens on loopback unless told otherwise; the metrics port is reachable only from metricsFrom */}}
+{{- $_ := set $env "TOLLGATE_METRICS_ADDR" "0.0.0.0" }}
 {{- end }}
 {{- range $suffix, $peer := $facts.peers }}
 {{- $_ := set $env (printf "%s_%s" $p $suffix) (include "tollgate.peerAddress" (dict "root" $root "name" $peer)) }}

@@ -212,9 +212,19 @@ def extract_traceparent(traceparent: str):  # type: ignore[no-untyped-def]
     return propagate.extract({"traceparent": traceparent} if traceparent else {})
 
 
-def start_metrics_server(port: int) -> None:
-    """Serve Prometheus metrics on ``port`` (0 disables)."""
-    if port:
-        from prometheus_client import start_http_server
+#: Where ``/metrics`` listens: loopback unless the deployment says otherwise (the Helm chart sets 0.0.0.0 and
+#: lets only ``networkPolicy.metricsFrom`` reach the port). Never the service's public port.
+METRICS_ADDR_ENV = "TOLLGATE_METRICS_ADDR"
+DEFAULT_METRICS_ADDR = "127.0.0.1"
 
-        start_http_server(port, addr=os.environ.get("TOLLGATE_METRICS_ADDR", "0.0.0.0"))
+
+def start_metrics_server(port: int, registry: Any = None) -> Callable[[], None]:
+    """Serve Prometheus metrics on ``port`` (0 disables) at ``$TOLLGATE_METRICS_ADDR`` (default 127.0.0.1), from
+    ``registry`` (default the process-wide one), in a daemon thread. Returns what stops it."""
+    if not port:
+        return lambda: None
+    from prometheus_client import REGISTRY, start_http_server
+
+    server, _thread = start_http_server(port, addr=os.environ.get(METRICS_ADDR_ENV, DEFAULT_METRICS_ADDR),
+                                        registry=registry if registry is not None else REGISTRY)
+    return server.shutdown

@@ -45,6 +45,11 @@ PROVIDER_KEY_VARS = (
 _OUR_PREFIXES = ("INGRESS_", "ROUTER_", "POLICY_", "BILLING_", "METERING_", "KAFKA_BOOTSTRAP_SERVERS")
 
 
+#: Where each service serves /metrics under ``make run`` (on 127.0.0.1, never on its API port); a platform on
+#: free ports (tests: ``ports`` of 0) gets free metrics ports too.
+METRICS_PORTS = {"ingress": 9464, "router": 9465, "policy": 9466, "billing": 9467, "metering": 9468}
+
+
 def _ports_default() -> dict[str, int]:
     return {"ingress": 8080, "router": 50051, "policy": 50052, "billing": 50053, "metering": 50054, "mock": 8090,
             "broker": 9092}
@@ -77,6 +82,9 @@ class Platform:
     def __init__(self, config: PlatformConfig) -> None:
         self.config = config
         self.ports = {name: (port or free_port()) for name, port in config.ports.items()}
+        #: The /metrics port of each service process (``metrics_url``).
+        self.metrics_ports = {name: (port if config.ports.get(name) else free_port())
+                              for name, port in METRICS_PORTS.items()}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.broker: EmbeddedBroker | None = None
         self.bootstrap = config.kafka_bootstrap or ""
@@ -94,6 +102,10 @@ class Platform:
     @property
     def mock_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['mock']}"
+
+    def metrics_url(self, process: str) -> str:
+        """The Prometheus endpoint of a service process (``billing``, ``ingress#2``…)."""
+        return f"http://127.0.0.1:{self.metrics_ports[process]}/metrics"
 
     def grpc_addr(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
@@ -178,6 +190,8 @@ class Platform:
         port = free_port()
         self.ports[replica] = port
         variables = self._env(name)
+        self.metrics_ports[replica] = free_port()
+        variables[f"{name.upper()}_METRICS_PORT"] = str(self.metrics_ports[replica])
         if name == "ingress":
             variables["INGRESS_PORT"] = str(port)
             outbox = self.config.var_dir / f"ingress-outbox-{replica.split('#')[1]}.db"
@@ -256,6 +270,8 @@ class Platform:
                 METERING_DATABASE_URL=self.database_url("metering"),
                 METERING_KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
             )
+        if name in self.metrics_ports:
+            env[f"{name.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
         env.update(self.config.extra_env.get(name, {}))
         return env
 

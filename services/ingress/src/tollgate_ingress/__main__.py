@@ -16,7 +16,7 @@ import uvicorn
 from tollgate_common.config import load_or_exit
 from tollgate_common.logs import configure_logging
 from tollgate_common.runtime import run, stop_event
-from tollgate_common.telemetry import configure_telemetry
+from tollgate_common.telemetry import configure_telemetry, start_metrics_server
 
 from .api import create_app
 from .config import Settings
@@ -42,6 +42,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     deps = await Deps.start(settings)
     app = create_app(settings, deps)
     app.instrument()  # full spans with a collector, else only the traceparent (tollgate_common.telemetry)
+    stop_metrics = start_metrics_server(settings.metrics_port, deps.metrics.registry)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -68,6 +69,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         stopping.cancel()
         await app.state.services.shutdown()
+        stop_metrics()
         shutdown_telemetry()
         log.info("stopped")
 

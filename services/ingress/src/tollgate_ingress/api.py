@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -181,7 +180,7 @@ class IngressApp(FastAPI):
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(self, excluded_urls="healthz,readyz,metrics")
+        FastAPIInstrumentor.instrument_app(self, excluded_urls="healthz,readyz")
         self.fast_chat = OpenTelemetryMiddleware(self.fast_chat)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -227,10 +226,6 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
     async def openapi() -> Response:
         """The API's OpenAPI 3.1 document (tollgate_ingress.openapi): public like any SDK's reference."""
         return Response(openapi_json, media_type=_JSON)
-
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(services(request).deps.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(RequestContext, metrics=deps.metrics)
     return app

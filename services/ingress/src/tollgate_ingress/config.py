@@ -24,6 +24,9 @@ class Settings:
     admin_token: str
     host: str = "127.0.0.1"
     port: int = 8080
+    #: Prometheus ``/metrics`` on its own port (at ``TOLLGATE_METRICS_ADDR``, default 127.0.0.1), never on the
+    #: public port beside the API; 0: not served.
+    metrics_port: int = 9464
     billing_addr: str = "127.0.0.1:50053"
     policy_addr: str = "127.0.0.1:50052"
     router_addr: str = "127.0.0.1:50051"
@@ -64,6 +67,7 @@ class Settings:
             admin_token=env.str("ADMIN_TOKEN", required=True),
             host=env.str("HOST", "127.0.0.1"),
             port=env.port("PORT", 8080),
+            metrics_port=env.port("METRICS_PORT", 9464),
             billing_addr=env.str("BILLING_ADDR", "127.0.0.1:50053"),
             metering_addr=env.str("METERING_ADDR", "127.0.0.1:50054"),
             policy_addr=env.str("POLICY_ADDR", "127.0.0.1:50052"),
