@@ -651,8 +651,10 @@ async def replay_topics(
 
     A read-only pass for rebuilds and audits. Order is per partition, which is per account (the message key).
     ``from_offset`` starts each partition at that offset (or its first kept one, if later); ``from_time_ms`` at
-    the first message whose timestamp is at or after it (``offsets_for_times``): for a log whose head was cut by
-    retention, or to look at a recent window only.
+    the first message whose timestamp is at or after it (``offsets_for_times``), and only messages stamped at or
+    after it are handed over (Tansu answers ``offsets_for_times`` with the start of the record batch that holds
+    such a message, earlier messages of the batch included): for a log whose head was cut by retention, or to look
+    at a recent window only.
     The end is taken when called and raised to each fetch's high watermark: Tansu 0.6 (the embedded broker)
     answers ListOffsets(latest) with the base offset of the partition's last record BATCH + 1, not the log end,
     while the high watermark in fetch responses is right; on Apache Kafka both agree. Returns the messages read.
@@ -693,7 +695,7 @@ async def replay_topics(
             items: list[tuple[Envelope, ConsumerRecord]] = []
             for tp, records in batches.items():
                 for record in records:
-                    if record.offset >= end[tp]:
+                    if record.offset >= end[tp] or (from_time_ms is not None and record.timestamp < from_time_ms):
                         continue
                     try:
                         env = Envelope.from_kafka(record.headers, record.value)
