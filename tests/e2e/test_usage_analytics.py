@@ -97,6 +97,9 @@ def test_the_usage_report_sums_what_was_charged_by_the_groups_asked(any_platform
         assert bad.json()["error"]["type"] == "invalid_request_error"
         if param:
             assert bad.json()["error"]["param"] == param
+    # An account id no file name can hold (header values are latin-1): the CSV still answers, never a 500.
+    odd = _get(platform, "/admin/v1/accounts/\u00e9t\u00e9\u2603\"x/usage", admin, format="csv")
+    assert odd.status_code == 200 and odd.headers["content-disposition"] == 'attachment; filename="usage-_t___x.csv"'
     assert _get(platform, path, tenant.api_key).status_code == 403  # not an account admin key
     assert _get(platform, path, "tga-wrong").status_code == 401
     assert _get(platform, "/v1/usage", "tg-not-a-key").status_code == 401

@@ -128,7 +128,9 @@ async def _report(request: Request, account_id: str, key_id: str, money: tuple[t
         writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        headers = {"Content-Disposition": f'attachment; filename="usage-{account_id}.csv"'}
+        # Header values are latin-1: the account id (any text) only after dropping what a file name must not hold.
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", account_id)[:100]
+        headers = {"Content-Disposition": f'attachment; filename="usage-{name}.csv"'}
         if reply.next_page_token:
             headers["X-Next-Page-Token"] = reply.next_page_token
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
