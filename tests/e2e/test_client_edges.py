@@ -308,3 +308,24 @@ def test_models_list_and_retrieve_in_openai_and_anthropic_shapes(platform: Platf
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=platform.ingress_url, api_key="tg-nope", max_retries=0).models.retrieve(
             "claude-3-5-haiku")
+
+
+def test_claude_thinking_history_and_requests_meet_an_openai_model_cleanly(platform: Platform) -> None:
+    tenant = Tenant.create(platform)
+    client = anthropic.Anthropic(base_url=platform.ingress_url, api_key=tenant.api_key, max_retries=0, timeout=30)
+    history: Any = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": THINKING_TEXT, "signature": thinking_signature(THINKING_TEXT)},
+            {"type": "text", "text": "Hello!"}]},
+        {"role": "user", "content": "And now?"},
+    ]
+    before = len(mock_calls(platform))
+    answer = client.messages.create(model="gpt-4o-mini", max_tokens=64, messages=history)
+    assert answer.content[0].type == "text"
+    sent = mock_calls(platform)[before]["body"]["messages"]
+    assert all("reasoning_details" not in m for m in sent), "Claude's signed thinking is not sent to OpenAI"
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(model="gpt-4o-mini", max_tokens=2048, thinking=THINKING, messages=history)
+    assert "Extended thinking" in caught.value.message
+    assert len(mock_calls(platform)) == before + 1, "a thinking request is refused, not silently served without"

@@ -186,3 +186,23 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds({"retry-after": formatdate(now + 30, usegmt=True)}, now=now) in (30, 31)
     assert retry_after_seconds({"retry-after": "soon"}) == 1
     assert retry_after_seconds({}) == 1
+
+
+def test_openrouter_reasoning_fields_reach_only_a_provider_that_speaks_them() -> None:
+    from tollgate_router.domain import Provider, Route
+    from tollgate_router.errors import InvalidRequest
+    from tollgate_router.openai_compat import without_foreign_reasoning
+
+    openai_route = Route("gpt-4o", Provider("openai", "openai", "http://o/v1"), "gpt-4o", "openai")
+    openrouter = Route("claude", Provider("or", "openai", "http://or/v1", options={"reasoning": "openrouter"}),
+                       "anthropic/claude", "anthropic")
+    history = {"messages": [{"role": "user", "content": "hi"},
+                            {"role": "assistant", "content": "x", "reasoning_details": [{"type": "reasoning.text"}]}]}
+    assert without_foreign_reasoning(openai_route, history)["messages"][1] == {"role": "assistant", "content": "x"}
+    assert "reasoning_details" in history["messages"][1], "the caller's body is not mutated"
+    assert without_foreign_reasoning(openrouter, history) is history
+    with pytest.raises(InvalidRequest) as caught:
+        without_foreign_reasoning(openai_route, {**history, "reasoning": {"max_tokens": 2048}})
+    assert caught.value.param == "reasoning"
+    plain = {"messages": [{"role": "user", "content": "hi"}]}
+    assert without_foreign_reasoning(openai_route, plain) is plain

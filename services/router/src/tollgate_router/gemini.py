@@ -81,6 +81,7 @@ UNSUPPORTED = {
     "audio": "audio output is not translated for Gemini.",
     "modalities": "only text output is translated for Gemini.",
     "prediction": "Gemini has no predicted outputs.",
+    "reasoning": "extended thinking is translated for Anthropic models only.",
 }
 
 

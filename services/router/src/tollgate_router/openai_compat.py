@@ -22,7 +22,7 @@ import orjson
 
 from .adapters import StreamEvent
 from .domain import Completion, Route, StreamEnded, Usage
-from .errors import UpstreamUnavailable
+from .errors import InvalidRequest, UpstreamUnavailable
 from .upstream_http import (
     DEFAULT_LIMITS,
     StreamMeta,
@@ -50,6 +50,23 @@ def create_session(max_connections: int) -> aiohttp.ClientSession:
         read_bufsize=2**18,
         raise_for_status=False,
     )
+
+
+def without_foreign_reasoning(route: Route, body: dict[str, Any]) -> dict[str, Any]:
+    """The body without OpenRouter's reasoning fields, unless the provider speaks them (``options.reasoning:
+    openrouter``, e.g. OpenRouter itself): OpenAI refuses unknown fields. Earlier turns' ``reasoning_details``
+    (Claude's signed thinking, from /v1/messages) are dropped, as context this model cannot use; a request for
+    thinking (``reasoning``) is a 400 rather than silently ignored."""
+    if route.provider.options.get("reasoning") == "openrouter":
+        return body
+    if body.get("reasoning") is not None:
+        raise InvalidRequest(f"Extended thinking ('reasoning', or Anthropic's 'thinking') is not supported by the "
+                             f"provider '{route.provider.name}' of model '{route.model}'.", param="reasoning")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(isinstance(m, dict) and "reasoning_details" in m for m in messages):
+        return body
+    kept = [{k: v for k, v in m.items() if k != "reasoning_details"} if isinstance(m, dict) else m for m in messages]
+    return {**body, "messages": kept}
 
 
 class OpenAICompatibleAdapter:
@@ -88,7 +105,7 @@ class OpenAICompatibleAdapter:
         return f"{base}/openai/deployments/{deployment}/chat/completions?api-version={quote(version, safe='')}"
 
     async def complete(self, route: Route, body: dict[str, Any], *, request_id: str, timeout: float) -> Completion:
-        body = {**body, "model": route.upstream_model}
+        body = {**without_foreign_reasoning(route, body), "model": route.upstream_model}
         body.pop("stream", None)
         body.pop("stream_options", None)
         raw, header_id = await post_raw(
@@ -117,7 +134,7 @@ class OpenAICompatibleAdapter:
     ) -> AsyncGenerator[StreamEvent, None]:
         options = body.get("stream_options")
         body = {
-            **body,
+            **without_foreign_reasoning(route, body),
             "model": route.upstream_model,
             "stream": True,
             "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True},
