@@ -35,6 +35,7 @@ from .kafka_security import KafkaSecurity
 __all__ = [
     "CONSUMER_LINGER_SECONDS",
     "DIRECT_RETRY_SECONDS",
+    "NOTIFIED_POLL_SECONDS",
     "PARKED_EVENTS",
     "PUBLISH_TIMEOUT",
     "AcknowledgedPublisher",
@@ -228,6 +229,14 @@ class AcknowledgedPublisher:
             log.warning(f"publishing {self.what} failed; writing them to the outbox", extra={"error": repr(exc)})
             return False
         return True
+
+
+#: The ``poll_seconds`` of a relay whose every outbox writer calls :meth:`OutboxRelay.notify` after its commit
+#: (metering's consumer and reconciler, policy's decision log, the router's attempt log): its poll is only a safety
+#: net (rows another replica wrote, a wake-up lost to a crash; rows left from before a restart go out at its start).
+#: Measured on an idle stack: policy 5 -> 1 ms of CPU per second, the router 5 -> 0.5-1, metering 12 -> 7.5-8
+#: against the 0.5 s default (each poll is a session, a select and a rollback).
+NOTIFIED_POLL_SECONDS = 5.0
 
 
 class OutboxRelay:

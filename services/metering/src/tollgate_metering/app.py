@@ -20,7 +20,7 @@ from tollgate_common.event_auth import EventSigner, EventVerifier
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
-from tollgate_common.kafka import OutboxRelay, run_with_producer
+from tollgate_common.kafka import NOTIFIED_POLL_SECONDS, OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
 from .application import Metering
@@ -96,8 +96,9 @@ class MeteringApp:
         assert self.metering is not None
         # keep=False: published UsageRated rows are deleted; rated_usage holds everything to re-derive them,
         # and the archive (not the outbox) is metering's durable log.
+        # Woken after each commit that wrote rows (the consumer's and the reconciler's): the poll is a safety net.
         self.relay = OutboxRelay(self.metering.sessions, messaging, producer, keep=False,
-                                 write_turn=self.metering.write_turn)
+                                 poll_seconds=NOTIFIED_POLL_SECONDS, write_turn=self.metering.write_turn)
         self.consumer = UsageConsumer(
             self.metering, self.settings.kafka_bootstrap_servers, after_commit=self.relay.notify,
             verify=EventVerifier(self.settings.internal_keys),

@@ -19,7 +19,7 @@ from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
-from tollgate_common.kafka import OutboxRelay, run_with_producer
+from tollgate_common.kafka import NOTIFIED_POLL_SECONDS, OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
 from .application import PolicyCache, PolicyService
@@ -103,7 +103,8 @@ class PolicyApp:
         # keep=False: published rows are deleted; the events are the audit log, Kafka holds them.
         # linger: under load the rows of several group commits go out in one select, send and delete.
         self.relay = OutboxRelay(
-            session_maker(self.engine), messaging, producer, keep=False, linger_seconds=_RELAY_LINGER_SECONDS
+            session_maker(self.engine), messaging, producer, keep=False, linger_seconds=_RELAY_LINGER_SECONDS,
+            poll_seconds=NOTIFIED_POLL_SECONDS,  # DecisionLog wakes it after each outbox write
         )
         if self.decisions is not None:
             self.decisions.kafka.producer = producer  # decisions go straight to Kafka while this producer runs

@@ -19,7 +19,7 @@ from tollgate_common.event_auth import EventSigner
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
-from tollgate_common.kafka import OutboxRelay, run_with_producer
+from tollgate_common.kafka import NOTIFIED_POLL_SECONDS, OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
 
 from .application import Router
@@ -116,7 +116,8 @@ class RouterServer:
     async def _relay_attempts(self, producer: AIOKafkaProducer) -> None:
         assert self._attempts is not None
         # keep=False: a published attempt has nothing more to give; the topic is its record.
-        relay = OutboxRelay(self._attempts.sessions, messaging, producer, keep=False, linger_seconds=0.005)
+        relay = OutboxRelay(self._attempts.sessions, messaging, producer, keep=False, linger_seconds=0.005,
+                            poll_seconds=NOTIFIED_POLL_SECONDS)  # woken by the attempt log's after_commit
         self._attempts.after_commit.append(relay.notify)
         self._attempts.kafka.producer = producer  # attempts go straight to Kafka while this producer runs
         try:
