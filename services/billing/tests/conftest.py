@@ -31,7 +31,7 @@ async def metering() -> AsyncIterator[FakeMeteringServer]:
     await fake.server.stop(0)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """Parametrized: the same test on SQLite and on PostgreSQL (skipped with a reason when it does not answer)."""
     if request.param == "sqlite":
@@ -39,6 +39,13 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         return
     async with postgres_database() as db:
         yield db
+
+
+@pytest.fixture
+def db(database: Database) -> Database:
+    """The contract classes' name for :func:`database`: each ``Test…`` class of a contract module runs once per
+    database, with no subclass per backend."""
+    return database
 
 
 @pytest.fixture

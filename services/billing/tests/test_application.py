@@ -1,7 +1,8 @@
 """The application and its repository against real databases: ONE test class, run on SQLite and on PostgreSQL.
 
-``ApplicationContract`` holds the tests; each subclass only says which database to use (the pattern of
-pyeventsourcing's test suites). Money is checked in exact nano-units.
+``TestApplication`` holds the tests; conftest's ``db`` fixture runs each on both databases (the pattern of
+pyeventsourcing's test suites, with a parametrized fixture instead of a subclass per backend). Money is checked in
+exact nano-units.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from billing_support import (
     FakeClock,
     StaticPrices,
     hold_for,
-    postgres_database,
     rated,
-    sqlite_database,
     static_prices,
 )
 from sqlalchemy import func, select
@@ -90,7 +89,7 @@ class Harness:
             return int(total.scalar_one())
 
 
-class ApplicationContract:
+class TestApplication:
     """Behaviour every backend must show. Subclasses provide the ``db`` fixture."""
 
     @pytest.fixture
@@ -535,17 +534,3 @@ class ApplicationContract:
                 hash_api_key(admin_key): True, hash_api_key(plain_key): False}
         finally:
             await fresh.dispose()
-
-
-class TestApplicationOnSqlite(ApplicationContract):
-    @pytest.fixture
-    async def db(self, tmp_path: Path) -> Database:
-        return await sqlite_database(tmp_path)
-
-
-@pytest.mark.postgres
-class TestApplicationOnPostgres(ApplicationContract):
-    @pytest.fixture
-    async def db(self) -> AsyncIterator[Database]:
-        async with postgres_database() as db:
-            yield db

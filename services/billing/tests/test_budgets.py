@@ -17,9 +17,7 @@ from billing_support import (
     Database,
     FakeClock,
     hold_for,
-    postgres_database,
     rated,
-    sqlite_database,
     static_prices,
 )
 from tollgate.events.v1.billing_pb2 import (
@@ -72,7 +70,7 @@ def test_periods_turn_over_at_local_midnight_monday_and_the_first() -> None:
     assert period_bounds("daily", "UTC", late)[0] == _ms("2026-05-01 00:00")
 
 
-class BudgetsContract:
+class TestBudgets:
     @pytest.fixture
     async def billing(self, db: Database) -> AsyncIterator[Billing]:
         engine = create_engine(db.url, schema=db.schema)
@@ -278,17 +276,3 @@ class BudgetsContract:
         await self._usage(billing, "b", account, key_id, 200)
         got = {b.budget_id: (b.held_nanos, b.spent_nanos) for b in await budgets.list_budgets(account)}
         assert got == {ml.budget_id: (0, 100), ops.budget_id: (0, 200)}
-
-
-class TestBudgetsOnSqlite(BudgetsContract):
-    @pytest.fixture
-    async def db(self, tmp_path: Path) -> Database:
-        return await sqlite_database(tmp_path)
-
-
-@pytest.mark.postgres
-class TestBudgetsOnPostgres(BudgetsContract):
-    @pytest.fixture
-    async def db(self) -> AsyncIterator[Database]:
-        async with postgres_database() as db:
-            yield db

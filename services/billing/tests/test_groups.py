@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from billing_support import MODEL, Database, FakeClock, postgres_database, sqlite_database, static_prices
+from billing_support import MODEL, Database, FakeClock, static_prices
 from tollgate.events.v1.billing_pb2 import GROUP_KIND_PROJECT, GROUP_KIND_TEAM
 from tollgate_billing import errors
 from tollgate_billing.application import Billing
@@ -21,7 +21,7 @@ from tollgate_common.db import create_engine, create_schema
 NANOS = 10**9
 
 
-class GroupsContract:
+class TestGroups:
     @pytest.fixture
     async def billing(self, db: Database) -> AsyncIterator[Billing]:
         engine = create_engine(db.url, schema=db.schema)
@@ -134,17 +134,3 @@ class GroupsContract:
             assert {t.name: t.live_rows for t in report.tables}["groups"] == 3
         finally:
             await fresh.dispose()
-
-
-class TestGroupsOnSqlite(GroupsContract):
-    @pytest.fixture
-    async def db(self, tmp_path: Path) -> Database:
-        return await sqlite_database(tmp_path)
-
-
-@pytest.mark.postgres
-class TestGroupsOnPostgres(GroupsContract):
-    @pytest.fixture
-    async def db(self) -> AsyncIterator[Database]:
-        async with postgres_database() as db:
-            yield db

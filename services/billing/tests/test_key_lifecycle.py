@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from billing_support import MODEL, OTHER_MODEL, Database, FakeClock, postgres_database, sqlite_database, static_prices
+from billing_support import MODEL, OTHER_MODEL, Database, FakeClock, static_prices
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.events.v1 import billing_pb2
@@ -64,7 +64,7 @@ class Rig:
                        monotonic=self.monotonic)
 
 
-class KeyLifecycleContract:
+class TestKeyLifecycle:
     @pytest.fixture
     async def rig(self, db: Database) -> AsyncIterator[Rig]:
         engine = create_engine(db.url, schema=db.schema)
@@ -235,17 +235,3 @@ class KeyLifecycleContract:
             assert report.equal, report.render()
         finally:
             await fresh.dispose()
-
-
-class TestKeyLifecycleOnSqlite(KeyLifecycleContract):
-    @pytest.fixture
-    async def db(self, tmp_path: Path) -> Database:
-        return await sqlite_database(tmp_path)
-
-
-@pytest.mark.postgres
-class TestKeyLifecycleOnPostgres(KeyLifecycleContract):
-    @pytest.fixture
-    async def db(self) -> AsyncIterator[Database]:
-        async with postgres_database() as db:
-            yield db

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from billing_support import MODEL, Database, FakeClock, postgres_database, sqlite_database, static_prices
+from billing_support import MODEL, Database, FakeClock, static_prices
 from tollgate_billing import errors
 from tollgate_billing.application import Billing
 from tollgate_billing.tables import metadata
@@ -33,7 +32,7 @@ async def _fire(billing: Billing, api_key: str, prefix: str, n: int) -> list[int
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-class RateLimitContract:
+class TestRateLimit:
     @pytest.fixture
     async def billing(self, db: Database) -> AsyncIterator[Billing]:
         engine = create_engine(db.url, schema=db.schema)
@@ -65,20 +64,6 @@ class RateLimitContract:
     async def test_keys_without_an_rpm_are_not_limited(self, billing: Billing) -> None:
         api_key = await self._key(billing, 0)
         assert (await _fire(billing, api_key, "free", 50)).count(None) == 50
-
-
-class TestRateLimitsOnSqlite(RateLimitContract):
-    @pytest.fixture
-    async def db(self, tmp_path: Path) -> Database:
-        return await sqlite_database(tmp_path)
-
-
-@pytest.mark.postgres
-class TestRateLimitsOnPostgres(RateLimitContract):
-    @pytest.fixture
-    async def db(self) -> AsyncIterator[Database]:
-        async with postgres_database() as db:
-            yield db
 
     async def test_two_billing_replicas_on_one_database_admit_the_rpm_once(self, db: Database) -> None:
         engines = [create_engine(db.url, schema=db.schema) for _ in range(2)]
