@@ -201,6 +201,16 @@ async def test_constraints_and_key_go_to_the_router(client: httpx2.AsyncClient, 
         ) == (["azure-eu"], ["openai"], ["eu"], ["gpt-4o-mini"])
 
 
+async def test_the_holds_prompt_estimate_goes_to_the_router(client: httpx2.AsyncClient, fakes: Fakes) -> None:
+    """The router puts it on its attempts: metering charges a request by it when this ingress dies unsettled."""
+    for stream in (False, True):
+        resp = await client.post(CHAT, json=body(stream=stream), headers=auth())
+        assert resp.status_code == 200, resp.text
+    held = [call.prompt_tokens for call in fakes.billing.authorize_calls]
+    sent = [request.prompt_tokens_estimate for request in _router(fakes).requests]
+    assert sent == held and len(sent) == 2 and all(n > 0 for n in sent)
+
+
 @pytest.mark.parametrize(
     ("rule", "explained"),
     [

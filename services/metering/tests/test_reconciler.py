@@ -33,14 +33,14 @@ class Clock:
 
 
 def _attempt(request_id: str, number: int, outcome: int, *, prompt: int = 0, completion: int = 0,
-             unknown: bool = False, model: str = "gpt-4o-mini") -> Envelope:
+             unknown: bool = False, model: str = "gpt-4o-mini", estimate: int = 0) -> Envelope:
     message = attempts_pb2.AttemptRecorded(
         request_id=request_id, account_id="acc_1", attempt=number, model=model, provider="openai",
         deployment=f"{model}/mock", upstream_model=model, outcome=outcome,  # type: ignore[arg-type]
         usage=usage_pb2.TokenUsage(prompt_tokens=prompt, completion_tokens=completion,
                                    total_tokens=prompt + completion),
         upstream_request_id=f"up-{request_id}-{number}", started_at_unix_ms=NOON, latency_ms=50, streamed=True,
-        usage_unknown=unknown)
+        usage_unknown=unknown, prompt_tokens_estimate=estimate)
     return envelope_for(message, id=f"{request_id}:{number}", service="router", subject="acc_1")
 
 
@@ -69,13 +69,14 @@ async def test_requests_without_usage_are_rated_from_their_attempts(metering: Me
     reconciler = Reconciler(metering, after_seconds=60, clock=clock)
     attempts = [
         # crashed: a timeout on the first deployment, then a success the caller never settled
-        _attempt("req_crashed", 1, attempts_pb2.ATTEMPT_OUTCOME_TIMEOUT, unknown=True),
+        # (the caller's estimate is not used: the provider reported the usage)
+        _attempt("req_crashed", 1, attempts_pb2.ATTEMPT_OUTCOME_TIMEOUT, unknown=True, estimate=25),
         _attempt("req_crashed", 2, attempts_pb2.ATTEMPT_OUTCOME_SUCCEEDED, prompt=40, completion=900,
-                 model="gpt-4o"),
+                 model="gpt-4o", estimate=25),
         # its usage event came (ingress settled it): nothing to do
         _attempt("req_settled", 1, attempts_pb2.ATTEMPT_OUTCOME_SUCCEEDED, prompt=10, completion=20),
-        # cancelled mid-way, nothing reported
-        _attempt("req_cut", 1, attempts_pb2.ATTEMPT_OUTCOME_CANCELLED, unknown=True),
+        # cancelled mid-way (a stream cut by an ingress crash), nothing reported: charged by the caller's estimate
+        _attempt("req_cut", 1, attempts_pb2.ATTEMPT_OUTCOME_CANCELLED, unknown=True, estimate=25),
         # a health probe (no account) is not a request
         envelope_for(attempts_pb2.AttemptRecorded(request_id="probe_1", attempt=1), id="probe_1:1",
                      service="router", subject=""),
@@ -96,7 +97,8 @@ async def test_requests_without_usage_are_rated_from_their_attempts(metering: Me
     assert crashed.outcome == usage_pb2.REQUEST_OUTCOME_SUCCEEDED and not crashed.usage_unknown
     assert crashed.hold_id == "req_crashed" and crashed.upstream_request_id == "up-req_crashed-2"
     cut = usage_pb2.UsageRecorded.FromString(published["reconciled:req_cut"].value)
-    assert cut.outcome == usage_pb2.REQUEST_OUTCOME_FAILED and cut.usage_unknown and cut.usage.total_tokens == 0
+    assert cut.outcome == usage_pb2.REQUEST_OUTCOME_FAILED and cut.usage_unknown
+    assert (cut.usage.prompt_tokens, cut.usage.completion_tokens, cut.usage.total_tokens) == (25, 0, 25)
     async with metering.sessions() as s:
         assert (await s.execute(select(func.count()).select_from(attempt_usage))).scalar_one() == 0
     assert await reconciler.reconcile_due() == 0  # once

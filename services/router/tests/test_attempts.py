@@ -114,6 +114,33 @@ async def test_attempts_are_in_the_outbox_before_the_answer(mock: MockUpstream, 
     assert events[0].usage.total_tokens == 0 and not last.streamed and last.http_status == 200
 
 
+async def test_the_callers_prompt_estimate_reaches_every_attempt_event(mock: MockUpstream, tmp_path: Path) -> None:
+    """Metering charges a request whose ingress died by this estimate (no usage event comes): it must be on each
+    attempt, retried or streamed, as ingress sent it."""
+    backup = await start_mock_upstream("127.0.0.1", 0)
+    db = tmp_path / "router.db"
+    server, channel, stub = await _router(
+        {"ROUTER_PROVIDERS_FILE": _catalogue(tmp_path, mock, backup), "ROUTER_DATABASE_URL": f"sqlite:///{db}"}
+    )
+    try:
+        mock.faults.arm(FaultRule(fault="500", times=1))
+        unary = _request("req_e1")
+        unary.prompt_tokens_estimate = 37
+        await stub.Complete(unary)
+        streamed = _request("req_e2", stream=True)
+        streamed.prompt_tokens_estimate = 41
+        replies = [reply async for reply in stub.StreamComplete(streamed)]
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT event_id, value FROM outbox ORDER BY id").fetchall()
+    finally:
+        await channel.close()
+        await server.stop(grace=0)
+        await backup.stop()
+    assert replies[-1].HasField("end")
+    estimates = {event_id: apb.AttemptRecorded.FromString(value).prompt_tokens_estimate for event_id, value in rows}
+    assert estimates == {"req_e1:1": 37, "req_e1:2": 37, "req_e2:1": 41}
+
+
 async def test_attempts_arrive_on_the_broker_with_outcomes_and_usage(
     mock: MockUpstream, tmp_path: Path, broker: str
 ) -> None:

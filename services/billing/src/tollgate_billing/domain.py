@@ -346,8 +346,8 @@ class UnknownUsageCharge(StrEnum):
 def charge_for(hold_amount_nanos: int, rated: usage_pb2.UsageRated,
                unknown_usage: UnknownUsageCharge = UnknownUsageCharge.PROMPT) -> int:
     """The nanos a rated request is charged: its rated price; for unknown usage, per the operator's setting. An
-    unknown-usage event without a prompt estimate (metering reconciled it from the router's attempts, which do not
-    know the prompt) is charged the hold under ``prompt``: it is the only bound known."""
+    unknown-usage event without a prompt estimate (metering reconciled it from attempts of a caller that sent the
+    router no ``prompt_tokens_estimate``) is charged the hold under ``prompt``: it is the only bound known."""
     rated_nanos = max(0, rated.resale_price_nanos)
     if not rated.usage_unknown:
         return rated_nanos

@@ -76,6 +76,7 @@ class Prepared:
             body_json=self.body_json,
             constraints=self.constraints,
             authorized_models=self.authorized_models,
+            prompt_tokens_estimate=self.prompt_tokens,
         )
 
 

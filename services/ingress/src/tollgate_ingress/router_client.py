@@ -36,6 +36,9 @@ class RouteRequest:
     constraints: RoutingConstraints
     #: The catalogue models billing checked and held for: the router may serve no other.
     authorized_models: Sequence[str]
+    #: The prompt tokens the hold was sized with: the router records it on its attempts, so metering can charge a
+    #: request by estimate when this ingress dies before publishing its usage (0 = unknown).
+    prompt_tokens_estimate: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ def _message(request: RouteRequest, kind: type[M]) -> M:
         constraints=_constraints(request.constraints),
         key_id=request.key_id,
         authorized_models=request.authorized_models,
+        prompt_tokens_estimate=request.prompt_tokens_estimate,
     )
 
 

@@ -17,9 +17,13 @@ attempts of requests it has not rated (``attempt_usage``, a work list) and, once
 What the event carries: the usage the attempts reported, summed (a failed attempt reports none unless the provider
 counted some); the model, provider and upstream ids of the attempt that succeeded, else of the last one; outcome
 SUCCEEDED when one succeeded, else FAILED with ``usage_unknown`` when an attempt may have been billed unseen
-(billing charges that per ``BILLING_UNKNOWN_USAGE_CHARGE``; metering knows no prompt estimate, so ``prompt`` then
-charges only what was reported). No key id, team, project or tags: the attempts do not carry them (billing takes the
-key from the hold). Probes (account ``""``) are not stored.
+(billing charges that per ``BILLING_UNKNOWN_USAGE_CHARGE``). Such a FAILED event's prompt count is the caller's
+prompt estimate (``AttemptRecorded.prompt_tokens_estimate``, the count ingress sized the hold with; the reported
+prompt count if larger), no output: the same usage ingress itself publishes for a call whose usage is unknown, so
+a stream cut by an ingress crash (the router closes the upstream when its caller leaves: no provider usage) is
+charged the priced estimate under ``prompt``, not the whole hold. With no estimate (an older ingress) billing
+charges ``prompt`` the hold, the only bound known. No key id, team, project or tags: the attempts do not carry
+them (billing takes the key from the hold). Probes (account ``""``) are not stored.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ RECONCILED = Counter("tollgate_metering_usage_reconciled_total",
 
 _COLUMNS = ("request_id", "attempt", "account_id", "model", "provider", "upstream_model", "upstream_request_id",
             "succeeded", "usage_unknown", "streamed", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
-            "reasoning_tokens", "ended_at_unix_ms", "seen_at_unix_ms")
+            "reasoning_tokens", "ended_at_unix_ms", "prompt_tokens_estimate", "seen_at_unix_ms")
 _TEXT_LIMIT = 200
 _INT64_MAX = 2**63 - 1
 
@@ -74,7 +78,8 @@ def attempt_row(a: attempts_pb2.AttemptRecorded, seen_at_unix_ms: int) -> tuple[
             a.provider[:_TEXT_LIMIT], a.upstream_model[:_TEXT_LIMIT], a.upstream_request_id[:_TEXT_LIMIT],
             a.outcome == attempts_pb2.ATTEMPT_OUTCOME_SUCCEEDED, a.usage_unknown, a.streamed,
             _count(u.prompt_tokens), _count(u.completion_tokens), _count(u.cached_prompt_tokens),
-            _count(u.reasoning_tokens), _count(a.started_at_unix_ms + max(0, a.latency_ms)), seen_at_unix_ms)
+            _count(u.reasoning_tokens), _count(a.started_at_unix_ms + max(0, a.latency_ms)),
+            _count(a.prompt_tokens_estimate), seen_at_unix_ms)
 
 
 def reconciled_usage(rows: Sequence[Any]) -> usage_pb2.UsageRecorded:
@@ -82,7 +87,10 @@ def reconciled_usage(rows: Sequence[Any]) -> usage_pb2.UsageRecorded:
     ordered = sorted(rows, key=lambda r: r.attempt)
     served = next((r for r in ordered if r.succeeded), ordered[-1])
     succeeded = any(r.succeeded for r in ordered)
+    unknown = not succeeded and any(r.usage_unknown for r in ordered)
     prompt = sum(r.prompt_tokens for r in ordered)
+    if unknown:  # charged by estimate, as ingress would have (see the module's docstring)
+        prompt = max(prompt, max(r.prompt_tokens_estimate for r in ordered))
     completion = sum(r.completion_tokens for r in ordered)
     return usage_pb2.UsageRecorded(
         request_id=served.request_id,
@@ -101,7 +109,7 @@ def reconciled_usage(rows: Sequence[Any]) -> usage_pb2.UsageRecorded:
         outcome=usage_pb2.REQUEST_OUTCOME_SUCCEEDED if succeeded else usage_pb2.REQUEST_OUTCOME_FAILED,
         streamed=served.streamed,
         occurred_at_unix_ms=max(r.ended_at_unix_ms for r in ordered),
-        usage_unknown=not succeeded and any(r.usage_unknown for r in ordered),
+        usage_unknown=unknown,
     )
 
 

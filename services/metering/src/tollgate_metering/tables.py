@@ -163,6 +163,9 @@ attempt_usage = Table(
     Column("cached_prompt_tokens", BigInteger, nullable=False),
     Column("reasoning_tokens", BigInteger, nullable=False),
     Column("ended_at_unix_ms", BigInteger, nullable=False),
+    #: The prompt tokens the caller (ingress) sized the hold with (AttemptRecorded.prompt_tokens_estimate; 0 =
+    #: unknown): what a request with unknown usage is charged by when no usage event came.
+    Column("prompt_tokens_estimate", BigInteger, nullable=False, server_default="0"),
     #: When metering stored it (its clock): a request is reconciled this long after its last attempt arrived.
     Column("seen_at_unix_ms", BigInteger, nullable=False, index=True),
     PrimaryKeyConstraint("request_id", "attempt"),

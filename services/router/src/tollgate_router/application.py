@@ -103,6 +103,7 @@ class Router:
         constraints: Constraints,
         streamed: bool,
         mode: str = "chat",
+        prompt_tokens_estimate: int = 0,
     ) -> _Call:
         try:
             raw = orjson.loads(body_json)
@@ -132,6 +133,7 @@ class Router:
             budget, callers = deadline, True
         call = _Call(self, request_id, account_id, body, overrides, candidates, self._clock() + budget, streamed)
         call.callers_deadline = callers
+        call.prompt_tokens_estimate = prompt_tokens_estimate
         return call
 
     async def complete(
@@ -143,10 +145,11 @@ class Router:
         deadline: float | None = None,
         account_id: str = "",
         constraints: Constraints | None = None,
+        prompt_tokens_estimate: int = 0,
     ) -> Completion:
         return await self.unary(
             self._complete_on, request_id=request_id, model=model, body_json=body_json, deadline=deadline,
-            account_id=account_id, constraints=constraints,
+            account_id=account_id, constraints=constraints, prompt_tokens_estimate=prompt_tokens_estimate,
         )
 
     async def _complete_on(self, route: Route, body: dict[str, Any], request_id: str, timeout: float) -> Completion:
@@ -165,6 +168,7 @@ class Router:
         serves: Callable[[Route], bool] | None = None,
         none_serves: str = "",
         mode: str = "chat",
+        prompt_tokens_estimate: int = 0,
     ) -> Completion:
         """The walk over a model's deployments for one unary upstream call (a chat completion, an embedding):
         each attempt ``send``s to one route; a failure is recorded and the next route tried, until one answers or
@@ -180,6 +184,7 @@ class Router:
             constraints=constraints or Constraints(),
             streamed=False,
             mode=mode,
+            prompt_tokens_estimate=prompt_tokens_estimate,
         )
         if serves is not None:
             call.candidates = [r for r in call.candidates if serves(r)]
@@ -219,6 +224,7 @@ class Router:
         deadline: float | None = None,
         account_id: str = "",
         constraints: Constraints | None = None,
+        prompt_tokens_estimate: int = 0,
     ) -> AsyncGenerator[StreamEvent, None]:
         """Chunks, then one ``StreamEnded``; errors before the first chunk are raised before anything is yielded."""
         call = self._start(
@@ -229,6 +235,7 @@ class Router:
             deadline=deadline,
             constraints=constraints or Constraints(),
             streamed=True,
+            prompt_tokens_estimate=prompt_tokens_estimate,
         )
         try:
             while True:
@@ -405,6 +412,8 @@ class _Call:
         self.callers_deadline = False
         #: Per attempt number: its timeout, and whether the caller's deadline (not the deployment's) set it.
         self._timeouts: dict[int, tuple[float, bool]] = {}
+        #: The caller's prompt token estimate (CompleteRequest.prompt_tokens_estimate), put on every attempt.
+        self.prompt_tokens_estimate = 0
 
     def remaining(self) -> float:
         return self.deadline_at - self.router._clock()
@@ -453,6 +462,7 @@ class _Call:
             route=route,
             streamed=self.streamed,
             started_at_unix_ms=now_ms(),
+            prompt_tokens_estimate=self.prompt_tokens_estimate,
         )
         self.attempts.append(attempt)
         own = route.timeout_seconds or route.provider.timeout_seconds or self.router._timeout

@@ -86,6 +86,8 @@ class Attempt:
     #: The provider may have served it but reported no (valid) usage: see AttemptRecorded.usage_unknown.
     usage_unknown: bool = False
     upstream_request_id: str = ""
+    #: The caller's prompt token estimate (see AttemptRecorded.prompt_tokens_estimate); 0 = unknown.
+    prompt_tokens_estimate: int = 0
 
     def event(self) -> Envelope:
         u = self.usage
@@ -117,6 +119,7 @@ class Attempt:
             streamed=self.streamed,
             region=self.route.region,
             started_at_unix_ms=self.started_at_unix_ms,
+            prompt_tokens_estimate=self.prompt_tokens_estimate,
         )
         return envelope_for(
             message,

@@ -98,10 +98,11 @@ class Embedder:
         deadline: float | None = None,
         account_id: str = "",
         constraints: Constraints | None = None,
+        prompt_tokens_estimate: int = 0,
     ) -> Completion:
         return await self.router.unary(
             self._embed_on, request_id=request_id, model=model, body_json=body_json, deadline=deadline,
-            account_id=account_id, constraints=constraints,
+            account_id=account_id, constraints=constraints, prompt_tokens_estimate=prompt_tokens_estimate,
             serves=self._serves, none_serves="that provides embeddings",
             mode="embedding",
         )

@@ -166,6 +166,7 @@ def _call(request: pb.CompleteRequest | pb.EmbedRequest, context: grpc.aio.Servi
         "deadline": context.time_remaining(),
         "account_id": request.account_id,
         "constraints": _constraints(request.constraints, request.authorized_models),
+        "prompt_tokens_estimate": max(0, request.prompt_tokens_estimate),
     }
 
 
