@@ -22,7 +22,7 @@ from tollgate_common.event_auth import EventSigner, EventVerifier
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
-from tollgate_common.kafka import DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
+from tollgate_common.kafka import NOTIFIED_POLL_SECONDS, DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
 from tollgate_common.kafka_security import KafkaSecurity
 from tollgate_common.migrations import migrate
 from tollgate_common.runtime import serve_until
@@ -224,8 +224,10 @@ class BillingApp:
             log.exception("could not check the broker's copy of billing's log")
         # The relay's marking write queues with Authorize's writes (SQLite), and it lingers a little after a
         # wake-up so that under load one publish round covers many requests' events, not one each.
+        # Every billing writer wakes it after its commit (Authorize, the admin commands, credits, the sweeper, the
+        # usage consumer), so its poll is only a safety net: NOTIFIED_POLL_SECONDS, not the 0.5 s default.
         self.relay = OutboxRelay(self.sessions, messaging, producer, keep=True, linger_seconds=RELAY_LINGER_SECONDS,
-                                 write_turn=self.billing.sqlite_turn)
+                                 write_turn=self.billing.sqlite_turn, poll_seconds=NOTIFIED_POLL_SECONDS)
         self.consumer = UsageConsumer(bootstrap, self.sessions, self.billing, after_commit=self.relay.notify,
                                       verify=EventVerifier(self.settings.internal_keys),
                                       security=self.settings.kafka_security)
