@@ -21,7 +21,7 @@ import orjson
 
 from .domain import Usage
 from .errors import InvalidRequest
-from .json_depth import TOO_DEEP, nests_too_deep
+from .json_depth import load_object
 
 __all__ = ["CompletionsRequest", "completion_chunk", "completion_from_chat", "parse_completions_request"]
 
@@ -41,14 +41,7 @@ class CompletionsRequest:
 
 def parse_completions_request(raw: bytes) -> CompletionsRequest:
     """Validate a ``POST /v1/completions`` body and translate it. 400 on anything wrong or unsupported."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object", code="invalid_type")
-    if nests_too_deep(body):
-        raise InvalidRequest(TOO_DEEP, code="nesting_too_deep")
+    body = load_object(raw)
     model = body.get("model")
     if model is None:
         raise InvalidRequest("You must provide a model parameter", param="model", code="missing_required_parameter")

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import orjson
 
 from .errors import InvalidRequest
-from .json_depth import TOO_DEEP, nests_too_deep
+from .json_depth import load_object
 from .tool_texts import ToolSlot, redact_tools, tool_slots, tool_text
 
 __all__ = [
@@ -352,14 +352,7 @@ def parse_chat_request(raw: bytes, tags_header: str | None = None) -> ChatReques
 
     The usage event's tags are the request's ``metadata`` string pairs, then its ``user`` (as ``user``), then the
     header's pairs, a later source winning on the same key: at most 16 + 1 + 16 pairs, each bounded."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise _invalid("The request body must be a JSON object", None, "invalid_type")
-    if nests_too_deep(body):
-        raise _invalid(TOO_DEEP, None, "nesting_too_deep")
+    body = load_object(raw)
 
     model = body.get("model")
     if model is None:

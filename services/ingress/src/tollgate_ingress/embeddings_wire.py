@@ -20,7 +20,7 @@ import orjson
 import tiktoken
 
 from .errors import InvalidRequest
-from .json_depth import TOO_DEEP, nests_too_deep
+from .json_depth import load_object
 from .tokens import ENCODING_NAME
 
 __all__ = ["EmbeddingsRequest", "parse_embeddings_request"]
@@ -103,14 +103,7 @@ def _decode(items: list[EmbeddingInput]) -> list[str]:
 
 def parse_embeddings_request(raw: bytes) -> EmbeddingsRequest:
     """Validate a ``POST /v1/embeddings`` body. Every problem is a 400 naming its ``param``."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object", code="invalid_type")
-    if nests_too_deep(body):
-        raise InvalidRequest(TOO_DEEP, code="nesting_too_deep")
+    body = load_object(raw)
     for name, value in body.items():
         if name not in FIELDS and value is not None:
             raise InvalidRequest(f"'{name}' is not supported by the embeddings endpoint", param=name,

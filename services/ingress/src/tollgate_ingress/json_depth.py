@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MAX_JSON_DEPTH", "TOO_DEEP", "nests_too_deep"]
+import orjson
+
+from .errors import InvalidRequest
+
+__all__ = ["MAX_JSON_DEPTH", "TOO_DEEP", "load_object", "nests_too_deep"]
 
 #: The deepest nesting of objects and arrays a request body may have (the body itself is level 1). Far above any
 #: OpenAI or Anthropic request (strict JSON schemas allow 5 levels of objects), well below orjson's 255 on output.
@@ -35,3 +39,17 @@ def nests_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
+
+
+def load_object(raw: bytes) -> dict[str, Any]:
+    """An OpenAI-format request body (chat, completions, embeddings) parsed, or its 400: ``invalid_json``,
+    ``invalid_type`` (not an object) or ``nesting_too_deep``."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object", code="invalid_type")
+    if nests_too_deep(body):
+        raise InvalidRequest(TOO_DEEP, code="nesting_too_deep")
+    return body
