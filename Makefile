@@ -49,7 +49,7 @@ fuzz: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/mypy libs/tollgate-common/src libs/tollgate-dev/src libs/tollgate-ops/src services/*/src
+	.venv/bin/mypy libs/tollgate-common/src libs/tollgate-dev/src libs/tollgate-dlp/src libs/tollgate-ops/src services/*/src
 
 clean:
 	rm -rf .venv .tools var $(PROTO_OUT)/tollgate/.generated

@@ -29,9 +29,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from tollgate_policy import document, domain
-from tollgate_policy.detectors import Match
-from tollgate_policy.engine import Scanner, build_scanner
+from tollgate_dlp import document, domain
+from tollgate_dlp.detectors import Match
+from tollgate_dlp.engine import Scanner, build_scanner
 
 from bench.dlp_corpus import Sample, generate
 

@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_common.db import create_engine
 from tollgate_dev.ports import free_port
+from tollgate_dlp.domain import Action, PolicySet, Verdict
+from tollgate_dlp.errors import StorageUnavailable
+from tollgate_dlp.state import PolicyState
 from tollgate_policy.application import PolicyCache, PolicyService
-from tollgate_policy.domain import Action, PolicySet, Verdict
-from tollgate_policy.errors import StorageUnavailable
-from tollgate_policy.repository import PolicyRepository, PolicyState
+from tollgate_policy.repository import PolicyRepository
 
 CARD = "4111111111111111"
 

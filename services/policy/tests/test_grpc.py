@@ -11,8 +11,8 @@ from tollgate.policy.v1 import policy_service_pb2 as pb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import error_reason, wait_for_health
 from tollgate_common.logs import JsonFormatter
+from tollgate_dlp.detectors import DETECTORS
 from tollgate_policy import PolicyApp
-from tollgate_policy.detectors import DETECTORS
 
 CARD = "4111 1111 1111 1111"
 SECRET = "sk-" + "proj-" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3z"

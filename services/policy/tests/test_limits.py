@@ -17,12 +17,12 @@ from tollgate.policy.v1 import policy_service_pb2 as pb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.db import create_engine
 from tollgate_common.grpc import error_reason, retry_after
+from tollgate_dlp.domain import PolicySet, ScopePolicy
+from tollgate_dlp.engine import build_scanner
+from tollgate_dlp.errors import LimitExceeded, ScanCapacityExhausted
+from tollgate_dlp.limits import DOCUMENT_CAPS, MAX_DOCUMENT_CHARS, Limits, check_document
 from tollgate_policy import PolicyApp, Settings, application
 from tollgate_policy.application import PolicyCache, PolicyService
-from tollgate_policy.domain import PolicySet, ScopePolicy
-from tollgate_policy.engine import build_scanner
-from tollgate_policy.errors import LimitExceeded, ScanCapacityExhausted
-from tollgate_policy.limits import DOCUMENT_CAPS, MAX_DOCUMENT_CHARS, Limits, check_document
 from tollgate_policy.repository import PolicyRepository
 
 #: Digits that look like card numbers but fail Luhn: the slowest text for the card detector (~0.3 MB/s).
@@ -136,14 +136,14 @@ class TestLargeScans:
         # 200 KB scan against a small Inspect's database write was not. Were the scan on the loop, holding it would
         # block the loop (for up to 10 s), and the small Inspect could only finish after the large one.
         release = threading.Event()
-        real_scan = application._scan
+        real_scan = application.scan_texts
 
         def held_scan(scanners, texts):  # type: ignore[no-untyped-def]
             if texts and texts[0] is SLOW:
                 release.wait(timeout=10)
             return real_scan(scanners, texts)
 
-        monkeypatch.setattr(application, "_scan", held_scan)
+        monkeypatch.setattr(application, "scan_texts", held_scan)
         policy = service(engine, offload_chars=64 * 1024)
         try:
             large = asyncio.create_task(policy.inspect("big", "acc_big", [SLOW]))

@@ -14,8 +14,8 @@ from tollgate.policy.v1 import policy_service_pb2 as pb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import wait_for_health
 from tollgate_dev.ports import free_port
+from tollgate_dlp.limits import Limits
 from tollgate_policy.config import Settings
-from tollgate_policy.limits import Limits
 
 
 def env(**values: str) -> dict[str, str]:

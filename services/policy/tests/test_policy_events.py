@@ -27,11 +27,12 @@ from tollgate_common.events import Envelope, Topics
 from tollgate_common.grpc import wait_for_health
 from tollgate_dev.broker import EmbeddedBroker
 from tollgate_dev.ports import free_port
+from tollgate_dlp.domain import PolicySet, Verdict
+from tollgate_dlp.state import PolicyState
 from tollgate_policy import PolicyApp, Settings
 from tollgate_policy.application import PolicyCache, PolicyService
-from tollgate_policy.domain import PolicySet, Verdict
 from tollgate_policy.events import DecisionLog
-from tollgate_policy.repository import PolicyRepository, PolicyState
+from tollgate_policy.repository import PolicyRepository
 from tollgate_policy.tables import messaging
 
 CARD = "4111 1111 1111 1111"

@@ -16,9 +16,9 @@ from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope
 from tollgate_common.grpc import error_reason
+from tollgate_dlp.domain import Action, PolicySet, Verdict, inspect, parse_scope_document
+from tollgate_dlp.errors import InvalidArgument, NoShadowPolicy, UnknownDetector
 from tollgate_policy.application import PolicyCache, PolicyService
-from tollgate_policy.domain import Action, PolicySet, Verdict, inspect, parse_scope_document
-from tollgate_policy.errors import InvalidArgument, NoShadowPolicy, UnknownDetector
 from tollgate_policy.events import DecisionLog
 from tollgate_policy.repository import PolicyRepository
 from tollgate_policy.tables import messaging

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.policy.v1 import policy_service_pb2 as pb
 from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.db import create_engine
+from tollgate_dlp.detectors import DETECTORS
+from tollgate_dlp.domain import Action, PolicySet, inspect, parse_scope_document
+from tollgate_dlp.errors import InvalidArgument
 from tollgate_policy.application import PolicyCache, PolicyService
-from tollgate_policy.detectors import DETECTORS
-from tollgate_policy.domain import Action, PolicySet, inspect, parse_scope_document
-from tollgate_policy.errors import InvalidArgument
 from tollgate_policy.events import DecisionLog
 from tollgate_policy.repository import PolicyRepository
 from tollgate_policy.tables import messaging

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.events.v1 import policy_pb2 as ev
 from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope, Topics, envelope_for
+from tollgate_dlp.domain import DEFAULT_RULES, Action, PolicySet
+from tollgate_dlp.errors import ConcurrentUpdate
 from tollgate_policy.application import PolicyCache, PolicyService
-from tollgate_policy.domain import DEFAULT_RULES, Action, PolicySet
-from tollgate_policy.errors import ConcurrentUpdate
 from tollgate_policy.repository import PolicyRepository
 from tollgate_policy.tables import messaging
 

@@ -12,10 +12,10 @@ from tollgate_common.config import load_or_exit
 from tollgate_common.logs import configure_logging
 from tollgate_common.runtime import run, stop_event
 from tollgate_common.telemetry import configure_telemetry, start_metrics_server
+from tollgate_dlp.errors import StorageUnavailable
 
 from .app import serve
 from .config import Settings
-from .errors import StorageUnavailable
 
 
 def main() -> None:

@@ -21,10 +21,10 @@ from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import NOTIFIED_POLL_SECONDS, OutboxRelay, run_with_producer
 from tollgate_common.runtime import serve_until
+from tollgate_dlp.detectors import scan
 
 from .application import PolicyCache, PolicyService
 from .config import Settings
-from .detectors import scan
 from .events import DEV_HASH_KEY, DecisionLog
 from .grpc_server import SERVICE_NAME, PolicyServicer
 from .repository import PolicyRepository

@@ -30,7 +30,6 @@ import functools
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -38,16 +37,25 @@ from types import MappingProxyType
 
 from prometheus_client import Counter
 from tollgate_common.events import Envelope
+from tollgate_dlp import document, inspection
+from tollgate_dlp.decisions import DEV_HASH_KEY, Decision, decided_event, match_hasher
+from tollgate_dlp.document import Action, PolicySet
+from tollgate_dlp.errors import (
+    ConcurrentUpdate,
+    InputTooLarge,
+    InvalidArgument,
+    LimitExceeded,
+    NoShadowPolicy,
+    StorageUnavailable,
+)
+from tollgate_dlp.inspection import Inspection, Verdict
+from tollgate_dlp.limits import MAX_DOCUMENT_CHARS, AccountGate, Limits, check_document
+from tollgate_dlp.scanners import Scan, ScannerCache, scan_texts
+from tollgate_dlp.state import PolicyState
 
-from . import document, inspection
-from .detectors import CustomDetector, Match, build_scanner, scan
-from .document import Action, PolicySet
-from .errors import ConcurrentUpdate, InputTooLarge, InvalidArgument, LimitExceeded, NoShadowPolicy, StorageUnavailable
-from .events import DEV_HASH_KEY, Decision, DecisionLog, decided_event, match_hasher
-from .inspection import Inspection, Verdict
-from .limits import MAX_DOCUMENT_CHARS, AccountGate, Limits, check_document
+from .events import DecisionLog
 from .metrics import FINDINGS, INSPECT_SECONDS, INSPECTIONS, SCANNED_CHARACTERS
-from .repository import DISCARD, ENFORCED, SHADOW, PolicyRepository, PolicyState, StoredVersion
+from .repository import DISCARD, ENFORCED, SHADOW, PolicyRepository, StoredVersion
 
 __all__ = ["PolicyCache", "PolicyService", "ScannerCache"]
 
@@ -92,32 +100,6 @@ class PolicyCache:
             return entry.state
         self._entries[state.account_id] = _Entry(state, self.clock())
         return state
-
-
-Scan = Callable[[str], list[Match]]
-
-
-class ScannerCache:
-    """One compiled scanner per set of custom detectors (so per account policy version, shared by versions with the
-    same set); the built-ins alone use the module's default scanner. Least recently used sets are dropped."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._scanners: OrderedDict[tuple[CustomDetector, ...], Scan] = OrderedDict()
-
-    def get(self, custom: tuple[CustomDetector, ...]) -> Scan:
-        """The scanner's ``scan``; ValueError (from the engine) when a custom detector cannot be compiled."""
-        if not custom:
-            return scan
-        found = self._scanners.get(custom)
-        if found is None:
-            found = build_scanner(custom).scan
-            self._scanners[custom] = found
-            if len(self._scanners) > self.size:
-                self._scanners.popitem(last=False)
-        else:
-            self._scanners.move_to_end(custom)
-        return found
 
 
 # The labelled children of the counters, looked up once per label set (``labels()`` takes a lock and builds a
@@ -199,9 +181,9 @@ class PolicyService:
         if chars >= self.limits.offload_chars:
             async with self._gate.slot(account_id):
                 loop = asyncio.get_running_loop()
-                scanned = await loop.run_in_executor(self._pool, _scan, scanners, texts)
+                scanned = await loop.run_in_executor(self._pool, scan_texts, scanners, texts)
         else:
-            scanned = _scan(scanners, texts)
+            scanned = scan_texts(scanners, texts)
         matches, shadow_matches = scanned
         scan_micros = int((time.perf_counter() - started) * 1_000_000)
         checked_model = model if direction == "request" else ""
@@ -395,11 +377,3 @@ class PolicyService:
             )
             return self.cache.offer(stale)  # trusted for another TTL: an outage is not retried on every request
         return self.cache.offer(loaded or PolicyState.default(account_id))
-
-
-def _scan(scanners: tuple[Scan, Scan | None], texts: Sequence[str]) -> tuple[list[list[Match]], list[list[Match]]]:
-    """Matches per text for the enforced policy and for the shadow (the same lists when it has no scanner of its
-    own). Runs on the loop or in a scan thread."""
-    enforced, shadow = scanners
-    matches = [enforced(text) for text in texts]
-    return matches, matches if shadow is None else [shadow(text) for text in texts]

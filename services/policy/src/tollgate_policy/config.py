@@ -10,8 +10,7 @@ from sqlalchemy.exc import ArgumentError
 from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, in_development, internal_keys_from_env
 from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
-
-from .limits import Limits
+from tollgate_dlp.limits import Limits
 
 __all__ = ["DEFAULT_SCHEMA", "Settings"]
 

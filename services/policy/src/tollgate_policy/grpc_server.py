@@ -11,10 +11,8 @@ from tollgate.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from tollgate_common.grpc import StatusTable, rpc
 from tollgate_common.internal_auth import InternalAuth, guard_servicer
 from tollgate_common.logs import request_id_var
-
-from .application import PolicyService
-from .document import Action, PolicySet
-from .errors import (
+from tollgate_dlp.document import Action, PolicySet
+from tollgate_dlp.errors import (
     ConcurrentUpdate,
     InvalidArgument,
     NoShadowPolicy,
@@ -22,8 +20,11 @@ from .errors import (
     ScanCapacityExhausted,
     StorageUnavailable,
 )
-from .inspection import Inspection, Verdict
-from .repository import PolicyState, StoredVersion
+from tollgate_dlp.inspection import Inspection, Verdict
+from tollgate_dlp.state import PolicyState
+
+from .application import PolicyService
+from .repository import StoredVersion
 
 __all__ = ["CALLERS", "SERVICE_NAME", "STATUSES", "PolicyServicer"]
 

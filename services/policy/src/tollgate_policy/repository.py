@@ -1,7 +1,7 @@
 """Policy versions and the event outbox in SQL (SQLite or PostgreSQL through SQLAlchemy 2 async).
 
-Database failures become :class:`~tollgate_policy.errors.StorageUnavailable` here, and a lost race for a version
-becomes :class:`~tollgate_policy.errors.ConcurrentUpdate`, so nothing above this module sees a driver exception.
+Database failures become :class:`~tollgate_dlp.errors.StorageUnavailable` here, and a lost race for a version
+becomes :class:`~tollgate_dlp.errors.ConcurrentUpdate`, so nothing above this module sees a driver exception.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tollgate_common.bulk import insert_rows
 from tollgate_common.events import Envelope, Topics
 from tollgate_common.migrations import migrate
+from tollgate_dlp.document import Action, PolicySet, ScopePolicy
+from tollgate_dlp.errors import ConcurrentUpdate, StorageUnavailable
+from tollgate_dlp.state import PolicyState
 
-from .document import Action, PolicySet, ScopePolicy
-from .errors import ConcurrentUpdate, StorageUnavailable
 from .tables import messaging, policy_versions
 
-__all__ = ["DISCARD", "ENFORCED", "SHADOW", "PolicyRepository", "PolicyState", "StoredVersion"]
+__all__ = ["DISCARD", "ENFORCED", "SHADOW", "PolicyRepository", "StoredVersion"]
 
 #: The kinds of version (tables.py).
 ENFORCED, SHADOW, DISCARD = "enforced", "shadow", "discard"
@@ -34,24 +35,6 @@ ENFORCED, SHADOW, DISCARD = "enforced", "shadow", "discard"
 #: a refused TCP connect can surface as a bare OSError). Anything else is a bug and stays INTERNAL.
 _UNAVAILABLE = (OperationalError, InterfaceError, OSError)
 _OUTBOX_COLUMNS = ("topic", "key", "event_id", "headers", "value")
-
-
-@dataclass(frozen=True)
-class PolicyState:
-    """What Inspect needs of an account: the enforced policy, the pending shadow one, and the newest version
-    number of any kind (``head``: what the next change builds on; the cache keeps the state with the higher one)."""
-
-    enforced: PolicySet
-    shadow: PolicySet | None = None
-    head: int = 0
-
-    @property
-    def account_id(self) -> str:
-        return self.enforced.account_id
-
-    @classmethod
-    def default(cls, account_id: str) -> PolicyState:
-        return cls(PolicySet.default(account_id))
 
 
 @dataclass(frozen=True)

@@ -410,7 +410,7 @@ SPECS: Final[tuple[Spec, ...]] = (
 
 
 def build_scanner(custom: Sequence[CustomDetector] = (), engine: str = "auto") -> Scanner:
-    """A scanner for the built-ins plus ``custom`` (see :func:`tollgate_policy.engine.build_scanner`)."""
+    """A scanner for the built-ins plus ``custom`` (see :func:`tollgate_dlp.engine.build_scanner`)."""
     from .engine import build_scanner as build
 
     return build(custom, engine)

@@ -64,7 +64,7 @@ class InputTooLarge(InvalidArgument):
 
 
 class LimitExceeded(InvalidArgument):
-    """A policy document past one of the caps in :mod:`tollgate_policy.limits` (custom detectors, scopes, ...)."""
+    """A policy document past one of the caps in :mod:`tollgate_dlp.limits` (custom detectors, scopes, ...)."""
 
     reason = "limit_exceeded"
 

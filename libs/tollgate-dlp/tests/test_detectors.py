@@ -7,7 +7,7 @@ import base64
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tollgate_policy.detectors import DETECTORS, luhn_valid, scan
+from tollgate_dlp.detectors import DETECTORS, luhn_valid, scan
 
 
 def found(text: str) -> list[tuple[str, str]]:

@@ -4,8 +4,8 @@ built-ins, and patterns refused with a clear message when they can't be compiled
 from __future__ import annotations
 
 import pytest
-from tollgate_policy.detectors import CustomDetector
-from tollgate_policy.engine import build_scanner
+from tollgate_dlp.detectors import CustomDetector
+from tollgate_dlp.engine import build_scanner
 
 ENGINES = ("hyperscan", "python")
 

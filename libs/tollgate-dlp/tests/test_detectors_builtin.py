@@ -7,8 +7,8 @@ import base64
 import json
 
 import pytest
-from tollgate_policy.detectors import Match
-from tollgate_policy.engine import Scanner, build_scanner
+from tollgate_dlp.detectors import Match
+from tollgate_dlp.engine import Scanner, build_scanner
 
 SCANNERS = {name: build_scanner(engine=name) for name in ("hyperscan", "python")}
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tollgate_policy.detectors import CustomDetector
-from tollgate_policy.engine import build_scanner
+from tollgate_dlp.detectors import CustomDetector
+from tollgate_dlp.engine import build_scanner
 
 from bench.dlp_corpus import generate
 

@@ -3,7 +3,7 @@ targets, per detector and for every API-key format. Quality only: speed is measu
 
 from __future__ import annotations
 
-from tollgate_policy.engine import build_scanner
+from tollgate_dlp.engine import build_scanner
 
 from bench.dlp import TARGET_PRECISION, TARGET_RECALL, evaluate
 from bench.dlp_corpus import generate

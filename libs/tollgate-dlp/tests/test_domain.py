@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tollgate_policy.detectors import DETECTORS
-from tollgate_policy.domain import DEFAULT_RULES, Action, PolicySet, Verdict, inspect, validate_rules
-from tollgate_policy.errors import InvalidRule, UnknownDetector
+from tollgate_dlp.detectors import DETECTORS
+from tollgate_dlp.domain import DEFAULT_RULES, Action, PolicySet, Verdict, inspect, validate_rules
+from tollgate_dlp.errors import InvalidRule, UnknownDetector
 
 CARD_A = "4111111111111111"
 CARD_B = "5555555555554444"
