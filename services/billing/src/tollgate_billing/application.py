@@ -443,6 +443,7 @@ class Billing:
                 f"amount billing stores ({domain.INT64_MAX})"
             )
         await repository.record(conn, event)
+        await repository.record_alerts(conn, [event.account_id], event.transaction.created_at_unix_ms)
         return AddCreditsResult(
             transaction_id=event.transaction.transaction_id,
             balance_nanos=wallet.balance_nanos + event.amount_nanos,
@@ -534,7 +535,8 @@ class Billing:
                 holds[hold_id] = replace(hold, status=domain.HoldStatus.RECONCILED)
             events.append(event)
         await repository.record_many(session, events, hold_statuses=stored)
-        return len(events)
+        alerts = await repository.record_alerts(session, {repository.event_account(e) for e in events}, now)
+        return len(events) + alerts
 
     # --- holds past their TTL (the sweeper) ---------------------------------------------------------------------
 
@@ -555,6 +557,7 @@ class Billing:
                 try:
                     async with self._write() as conn:
                         await repository.record(conn, event)
+                        await repository.record_alerts(conn, [hold.account_id], now)
                 except ConcurrentUpdate:
                     continue  # its usage arrived first
                 expired += 1

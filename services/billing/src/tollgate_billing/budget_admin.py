@@ -9,6 +9,8 @@ next Authorize on every replica (the decision reads the row).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.exc import IntegrityError
 from tollgate_common.ids import new_id
 
@@ -29,9 +31,11 @@ class BudgetAdmin:
     def now_ms(self) -> int:
         return self.billing._now_ms()
 
-    async def create_budget(self, account_id: str, scope: int, scope_id: str, period: int,
-                            limit_nanos: int) -> BudgetRecord:
-        event = budget_created(new_id("bud"), account_id, scope, scope_id, period, limit_nanos, self.now_ms())
+    async def create_budget(self, account_id: str, scope: int, scope_id: str, period: int, limit_nanos: int,
+                            alert_thresholds: Sequence[int] | None = None) -> BudgetRecord:
+        """``alert_thresholds``: percentages of the limit that emit BudgetThresholdCrossed (None = 50, 80, 100)."""
+        event = budget_created(new_id("bud"), account_id, scope, scope_id, period, limit_nanos, self.now_ms(),
+                               alert_thresholds)
         label = scope_name(scope)
         try:
             async with self.billing._write() as conn:
@@ -52,13 +56,17 @@ class BudgetAdmin:
                 raise AccountNotFound(f"account {account_id} not found")
             return await repository.budget_records(conn, account_id)
 
-    async def update_budget(self, account_id: str, budget_id: str, limit_nanos: int) -> BudgetRecord:
+    async def update_budget(self, account_id: str, budget_id: str, limit_nanos: int | None,
+                            alert_thresholds: Sequence[int] | None = None) -> BudgetRecord:
+        """A new limit and/or thresholds (None = unchanged). The new revision re-arms every threshold, and a spend
+        already at one of them (a lowered limit) is alerted at once."""
         async with self.billing._write() as conn:
             budget = await _budget(conn, account_id, budget_id)
-            event = budget_updated(budget, limit_nanos, self.now_ms())
+            event = budget_updated(budget, limit_nanos, self.now_ms(), alert_thresholds)
             if event is None:
                 return budget
             await repository.record(conn, event)
+            await repository.record_alerts(conn, [account_id], event.updated_at_unix_ms, budget_id=budget_id)
             budget = await _budget(conn, account_id, budget_id)
         self.billing._committed()
         return budget

@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, case, delete, insert, select, update
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.bulk import select_rows
 
+from .alerts import DEFAULT_THRESHOLDS, format_thresholds
 from .budgets import PERIOD_NAMES, SCOPE_NAMES, period_bounds
 from .errors import ConcurrentUpdate, InconsistentEvent
 from .tables import accounts, budgets, holds
@@ -41,6 +42,7 @@ _UPDATE = (
     .where(budgets.c.budget_id == bindparam("p_budget"), budgets.c.revision == bindparam("p_before"))
     .values(limit_nanos=bindparam("p_limit"), revision=bindparam("p_revision"), updated_at_unix_ms=bindparam("p_at"))
 )
+_UPDATE_WITH_THRESHOLDS = _UPDATE.values(alert_thresholds=bindparam("p_thresholds"))
 _DELETE = delete(budgets).where(budgets.c.budget_id == bindparam("p_budget"))
 _HOLD = (update(budgets).where(budgets.c.budget_id == bindparam("p_budget"))
          .values(held_nanos=budgets.c.held_nanos + bindparam("p_held")))
@@ -92,12 +94,18 @@ async def apply_admin(conn: Executor, events: Sequence[Any], *, strict: bool) ->
                 "scope_id": ev.scope_id, "period": _name(PERIOD_NAMES, ev.period, "period"),
                 "limit_nanos": ev.limit_nanos, "spent_nanos": 0, "held_nanos": 0, "period_start_unix_ms": 0,
                 "created_at_unix_ms": ev.created_at_unix_ms, "updated_at_unix_ms": None, "revision": 0,
+                "alert_thresholds": format_thresholds(ev.alert_thresholds.percents
+                                                      if ev.HasField("alert_thresholds") else DEFAULT_THRESHOLDS),
             })
             continue
         if isinstance(ev, billing_pb2.BudgetUpdated):
-            result = await conn.execute(_UPDATE, {"p_budget": ev.budget_id, "p_before": ev.revision - 1,
-                                                  "p_limit": ev.limit_nanos, "p_revision": ev.revision,
-                                                  "p_at": ev.updated_at_unix_ms})
+            params = {"p_budget": ev.budget_id, "p_before": ev.revision - 1, "p_limit": ev.limit_nanos,
+                      "p_revision": ev.revision, "p_at": ev.updated_at_unix_ms}
+            if ev.HasField("alert_thresholds"):
+                params["p_thresholds"] = format_thresholds(ev.alert_thresholds.percents)
+                result = await conn.execute(_UPDATE_WITH_THRESHOLDS, params)
+            else:
+                result = await conn.execute(_UPDATE, params)
             what = f"budget {ev.budget_id} is not at revision {ev.revision - 1}: cannot update it"
         else:
             result = await conn.execute(_DELETE, {"p_budget": ev.budget_id})

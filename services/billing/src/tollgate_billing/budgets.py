@@ -14,6 +14,7 @@ HoldPlaced event, so a rebuild from the log moves exactly the budgets the live d
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -21,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tollgate.events.v1 import billing_pb2
 
+from .alerts import DEFAULT_THRESHOLDS, check_thresholds
 from .errors import BudgetExceeded, InvalidArgument
 
 __all__ = [
@@ -123,6 +125,11 @@ class BudgetRecord:
     created_at_unix_ms: int
     updated_at_unix_ms: int | None
     revision: int
+    alert_thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    #: The last BudgetThresholdCrossed: its percent (0 = none yet), time and the period start it was crossed in.
+    last_crossed_percent: int = 0
+    last_crossed_at_unix_ms: int | None = None
+    last_crossed_period_start_unix_ms: int = 0
 
     def spent_at(self, now_unix_ms: int) -> int:
         """Spend in the period containing ``now``: the stored spend belongs to an earlier period once it turns."""
@@ -173,26 +180,40 @@ def _limit(limit_nanos: int) -> int:
     return limit_nanos
 
 
+def _thresholds(percents: Sequence[int]) -> billing_pb2.AlertThresholds:
+    return billing_pb2.AlertThresholds(percents=check_thresholds(percents))
+
+
 def budget_created(budget_id: str, account_id: str, scope: int, scope_id: str, period: int, limit_nanos: int,
-                   at_unix_ms: int) -> billing_pb2.BudgetCreated:
+                   at_unix_ms: int, alert_thresholds: Sequence[int] | None = None) -> billing_pb2.BudgetCreated:
+    """``alert_thresholds`` None = the default 50, 80, 100 %; empty = no alerts."""
     scope_label = scope_name(scope)
     period_name(period)
     if scope_label == "account":
         scope_id = account_id
     if not scope_id or len(scope_id) > 100:
         raise InvalidArgument("scope_id must be 1 to 100 characters")
-    return billing_pb2.BudgetCreated(budget_id=budget_id, account_id=account_id, scope=scope,  # type: ignore[arg-type]
-                                     scope_id=scope_id, period=period,  # type: ignore[arg-type]
-                                     limit_nanos=_limit(limit_nanos), created_at_unix_ms=at_unix_ms)
+    event = billing_pb2.BudgetCreated(budget_id=budget_id, account_id=account_id, scope=scope,  # type: ignore[arg-type]
+                                      scope_id=scope_id, period=period,  # type: ignore[arg-type]
+                                      limit_nanos=_limit(limit_nanos), created_at_unix_ms=at_unix_ms)
+    if alert_thresholds is not None:
+        event.alert_thresholds.CopyFrom(_thresholds(alert_thresholds))
+    return event
 
 
-def budget_updated(budget: BudgetRecord, limit_nanos: int, at_unix_ms: int) -> billing_pb2.BudgetUpdated | None:
-    """The new limit; None when it is the same."""
-    if _limit(limit_nanos) == budget.limit_nanos:
+def budget_updated(budget: BudgetRecord, limit_nanos: int | None, at_unix_ms: int,
+                   alert_thresholds: Sequence[int] | None = None) -> billing_pb2.BudgetUpdated | None:
+    """The new limit and/or thresholds (None = unchanged); None when nothing changes."""
+    limit = budget.limit_nanos if limit_nanos is None else _limit(limit_nanos)
+    thresholds = None if alert_thresholds is None else _thresholds(alert_thresholds)
+    if limit == budget.limit_nanos and (thresholds is None or tuple(thresholds.percents) == budget.alert_thresholds):
         return None
-    return billing_pb2.BudgetUpdated(budget_id=budget.budget_id, account_id=budget.account_id,
-                                     revision=budget.revision + 1, limit_nanos=limit_nanos,
-                                     updated_at_unix_ms=at_unix_ms)
+    event = billing_pb2.BudgetUpdated(budget_id=budget.budget_id, account_id=budget.account_id,
+                                      revision=budget.revision + 1, limit_nanos=limit,
+                                      updated_at_unix_ms=at_unix_ms)
+    if thresholds is not None:
+        event.alert_thresholds.CopyFrom(thresholds)
+    return event
 
 
 def budget_deleted(budget: BudgetRecord, at_unix_ms: int) -> billing_pb2.BudgetDeleted:

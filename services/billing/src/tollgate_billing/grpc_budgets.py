@@ -24,8 +24,16 @@ def budget_message(budget: BudgetRecord, now_unix_ms: int) -> bpb.Budget:
         spent_nanos=budget.spent_at(now_unix_ms), held_nanos=budget.held_nanos,
         remaining_nanos=budget.remaining_at(now_unix_ms), period_start_unix_ms=start, resets_at_unix_ms=end,
         created_at_unix_ms=budget.created_at_unix_ms, updated_at_unix_ms=budget.updated_at_unix_ms or 0,
-        time_zone=budget.time_zone,
+        time_zone=budget.time_zone, alert_thresholds=budget.alert_thresholds,
+        last_crossed_percent=budget.last_crossed_percent,
+        last_crossed_at_unix_ms=budget.last_crossed_at_unix_ms or 0,
+        last_crossed_period_start_unix_ms=budget.last_crossed_period_start_unix_ms,
     )
+
+
+def _thresholds(request: bpb.CreateBudgetRequest | bpb.UpdateBudgetRequest) -> list[int] | None:
+    """The request's alert thresholds; None when absent (the default on create, unchanged on update)."""
+    return list(request.alert_thresholds.percents) if request.HasField("alert_thresholds") else None
 
 
 class BudgetRpcs:
@@ -35,7 +43,7 @@ class BudgetRpcs:
 
     async def CreateBudget(self, request: bpb.CreateBudgetRequest, context: grpc.aio.ServicerContext) -> bpb.Budget:
         budget = await self.budget_admin.create_budget(request.account_id, request.scope, request.scope_id,
-                                                       request.period, request.limit_nanos)
+                                                       request.period, request.limit_nanos, _thresholds(request))
         return budget_message(budget, self.budget_admin.now_ms())
 
     async def ListBudgets(
@@ -50,7 +58,9 @@ class BudgetRpcs:
         return budget_message(budget, self.budget_admin.now_ms())
 
     async def UpdateBudget(self, request: bpb.UpdateBudgetRequest, context: grpc.aio.ServicerContext) -> bpb.Budget:
-        budget = await self.budget_admin.update_budget(request.account_id, request.budget_id, request.limit_nanos)
+        limit = request.limit_nanos if request.HasField("limit_nanos") else None
+        budget = await self.budget_admin.update_budget(request.account_id, request.budget_id, limit,
+                                                       _thresholds(request))
         return budget_message(budget, self.budget_admin.now_ms())
 
     async def DeleteBudget(self, request: bpb.DeleteBudgetRequest, context: grpc.aio.ServicerContext) -> bpb.Budget:

@@ -16,10 +16,12 @@ from tollgate_common.internal_auth import InternalAuth, guard_servicer
 from tollgate_common.logs import request_id_var
 from tollgate_common.telemetry import attach_traceparent
 
+from .alert_admin import AlertAdmin
 from .application import Billing
 from .budget_admin import BudgetAdmin
 from .errors import BillingError
 from .group_admin import GroupAdmin
+from .grpc_alerts import AlertRpcs
 from .grpc_budgets import BudgetRpcs
 from .grpc_keys import GroupRpcs, KeyRpcs
 from .key_admin import KeyAdmin
@@ -62,6 +64,8 @@ CALLERS: dict[str, frozenset[str]] = {
         "GetBudget",
         "UpdateBudget",
         "DeleteBudget",
+        "GetBalanceAlert",
+        "SetBalanceAlert",
     )
 }
 
@@ -101,6 +105,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
         self.key_admin = KeyAdmin(billing)
         self.group_admin = GroupAdmin(billing)
         self.budget_admin = BudgetAdmin(billing)
+        self.alert_admin = AlertAdmin(billing)
 
     # The key lifecycle RPCs live in grpc_keys.py; mapped like the rest.
     ListApiKeys = _mapped(KeyRpcs.ListApiKeys)
@@ -117,6 +122,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     GetBudget = _mapped(BudgetRpcs.GetBudget)
     UpdateBudget = _mapped(BudgetRpcs.UpdateBudget)
     DeleteBudget = _mapped(BudgetRpcs.DeleteBudget)
+    GetBalanceAlert = _mapped(AlertRpcs.GetBalanceAlert)
+    SetBalanceAlert = _mapped(AlertRpcs.SetBalanceAlert)
 
     @_mapped
     async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:

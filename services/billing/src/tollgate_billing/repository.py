@@ -20,6 +20,8 @@ from tollgate_common.bulk import insert_rows, select_rows
 from tollgate_common.events import Envelope, Topics, envelope_for
 
 from . import projections
+from .alert_changes import new_alerts
+from .alerts import parse_thresholds
 from .budgets import BudgetRecord
 from .domain import ApiKeyGrant, HoldStatus, HoldView
 from .groups import GroupRecord
@@ -48,6 +50,7 @@ __all__ = [
     "event_account",
     "event_id",
     "record",
+    "record_alerts",
     "record_many",
 ]
 
@@ -65,6 +68,11 @@ _EVENT_IDS: dict[type[Message], Callable[[Any], str]] = {
     billing_pb2.BudgetCreated: lambda e: f"budget.created:{e.budget_id}",
     billing_pb2.BudgetUpdated: lambda e: f"budget.updated:{e.budget_id}:{e.revision}",
     billing_pb2.BudgetDeleted: lambda e: f"budget.deleted:{e.budget_id}",
+    billing_pb2.BudgetThresholdCrossed: lambda e: (f"budget.threshold_crossed:{e.budget_id}:{e.budget_revision}:"
+                                                   f"{e.period_start_unix_ms}:{e.threshold_percent}"),
+    billing_pb2.BalanceAlertSet: lambda e: f"balance_alert.set:{e.account_id}:{e.revision}",
+    billing_pb2.BalanceLow: lambda e: f"balance.low:{e.account_id}:{e.sequence}",
+    billing_pb2.BalanceRestored: lambda e: f"balance.restored:{e.account_id}:{e.sequence}",
     billing_pb2.CreditsAdded: lambda e: f"credits.added:{e.transaction.transaction_id}",
     billing_pb2.HoldPlaced: lambda e: f"hold.placed:{e.hold_id}",
     billing_pb2.HoldCaptured: lambda e: f"hold.captured:{e.hold_id}",
@@ -117,6 +125,15 @@ async def record_many(conn: Executor, events: Sequence[Message],
         return
     await projections.apply_batch(conn, events, strict=True, hold_statuses=hold_statuses)
     await insert_rows(conn, messaging.outbox, OUTBOX_COLUMNS, [outbox_row(event) for event in events])
+
+
+async def record_alerts(conn: Executor, account_ids: Iterable[str], now_unix_ms: int, *,
+                        budget_id: str | None = None) -> int:
+    """After a change to these accounts' money or limits, in its transaction: record the alert events the rows now
+    call for (:func:`alert_changes.new_alerts`); returns how many."""
+    events = await new_alerts(conn, account_ids, now_unix_ms, budget_id=budget_id)
+    await record_many(conn, events)
+    return len(events)
 
 
 # --- reads ------------------------------------------------------------------------------------------------------
@@ -306,6 +323,9 @@ def _budget_record(row: Any) -> BudgetRecord:
         period=row.period, limit_nanos=row.limit_nanos, spent_nanos=row.spent_nanos, held_nanos=row.held_nanos,
         period_start_unix_ms=row.period_start_unix_ms, time_zone=row.time_zone,
         created_at_unix_ms=row.created_at_unix_ms, updated_at_unix_ms=row.updated_at_unix_ms, revision=row.revision,
+        alert_thresholds=parse_thresholds(row.alert_thresholds), last_crossed_percent=row.last_crossed_percent,
+        last_crossed_at_unix_ms=row.last_crossed_at_unix_ms,
+        last_crossed_period_start_unix_ms=row.last_crossed_period_start_unix_ms,
     )
 
 

@@ -59,6 +59,14 @@ wallets = Table(
     Column("currency", String(3), nullable=False),
     Column("balance_nanos", BigInteger, nullable=False),
     Column("held_nanos", BigInteger, nullable=False),
+    #: "Balance below X" (alerts.py, migration 0008): the threshold (0 = off) and the revision of its setting; low =
+    #: a BalanceLow (number low_balance_sequence, at low_balance_at) not yet ended by a BalanceRestored.
+    Column("low_balance_nanos", BigInteger, nullable=False, server_default="0"),
+    Column("low_balance_revision", BigInteger, nullable=False, server_default="0"),
+    Column("low_balance_low", Boolean, nullable=False, server_default=false()),
+    Column("low_balance_sequence", BigInteger, nullable=False, server_default="0"),
+    Column("low_balance_at_unix_ms", BigInteger, nullable=True),
+    Column("low_balance_updated_at_unix_ms", BigInteger, nullable=True),
 )
 
 #: API keys by hash only. ``usage_nanos`` = captured through this key, ``held_nanos`` = its open holds.
@@ -158,6 +166,14 @@ budgets = Table(
     Column("created_at_unix_ms", BigInteger, nullable=False),
     Column("updated_at_unix_ms", BigInteger, nullable=True),
     Column("revision", BigInteger, nullable=False),
+    #: Alerts (alerts.py, migration 0008): the thresholds in percent of the limit ("50,80,100"; "" = none), and the
+    #: last BudgetThresholdCrossed: its percent, time, and the period and revision it belongs to (a threshold is armed
+    #: again once either differs from the budget's).
+    Column("alert_thresholds", String(100), nullable=False, server_default="50,80,100"),
+    Column("last_crossed_percent", Integer, nullable=False, server_default="0"),
+    Column("last_crossed_at_unix_ms", BigInteger, nullable=True),
+    Column("last_crossed_period_start_unix_ms", BigInteger, nullable=False, server_default="0"),
+    Column("last_crossed_revision", BigInteger, nullable=False, server_default="0"),
 )
 Index("ux_budgets_scope_period", budgets.c.account_id, budgets.c.scope, budgets.c.scope_id, budgets.c.period,
       unique=True)
