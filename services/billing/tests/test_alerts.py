@@ -16,7 +16,12 @@ import pytest
 from billing_support import MODEL, Database, FakeClock, hold_for, rated, static_prices
 from sqlalchemy import select
 from tollgate.events.v1 import billing_pb2
-from tollgate.events.v1.billing_pb2 import BUDGET_PERIOD_DAILY, BUDGET_PERIOD_TOTAL, BUDGET_SCOPE_ACCOUNT, BUDGET_SCOPE_KEY
+from tollgate.events.v1.billing_pb2 import (
+    BUDGET_PERIOD_DAILY,
+    BUDGET_PERIOD_TOTAL,
+    BUDGET_SCOPE_ACCOUNT,
+    BUDGET_SCOPE_KEY,
+)
 from tollgate_billing import errors
 from tollgate_billing.alert_admin import AlertAdmin
 from tollgate_billing.alerts import check_thresholds, crossed
@@ -167,7 +172,8 @@ class TestAlerts:
         found = await _outbox_alerts(billing)
         assert [e for e, _ in found] == [f"balance.low:{account}:1"]  # once, though two expiries went below
         low = found[0][1]
-        assert (low.threshold_nanos, low.balance_nanos, low.currency) == (2 * HOLD, HOLD + 300, "USD")  # after the first expiry
+        # the balance after the first expiry (the one that went below)
+        assert (low.threshold_nanos, low.balance_nanos, low.currency) == (2 * HOLD, HOLD + 300, "USD")
         await billing.add_credits(account, HOLD, "small")  # HOLD + 300: still below
         assert len(await _outbox_alerts(billing)) == 1
         await billing.add_credits(account, HOLD, "enough")  # 2 HOLD + 300: restored, armed again
