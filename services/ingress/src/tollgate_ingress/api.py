@@ -23,6 +23,7 @@ from tollgate_common.telemetry import TraceparentMiddleware, spans_exported
 
 from . import (
     admin_routes,
+    alert_routes,
     anthropic_routes,
     budget_routes,
     completions_routes,
@@ -207,6 +208,7 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
     app.include_router(key_routes.router)
     app.include_router(group_routes.router)
     app.include_router(budget_routes.router)
+    app.include_router(alert_routes.router)
     app.include_router(usage_routes.router)
 
     @app.get("/healthz")

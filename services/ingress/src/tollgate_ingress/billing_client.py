@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+from tollgate.billing.v1 import alerts_pb2, billing_service_pb2_grpc, budgets_pb2, key_admin_pb2, tenancy_pb2
 from tollgate.billing.v1 import billing_service_pb2 as bpb
-from tollgate.billing.v1 import billing_service_pb2_grpc, budgets_pb2, key_admin_pb2, tenancy_pb2
 
 from .channels import CallMetadata, UnaryCaller
 from .metrics import Metrics
@@ -152,3 +152,11 @@ class BillingClient:
 
     async def delete_budget(self, request: budgets_pb2.DeleteBudgetRequest) -> budgets_pb2.Budget:
         return await self._call(self._stub.DeleteBudget, request)
+
+    # --- alerts -------------------------------------------------------------------------------------------------
+    async def get_balance_alert(self, account_id: str) -> alerts_pb2.BalanceAlert:
+        return await self._call(self._stub.GetBalanceAlert, alerts_pb2.GetBalanceAlertRequest(account_id=account_id))
+
+    async def set_balance_alert(self, account_id: str, threshold_nanos: int) -> alerts_pb2.BalanceAlert:
+        return await self._call(self._stub.SetBalanceAlert, alerts_pb2.SetBalanceAlertRequest(
+            account_id=account_id, threshold_nanos=threshold_nanos))

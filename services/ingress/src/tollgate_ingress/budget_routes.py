@@ -1,9 +1,12 @@
 """The admin API's budgets: ``/admin/v1/accounts/{account_id}/budgets``.
 
 A budget is a spend limit on a key, a team, a project or the whole account, per period (``daily``, ``weekly``,
-``monthly`` in the account's time zone, or ``total``). Create (``{"scope", "scope_id"?, "period", "limit"}``; one
-budget per scope, id and period: another is 409 ``budget_exists``), list, get, ``PATCH`` (``{"limit"}``; the period
-is fixed: delete and create to change it) and ``DELETE``. A chat request that any budget of its key's chain cannot
+``monthly`` in the account's time zone, or ``total``). Create (``{"scope", "scope_id"?, "period", "limit",
+"alert_thresholds"?}``; one budget per scope, id and period: another is 409 ``budget_exists``), list, get, ``PATCH``
+(``{"limit"?, "alert_thresholds"?}``; the period is fixed: delete and create to change it) and ``DELETE``.
+``alert_thresholds`` are whole percentages of the limit (default ``[50, 80, 100]``, ``[]`` = none): billing emits a
+``BudgetThresholdCrossed`` event when the period's spend reaches one, and the budget shows the last one crossed
+(``last_crossed``). A chat request that any budget of its key's chain cannot
 cover is refused with 402 ``budget_exceeded`` naming the budget, before the upstream is called. Who may call: the
 operator or an ``account_admin`` key of the account, as for keys and teams.
 """
@@ -23,6 +26,9 @@ from .errors import InvalidRequest
 from .money import parse_amount
 
 __all__ = ["budget_json", "router"]
+
+#: As billing's alerts.MAX_THRESHOLDS (checked here for a clear 400 with its param, and again by billing).
+MAX_THRESHOLDS = 10
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_account_admin)])
 
@@ -53,6 +59,10 @@ def budget_json(budget: budgets_pb2.Budget) -> dict[str, Any]:
         "resets_at": _seconds(budget.resets_at_unix_ms),
         "created_at": _seconds(budget.created_at_unix_ms),
         "updated_at": _seconds(budget.updated_at_unix_ms),
+        "alert_thresholds": list(budget.alert_thresholds),
+        "last_crossed": {"percent": budget.last_crossed_percent, "at": _seconds(budget.last_crossed_at_unix_ms),
+                         "period_start": _seconds(budget.last_crossed_period_start_unix_ms)}
+        if budget.last_crossed_percent else None,
     }
 
 
@@ -69,6 +79,18 @@ def _limit(body: dict[str, Any]) -> int:
     return parse_amount(body["limit"], param="limit", allow_zero=True)
 
 
+def _thresholds(body: dict[str, Any]) -> billing_pb2.AlertThresholds | None:
+    """``alert_thresholds``: whole percentages 1..100, at most ten; None when absent."""
+    if "alert_thresholds" not in body:
+        return None
+    value = body["alert_thresholds"]
+    if (not isinstance(value, list) or len(value) > MAX_THRESHOLDS
+            or any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100 for p in value)):
+        raise InvalidRequest(f"'alert_thresholds' must be a list of at most {MAX_THRESHOLDS} whole percentages "
+                             "from 1 to 100", param="alert_thresholds", code="invalid_value")
+    return billing_pb2.AlertThresholds(percents=sorted(set(value)))
+
+
 def _known(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -78,12 +100,13 @@ def _known(body: dict[str, Any], allowed: set[str]) -> None:
 @router.post("/accounts/{account_id}/budgets", status_code=201)
 async def create_budget(account_id: str, request: Request) -> Response:
     body = await _body(request)
-    _known(body, {"scope", "scope_id", "period", "limit"})
+    _known(body, {"scope", "scope_id", "period", "limit", "alert_thresholds"})
     scope = _choice(body, "scope", _SCOPES)
     scope_id = _str(body, "scope_id", required=scope != billing_pb2.BUDGET_SCOPE_ACCOUNT)
     reply = await services(request).billing.create_budget(budgets_pb2.CreateBudgetRequest(
         account_id=account_id, scope=scope, scope_id=scope_id,  # type: ignore[arg-type]
-        period=_choice(body, "period", _PERIODS), limit_nanos=_limit(body)))  # type: ignore[arg-type]
+        period=_choice(body, "period", _PERIODS), limit_nanos=_limit(body),  # type: ignore[arg-type]
+        alert_thresholds=_thresholds(body)))
     return _json(budget_json(reply), 201)
 
 
@@ -103,12 +126,17 @@ async def get_budget(account_id: str, budget_id: str, request: Request) -> Respo
 @router.patch("/accounts/{account_id}/budgets/{budget_id}")
 async def update_budget(account_id: str, budget_id: str, request: Request) -> Response:
     body = await _body(request)
-    unknown = sorted(set(body) - {"limit"})
+    unknown = sorted(set(body) - {"limit", "alert_thresholds"})
     if unknown:
-        raise InvalidRequest(f"'{unknown[0]}' cannot be changed (the limit can; delete and create a budget for "
-                             "another scope or period)", param=unknown[0], code="unknown_parameter")
+        raise InvalidRequest(f"'{unknown[0]}' cannot be changed (the limit and alert thresholds can; delete and "
+                             "create a budget for another scope or period)", param=unknown[0],
+                             code="unknown_parameter")
+    if not body:
+        raise InvalidRequest("'limit' or 'alert_thresholds' is required", param="limit",
+                             code="missing_required_parameter")
     reply = await services(request).billing.update_budget(budgets_pb2.UpdateBudgetRequest(
-        account_id=account_id, budget_id=budget_id, limit_nanos=_limit(body)))
+        account_id=account_id, budget_id=budget_id, limit_nanos=_limit(body) if "limit" in body else None,
+        alert_thresholds=_thresholds(body)))
     return _json(budget_json(reply))
 
 

@@ -35,6 +35,10 @@ _OBJ: Schema = {"type": "object"}
 _SSE_EVENT: Schema = {"type": "object", "properties": {"event": _STR, "data": _STR, "id": _STR}}
 
 
+#: A budget's alert thresholds: whole percentages of its limit.
+_THRESHOLDS: Schema = {"type": "array", "maxItems": 10, "items": {"type": "integer", "minimum": 1, "maximum": 100}}
+
+
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -180,15 +184,23 @@ _SCHEMAS: dict[str, Schema] = {
         scope={"enum": ["key", "team", "project", "account"]}, scope_id=_STR,
         period={"enum": ["daily", "weekly", "monthly", "total"]}, limit=_AMOUNT, limit_nanos=_INT, spent=_AMOUNT,
         spent_nanos=_INT, held=_AMOUNT, held_nanos=_INT, remaining=_AMOUNT, remaining_nanos=_INT, time_zone=_STR,
-        period_start=_NULL_INT, resets_at=_NULL_INT, created_at=_NULL_INT, updated_at=_NULL_INT, deleted=_BOOL),
+        period_start=_NULL_INT, resets_at=_NULL_INT, created_at=_NULL_INT, updated_at=_NULL_INT, deleted=_BOOL,
+        alert_thresholds={"type": "array", "items": _INT},
+        last_crossed={"anyOf": [{"type": "null"}, _obj(("percent", "at"), percent=_INT, at=_NULL_INT,
+                                                       period_start=_NULL_INT)]}),
     "BudgetList": _obj(("object", "account_id", "data"), object={"const": "list"}, account_id=_STR,
                        data={"type": "array", "items": _ref("Budget")}),
     "BudgetCreate": {"type": "object", "required": ["scope", "period", "limit"], "additionalProperties": False,
                      "properties": {"scope": {"enum": ["key", "team", "project", "account"]}, "scope_id": _STR,
                                     "period": {"enum": ["daily", "weekly", "monthly", "total"]},
-                                    "limit": _AMOUNT_IN}},
-    "BudgetUpdate": {"type": "object", "required": ["limit"], "additionalProperties": False,
-                     "properties": {"limit": _AMOUNT_IN}},
+                                    "limit": _AMOUNT_IN, "alert_thresholds": _THRESHOLDS}},
+    "BudgetUpdate": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                     "properties": {"limit": _AMOUNT_IN, "alert_thresholds": _THRESHOLDS}},
+    "BalanceAlert": _obj(("object", "account_id", "currency", "threshold", "threshold_nanos", "low"),
+                         object={"const": "balance_alert"}, account_id=_STR, currency=_STR, threshold=_AMOUNT,
+                         threshold_nanos=_INT, low=_BOOL, last_low_at=_NULL_INT, updated_at=_NULL_INT),
+    "BalanceAlertSet": {"type": "object", "required": ["threshold"], "additionalProperties": False,
+                        "properties": {"threshold": _AMOUNT_IN}},
     "Credit": _obj(("object", "account_id", "transaction_id", "amount", "amount_nanos", "balance",
                     "balance_nanos", "replayed"),
                    object={"const": "credit"}, account_id=_STR, transaction_id=_STR, amount=_AMOUNT,
@@ -451,10 +463,17 @@ def _paths() -> dict[str, Any]:
         "/admin/v1/accounts/{account_id}/budgets/{budget_id}": {
             "get": _op("One budget, its spend in the current period", _ACCOUNT_ADMIN,
                        _answers(200, _ref("Budget"), _ADMIN), parameters=_path("account_id", "budget_id")),
-            "patch": _op("Change a budget's limit", _ACCOUNT_ADMIN, _answers(200, _ref("Budget"), _ADMIN),
-                         body="BudgetUpdate", parameters=_path("account_id", "budget_id")),
+            "patch": _op("Change a budget's limit or alert thresholds", _ACCOUNT_ADMIN,
+                         _answers(200, _ref("Budget"), _ADMIN), body="BudgetUpdate",
+                         parameters=_path("account_id", "budget_id")),
             "delete": _op("Delete a budget", _ACCOUNT_ADMIN, _answers(200, _ref("Budget"), _ADMIN),
                           parameters=_path("account_id", "budget_id")),
+        },
+        "/admin/v1/accounts/{account_id}/balance_alert": {
+            "get": _op("The account's balance alert (BalanceLow below the threshold)", _ACCOUNT_ADMIN,
+                       _answers(200, _ref("BalanceAlert"), _ADMIN), parameters=acct),
+            "put": _op("Set the account's balance alert threshold (0 = off)", _ACCOUNT_ADMIN,
+                       _answers(200, _ref("BalanceAlert"), _ADMIN), body="BalanceAlertSet", parameters=acct),
         },
         "/admin/v1/accounts/{account_id}/policy": {
             "put": _op("Replace the account scope's DLP policy", _ACCOUNT_ADMIN,
