@@ -39,6 +39,7 @@ bench: install
 	$(PY) -m bench.run
 	$(PY) -m bench.cpu --seconds 5
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.audit_export
 
 # Schemathesis over ingress's OpenAPI against the whole platform (about 7,000 cases, new ones each run, minutes:
 # not in CI; the normal suite runs the same ~400 every time). Figures in var/fuzz-figures.txt.

@@ -23,25 +23,26 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
-from sqlalchemy import select
 from tollgate.events.v1 import usage_pb2
-from tollgate_billing.tables import messaging as billing_messaging
 from tollgate_common.event_auth import wrong_producer
 from tollgate_common.events import EVENT_TYPES, Topics
-from tollgate_metering.tables import archive, rated_usage
+from tollgate_metering.tables import rated_usage
 
 from .audit_files import MANIFEST, ChainWriter, no_gc
 from .progress import Bars
 from .signing import fingerprint, load_private_key, sign_manifest
-from .targets import Location, read_only_engine
+from .store_rows import read_rows
+from .targets import Location
 
 __all__ = ["ExportReport", "export", "message_json"]
 
@@ -79,7 +80,7 @@ def _plan(fd: FieldDescriptor) -> tuple[str, Callable[[Any], Any] | None]:
             return fd.name, lambda m: {str(k): v for k, v in m.items()}
         return fd.name, lambda m: {str(k): value_of(v) for k, v in m.items()}
     one = _scalar_conversion(fd)
-    if fd.label == FieldDescriptor.LABEL_REPEATED:
+    if fd.is_repeated:
         return fd.name, (list if one is None else (lambda values: [one(v) for v in values]))
     return fd.name, one
 
@@ -101,9 +102,10 @@ def event_time_ms(ce_time: str) -> int:
     return int(datetime.fromisoformat(ce_time.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _data(ce_type: str, data: bytes | Message) -> dict[str, Any]:
-    if isinstance(data, Message):  # rebuilt from a row (rated_usage): no need to serialize and parse it again
-        return message_json(data)
+def _data(ce_type: str, data: bytes | dict[str, Any]) -> dict[str, Any]:
+    if type(data) is dict:  # rebuilt from a row (rated_usage): already the event's JSON
+        return data
+    assert isinstance(data, bytes)
     cls = EVENT_TYPES.get(ce_type)
     if cls is None:
         return {"protobuf_base64": base64.b64encode(data).decode()}
@@ -115,8 +117,10 @@ def _data(ce_type: str, data: bytes | Message) -> dict[str, Any]:
     return message_json(msg)
 
 
-@dataclass
-class _Event:
+class _Event(NamedTuple):
+    """One event to chain. A tuple whose order is the chain's: time, then store rank, then the store's own order
+    (``position`` is unique within a store, so sorting never compares further)."""
+
     at_ms: int
     rank: int
     position: int
@@ -126,7 +130,7 @@ class _Event:
     source: str
     subject: str
     time: str
-    data: bytes | Message
+    data: bytes | dict[str, Any]
 
 
 @dataclass
@@ -160,52 +164,36 @@ class ExportReport:
         ])
 
 
-async def _outbox_events(location: Location, table: Any, topic: str, account: str, store: tuple[str, int],
-                         window: tuple[int, int], bars: Bars) -> list[_Event]:
-    engine = read_only_engine(location)
+async def _outbox_events(location: Location, account: str, window: tuple[int, int], bars: Bars) -> list[_Event]:
     out: list[_Event] = []
-    step = bars.task(f"reading {store[0]}", None)
-    try:
-        async with engine.connect() as conn:
-            result = await conn.stream(
-                select(table.c.id, table.c.event_id, table.c.headers, table.c.value)
-                .where(table.c.key == account, table.c.topic == topic).order_by(table.c.id)
-            )
-            async for rows in result.partitions(5000):
-                for row_id, event_id, headers, value in rows:
-                    h = dict(json.loads(headers))
-                    ce_time = h.get("ce_time", "")
-                    at = event_time_ms(ce_time)
-                    if window[0] <= at < window[1]:
-                        out.append(_Event(at, store[1], int(row_id), store[0], event_id, h.get("ce_type", ""),
-                                          h.get("ce_source", ""), h.get("ce_subject", ""), ce_time, bytes(value)))
-                step(len(rows))
-    finally:
-        await engine.dispose()
+    name, rank = BILLING_OUTBOX
+    step = bars.task(f"reading {name}", None)
+    sql = "SELECT id, event_id, headers, value FROM outbox WHERE key = ? AND topic = ? ORDER BY id"
+    async for rows in read_rows(location, sql, (account, Topics.BILLING)):
+        for row_id, event_id, headers, value in rows:
+            h = dict(orjson.loads(headers))
+            ce_time = h.get("ce_time", "")
+            at = event_time_ms(ce_time)
+            if window[0] <= at < window[1]:
+                out.append(_Event(at, rank, int(row_id), name, event_id, h.get("ce_type", ""), h.get("ce_source", ""),
+                                  h.get("ce_subject", ""), ce_time, bytes(value)))
+        step(len(rows))
     return out
 
 
 async def _archive_events(location: Location, account: str, window: tuple[int, int], bars: Bars) -> list[_Event]:
-    engine = read_only_engine(location)
-    c = archive.c
     out: list[_Event] = []
     name, rank = USAGE_ARCHIVE
     step = bars.task(f"reading {name}", None)
-    try:
-        async with engine.connect() as conn:
-            result = await conn.stream(
-                select(c.seq, c.event_id, c.event_type, c.source, c.subject, c.event_time, c.data)
-                .where(c.account_id == account).order_by(c.seq)
-            )
-            async for rows in result.partitions(5000):
-                for seq, event_id, event_type, source, subject, event_time, data in rows:
-                    at = event_time_ms(event_time)
-                    if window[0] <= at < window[1]:
-                        out.append(_Event(at, rank, int(seq), name, event_id, event_type, source, subject,
-                                          event_time, bytes(data)))
-                step(len(rows))
-    finally:
-        await engine.dispose()
+    sql = ("SELECT seq, event_id, event_type, source, subject, event_time, data FROM event_archive "
+           "WHERE account_id = ? ORDER BY seq")
+    async for rows in read_rows(location, sql, (account,)):
+        for seq, event_id, event_type, source, subject, event_time, data in rows:
+            at = event_time_ms(event_time)
+            if window[0] <= at < window[1]:
+                out.append(_Event(at, rank, int(seq), name, event_id, event_type, source, subject, event_time,
+                                  bytes(data)))
+        step(len(rows))
     return out
 
 
@@ -228,29 +216,50 @@ def usage_rated(row: Any) -> usage_pb2.UsageRated:
     )
 
 
+#: rated_usage's columns, by name (the table's definition is the service's; the query names them all).
+_RATED_COLUMNS: list[str] = [c.name for c in rated_usage.columns]
+_RatedRow = namedtuple("_RatedRow", _RATED_COLUMNS)  # type: ignore[misc]
+_COLUMN = {column: i for i, column in enumerate(_RATED_COLUMNS)}
+#: The ``UsageRated`` fields that are a column as it is (proto3 scalars: present unless zero or empty).
+_RATED_SCALARS = [(name, _COLUMN[name]) for name in (
+    "request_id", "account_id", "key_id", "hold_id", "model", "provider", "currency", "upstream_cost_nanos",
+    "resale_price_nanos", "price_book_version", "markup_bps", "input_price_nanos", "output_price_nanos",
+    "cached_input_price_nanos", "cache_write_price_nanos", "reasoning_price_nanos", "exchange_rate",
+    "occurred_at_unix_ms", "rated_at_unix_ms", "team", "project")]
+_USAGE_SCALARS = [(name, _COLUMN[name]) for name in (
+    "prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens", "reasoning_tokens",
+    "cache_write_tokens")]
+_OUTCOME, _TAGS = _COLUMN["outcome"], _COLUMN["tags"]
+_OUTCOME_NAMES = {v.number: v.name for v in usage_pb2.RequestOutcome.DESCRIPTOR.values}
+
+
+def rated_json(values: tuple[Any, ...]) -> dict[str, Any]:
+    """``message_json(usage_rated(row))`` for a rated_usage row, built straight from its columns: building the
+    message to read it back cost half the export's time on rated rows. A property test holds the two equal."""
+    out = {name: v for name, i in _RATED_SCALARS if (v := values[i])}
+    out["usage"] = {name: v for name, i in _USAGE_SCALARS if (v := values[i])}
+    if outcome := values[_OUTCOME]:
+        out["outcome"] = _OUTCOME_NAMES.get(outcome, outcome)
+    if tags := orjson.loads(values[_TAGS]):
+        out["tags"] = {str(k): v for k, v in tags.items()}
+    return out
+
+
 async def _rated_events(location: Location, account: str, window: tuple[int, int], bars: Bars) -> list[_Event]:
-    engine = read_only_engine(location)
-    c = rated_usage.c
     out: list[_Event] = []
     name, rank = RATED_USAGE
     step = bars.task(f"reading {name}", None)
-    try:
-        async with engine.connect() as conn:
-            result = await conn.stream(
-                select(rated_usage).where(c.account_id == account, c.rated_at_unix_ms >= window[0],
-                                          c.rated_at_unix_ms < window[1])
-                .order_by(c.rated_at_unix_ms, c.request_id)
-            )
-            position = 0
-            async for rows in result.partitions(5000):
-                for row in rows:
-                    position += 1
-                    at = int(row.rated_at_unix_ms)
-                    out.append(_Event(at, rank, position, name, row.request_id, USAGE_RATED_TYPE,
-                                      "//tollgate/metering", account, _iso(at), usage_rated(row)))
-                step(len(rows))
-    finally:
-        await engine.dispose()
+    sql = (f"SELECT {', '.join(_RATED_COLUMNS)} FROM rated_usage WHERE account_id = ? "
+           "AND rated_at_unix_ms >= ? AND rated_at_unix_ms < ? ORDER BY rated_at_unix_ms, request_id")
+    position = 0
+    request_id, rated_at = _COLUMN["request_id"], _COLUMN["rated_at_unix_ms"]
+    async for rows in read_rows(location, sql, (account, window[0], window[1])):
+        for values in rows:
+            position += 1
+            at = int(values[rated_at])
+            out.append(_Event(at, rank, position, name, values[request_id], USAGE_RATED_TYPE, "//tollgate/metering",
+                              account, _iso(at), rated_json(values)))
+        step(len(rows))
     return out
 
 
@@ -277,22 +286,24 @@ async def _export(
 ) -> ExportReport:
     bars = bars or Bars(enabled=False)
     key = load_private_key(sign_key) if sign_key is not None else None  # a bad key fails before any work
-    events = await _outbox_events(stores["billing"], billing_messaging.outbox, Topics.BILLING, account,
-                                  BILLING_OUTBOX, window, bars)
+    events = await _outbox_events(stores["billing"], account, window, bars)
     events += await _archive_events(stores["metering"], account, window, bars)
     events += await _rated_events(stores["metering"], account, window, bars)
-    refused = [(e.store, e.id, wrong) for e in events if (wrong := wrong_producer(e.type, e.source)) is not None]
+    verdicts: dict[tuple[str, str], str | None] = {}  # a few (type, source) pairs among a million events
+    for e in events:
+        if (e.type, e.source) not in verdicts:
+            verdicts[e.type, e.source] = wrong_producer(e.type, e.source)
+    refused = [(e.store, e.id, wrong) for e in events if (wrong := verdicts[e.type, e.source]) is not None]
     if refused:
-        events = [e for e in events if wrong_producer(e.type, e.source) is None]
-    events.sort(key=lambda e: (e.at_ms, e.rank, e.position, e.id))
+        events = [e for e in events if verdicts[e.type, e.source] is None]
+    events.sort()
 
     writer = ChainWriter(out)
     by_store: dict[str, int] = {}
     step = bars.task("writing the chain", len(events))
     for n, e in enumerate(events, 1):
         day = e.time[:10] if e.time.endswith("Z") else _day(e.at_ms)  # the services stamp UTC "…Z"
-        writer.append({"time": e.time, "day": day, "id": e.id, "type": e.type, "source": e.source,
-                       "subject": e.subject, "account_id": account, "store": e.store, "data": _data(e.type, e.data)})
+        writer.append_event(e.time, day, e.id, e.type, e.source, e.subject, account, e.store, _data(e.type, e.data))
         by_store[e.store] = by_store.get(e.store, 0) + 1
         if n % 10_000 == 0:
             step(10_000)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
 from tollgate_common.event_auth import wrong_producer
 
 __all__ = [
@@ -55,11 +56,21 @@ CSV_COLUMNS = (*HEAD_FIELDS, "data", "prev_hash", "hash")
 _DATA_KEY, _PREV_KEY = ',"data":', ',"prev_hash":"'
 
 
-#: The two encoders, made once (``json.dumps`` with options builds a new encoder on every call).
+#: The compact encoder of the format (``record_hash``'s, and the fallback for what orjson cannot encode).
 _ENCODE_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-#: How ``_ENCODE`` spells a string (the C function behind it): for writing the head without building a dict.
-_STR: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` as the format spells it: compact, keys sorted, UTF-8 unescaped. orjson writes exactly the bytes of
+    ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` for what an export holds
+    (strings, 64-bit integers, booleans, null, lists, objects: a property test checks it) ten times faster; what
+    it refuses (an integer beyond 64 bits) goes through the standard encoder."""
+    try:
+        return orjson.dumps(value, option=_SORTED)
+    except TypeError:
+        return _ENCODE_SORTED(value).encode()
 
 
 def _dumps(value: Any, sort_keys: bool) -> str:
@@ -71,29 +82,17 @@ def _body(record: dict[str, Any], data_json: str) -> str:
     return f'{head[:-1]}{_DATA_KEY}{data_json}{_PREV_KEY}{record["prev_hash"]}"}}'
 
 
-def _head(seq: int, fields: dict[str, Any]) -> str:
-    """What ``_ENCODE`` makes of the head (without its closing brace) when ``seq`` is an int and the other head
-    fields are strings, which is what the export writes: the same bytes, for a fraction of the cost."""
-    s = _STR
-    return (f'{{"seq":{seq:d},"time":{s(fields["time"])},"day":{s(fields["day"])},"id":{s(fields["id"])},'
-            f'"type":{s(fields["type"])},"source":{s(fields["source"])},"subject":{s(fields["subject"])},'
-            f'"account_id":{s(fields["account_id"])},"store":{s(fields["store"])}')
-
-
-_CSV_SPECIAL = frozenset(',"\r\n')
-
-
-def _csv_line(row: tuple[Any, ...]) -> str | None:
-    """``row`` as ``csv.writer`` (excel dialect, ``\\n`` line ends) writes it, when its head fields need no quoting
+def _csv_line(seq: int, head: tuple[str, ...], data_json: bytes, prev_hash: str, digest: str) -> bytes | None:
+    """The row as ``csv.writer`` (excel dialect, ``\\n`` line ends) writes it, when its head fields need no quoting
     (the usual case; None otherwise, and the caller uses the writer): ``csv.writer`` costs 18 µs a row here, most
-    of it scanning the data JSON for characters to quote, which always has quotes and never a raw line break."""
-    *head, data_json, prev_hash, digest = row
-    for value in head[1:]:
-        if not _CSV_SPECIAL.isdisjoint(value):
-            return None
-    if '"' in data_json or "," in data_json or "\n" in data_json or "\r" in data_json:
-        data_json = '"' + data_json.replace('"', '""') + '"'
-    return f"{','.join(map(str, head))},{data_json},{prev_hash},{digest}\n"
+    of it scanning the data JSON for characters to quote (it always has quotes, so it is always quoted). A comma
+    inside a head field shows as one comma too many in the joined head."""
+    joined = ",".join(head)
+    if joined.count(",") != len(head) - 1 or '"' in joined or "\n" in joined or "\r" in joined:
+        return None
+    if b'"' in data_json or b"," in data_json or b"\n" in data_json or b"\r" in data_json:
+        data_json = b'"' + data_json.replace(b'"', b'""') + b'"'
+    return f"{seq},{joined},".encode() + data_json + f",{prev_hash},{digest}\n".encode()
 
 
 @contextmanager
@@ -124,29 +123,35 @@ def record_line(record: dict[str, Any]) -> str:
     return f'{body[:-1]},"hash":"{record["hash"]}"}}'
 
 
-def merkle_root(hashes: Iterable[str]) -> str:
-    level = [hashlib.sha256(b"\x00" + bytes.fromhex(h)).digest() for h in hashes]
+def _merkle(leaves: list[bytes]) -> str:
+    """The Merkle root over raw 32-byte hashes (see the module's docstring)."""
+    sha = hashlib.sha256
+    level = [sha(b"\x00" + h).digest() for h in leaves]
     if not level:
-        return hashlib.sha256(b"").hexdigest()
+        return sha(b"").hexdigest()
     while len(level) > 1:
-        nxt = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        nxt = [sha(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
     return level[0].hex()
 
 
+def merkle_root(hashes: Iterable[str]) -> str:
+    return _merkle([bytes.fromhex(h) for h in hashes])
+
+
 class _Hashing:
-    """A UTF-8 text file that hashes what it writes (the manifest names each file's SHA-256); ``path`` None: only
-    the hash (what verification compares a file with)."""
+    """A file that hashes what it writes (the manifest names each file's SHA-256); ``path`` None: only the hash
+    (what verification compares a file with). Text goes in as UTF-8."""
 
     def __init__(self, path: Path | None) -> None:
         self.file = path.open("wb") if path is not None else None
         self.sha = hashlib.sha256()
         self.size = 0
 
-    def write(self, text: str) -> int:
-        data = text.encode()
+    def write(self, text: str | bytes) -> int:
+        data = text.encode() if isinstance(text, str) else text
         self.sha.update(data)
         self.size += len(data)
         if self.file is not None:
@@ -159,12 +164,31 @@ class _Hashing:
         return {"sha256": self.sha.hexdigest(), "bytes": self.size}
 
 
+class _Lines:
+    """Lines gathered and handed to a :class:`_Hashing` a few thousand at a time: one write and one hash update
+    per chunk instead of per line."""
+
+    def __init__(self, sink: _Hashing) -> None:
+        self.sink = sink
+        self.pending: list[bytes] = []
+
+    def add(self, line: bytes) -> None:
+        self.pending.append(line)
+        if len(self.pending) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.sink.write(b"".join(self.pending))
+            self.pending.clear()
+
+
 @dataclass
 class _Day:
     events: int = 0
     first_seq: int = 0
     last_seq: int = 0
-    hashes: list[str] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
 
 
 class ChainWriter:
@@ -173,39 +197,53 @@ class ChainWriter:
     def __init__(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
-        self._jsonl = _Hashing(out / EVENTS)
+        self._jsonl_file = _Hashing(out / EVENTS)
         self._csv_file = _Hashing(out / CSV_FILE)
+        self._jsonl, self._csv_lines = _Lines(self._jsonl_file), _Lines(self._csv_file)
         self._csv = csv.writer(self._csv_file, lineterminator="\n")
         self._csv.writerow(CSV_COLUMNS)
         self.seq = 0
         self.head = GENESIS
+        self._head_raw = bytes(32)
         self.days: dict[str, _Day] = {}
 
     def append(self, fields: dict[str, Any]) -> str:
         """``fields``: the :data:`HEAD_FIELDS` but ``seq``, and ``data`` (JSON-able, no floats). Returns the hash."""
-        self.seq += 1
+        return self.append_event(fields["time"], fields["day"], fields["id"], fields["type"], fields["source"],
+                                 fields["subject"], fields["account_id"], fields["store"], fields["data"])
+
+    def append_event(self, time: str, day: str, event_id: str, ce_type: str, source: str, subject: str,
+                     account_id: str, store: str, data: Any) -> str:
+        """One event (the head fields but ``seq`` as strings, ``data`` JSON-able): the line, its row, its hash."""
+        self.seq = seq = self.seq + 1
         prev = self.head
-        data_json = _ENCODE_SORTED(fields["data"])
-        head = _head(self.seq, fields)
-        body = f'{head}{_DATA_KEY}{data_json}{_PREV_KEY}{prev}"}}'
-        digest = _digest(prev, body)
-        self.head = digest
-        self._jsonl.write(f'{body[:-1]},"hash":"{digest}"}}\n')
-        row = (self.seq, fields["time"], fields["day"], fields["id"], fields["type"], fields["source"],
-               fields["subject"], fields["account_id"], fields["store"], data_json, prev, digest)
-        line = _csv_line(row)
+        data_json = canonical_json(data)
+        head = orjson.dumps({"seq": seq, "time": time, "day": day, "id": event_id, "type": ce_type,
+                             "source": source, "subject": subject, "account_id": account_id, "store": store})
+        body = b'%b,"data":%b,"prev_hash":"%b"}' % (head[:-1], data_json, prev.encode())
+        raw = hashlib.sha256(self._head_raw + body).digest()
+        self._head_raw = raw
+        self.head = digest = raw.hex()
+        self._jsonl.add(b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode()))
+        head_fields = (time, day, event_id, ce_type, source, subject, account_id, store)
+        line = _csv_line(seq, head_fields, data_json, prev, digest)
         if line is None:
-            self._csv.writerow(row)
+            self._csv_lines.flush()
+            self._csv.writerow((seq, *head_fields, data_json.decode(), prev, digest))
         else:
-            self._csv_file.write(line)
-        day = self.days.setdefault(fields["day"], _Day(first_seq=self.seq))
-        day.events += 1
-        day.last_seq = self.seq
-        day.hashes.append(digest)
+            self._csv_lines.add(line)
+        d = self.days.get(day)
+        if d is None:
+            d = self.days[day] = _Day(first_seq=seq)
+        d.events += 1
+        d.last_seq = seq
+        d.hashes.append(raw)
         return digest
 
     def finish(self, header: dict[str, Any]) -> dict[str, Any]:
-        files = {EVENTS: self._jsonl.close(), CSV_FILE: self._csv_file.close()}
+        self._jsonl.flush()
+        self._csv_lines.flush()
+        files = {EVENTS: self._jsonl_file.close(), CSV_FILE: self._csv_file.close()}
         manifest = {
             "format": FORMAT,
             **header,
@@ -213,7 +251,7 @@ class ChainWriter:
             "chain": {"genesis": GENESIS, "head_seq": self.seq, "head_hash": self.head},
             "days": [
                 {"day": d, "events": v.events, "first_seq": v.first_seq, "last_seq": v.last_seq,
-                 "merkle_root": merkle_root(v.hashes)}
+                 "merkle_root": _merkle(v.hashes)}
                 for d, v in sorted(self.days.items())
             ],
             "files": files,
@@ -310,76 +348,128 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 #: Made once: ``json.loads`` with a hook builds a decoder per call, a quarter of the cost of a line.
 _DECODE = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
+_MEMBERS = list(CSV_COLUMNS)
+_DATA_KEY_B, _PREV_KEY_B = _DATA_KEY.encode(), _PREV_KEY.encode()
 
 
-def _parse(text: str) -> tuple[dict[str, Any], str, bool]:
-    """(record, its data's JSON text, whether the stored hash matches the bytes)."""
-    record = _DECODE(text)
-    if list(record) != list(CSV_COLUMNS):
+def _decode(raw: bytes) -> Any:
+    """A line's JSON value. Fast path: orjson, when writing its result back gives the very bytes read. That proves
+    no member appears twice (a duplicate would be dropped, the bytes would differ) and that both parsers read the
+    same values, and it is what every line the exporter wrote satisfies. Any other line (valid JSON spelled
+    differently: spaces, escapes, ``1e3``; a duplicate key; anything orjson refuses) goes through the standard
+    decoder with the duplicate-key check, so the verdict never depends on which path a line took."""
+    try:
+        value = orjson.loads(raw)
+        if orjson.dumps(value) == raw:
+            return value
+    except (orjson.JSONDecodeError, TypeError):
+        pass
+    return _DECODE(raw.decode("utf-8"))
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any], bytes, bool]:
+    """(record, its data's JSON bytes, whether the stored hash matches the bytes)."""
+    record = _decode(raw)
+    if type(record) is not dict or list(record) != _MEMBERS:
         raise ValueError("members missing or out of order")
     stored = str(record["hash"])
-    suffix = f',"hash":"{stored}"}}'
-    if not text.endswith(suffix):
+    suffix = f',"hash":"{stored}"}}'.encode()
+    if not raw.endswith(suffix):
         raise ValueError("hash is not the last member")
-    body = text[: -len(suffix)] + "}"
-    data_json = body[body.index(_DATA_KEY) + len(_DATA_KEY): body.rindex(_PREV_KEY)]
-    return record, data_json, _digest(str(record["prev_hash"]), body) == stored
+    body = raw[: -len(suffix)] + b"}"
+    data_json = body[body.index(_DATA_KEY_B) + len(_DATA_KEY_B): body.rindex(_PREV_KEY_B)]
+    valid = hashlib.sha256(bytes.fromhex(str(record["prev_hash"])) + body).hexdigest() == stored
+    return record, data_json, valid
+
+
+def _raw_lines(path: Path, sha: Any) -> Iterator[bytes]:
+    """The file's lines without their ``\\n`` (nor a ``\\r`` before it), read in large chunks that also feed
+    ``sha`` (the file's SHA-256 in the same pass)."""
+    rest = b""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            sha.update(chunk)
+            pieces = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+            rest = pieces.pop()
+            for raw in pieces:
+                yield raw[:-1] if raw.endswith(b"\r") else raw
+    if rest:
+        yield rest[:-1] if rest.endswith(b"\r") else rest
 
 
 def _row_digest(row: Iterable[str]) -> bytes:
     return hashlib.blake2b("\x1f".join(row).encode(), digest_size=16).digest()
 
 
-def _scan(directory: Path, findings: list[Finding], step: Any, csv_digest: str | None) -> list[_Line]:
-    """One pass over events.jsonl; events.csv is then checked against it.
+@dataclass
+class _Scan:
+    lines: list[_Line]
+    findings: list[Finding]
+    events_sha256: str
+    csv_matches: bool
+
+
+def _scan(directory: Path, step: Any, csv_digest: str | None) -> _Scan:
+    """One pass over events.jsonl (hashing the file as it goes); events.csv is then checked against it.
 
     The CSV is fully determined by the JSONL (the exporter writes both from the same rows), so the pass writes the
     CSV the lines call for into a hash only: when that is ``csv_digest`` (the file's SHA-256), every row matches
     and the CSV needs no parsing. Otherwise :func:`_csv_rows` compares it row by row to name what differs."""
     lines: list[_Line] = []
+    findings: list[Finding] = []
     expected = _Hashing(None)
+    expected_lines = _Lines(expected)
     writer = csv.writer(expected, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    with (directory / EVENTS).open(encoding="utf-8") as f:
-        for n, text in enumerate(f, 1):
-            if step is not None and n % 10_000 == 0:
-                step(10_000)
-            try:
-                record, data_json, valid = _parse(text.rstrip("\n"))
-                ln = _Line(n, int(record["seq"]), str(record["id"]), str(record["prev_hash"]), str(record["hash"]),
-                           valid)
-                bytes.fromhex(ln.prev_hash)
-            except (ValueError, KeyError, TypeError) as exc:
-                findings.append(Finding("edited", f"not a valid event record ({exc})", line=n))
-                continue
-            lines.append(ln)
-            wrong = wrong_producer(str(record["type"]), str(record["source"]))
-            if wrong is not None:
-                findings.append(Finding("producer", f"not a genuine event: {wrong}", ln.seq, ln.id, n))
-            row = (*(record[k] for k in HEAD_FIELDS), data_json, ln.prev_hash, ln.hash)
-            line = _csv_line(row) if isinstance(row[0], int) and all(type(v) is str for v in row[1:]) else None
-            if line is None:
-                writer.writerow(row)
-            else:
-                expected.write(line)
-    if csv_digest is not None and expected.close()["sha256"] != csv_digest:
-        _csv_rows(directory, findings)
-    return lines
+    producers: dict[tuple[str, str], str | None] = {}
+    sha = hashlib.sha256()
+    for n, raw in enumerate(_raw_lines(directory / EVENTS, sha), 1):
+        if step is not None and n % 10_000 == 0:
+            step(10_000)
+        try:
+            record, data_json, valid = _parse(raw)
+            ln = _Line(n, int(record["seq"]), str(record["id"]), str(record["prev_hash"]), str(record["hash"]),
+                       valid)
+        except (ValueError, KeyError, TypeError) as exc:
+            findings.append(Finding("edited", f"not a valid event record ({exc})", line=n))
+            continue
+        lines.append(ln)
+        who = (str(record["type"]), str(record["source"]))
+        if who not in producers:
+            producers[who] = wrong_producer(*who)
+        wrong = producers[who]
+        if wrong is not None:
+            findings.append(Finding("producer", f"not a genuine event: {wrong}", ln.seq, ln.id, n))
+        r = record
+        seq, head = r["seq"], (r["time"], r["day"], r["id"], r["type"], r["source"], r["subject"], r["account_id"],
+                               r["store"])
+        try:  # join refuses a head field that is not a string: csv.writer's spelling of it, below
+            line = _csv_line(seq, head, data_json, ln.prev_hash, ln.hash) if type(seq) is int else None
+        except TypeError:
+            line = None
+        if line is None:
+            expected_lines.flush()
+            writer.writerow((seq, *head, data_json.decode(), ln.prev_hash, ln.hash))
+        else:
+            expected_lines.add(line)
+    expected_lines.flush()
+    matches = csv_digest is not None and expected.close()["sha256"] == csv_digest
+    return _Scan(lines, findings, sha.hexdigest(), matches)
 
 
 def _csv_rows(directory: Path, findings: list[Finding]) -> None:
     """The CSV differs from what the JSONL calls for: match its rows to the lines by seq (so a row cut from one
     file is one finding, not a shifted comparison of every row after it) and name each difference."""
     expected_rows: dict[str, set[bytes]] = {}  # seq → the rows its line(s) call for
-    with (directory / EVENTS).open(encoding="utf-8") as f:
-        for text in f:
-            try:
-                record, data_json, _ = _parse(text.rstrip("\n"))
-                seq = str(record["seq"])
-            except (ValueError, KeyError, TypeError):
-                continue  # already reported by the first pass
-            expected_rows.setdefault(seq, set()).add(_row_digest(
-                [*(str(record[k]) for k in HEAD_FIELDS), data_json, str(record["prev_hash"]), str(record["hash"])]))
+    for raw in _raw_lines(directory / EVENTS, hashlib.sha256()):
+        try:
+            record, data_json, _ = _parse(raw)
+            seq = str(record["seq"])
+        except (ValueError, KeyError, TypeError):
+            continue  # already reported by the first pass
+        expected_rows.setdefault(seq, set()).add(_row_digest(
+            [*(str(record[k]) for k in HEAD_FIELDS), data_json.decode(), str(record["prev_hash"]),
+             str(record["hash"])]))
     with (directory / CSV_FILE).open(encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
         if tuple(next(rows, ())) != CSV_COLUMNS:
@@ -420,18 +510,26 @@ def _verify_dir(directory: Path, public_key: Path | None, step: Any) -> VerifyRe
     if problem:
         findings.append(Finding("signature", problem))
 
-    digests: dict[str, str] = {}
-    for name in (EVENTS, CSV_FILE):
-        path = directory / name
-        want = manifest["files"].get(name, {}).get("sha256")
-        if not path.exists():
-            findings.append(Finding("file", f"{name} is missing"))
-            continue
-        digests[name] = _file_digest(path)
-        if want != digests[name]:
+    def file_differs(name: str, digest: str) -> None:
+        if manifest["files"].get(name, {}).get("sha256") != digest:
             findings.append(Finding("file", f"{name}: SHA-256 differs from the manifest (details follow)"))
 
-    lines = _scan(directory, findings, step, digests.get(CSV_FILE)) if EVENTS in digests else []
+    csv_digest = _file_digest(directory / CSV_FILE) if (directory / CSV_FILE).exists() else None
+    scan = _scan(directory, step, csv_digest) if (directory / EVENTS).exists() else None  # also hashes the file
+    if scan is None:
+        findings.append(Finding("file", f"{EVENTS} is missing"))
+    else:
+        file_differs(EVENTS, scan.events_sha256)
+    if csv_digest is None:
+        findings.append(Finding("file", f"{CSV_FILE} is missing"))
+    else:
+        file_differs(CSV_FILE, csv_digest)
+    lines: list[_Line] = []
+    if scan is not None:
+        lines = scan.lines
+        findings.extend(scan.findings)
+        if csv_digest is not None and not scan.csv_matches:
+            _csv_rows(directory, findings)
     report.events_read = len(lines)
 
     # 1. Content edited in place (its stored hash no longer matches it).
@@ -447,20 +545,26 @@ def _verify_dir(directory: Path, public_key: Path | None, step: Any) -> VerifyRe
         highest = max(highest, ln.seq)
 
     # 3. One event per seq: of several claiming a seq, the one the chain links through is genuine.
-    by_seq: dict[int, list[_Line]] = {}
+    # (A list per seq only where a seq repeats: a million one-element lists cost more than all the checks.)
+    first: dict[int, _Line] = {}
+    repeated: dict[int, list[_Line]] = {}
     for ln in lines:
-        by_seq.setdefault(ln.seq, []).append(ln)
-    linked_from = {ln.prev_hash for ln in lines}
+        if ln.seq in first:
+            repeated.setdefault(ln.seq, [first[ln.seq]]).append(ln)
+        else:
+            first[ln.seq] = ln
+    linked_from = {ln.prev_hash for ln in lines} if repeated else set()
     head_hash = manifest["chain"]["head_hash"]
     kept: dict[int, _Line] = {}
-    for seq, group in sorted(by_seq.items()):
+    for seq in sorted(first):
+        group = repeated.get(seq)
         if seq < 1 or seq > expected:
-            for ln in group:
+            for ln in group or [first[seq]]:
                 findings.append(Finding("inserted", f"seq beyond the manifest's {expected} events", ln.seq, ln.id,
                                         ln.line))
             continue
-        if len(group) == 1:
-            kept[seq] = group[0]
+        if group is None:
+            kept[seq] = first[seq]
             continue
         prev = kept.get(seq - 1)
 
