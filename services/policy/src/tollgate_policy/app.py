@@ -29,6 +29,7 @@ from .events import DEV_HASH_KEY, DecisionLog
 from .grpc_server import SERVICE_NAME, PolicyServicer
 from .repository import PolicyRepository
 from .tables import messaging
+from .watch import PolicyChanges
 
 __all__ = ["PolicyApp", "serve"]
 
@@ -68,7 +69,8 @@ class PolicyApp:
         # Compile the built-in detectors now (~0.1 s), before the health check says SERVING, not on the first request.
         scan("")
         self.service = PolicyService(
-            repository, PolicyCache(s.cache_ttl_seconds), decisions=self.decisions, hash_key=hash_key, limits=s.limits
+            repository, PolicyCache(s.cache_ttl_seconds), decisions=self.decisions, hash_key=hash_key, limits=s.limits,
+            changes=PolicyChanges(s.watch_heartbeat_seconds),
         )
         self.server = GrpcServer(s.grpc_host, s.grpc_port)
         self.server.add(
@@ -117,7 +119,10 @@ class PolicyApp:
             self.relay = None
 
     async def stop(self) -> None:
-        """Graceful: report NOT_SERVING, refuse new calls, let in-flight ones finish, then close the database."""
+        """Graceful: report NOT_SERVING, refuse new calls, let in-flight ones finish, then close the database.
+        Open watches end first (the watchers reconnect to another replica or ask per request meanwhile)."""
+        if self.service is not None:
+            self.service.changes.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds)
         if self.decisions is not None:

@@ -56,6 +56,7 @@ from tollgate_dlp.state import PolicyState
 from .events import DecisionLog
 from .metrics import FINDINGS, INSPECT_SECONDS, INSPECTIONS, SCANNED_CHARACTERS
 from .repository import DISCARD, ENFORCED, SHADOW, PolicyRepository, StoredVersion
+from .watch import PolicyChanges
 
 __all__ = ["PolicyCache", "PolicyService", "ScannerCache"]
 
@@ -132,9 +133,12 @@ class PolicyService:
         decisions: DecisionLog | None = None,
         hash_key: bytes = DEV_HASH_KEY,
         limits: Limits = _DEFAULT_LIMITS,
+        changes: PolicyChanges | None = None,
     ) -> None:
         self.repository = repository
         self.cache = cache
+        #: Where each committed change is pushed (``WatchPolicies``); a fresh fan-out when not given.
+        self.changes = changes if changes is not None else PolicyChanges()
         #: Where PolicyDecided events go; None records none (unit tests of the cache).
         self.decisions = decisions
         self.hash = match_hasher(hash_key)
@@ -315,6 +319,13 @@ class PolicyService:
         _check_account(account_id)
         return await self._state(account_id)
 
+    async def current_state(self, account_id: str) -> PolicyState:
+        """The state read from the database now (not this replica's cache: another replica may have written
+        since), offered to the cache; with the database down, the cached state as Inspect would serve it, else
+        StorageUnavailable. What ``GetPolicyState`` answers, so an in-process decider is as current as policy."""
+        _check_account(account_id)
+        return await self._load(account_id)
+
     async def _change(self, account_id: str, change: Callable[[PolicyState], tuple[PolicySet, str]]) -> PolicyState:
         """Read the newest state, apply ``change``, append it; retry when another writer took the version."""
         for attempt in range(1, _SET_ATTEMPTS + 1):
@@ -339,6 +350,7 @@ class PolicyService:
             else:
                 new_state = PolicyState(policy, None, policy.version)
             self.cache.offer(new_state)
+            self.changes.publish(new_state)
             log.info(
                 "policy changed",
                 extra={"account_id": account_id, "policy_version": policy.version, "kind": kind},

@@ -33,6 +33,9 @@ class Settings:
     #: How long a policy read from the database is trusted before it is read again. SetPolicy updates this
     #: replica's cache at once; other replicas see a change after at most this long.
     cache_ttl_seconds: float = 30.0
+    #: How often ``WatchPolicies`` sends a heartbeat (POLICY_WATCH_HEARTBEAT_SECONDS); a watcher that hears none
+    #: for three of them stops trusting what it holds.
+    watch_heartbeat_seconds: float = 5.0
     metrics_port: int = 0
     log_level: str = "INFO"
     #: Seconds in-flight calls get to finish on SIGTERM.
@@ -75,6 +78,7 @@ class Settings:
             grpc_host=env.str("GRPC_HOST", cls.grpc_host),
             grpc_port=env.port("GRPC_PORT", cls.grpc_port),
             cache_ttl_seconds=env.float("CACHE_TTL_SECONDS", cls.cache_ttl_seconds, minimum=0.0),
+            watch_heartbeat_seconds=env.float("WATCH_HEARTBEAT_SECONDS", cls.watch_heartbeat_seconds, minimum=0.05),
             metrics_port=env.port("METRICS_PORT", cls.metrics_port),
             log_level=log_level,
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0.0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 from tollgate.policy.v1 import policy_service_pb2 as pb
@@ -22,6 +23,7 @@ from tollgate_dlp.errors import (
 )
 from tollgate_dlp.inspection import Inspection, Verdict
 from tollgate_dlp.state import PolicyState
+from tollgate_dlp.wire import state_to_update
 
 from .application import PolicyService
 from .repository import StoredVersion
@@ -75,6 +77,8 @@ CALLERS: dict[str, frozenset[str]] = {
         "ListPolicyVersions",
         "PromoteShadow",
         "DiscardShadow",
+        "GetPolicyState",
+        "WatchPolicies",
     )
 }
 
@@ -209,3 +213,19 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):  # type: ignore[misc]
     @_mapped
     async def DiscardShadow(self, request: pb.ShadowRequest, context: grpc.aio.ServicerContext) -> pb.PolicyVersion:
         return _version(await self.service.discard_shadow(request.account_id))
+
+    @_mapped
+    async def GetPolicyState(
+        self, request: pb.GetPolicyStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PolicyStateUpdate:
+        return state_to_update(await self.service.current_state(request.account_id))
+
+    @_mapped
+    async def WatchPolicies(
+        self, request: pb.WatchPoliciesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PolicyStateUpdate]:
+        """Every change this replica commits, and heartbeats (see watch.py), until the caller hangs up."""
+        changes = self.service.changes
+        heartbeat = pb.PolicyStateUpdate(heartbeat=True, heartbeat_interval_ms=int(changes.heartbeat_seconds * 1000))
+        async for state in changes.watch():
+            yield heartbeat if state is None else state_to_update(state)
