@@ -301,6 +301,8 @@ def process_environment(rendered: Rendered, service: str, files_root: Path) -> d
                 env[name] = base64.b64decode(made["data"][ref["key"]]).decode()
             elif name.endswith("DATABASE_URL"):
                 env[name] = "postgresql://tollgate:pw@db/tollgate"
+            elif name == "INGRESS_OPERATORS":  # JSON: named operator tokens (their SHA-256 only)
+                env[name] = '[{"name": "auditor", "role": "read-only", "token_sha256": "' + "0" * 64 + '"}]'
             else:
                 env[name] = "stand-in-secret-" + "x" * 32
         else:
@@ -436,6 +438,8 @@ def test_credentials_only_ever_appear_as_secret_references(full: Rendered, defau
         "name": "tollgate-admin",
         "key": "admin-token",
     }
+    assert full.environment("ingress")["INGRESS_OPERATORS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tollgate-ingress-operators", "key": "operators", "optional": True}
     assert full.environment("billing")["BILLING_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
         "name": "tollgate-postgres-urls",
         "key": "billing",

@@ -2,14 +2,14 @@
 
 Who may call what (two routers, one dependency each):
 
-* accounts, credits, balances, ledger: the operator only, ``Authorization: Bearer $INGRESS_ADMIN_TOKEN``
-  (compared in constant time). Any other credential, API keys included, is 401 ``invalid_admin_token``; these
-  routes never look a key up.
+* accounts, credits, balances, ledger: operators only, ``Authorization: Bearer $INGRESS_ADMIN_TOKEN`` (compared
+  in constant time) or a named operator token (``INGRESS_OPERATORS``, see operators.py: roles owner, billing,
+  policy, read-only; a role that may not is 403 ``insufficient_role``). Any other credential, API keys included,
+  is 401 ``invalid_admin_token``; these routes never look a key up.
 * an account's keys (key_routes.py) and DLP policy (``/accounts/{account_id}/policy…``, ``teams/…/policy``,
-  ``keys/…/policy``, shadow, promote, discard, versions): the operator, or an API key of that account created with
-  ``account_admin``
-  (billing's GetKeyInfo says so). An unknown key is 401; a valid key that is not an admin of the path's account is
-  403 ``permission_denied``.
+  ``keys/…/policy``, shadow, promote, discard, versions): an operator whose role covers it, or an API key of that
+  account created with ``account_admin`` (billing's GetKeyInfo says so). An unknown key is 401; a valid key that
+  is not an admin of the path's account is 403 ``permission_denied``.
 
 Bodies are parsed with
 exact decimals, so an amount sent as the JSON number ``0.1`` is one tenth, not a float near it.
@@ -20,7 +20,6 @@ Amounts in responses come twice: ``"<name>"`` as the shortest exact decimal stri
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 from decimal import Decimal
@@ -33,10 +32,11 @@ from tollgate.billing.v1 import key_admin_pb2
 from tollgate.policy.v1 import policy_service_pb2
 
 from .deps import services
-from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from .errors import InvalidRequest, NotFound
 from .json_depth import TOO_DEEP, nests_too_deep
 from .money import nanos_to_text, parse_amount
-from .openai_routes import bearer_token, checked_key, peer, read_body
+from .openai_routes import read_body
+from .operators import Area, account_admin_gate, admin_credential, operator_gate
 
 __all__ = ["router"]
 
@@ -51,47 +51,27 @@ _ACTIONS = {
 _ACTION_NAMES = {v: k for k, v in _ACTIONS.items()}
 
 
-def _admin_credential(request: Request) -> str:
-    try:
-        return bearer_token(request)
-    except AuthenticationFailed:
-        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token or API key>'.",
-                                   code="invalid_admin_token") from None
+#: The gates (tollgate_ingress.operators); kept under these names for the route modules that import them.
+_admin_credential = admin_credential
+#: Accounts, credits, balances, ledger: operators only; writes need owner or billing.
+require_operator = operator_gate(Area.BILLING)
+#: Keys, budgets, teams and projects, usage: an operator (writes: owner or billing) or the account's admin key.
+require_account_admin = account_admin_gate(Area.BILLING)
+#: DLP policy: an operator (writes: owner or policy) or the account's admin key.
+require_policy_admin = account_admin_gate(Area.POLICY)
 
 
 def _is_operator(request: Request, token: str) -> bool:
-    expected = services(request).settings.admin_token
-    return hmac.compare_digest(token.encode(), expected.encode())
-
-
-async def require_operator(request: Request) -> None:
-    """Operator-only routes: the admin token and nothing else (no key look-up). A peer that sent too many wrong
-    tokens gets 429 before its next one is compared (tollgate_ingress.admission)."""
-    token = _admin_credential(request)
-    throttle = services(request).gate.throttle
-    throttle.check(peer(request))
-    if not _is_operator(request, token):
-        throttle.failed(peer(request))
-        raise AuthenticationFailed("Invalid admin token.", code="invalid_admin_token")
-
-
-async def require_account_admin(account_id: str, request: Request) -> None:
-    """Keys and policy routes: the operator, or an API key that billing says is an admin of the path's account
-    (a revoked or expired key is refused by billing: 401). Wrong keys count against the peer like any other."""
-    token = _admin_credential(request)
-    if _is_operator(request, token):
-        return
-    await checked_key(request, token)
-    info = await services(request).keys.key_info(token)  # unknown key: billing's UNAUTHENTICATED, a 401
-    if not (info.account_admin and info.account_id == account_id):
-        raise PermissionDenied("This API key may not manage this account.", code="permission_denied")
+    """True for a named operator whose role may write billing settings (owner, billing); not for a key."""
+    found = services(request).operators.find(token)
+    return found is not None and found.may(Area.BILLING, "POST")
 
 
 router = APIRouter(prefix="/admin/v1")
 #: Accounts, credits, balances, ledger.
 operator_router = APIRouter(dependencies=[Depends(require_operator)])
 #: An account's DLP policy; every path has ``{account_id}``, which require_account_admin checks the key against.
-policy_router = APIRouter(dependencies=[Depends(require_account_admin)])
+policy_router = APIRouter(dependencies=[Depends(require_policy_admin)])
 
 
 def _reject_constant(name: str) -> None:

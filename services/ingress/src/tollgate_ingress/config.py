@@ -12,6 +12,8 @@ from tollgate_common.config import EnvReader
 from tollgate_common.internal_auth import InternalKeys, in_development, internal_keys_from_env
 from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
+from .operators import Operator, parse_operators
+
 __all__ = ["Settings"]
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -57,11 +59,19 @@ class Settings:
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
     #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: Named admin tokens with roles (``INGRESS_OPERATORS``; see operators.py): token SHA-256 hex → operator.
+    operators: Mapping[str, Operator] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = EnvReader("INGRESS", environ)
+        try:
+            operators = parse_operators(env.str("OPERATORS", ""))
+        except ValueError as exc:
+            env.problems.append(f"{env.name('OPERATORS')} {exc}")
+            operators = {}
         settings = cls(
+            operators=operators,
             internal_keys=internal_keys_from_env(env),
             kafka_security=kafka_security_from_env(env),
             admin_token=env.str("ADMIN_TOKEN", required=True),

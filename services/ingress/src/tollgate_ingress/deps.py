@@ -17,6 +17,7 @@ from .config import Settings
 from .keys import Keys
 from .metering_client import MeteringClient
 from .metrics import Metrics
+from .operators import OperatorBook
 from .policy_client import PolicyClient
 from .publisher import UsagePublisher
 from .router_client import RouterClient
@@ -69,6 +70,8 @@ class Services:
     metering: MeteringClient | None
     #: API keys checked (and failures throttled) before a body is read.
     gate: KeyGate
+    #: Admin token and named operator tokens → who is calling the admin API (tollgate_ingress.operators).
+    operators: OperatorBook
 
     @classmethod
     def build(cls, settings: Settings, deps: Deps) -> Services:
@@ -93,6 +96,7 @@ class Services:
             metering=MeteringClient(channels.metering, channels.metadata, timeout)
             if channels.metering is not None else None,
             gate=gate,
+            operators=OperatorBook(settings.admin_token, settings.operators),
         )
 
     async def shutdown(self, grace: float | None = None) -> None:
