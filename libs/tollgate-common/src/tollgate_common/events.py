@@ -58,6 +58,10 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "tollgate.billing.v1.hold.captured": billing_pb2.HoldCaptured,
     "tollgate.billing.v1.hold.expired": billing_pb2.HoldExpired,
     "tollgate.billing.v1.hold.reconciled": billing_pb2.HoldReconciled,
+    "tollgate.billing.v1.promo_credit.expired": billing_pb2.PromoCreditExpired,
+    "tollgate.billing.v1.charge.refunded": billing_pb2.ChargeRefunded,
+    "tollgate.billing.v1.credit_note.issued": billing_pb2.CreditNoteIssued,
+    "tollgate.billing.v1.statement.closed": billing_pb2.StatementClosed,
     "tollgate.policy.v1.policy.decided": policy_pb2.PolicyDecided,
     "tollgate.attempts.v1.attempt.recorded": attempts_pb2.AttemptRecorded,
     # Metering's usage event for a request whose UsageRecorded never came, built from the router's attempts

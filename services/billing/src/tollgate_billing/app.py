@@ -32,6 +32,7 @@ from .application import Billing, PriceSource
 from .config import Settings
 from .consumer import GROUP_ID as CONSUMER_GROUP
 from .consumer import UsageConsumer
+from .credit_admin import CreditAdmin
 from .grpc_server import SERVICE_NAME, BillingServicer
 from .price_book import MeteringPriceBook
 from .tables import messaging
@@ -192,6 +193,7 @@ class BillingApp:
         while not await _sleep_unless(self._stopping, self.settings.hold_sweep_seconds):
             try:
                 await self.billing.expire_due_holds()
+                await CreditAdmin(self.billing).expire_due_promotions()
             except Exception:
                 log.exception("hold sweep failed; will retry")
 

@@ -403,12 +403,15 @@ class Billing:
         return CreatedApiKey(key_id=event.key_id, api_key=plaintext, prefix=prefix)
 
     async def add_credits(
-        self, account_id: str, amount_nanos: int, idempotency_key: str = "", description: str = ""
+        self, account_id: str, amount_nanos: int, idempotency_key: str = "", description: str = "", *,
+        credit_kind: str = "", expires_at_unix_ms: int = 0,
     ) -> AddCreditsResult:
-        """Prepay ``amount_nanos``; the same (account, idempotency key) never credits twice."""
+        """Prepay ``amount_nanos``; the same (account, idempotency key) never credits twice. A ``promotional``
+        credit expires at ``expires_at_unix_ms`` and is spent before paid credit (credits.py)."""
         transaction_id = new_id("txn")
         event = domain.credits_added(
-            account_id, amount_nanos, idempotency_key or transaction_id, transaction_id, description, self._now_ms()
+            account_id, amount_nanos, idempotency_key or transaction_id, transaction_id, description, self._now_ms(),
+            credit_kind=credit_kind, expires_at_unix_ms=expires_at_unix_ms,
         )
         try:
             async with self._write() as conn:
@@ -429,6 +432,12 @@ class Billing:
         earlier = await repository.find_credit(conn, event.account_id, event.idempotency_key)
         if earlier is not None:
             transaction_id, amount = earlier
+            expires = await repository.promo_expiry(conn, transaction_id)
+            if expires != (event.expires_at_unix_ms if event.credit_kind == "promotional" else None):
+                raise IdempotencyKeyReused(
+                    f"idempotency key {event.idempotency_key!r} was used for another kind of credit or expiry: use "
+                    "a new key for another credit"
+                )
             if amount != event.amount_nanos:
                 raise IdempotencyKeyReused(
                     f"idempotency key {event.idempotency_key!r} already credited {amount} nanos, not "

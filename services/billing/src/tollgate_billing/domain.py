@@ -205,7 +205,7 @@ def hold_for_candidates(
 
 
 def ledger_transaction(
-    transaction_id: str, kind: LedgerKind, reference: str, postings: Iterable[tuple[str, int]], at_unix_ms: int
+    transaction_id: str, kind: str, reference: str, postings: Iterable[tuple[str, int]], at_unix_ms: int
 ) -> billing_pb2.LedgerTransaction:
     """A double-entry transaction; refuses postings that do not sum to zero (the ledger's one invariant)."""
     legs = [billing_pb2.Posting(ledger_account=account, amount_nanos=amount) for account, amount in postings]
@@ -285,19 +285,30 @@ def api_key_created(
 
 def credits_added(
     account_id: str, amount_nanos: int, idempotency_key: str, transaction_id: str, description: str,
-    at_unix_ms: int,
+    at_unix_ms: int, *, credit_kind: str = "", expires_at_unix_ms: int = 0,
 ) -> billing_pb2.CreditsAdded:
+    """Paid credit (from ``funding:external``), or a promotional one (``funding:promotional``, kind
+    ``promo_credit``) that must expire in the future (see credits.py)."""
     if amount_nanos <= 0:
         raise InvalidArgument("amount_nanos must be positive")
+    promotional = credit_kind == "promotional"
+    if credit_kind not in ("", "paid", "promotional"):
+        raise InvalidArgument("credit_kind must be 'paid' or 'promotional'")
+    if promotional and expires_at_unix_ms <= at_unix_ms:
+        raise InvalidArgument("a promotional credit needs an expires_at in the future")
+    if not promotional and expires_at_unix_ms:
+        raise InvalidArgument("only a promotional credit expires")
     txn = ledger_transaction(
         transaction_id,
-        LedgerKind.CREDIT_PURCHASE,
+        "promo_credit" if promotional else LedgerKind.CREDIT_PURCHASE,
         description or idempotency_key,
-        [(FUNDING_EXTERNAL, -amount_nanos), (wallet_account(account_id), amount_nanos)],
+        [("funding:promotional" if promotional else FUNDING_EXTERNAL, -amount_nanos),
+         (wallet_account(account_id), amount_nanos)],
         at_unix_ms,
     )
     return billing_pb2.CreditsAdded(
-        account_id=account_id, idempotency_key=idempotency_key, amount_nanos=amount_nanos, transaction=txn
+        account_id=account_id, idempotency_key=idempotency_key, amount_nanos=amount_nanos, transaction=txn,
+        credit_kind="promotional" if promotional else "", expires_at_unix_ms=expires_at_unix_ms,
     )
 
 
@@ -385,6 +396,8 @@ def settle_usage(
             usage_event_id=usage_event_id,
             transaction=txn,
             captured_at_unix_ms=at_unix_ms,
+            model=rated.model,
+            project=rated.project,
         )
     if hold.status == HoldStatus.EXPIRED:
         refund = max(0, hold.captured_nanos - rated_nanos)
@@ -429,6 +442,8 @@ def unheld_capture(
         usage_event_id=usage_event_id,
         transaction=txn,
         captured_at_unix_ms=at_unix_ms,
+        model=rated.model,
+        project=rated.project,
     )
 
 

@@ -7,7 +7,9 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     ├── InvalidArgument          INVALID_ARGUMENT     invalid_argument
     │   ├── RequestIdConflict    INVALID_ARGUMENT     request_id_conflict
     │   ├── ModelNotPriced       INVALID_ARGUMENT     model_not_priced (no price in the book: never served free)
-    │   └── AmountOutOfRange     INVALID_ARGUMENT     amount_out_of_range (a total beyond what BIGINT holds)
+    │   ├── AmountOutOfRange     INVALID_ARGUMENT     amount_out_of_range (a total beyond what BIGINT holds)
+    │   ├── RefundExceedsCharge  INVALID_ARGUMENT     refund_exceeds_charge (more than the request was charged)
+    │   └── InvalidPeriod        INVALID_ARGUMENT     invalid_period (not YYYY-MM, or a month still to come)
     ├── InvalidApiKey            UNAUTHENTICATED      invalid_api_key
     │   ├── RevokedApiKey        UNAUTHENTICATED      api_key_revoked
     │   └── ExpiredApiKey        UNAUTHENTICATED      api_key_expired (past expires_at, or a rotation's grace)
@@ -16,6 +18,7 @@ trailing metadata ``tollgate-reason`` (and ``retry-after`` for rate limits), and
     │   ├── AccountNotFound      NOT_FOUND            account_not_found
     │   ├── KeyNotFound          NOT_FOUND            key_not_found (also: a key of another account)
     │   ├── GroupNotFound        NOT_FOUND            team_not_found / project_not_found
+    │   ├── ChargeNotFound       NOT_FOUND            charge_not_found (no charge for that request in the account)
     │   └── BudgetNotFound       NOT_FOUND            budget_not_found (also: a budget of another account)
     ├── GroupExists              ALREADY_EXISTS       group_exists (the id is taken, with another name)
     ├── IdempotencyKeyReused     ALREADY_EXISTS       idempotency_key_reused (a credit's key, another amount)
@@ -44,6 +47,7 @@ __all__ = [
     "BudgetExceeded",
     "BudgetExists",
     "BudgetNotFound",
+    "ChargeNotFound",
     "ConcurrentUpdate",
     "CurrencyMismatch",
     "ExpiredApiKey",
@@ -55,6 +59,7 @@ __all__ = [
     "InsufficientBalance",
     "InvalidApiKey",
     "InvalidArgument",
+    "InvalidPeriod",
     "KeyLimitExceeded",
     "KeyNotFound",
     "KeyRevoked",
@@ -64,6 +69,7 @@ __all__ = [
     "PaymentRequired",
     "PriceBookUnavailable",
     "RateLimited",
+    "RefundExceedsCharge",
     "RequestIdConflict",
     "RevokedApiKey",
 ]
@@ -103,6 +109,18 @@ class AmountOutOfRange(InvalidArgument):
     reason = "amount_out_of_range"
 
 
+class RefundExceedsCharge(InvalidArgument):
+    """A refund beyond what the request was charged (less what was refunded already)."""
+
+    reason = "refund_exceeds_charge"
+
+
+class InvalidPeriod(InvalidArgument):
+    """A statement period that is not ``YYYY-MM``, or a month that has not begun."""
+
+    reason = "invalid_period"
+
+
 class InvalidApiKey(BillingError):
     status = grpc.StatusCode.UNAUTHENTICATED
     reason = "invalid_api_key"
@@ -140,6 +158,12 @@ class GroupNotFound(NotFound):
     def __init__(self, kind: str, group_id: str) -> None:
         super().__init__(f"{kind} {group_id!r} not found in this account")
         self.reason = f"{kind}_not_found"
+
+
+class ChargeNotFound(NotFound):
+    """No charge for that request id in the account (another account's request is not found either)."""
+
+    reason = "charge_not_found"
 
 
 class BudgetNotFound(NotFound):

@@ -19,13 +19,16 @@ from tollgate_common.telemetry import attach_traceparent
 from .alert_admin import AlertAdmin
 from .application import Billing
 from .budget_admin import BudgetAdmin
+from .credit_admin import CreditAdmin
 from .errors import BillingError
 from .group_admin import GroupAdmin
 from .grpc_alerts import AlertRpcs
 from .grpc_budgets import BudgetRpcs
 from .grpc_keys import GroupRpcs, KeyRpcs
+from .grpc_statements import StatementRpcs
 from .key_admin import KeyAdmin
 from .repository import AccountRow
+from .statement_admin import StatementAdmin
 
 __all__ = ["CALLERS", "SERVICE_NAME", "BillingServicer"]
 
@@ -66,6 +69,9 @@ CALLERS: dict[str, frozenset[str]] = {
         "DeleteBudget",
         "GetBalanceAlert",
         "SetBalanceAlert",
+        "RefundCharge",
+        "IssueCreditNote",
+        "GetStatement",
     )
 }
 
@@ -106,6 +112,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
         self.group_admin = GroupAdmin(billing)
         self.budget_admin = BudgetAdmin(billing)
         self.alert_admin = AlertAdmin(billing)
+        self.credit_admin = CreditAdmin(billing)
+        self.statement_admin = StatementAdmin(billing)
 
     # The key lifecycle RPCs live in grpc_keys.py; mapped like the rest.
     ListApiKeys = _mapped(KeyRpcs.ListApiKeys)
@@ -124,6 +132,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
     DeleteBudget = _mapped(BudgetRpcs.DeleteBudget)
     GetBalanceAlert = _mapped(AlertRpcs.GetBalanceAlert)
     SetBalanceAlert = _mapped(AlertRpcs.SetBalanceAlert)
+    RefundCharge = _mapped(StatementRpcs.RefundCharge)
+    IssueCreditNote = _mapped(StatementRpcs.IssueCreditNote)
+    GetStatement = _mapped(StatementRpcs.GetStatement)
 
     @_mapped
     async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:
@@ -203,7 +214,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):  # type: ignore[misc]
         self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddCreditsResponse:
         result = await self.billing.add_credits(
-            request.account_id, request.amount_nanos, request.idempotency_key, request.description
+            request.account_id, request.amount_nanos, request.idempotency_key, request.description,
+            credit_kind=request.credit_kind, expires_at_unix_ms=request.expires_at_unix_ms,
         )
         return pb.AddCreditsResponse(
             transaction_id=result.transaction_id, balance_nanos=result.balance_nanos, replayed=result.replayed

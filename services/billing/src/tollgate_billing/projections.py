@@ -10,9 +10,10 @@ that does not fit the stored rows raises :class:`~tollgate_billing.errors.Incons
 Events are applied in batches, one statement per table and kind (a Kafka batch of usage, a replay batch), which is
 equivalent to applying them one by one in order: kinds are applied in causal order (account → teams/projects →
 key → key changes, in their own order → budget changes, in theirs → credits → placed → captured → expired →
-reconciled; the budgets' money, see budget_changes.py; alerts last, in their own order, see alert_changes.py), a
-hold only ever moves forward along that order, and money moves are additive. A single event (Authorize, an admin
-call) is a batch of one.
+reconciled → promo expiries, refunds and credit notes → closed statements (credit_changes.py); the budgets'
+money, see budget_changes.py; alerts last, in their own order, see alert_changes.py), a hold only ever moves
+forward along that order, and money moves are additive. A single event (Authorize, an admin call) is a batch
+of one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.bulk import insert_rows, select_rows, update_rows
 
-from . import alert_changes, budget_changes, group_changes, key_changes
+from . import alert_changes, budget_changes, credit_changes, group_changes, key_changes
 from .domain import HoldStatus
 from .errors import ConcurrentUpdate, InconsistentEvent, InsufficientBalance, KeyLimitExceeded
 from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, wallets
@@ -51,6 +52,8 @@ _KINDS: tuple[type[Message], ...] = (
     billing_pb2.HoldCaptured,
     billing_pb2.HoldExpired,
     billing_pb2.HoldReconciled,
+    *credit_changes.MONEY_KINDS,
+    billing_pb2.StatementClosed,
     *alert_changes.KINDS,
 )
 _CHUNK = 500
@@ -128,6 +131,8 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
     by_kind.update({kind: budget_admin for kind in budget_changes.ADMIN_KINDS})
     alerts: list[Any] = []  # every kind of alert event, in their order (a BalanceLow, then its BalanceRestored)
     by_kind.update({kind: alerts for kind in alert_changes.KINDS})
+    adjustments: list[Any] = []  # promo expiries, refunds, credit notes, in their order
+    by_kind.update({kind: adjustments for kind in credit_changes.MONEY_KINDS})
     for event in events:
         bucket = by_kind.get(type(event))
         if bucket is None:
@@ -147,15 +152,18 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
              "transaction_id": ev.transaction.transaction_id, "amount_nanos": ev.amount_nanos}
             for ev in by_kind[billing_pb2.CreditsAdded]
         ])
+        await credit_changes.apply_grants(conn, by_kind[billing_pb2.CreditsAdded])
         await moves.flush(conn)  # a guarded hold in the same batch must see the credit
     await _holds_placed(conn, by_kind[billing_pb2.HoldPlaced], moves, strict)
     await _holds_captured(conn, by_kind[billing_pb2.HoldCaptured], moves, strict,
                           None if by_kind[billing_pb2.HoldPlaced] else hold_statuses)
     await _holds_expired(conn, by_kind[billing_pb2.HoldExpired], moves, strict)
     await _holds_reconciled(conn, by_kind[billing_pb2.HoldReconciled], moves, strict)
+    await credit_changes.apply_money(conn, adjustments, moves, strict=strict)
     await moves.flush(conn)
     await budget_changes.apply_money(conn, by_kind[billing_pb2.HoldPlaced], by_kind[billing_pb2.HoldCaptured],
                                      by_kind[billing_pb2.HoldExpired], by_kind[billing_pb2.HoldReconciled])
+    await credit_changes.apply_statements(conn, by_kind[billing_pb2.StatementClosed])
     await alert_changes.apply(conn, alerts, strict=strict)
 
 

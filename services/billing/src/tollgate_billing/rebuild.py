@@ -38,6 +38,7 @@ from .errors import InconsistentEvent
 from .repository import SERVICE
 from .tables import (
     accounts,
+    adjustments,
     api_keys,
     budgets,
     credit_grants,
@@ -46,6 +47,8 @@ from .tables import (
     ledger_postings,
     ledger_transactions,
     messaging,
+    promo_grants,
+    statements,
     wallets,
 )
 
@@ -333,6 +336,9 @@ _COMPARED: tuple[tuple[str, Table], ...] = (
     ("holds", holds),
     ("credit_grants", credit_grants),
     ("ledger_transactions", ledger_transactions),
+    ("promo_grants", promo_grants),
+    ("adjustments", adjustments),
+    ("statements", statements),
 )
 
 

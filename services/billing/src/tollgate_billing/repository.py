@@ -37,6 +37,7 @@ from .tables import (
     ledger_postings,
     ledger_transactions,
     messaging,
+    promo_grants,
     wallets,
 )
 
@@ -78,6 +79,10 @@ _EVENT_IDS: dict[type[Message], Callable[[Any], str]] = {
     billing_pb2.HoldCaptured: lambda e: f"hold.captured:{e.hold_id}",
     billing_pb2.HoldExpired: lambda e: f"hold.expired:{e.hold_id}",
     billing_pb2.HoldReconciled: lambda e: f"hold.reconciled:{e.hold_id}",
+    billing_pb2.PromoCreditExpired: lambda e: f"promo.expired:{e.grant_transaction_id}",
+    billing_pb2.ChargeRefunded: lambda e: f"charge.refunded:{e.account_id}:{e.refund_id}",
+    billing_pb2.CreditNoteIssued: lambda e: f"credit_note.issued:{e.account_id}:{e.credit_note_id}",
+    billing_pb2.StatementClosed: lambda e: f"statement.closed:{e.account_id}:{e.period}",
 }
 
 
@@ -404,6 +409,13 @@ async def find_credit(conn: Executor, account_id: str, idempotency_key: str) -> 
         )
     ).first()
     return None if row is None else (str(row.transaction_id), int(row.amount_nanos))
+
+
+async def promo_expiry(conn: Executor, transaction_id: str) -> int | None:
+    """The expiry of the promotional credit granted by ``transaction_id``; None for a paid credit."""
+    row = (await conn.execute(select(promo_grants.c.expires_at_unix_ms)
+                              .where(promo_grants.c.transaction_id == transaction_id))).first()
+    return None if row is None else int(row[0])
 
 
 async def ledger_entries(

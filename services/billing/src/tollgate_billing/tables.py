@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -25,6 +26,7 @@ from tollgate_common.db import messaging_tables
 
 __all__ = [
     "accounts",
+    "adjustments",
     "api_keys",
     "budgets",
     "credit_grants",
@@ -34,6 +36,8 @@ __all__ = [
     "ledger_transactions",
     "messaging",
     "metadata",
+    "promo_grants",
+    "statements",
     "wallets",
 ]
 
@@ -200,6 +204,8 @@ ledger_transactions = Table(
     Column("created_at_unix_ms", BigInteger, nullable=False),
 )
 Index("ix_ledger_transactions_account", ledger_transactions.c.account_id)
+#: A statement's month: the account's transactions in [start, end) (migration 0008 credits_statements).
+Index("ix_ledger_transactions_account_time", ledger_transactions.c.account_id, ledger_transactions.c.created_at_unix_ms)
 
 ledger_postings = Table(
     "ledger_postings",
@@ -212,3 +218,51 @@ ledger_postings = Table(
 )
 Index("ix_ledger_postings_transaction", ledger_postings.c.transaction_id)
 Index("ix_ledger_postings_account", ledger_postings.c.ledger_account)
+
+#: Promotional credits (``CreditsAdded.credit_kind = "promotional"``): one row per grant. ``expired_at_unix_ms`` is set
+#: once, by the sweeper's ``PromoCreditExpired``, with what was left of it (credits.py decides how much).
+promo_grants = Table(
+    "promo_grants",
+    metadata,
+    Column("transaction_id", String(100), primary_key=True),
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+    Column("granted_at_unix_ms", BigInteger, nullable=False),
+    Column("expires_at_unix_ms", BigInteger, nullable=False),
+    Column("expired_at_unix_ms", BigInteger, nullable=True),
+    Column("expired_nanos", BigInteger, nullable=True),
+)
+Index("ix_promo_grants_due", promo_grants.c.expired_at_unix_ms, promo_grants.c.expires_at_unix_ms)
+
+#: Refunds and credit notes by their client-supplied id (kind "refund" | "credit_note"): the idempotency record.
+#: ``reference`` is the refunded request id, or the period a credit note is against.
+adjustments = Table(
+    "adjustments",
+    metadata,
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("adjustment_id", String(100), nullable=False),
+    Column("reference", String(200), nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("transaction_id", String(200), nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("account_id", "kind", "adjustment_id"),
+)
+Index("ix_adjustments_reference", adjustments.c.account_id, adjustments.c.reference)
+
+#: Closed monthly statements (``StatementClosed``): immutable; ``document`` is the ``tollgate.events.v1.Statement``.
+statements = Table(
+    "statements",
+    metadata,
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("events_sha256", String(64), nullable=False),
+    Column("event_count", BigInteger, nullable=False),
+    Column("closing_balance_nanos", BigInteger, nullable=False),
+    Column("document", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("account_id", "period"),
+)
+
+#: A closing statement reads the events it covers from the outbox (billing's log) by id.
+Index("ix_outbox_event_id", messaging.outbox.c.event_id)
