@@ -1,6 +1,6 @@
 """promotional credits, refunds, credit notes and closed statements
 
-Revision ID: 0008_credits_statements
+Revision ID: 0009_credits_statements
 Revises: 0008
 Create Date: 2026-12-04 13:18:22.634023
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0008_credits_statements'
+revision: str = '0009_credits_statements'
 down_revision: str | Sequence[str] | None = '0008'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
