@@ -237,9 +237,19 @@ RECONCILE_EPILOG = """\
 examples:
   tollgate reconcile --kafka kafka:9092 --db billing=sqlite:///var/billing.db --db metering=sqlite:///var/metering.db
   tollgate reconcile --account acct_42 --grace 300 --json
+  tollgate reconcile --provider-usage openai-usage-2026-11.json --provider openai --from 2026-11-01 --to 2026-12-01
 
 gap kinds: usage_not_rated, rated_without_usage, usage_not_settled, settled_more_than_once,
-attempt_without_usage, unbalanced_transaction, ledger_not_zero, wallet_balance, wallet_held.
+attempt_without_usage, hold_expired_unreconciled, unbalanced_transaction, ledger_not_zero, wallet_balance,
+wallet_held; with --provider-usage also provider_only, tollgate_only, provider_model_differs,
+provider_tokens_differ, provider_requests_differ, provider_cost_differs.
+
+--provider-usage FILE: CSV or JSON, one row per request (request_id = the id the provider answered with) or per
+time bucket (OpenAI's organization usage API, Anthropic's usage report: start/end and results). Columns, any
+case: request_id|id, timestamp|start_time|starting_at, end_time|ending_at (buckets), model, input_tokens|
+prompt_tokens (or Anthropic's uncached_input_tokens + cache_read_input_tokens + cache_creation), output_tokens|
+completion_tokens, input_cached_tokens|cached_tokens, num_model_requests, cost|amount (decimal). Missing columns
+are not compared. The cost is compared in the decimals the file gives.
 """
 
 
@@ -259,10 +269,22 @@ def _add_reconcile(sub: Any, common: argparse.ArgumentParser) -> None:
     rc.add_argument("--account", action="append", metavar="ACCOUNT_ID", help="only these accounts (repeat)")
     rc.add_argument("--grace", type=float, default=60.0, metavar="SECONDS",
                     help="what is younger may still be in the pipeline: in flight, not a gap (default 60)")
+    rc.add_argument("--provider-usage", type=Path, metavar="FILE",
+                    help="a provider's own usage export (CSV or JSON; per request id or per time bucket) to compare "
+                         "with the router's attempts: tokens, model and cost, differences listed by id")
+    rc.add_argument("--provider", metavar="NAME",
+                    help="with --provider-usage: the file is this provider's (compare only our attempts on it)")
+    rc.add_argument("--from", dest="from_", type=parse_time, default=None, metavar="TIME",
+                    help="with --provider-usage: the period compared (default: the file's own span)")
+    rc.add_argument("--to", type=parse_time, default=None, metavar="TIME", help="end of that period (excluded)")
+    rc.add_argument("--price-book", metavar="FILE",
+                    help="with --provider-usage: the price book for our cost when metering's recorded versions do "
+                         "not cover it (default: METERING_PRICE_BOOK_FILE, else the built-in demo book)")
     rc.set_defaults(run=_reconcile)
 
 
 def _reconcile(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tuple[int, Any]]:
+    from .provider_invoice import load_provider_usage
     from .reconcile import reconcile
 
     stores = live_locations(args.db, "--db")
@@ -270,13 +292,44 @@ def _reconcile(args: argparse.Namespace, bars: Bars) -> Coroutine[Any, Any, tupl
         raise BadUsage("--grace is 0 or more seconds")
     kafka = None if args.no_kafka else (args.kafka or _kafka_default())
     access = _log_access() if kafka else LogAccess()
+    rows = None
+    if args.provider_usage is not None:
+        if kafka is None:
+            raise BadUsage("--provider-usage compares with the router's attempts in Kafka: drop --no-kafka")
+        rows = load_provider_usage(args.provider_usage)
+    elif args.provider or args.from_ is not None or args.to is not None or args.price_book:
+        raise BadUsage("--provider, --from, --to and --price-book go with --provider-usage")
+    window = None
+    if args.from_ is not None or args.to is not None:
+        window = (args.from_ or 0, args.to if args.to is not None else int(time.time() * 1000) + 1)
+        if window[1] <= window[0]:
+            raise BadUsage("--to must be after --from")
 
     async def run() -> tuple[int, Any]:
         report = await reconcile(stores, kafka=kafka, accounts=args.account, grace_s=args.grace, bars=bars,
                                  access=access)
+        if rows is not None and kafka is not None:
+            await _compare_provider_usage(report, rows, args, stores["metering"], kafka, access, window, bars)
         return (EXIT_OK if report.complete else EXIT_DIFFERENT), report
 
     return run()
+
+
+async def _compare_provider_usage(report: Any, rows: Any, args: argparse.Namespace, metering: Any, kafka: str,
+                                  access: LogAccess, window: tuple[int, int] | None, bars: Bars) -> None:
+    from tollgate_metering.rebuild import live_price_books
+
+    from .provider_invoice import compare, read_attempts
+    from .reconcile import Gap
+    from .replay import configured_price_book
+
+    books = await live_price_books(metering.url, metering.schema)
+    if args.price_book or not books:
+        books.append(configured_price_book(args.price_book))
+    attempts = await read_attempts(kafka, books, access, bars, report.refused)
+    comparison = compare(rows, attempts, file=str(args.provider_usage), window=window, provider=args.provider)
+    report.provider_usage = comparison
+    report.gaps += [Gap(d.kind, d.id, d.account_id, d.detail) for d in comparison.differences]
 
 
 RERATE_EPILOG = """\

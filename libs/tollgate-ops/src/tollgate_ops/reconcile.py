@@ -83,6 +83,8 @@ class ReconcileReport:
     #: evidence of a gap nor proof that there is none. Listed, not counted as gaps.
     refused: list[RefusedRecord] = field(default_factory=list)
     producers_verified: bool = True
+    #: ``--provider-usage``: the provider's file against our attempts (its differences are among ``gaps``).
+    provider_usage: Any = None
 
     @property
     def complete(self) -> bool:
@@ -100,13 +102,16 @@ class ReconcileReport:
                 "successful_attempts": self.successful_attempts, "ledger_transactions": self.transactions,
                 "gap_counts": self.counts(), "gaps": [g.to_json() for g in self.gaps],
                 "in_flight": [g.to_json() for g in self.in_flight],
-                "producers_verified": self.producers_verified, "refused": [r.to_json() for r in self.refused]}
+                "producers_verified": self.producers_verified, "refused": [r.to_json() for r in self.refused],
+                **({"provider_usage": self.provider_usage.to_json()} if self.provider_usage is not None else {})}
 
     def render(self) -> str:
         lines = [f"reconcile ({'accounts ' + ', '.join(self.accounts) if self.accounts else 'every account'}; "
                  f"Kafka {self.kafka or 'not read'})",
                  f"  {self.usage_events} usage events, {self.rated} rated, {self.settled} holds settled, "
                  f"{self.successful_attempts} successful upstream attempts, {self.transactions} ledger transactions"]
+        if self.provider_usage is not None:
+            lines.append(f"  {self.provider_usage.summary()}")
         if self.in_flight:
             lines.append(f"  {len(self.in_flight)} still in flight (younger than --grace), not counted as gaps")
         if not self.producers_verified:
