@@ -11,7 +11,7 @@ import pytest
 import tiktoken
 from tollgate_dev.platform import Platform
 
-from .tenant import NANOS, Tenant, mock_calls, resale_price
+from .tenant import NANOS, Tenant, mock_calls, price_book, resale_price
 from .test_dlp import AWS_KEY, EMAIL, set_policy
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +75,24 @@ def test_a_chat_model_or_a_bad_input_is_a_400_and_costs_nothing(platform: Platfo
         client.embeddings.create(model=MODEL, input="hello", dimensions=5000)
     assert "dimensions" in too_wide.value.message  # the upstream's own 400, passed on
     assert tenant.settle()["balance_nanos"] == 10 * NANOS
+
+
+def test_the_demo_catalogues_gemini_embedding_model_is_served_and_charged_at_the_demo_price(
+    platform: Platform,
+) -> None:
+    """gemini-embedding-001 is in the demo catalogue (the mock's Gemini ``batchEmbedContents``) and the demo book
+    ($0.15/M input). Gemini reports no token count, so what is billed is ingress's count of the texts, which is
+    the mock's own cl100k count of what it embedded (its record's ``input_tokens``)."""
+    tenant = Tenant.create(platform)
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    reply = client.embeddings.create(model="gemini-embedding-001", input=["alpha beta", "gamma"],
+                                     encoding_format="float")
+    assert [d.index for d in reply.data] == [0, 1] and {len(d.embedding) for d in reply.data} == {3072}
+    (served,) = mock_calls(platform)[before:]
+    assert served["path"] == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    assert reply.usage.prompt_tokens == served["input_tokens"] > 0
+    price = next(p for p in price_book(platform).prices if p.model == "gemini-embedding-001")
+    assert (price.input_price_nanos, price.output_price_nanos) == (150, 0)
+    expected = resale_price(platform, "gemini-embedding-001", reply.usage.prompt_tokens, 0)
+    assert tenant.settle()["balance_nanos"] == 10 * NANOS - expected

@@ -110,7 +110,7 @@ async def test_usage_recorded_becomes_usage_rated_with_the_right_amounts_and_clo
     assert isinstance(msg, usage_pb2.UsageRated)
     cost = 2800 * 800 + 200 * 80 + 700 * 4000  # the 200 cached prompt tokens at the cache-read price
     assert (msg.upstream_cost_nanos, msg.resale_price_nanos) == (cost, cost * 12 // 10) == (5_056_000, 6_067_200)
-    assert (msg.currency, msg.price_book_version, msg.markup_bps) == ("USD", "demo-cache-2026-12", 2000)
+    assert (msg.currency, msg.price_book_version, msg.markup_bps) == ("USD", "demo-embed-2026-12", 2000)
     assert (msg.input_price_nanos, msg.output_price_nanos) == (800, 4000)
     assert (msg.account_id, msg.key_id, msg.hold_id, msg.model) == ("acc_e2e", "key_e2e", "req_e2e_1",
                                                                     "claude-3-5-haiku")

@@ -73,7 +73,7 @@ class TestRate:
         rating = rate(DEMO_PRICE_BOOK, "gpt-4o-mini", UsageFacts(prompt_tokens=1000, completion_tokens=500))
         assert rating.upstream_cost_nanos == 1000 * 150 + 500 * 600 == 450_000
         assert rating.resale_price_nanos == 540_000
-        assert (rating.price_book_version, rating.currency, rating.markup_bps) == ("demo-cache-2026-12", "USD", 2000)
+        assert (rating.price_book_version, rating.currency, rating.markup_bps) == ("demo-embed-2026-12", "USD", 2000)
         assert (rating.input_price_nanos, rating.output_price_nanos) == (150, 600)
         assert rating.priced
 
@@ -158,7 +158,7 @@ class TestRate:
         rating = rate(DEMO_PRICE_BOOK, "no-such-model", UsageFacts(1000, 1000))
         assert not rating.priced
         assert (rating.upstream_cost_nanos, rating.resale_price_nanos) == (0, 0)
-        assert rating.price_book_version == "demo-cache-2026-12"
+        assert rating.price_book_version == "demo-embed-2026-12"
 
     def test_negative_tokens_are_refused(self) -> None:
         with pytest.raises(InvalidUsage):

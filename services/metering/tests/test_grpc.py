@@ -62,10 +62,10 @@ async def test_get_price_book_returns_upstream_and_rounded_up_resale_prices(
     app: MeteringApp, stub: pb_grpc.MeteringServiceStub
 ) -> None:
     reply = await stub.GetPriceBook(pb.GetPriceBookRequest())
-    assert (reply.version, reply.currency, reply.markup_bps) == ("demo-cache-2026-12", "USD", 2000)
+    assert (reply.version, reply.currency, reply.markup_bps) == ("demo-embed-2026-12", "USD", 2000)
     prices = {p.model: p for p in reply.prices}
     assert set(prices) == {"gpt-4o-mini", "gpt-4o", "deepseek-chat", "claude-3-5-haiku", "gemini-2.0-flash",
-                           "text-embedding-3-small", "text-embedding-3-large"}
+                           "text-embedding-3-small", "text-embedding-3-large", "gemini-embedding-001"}
     small = prices["text-embedding-3-small"]  # an embedding model: input only, output priced 0 (resale 0 too)
     assert (small.resale_input_price_nanos, small.resale_output_price_nanos) == (24, 0)
     mini = prices["gpt-4o-mini"]
@@ -135,7 +135,7 @@ async def test_the_process_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         await wait_for_health(f"127.0.0.1:{port}", service="tollgate.metering.v1.MeteringService", timeout=30)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = await pb_grpc.MeteringServiceStub(channel).GetPriceBook(pb.GetPriceBookRequest())
-        assert reply.version == "demo-cache-2026-12"
+        assert reply.version == "demo-embed-2026-12"
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         code = proc.returncode

@@ -27,7 +27,7 @@ models:
 def test_the_demo_book_is_the_documented_one() -> None:
     book = DEMO_PRICE_BOOK
     assert (book.version, book.currency, book.markup_bps, book.effective_from_unix_ms) == (
-        "demo-cache-2026-12", "USD", 2000, 0
+        "demo-embed-2026-12", "USD", 2000, 0
     )
     assert {name: (m.input_price_nanos, m.output_price_nanos, m.max_output_tokens)
             for name, m in book.models.items()} == {
@@ -38,6 +38,7 @@ def test_the_demo_book_is_the_documented_one() -> None:
         "gemini-2.0-flash": (100, 400, 8192),
         "text-embedding-3-small": (20, 0, 1),
         "text-embedding-3-large": (130, 0, 1),
+        "gemini-embedding-001": (150, 0, 1),
     }
     gpt = book.models["gpt-4o-mini"]
     assert (book.resale_input_price(gpt), book.resale_output_price(gpt)) == (180, 720)

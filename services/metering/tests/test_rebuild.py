@@ -128,14 +128,14 @@ def live(tmp_path_factory: pytest.TempPathFactory, make_usage: Any) -> Iterator[
 
 
 async def test_the_live_state_used_both_price_book_versions(live: Live) -> None:
-    assert [b.version for b in await live_price_books(live.url, "metering")] == ["demo-cache-2026-12", "v2-2026-11-20"]
+    assert [b.version for b in await live_price_books(live.url, "metering")] == ["demo-embed-2026-12", "v2-2026-11-20"]
     engine = await open_database(live.url, "metering")
     async with session_maker(engine)() as s:
         versions = dict((await s.execute(
             select(rated_usage.c.price_book_version, func.count()).group_by(rated_usage.c.price_book_version)
         )).all())
     await engine.dispose()
-    assert set(versions) == {"demo-cache-2026-12", "v2-2026-11-20"}
+    assert set(versions) == {"demo-embed-2026-12", "v2-2026-11-20"}
 
 
 async def test_a_rebuild_equals_live(live: Live, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ class MeteringStoreContract:
     ) -> None:
         assert await metering.register_price_book(DEMO_PRICE_BOOK) is False  # same content: a no-op
         cheaper = dataclasses.replace(DEMO_PRICE_BOOK, markup_bps=1000)
-        with pytest.raises(PriceBookConflict, match="demo-cache-2026-12"):
+        with pytest.raises(PriceBookConflict, match="demo-embed-2026-12"):
             await metering.register_price_book(cheaper)
         renamed = dataclasses.replace(cheaper, version="demo-2026-12")
         assert await metering.register_price_book(renamed) is True
@@ -60,7 +60,7 @@ class MeteringStoreContract:
         again = Metering(session_maker(engine), clock=lambda: RATED_AT)
         await again.load_price_books()
         await engine.dispose()
-        assert [b.version for b in again.books] == ["demo-cache-2026-12", "demo-2026-12"]
+        assert [b.version for b in again.books] == ["demo-embed-2026-12", "demo-2026-12"]
         assert again.books[0] == DEMO_PRICE_BOOK and again.books[1].markup_bps == 1000
         assert again.current_price_book().version == "demo-2026-12"
 
@@ -73,7 +73,7 @@ class MeteringStoreContract:
         await other.register_price_book(dataclasses.replace(DEMO_PRICE_BOOK, version="from-replica-b"))
         await engine.dispose()
         await metering.refresh_price_books(max_age_seconds=3600)  # still fresh: no query
-        assert metering.current_price_book().version == "demo-cache-2026-12"
+        assert metering.current_price_book().version == "demo-embed-2026-12"
         await metering.refresh_price_books(max_age_seconds=0)
         assert metering.current_price_book().version == "from-replica-b"
 
@@ -86,7 +86,7 @@ class MeteringStoreContract:
         await metering.replay_usage([make_usage("req_before", at=NOON), make_usage("req_after", at=NOON + 2 * HOUR)])
         rated = {r["request_id"]: r for r in await self.rows(metering, rated_usage)}
         assert (rated["req_before"]["price_book_version"], rated["req_before"]["resale_price_nanos"]) == (
-            "demo-cache-2026-12", 540_000)
+            "demo-embed-2026-12", 540_000)
         assert (rated["req_after"]["price_book_version"], rated["req_after"]["resale_price_nanos"]) == (
             "v-later", 675_000)
 
@@ -109,7 +109,7 @@ class MeteringStoreContract:
             "outcome": usage_pb2.REQUEST_OUTCOME_SUCCEEDED, "streamed": False, "team": "search", "project": "p1",
             "tags": json.dumps({"a": "b", "env": "prod"}, separators=(",", ":")),
             "occurred_at_unix_ms": NOON, "rated_at_unix_ms": RATED_AT, "currency": "USD", "exchange_rate": "",
-            "price_book_version": "demo-cache-2026-12", "markup_bps": 2000, "input_price_nanos": 2500,
+            "price_book_version": "demo-embed-2026-12", "markup_bps": 2000, "input_price_nanos": 2500,
             "output_price_nanos": 10000, "upstream_cost_nanos": cost, "resale_price_nanos": cost * 12 // 10,
             "priced": True, "cache_write_tokens": 0, "cached_input_price_nanos": 1250, "cache_write_price_nanos": 2500,
             "reasoning_price_nanos": 10000,
@@ -123,7 +123,7 @@ class MeteringStoreContract:
         msg = published.message()
         assert isinstance(msg, usage_pb2.UsageRated)
         assert (msg.upstream_cost_nanos, msg.resale_price_nanos, msg.price_book_version) == (
-            cost, cost * 12 // 10, "demo-cache-2026-12")
+            cost, cost * 12 // 10, "demo-embed-2026-12")
         assert (msg.team, msg.project, dict(msg.tags), msg.usage.cached_prompt_tokens) == (
             "search", "p1", {"env": "prod", "a": "b"}, 1000)
 
@@ -195,7 +195,7 @@ class MeteringStoreContract:
             await metering.replay_usage([make_usage("req_x", model="mystery-1", tags={"customer": "s3cr3t"})])
         [row] = await self.rows(metering, rated_usage)
         assert (row["priced"], row["upstream_cost_nanos"], row["resale_price_nanos"]) == (False, 0, 0)
-        assert row["price_book_version"] == "demo-cache-2026-12"
+        assert row["price_book_version"] == "demo-embed-2026-12"
         [record] = [r for r in caplog.records if "price book" in r.getMessage()]
         assert record.levelno == logging.ERROR
         assert (record.request_id, record.account_id, record.model) == ("req_x", "acc_1", "mystery-1")  # type: ignore[attr-defined]

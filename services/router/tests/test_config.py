@@ -39,6 +39,7 @@ def test_the_mock_serves_the_demo_catalogue_with_or_without_v1() -> None:
             # the mock speaks Anthropic's and Gemini's wire formats at its root
             "claude-3-5-haiku": ("mock-anthropic", "http://127.0.0.1:8090", "claude-3-5-haiku"),
             "gemini-2.0-flash": ("mock-gemini", "http://127.0.0.1:8090", "gemini-2.0-flash"),
+            "gemini-embedding-001": ("mock-gemini", "http://127.0.0.1:8090", "gemini-embedding-001"),
         }
     assert settings.grpc_port == 50051 and settings.upstream_timeout_seconds == 60.0
 

@@ -20,7 +20,7 @@ from tollgate_router.config import Settings
 from tollgate_router.price_check import PriceCheckFailed, check_prices, price_problems
 
 DEMO = ["gpt-4o-mini", "gpt-4o", "deepseek-chat", "claude-3-5-haiku", "gemini-2.0-flash", "text-embedding-3-small",
-        "text-embedding-3-large"]
+        "text-embedding-3-large", "gemini-embedding-001"]
 
 
 def book(*models: str, input_price: int = 150, output_price: int = 600, currency: str = "USD",

@@ -305,6 +305,7 @@ async def test_list_models_is_the_demo_catalogue_on_the_mock(stub: pb_grpc.Route
         "gemini-2.0-flash",
         "text-embedding-3-small",
         "text-embedding-3-large",
+        "gemini-embedding-001",
     }
     assert all(m.provider.startswith("mock") and list(m.providers) == [m.provider] for m in reply.models)
     assert {m.currency for m in reply.models} == {"USD"}

@@ -93,6 +93,7 @@ DEMO_MODELS: tuple[tuple[str, str], ...] = (
     ("deepseek-chat", "deepseek"),
     ("claude-3-5-haiku", "anthropic"),
     ("gemini-2.0-flash", "google"),
+    ("gemini-embedding-001", "google"),
 )
 #: The most completion tokens a model takes (OpenAI answers more with a 400 naming the param); others: no limit.
 MAX_COMPLETION_TOKENS = {"gpt-4o-mini": 16384, "gpt-4o": 16384, "deepseek-chat": 8192}

@@ -278,11 +278,12 @@ def parse_price_book(data: Any) -> PriceBook:
 
 #: The book used when METERING_PRICE_BOOK_FILE is unset: list prices of late 2026, +20 % resale markup, with the
 #: providers' prompt-cache prices (OpenAI cached input 0.5×, DeepSeek cache hits $0.07/M, Anthropic reads 0.1× and
-#: writes 1.25×, Gemini cached 0.25×). ``demo-2026-11`` was the same book without cache prices (it still rates
-#: the events it rated).
+#: writes 1.25×, Gemini cached 0.25×) and Google's gemini-embedding-001 at $0.15/M input. Earlier versions stay
+#: in the databases that recorded them and keep rating the events of their time: ``demo-2026-11`` (no cache
+#: prices), ``demo-cache-2026-12`` (no Gemini embedding model).
 DEMO_PRICE_BOOK = parse_price_book(
     {
-        "version": "demo-cache-2026-12",
+        "version": "demo-embed-2026-12",
         "currency": "USD",
         "markup_bps": 2000,
         "models": {
@@ -299,6 +300,7 @@ DEMO_PRICE_BOOK = parse_price_book(
             # Embeddings bill their input only: no output tokens, so an output price of 0 and a cap of 1.
             "text-embedding-3-small": {"input_price_nanos": 20, "output_price_nanos": 0, "max_output_tokens": 1},
             "text-embedding-3-large": {"input_price_nanos": 130, "output_price_nanos": 0, "max_output_tokens": 1},
+            "gemini-embedding-001": {"input_price_nanos": 150, "output_price_nanos": 0, "max_output_tokens": 1},
         },
     }
 )

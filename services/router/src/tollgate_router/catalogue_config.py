@@ -27,7 +27,7 @@ __all__ = ["DEMO_MODELS", "catalogue_from_env", "catalogue_from_file"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 #: The demo catalogue's embedding models (every other demo model is a chat model).
-DEMO_EMBEDDING_MODELS = frozenset({"text-embedding-3-small", "text-embedding-3-large"})
+DEMO_EMBEDDING_MODELS = frozenset({"text-embedding-3-small", "text-embedding-3-large", "gemini-embedding-001"})
 #: The catalogue the development mock serves: public name → who makes the model (OpenAI's ``owned_by``).
 DEMO_MODELS: dict[str, str] = {
     "gpt-4o-mini": "openai",
@@ -35,9 +35,11 @@ DEMO_MODELS: dict[str, str] = {
     "deepseek-chat": "deepseek",
     "claude-3-5-haiku": "anthropic",
     "gemini-2.0-flash": "google",
-    # Embedding models (POST /v1/embeddings, served by the mock's OpenAI endpoint).
+    # Embedding models (POST /v1/embeddings): OpenAI's on the mock's OpenAI endpoint, Google's on its Gemini
+    # batchEmbedContents (which reports no token count: ingress bills its own count of the texts).
     "text-embedding-3-small": "openai",
     "text-embedding-3-large": "openai",
+    "gemini-embedding-001": "google",
 }
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEEPSEEK_BASE_URL = "https://api.deepseek.com/v1"
