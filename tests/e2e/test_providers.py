@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import pytest
 from tollgate_dev.platform import Platform
 
@@ -59,3 +60,23 @@ def test_a_provider_model_answers_in_openai_format_and_is_charged(platform: Plat
     expected = sum(resale_price(platform, model, prompt, completion) for prompt, completion in counts)
     assert expected > 0
     assert tenant.settle()["balance_nanos"] == 10 * NANOS - expected
+
+
+def test_reasoning_effort_reaches_gemini_as_a_thinking_budget_and_an_unknown_one_is_a_400(
+    platform: Platform,
+) -> None:
+    tenant = Tenant.create(platform)
+    client = tenant.client()
+    before = len(mock_calls(platform))
+    reply = client.chat.completions.create(model="gemini-2.0-flash", reasoning_effort="low", max_tokens=40,
+                                           messages=[{"role": "user", "content": "Think a little."}])
+    (served,) = mock_calls(platform)[before:]
+    assert served["body"]["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}
+    assert reply.usage is not None and (reply.usage.prompt_tokens, reply.usage.completion_tokens) == normalised(served)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gemini-2.0-flash", reasoning_effort="extreme",  # type: ignore[arg-type]
+                                       messages=[{"role": "user", "content": "Think a lot."}])
+    assert refused.value.status_code == 400 and "reasoning_effort" in str(refused.value)
+    assert len(mock_calls(platform)) == before + 1  # refused before any upstream call
+    assert tenant.settle()["balance_nanos"] == 10 * NANOS - resale_price(platform, "gemini-2.0-flash",
+                                                                         *normalised(served))

@@ -195,3 +195,18 @@ def test_tool_history_becomes_function_call_and_response_parts() -> None:
 def test_unsupported_or_malformed_requests_are_rejected(fields: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         to_gemini({"messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+@pytest.mark.parametrize(("effort", "budget"), [("none", 0), ("minimal", 0), ("low", 1024), ("medium", 8192),
+                                                ("high", 24576)])
+def test_reasoning_effort_becomes_a_thinking_budget(effort: str, budget: int) -> None:
+    request = to_gemini({"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort,
+                         "max_tokens": 100})
+    assert request["generationConfig"] == {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": budget}}
+
+
+@pytest.mark.parametrize("effort", ["extreme", 3, ""])
+def test_an_unknown_reasoning_effort_is_a_400_naming_it(effort: object) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        to_gemini({"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort})
+    assert refused.value.param == "reasoning_effort"

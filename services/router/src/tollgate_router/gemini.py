@@ -10,7 +10,9 @@ Request (OpenAI → Gemini), to ``POST {base}/v1beta/models/{upstream_model}:gen
 - ``generationConfig``: ``temperature`` (0–2), ``topP``, ``maxOutputTokens``, ``stopSequences``, ``seed``,
   ``presencePenalty``, ``frequencyPenalty``; ``response_format`` json_object → ``responseMimeType:
   application/json``, json_schema → that plus ``responseJsonSchema`` (Gemini's JSON-Schema field, so the
-  caller's schema crosses unchanged).
+  caller's schema crosses unchanged); ``reasoning_effort`` → ``thinkingConfig.thinkingBudget`` with Google's own
+  OpenAI-compatibility mapping (:data:`THINKING_BUDGETS`: ``none``/``minimal`` 0, ``low`` 1,024, ``medium``
+  8,192, ``high`` 24,576 thinking tokens). The thinking is billed: ``thoughtsTokenCount`` is in the usage below.
 - ``tools`` → one ``functionDeclarations`` tool; ``tool_choice`` auto/none/required/named →
   ``toolConfig.functionCallingConfig`` AUTO/NONE/ANY/ANY with ``allowedFunctionNames``.
 - Rejected with a 400: ``n`` > 1, ``logprobs``/``top_logprobs``, ``logit_bias``, ``audio``/``modalities``,
@@ -83,6 +85,9 @@ UNSUPPORTED = {
     "prediction": "Gemini has no predicted outputs.",
     "reasoning": "extended thinking is translated for Anthropic models only.",
 }
+#: OpenAI's ``reasoning_effort`` → Gemini's ``thinkingBudget`` (tokens), as Google's OpenAI-compatible endpoint
+#: maps it; an unknown effort is a 400 rather than a silent default.
+THINKING_BUDGETS = {"none": 0, "minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
 
 
 # ---- request ----------------------------------------------------------------------------------------------------
@@ -199,6 +204,12 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
         elif kind != "text":
             raise InvalidRequest("Invalid 'response_format': expected type text, json_object or json_schema.",
                                  param="response_format")
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
+            raise InvalidRequest(f"Invalid 'reasoning_effort': expected one of {', '.join(THINKING_BUDGETS)}.",
+                                 param="reasoning_effort")
+        config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS[effort]}
     return config
 
 
