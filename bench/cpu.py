@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", default="1,32,128", help="non-streaming load points")
     parser.add_argument("--stream-connections", default="32", help="streaming load points ('' for none)")
     parser.add_argument("--tool", choices=("wrk", "aiohttp"), default="wrk" if shutil.which("wrk") else "aiohttp")
+    parser.add_argument("--policy-hop", action="store_true",
+                        help="ingress asks policy's Inspect per request (INGRESS_POLICY_IN_PROCESS=false): the A/B")
     parser.add_argument("--hold", action="store_true", help="keep the stack up after the load (for py-spy); Ctrl-C")
     args = parser.parse_args(argv)
 
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             extra_env = {"router": {"ROUTER_PROVIDERS_FILE": str(tmp / "providers.yaml")},
                          "metering": {"METERING_PRICE_BOOK_FILE": str(tmp / "book.yaml")}}
             models = ("fake-gpt", "fake-gpt-stream")
+        if args.policy_hop:
+            extra_env["ingress"] = {"INGRESS_POLICY_IN_PROCESS": "false"}
         config = PlatformConfig(
             var_dir=tmp / "var",
             admin_token="tga-" + secrets.token_urlsafe(16),

@@ -679,8 +679,10 @@ def test_internal_secrets_are_generated_and_every_service_is_production(default:
             "name": f"{RELEASE}-tollgate-internal", "key": "internal-secret"}
         assert "TOLLGATE_INTERNAL_SECRET_PREVIOUS" not in env
         assert ("POLICY_HASH_KEY" in env) == (service == "policy")
-    assert default.environment("policy")["POLICY_HASH_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": f"{RELEASE}-tollgate-internal", "key": "policy-hash-key"}
+        assert ("INGRESS_POLICY_HASH_KEY" in env) == (service == "ingress")  # ingress decides DLP in process too
+    for service, name in (("policy", "POLICY_HASH_KEY"), ("ingress", "INGRESS_POLICY_HASH_KEY")):
+        assert default.environment(service)[name]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{RELEASE}-tollgate-internal", "key": "policy-hash-key"}
 
 
 def test_an_existing_secret_is_used_as_is_with_the_previous_secret_while_rotating(full: Rendered) -> None:
@@ -691,6 +693,8 @@ def test_an_existing_secret_is_used_as_is_with_the_previous_secret_while_rotatin
         assert env["TOLLGATE_INTERNAL_SECRET_PREVIOUS"]["valueFrom"]["secretKeyRef"] == {
             "name": "tollgate-internal", "key": "previous"}
     assert full.environment("policy")["POLICY_HASH_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tollgate-internal", "key": "dlp-hash-key"}
+    assert full.environment("ingress")["INGRESS_POLICY_HASH_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "tollgate-internal", "key": "dlp-hash-key"}
 
 

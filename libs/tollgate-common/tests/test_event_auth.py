@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from tollgate.events.v1 import billing_pb2, usage_pb2
+from tollgate.events.v1 import billing_pb2, policy_pb2, usage_pb2
 from tollgate_common.db import create_engine, create_schema, messaging_tables, session_maker
 from tollgate_common.event_auth import SIGNATURE_HEADER, EventSigner, EventVerifier, SigningProducer, producer_of
 from tollgate_common.events import EVENT_TYPES, Envelope, Topics, envelope_for
@@ -53,6 +53,25 @@ def test_each_type_is_accepted_only_from_its_producer_with_its_signature() -> No
     # Ingress signing a record that names metering as its source: its key is not metering's.
     spoofed = EventSigner("ingress", KEYS).sign(rated.headers(), rated.data)
     assert verify(*_received(spoofed, rated.data)) == "signature does not verify as metering's"
+
+
+def test_a_policy_decision_may_come_from_policy_or_from_ingress_and_from_no_one_else() -> None:
+    """Ingress decides DLP in process and records the same PolicyDecided policy would (CO_PRODUCERS)."""
+    verify = EventVerifier(KEYS)
+
+    def decided(service: str) -> tuple[Envelope, list[tuple[str, bytes]]]:
+        env = envelope_for(policy_pb2.PolicyDecided(request_id="req_1", account_id="acct_1"), id="req_1:request",
+                           service=service, subject="acct_1")
+        return _received(EventSigner(service, KEYS).sign(env.headers(), env.data), env.data)
+
+    assert verify(*decided("policy")) is None
+    assert verify(*decided("ingress")) is None
+    reason = verify(*decided("router"))
+    assert reason is not None and "only be produced by policy" in reason
+    # Ingress signing a decision that names policy as its source: its key is not policy's.
+    env = envelope_for(policy_pb2.PolicyDecided(request_id="r2"), id="r2:request", service="policy", subject="a")
+    assert verify(*_received(EventSigner("ingress", KEYS).sign(env.headers(), env.data), env.data)) == (
+        "signature does not verify as policy's")
 
 
 def test_unsigned_tampered_and_foreign_records_are_refused() -> None:

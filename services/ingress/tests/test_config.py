@@ -33,9 +33,23 @@ def test_values_are_read() -> None:
 
 
 def test_a_short_admin_token_is_refused_outside_development() -> None:
-    production = {"TOLLGATE_ENV": "production", "TOLLGATE_INTERNAL_SECRET": "s" * 32}
+    production = {"TOLLGATE_ENV": "production", "TOLLGATE_INTERNAL_SECRET": "s" * 32,
+                  "INGRESS_POLICY_HASH_KEY": "h" * 32}
     with pytest.raises(ConfigError) as err:
         Settings.from_env({**production, "INGRESS_ADMIN_TOKEN": "a" * 31})
     assert "INGRESS_ADMIN_TOKEN must be at least 32 characters outside development" in str(err.value)
     assert Settings.from_env({**production, "INGRESS_ADMIN_TOKEN": "a" * 32}).admin_token == "a" * 32
     assert Settings.from_env({"INGRESS_ADMIN_TOKEN": "short"}).admin_token == "short"  # development
+
+
+def test_deciding_dlp_in_process_needs_policys_hash_key_outside_development() -> None:
+    production = {"TOLLGATE_ENV": "production", "TOLLGATE_INTERNAL_SECRET": "s" * 32, "INGRESS_ADMIN_TOKEN": "a" * 32}
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(production)
+    assert "INGRESS_POLICY_HASH_KEY (= policy's POLICY_HASH_KEY) is required outside development" in str(err.value)
+    settings = Settings.from_env({**production, "INGRESS_POLICY_HASH_KEY": "h" * 32})
+    assert settings.policy_in_process and settings.policy_hash_key == "h" * 32
+    assert "h" * 32 not in repr(settings)  # a secret, never in a log line of the settings
+    # Asking policy per request needs no key here (policy hashes), and development falls back to the public one.
+    assert not Settings.from_env({**production, "INGRESS_POLICY_IN_PROCESS": "false"}).policy_in_process
+    assert Settings.from_env({"INGRESS_ADMIN_TOKEN": "x"}).policy_hash_key == ""

@@ -335,7 +335,8 @@ data:
 
 {{/*
 The env entries every service gets from the internal Secret (TOLLGATE_INTERNAL_SECRET, the previous one while
-rotating, POLICY_HASH_KEY for policy) and from the Kafka SASL Secret. Args: root, name.
+rotating, POLICY_HASH_KEY for policy and the same key as INGRESS_POLICY_HASH_KEY for ingress, which decides DLP in
+process with policy's engine) and from the Kafka SASL Secret. Args: root, name.
 */}}
 {{- define "tollgate.internalEnv" -}}
 {{- $v := .root.Values.internalSecrets }}
@@ -346,6 +347,9 @@ rotating, POLICY_HASH_KEY for policy) and from the Kafka SASL Secret. Args: root
 {{- end }}
 {{- if eq .name "policy" }}
 {{ include "tollgate.secretEnv" (dict "env" "POLICY_HASH_KEY" "ref" (dict "existingSecret" $secret "key" $v.policyHashKeyKey)) }}
+{{- end }}
+{{- if eq .name "ingress" }}
+{{ include "tollgate.secretEnv" (dict "env" "INGRESS_POLICY_HASH_KEY" "ref" (dict "existingSecret" $secret "key" $v.policyHashKeyKey)) }}
 {{- end }}
 {{- $sasl := .root.Values.kafka.security.sasl }}
 {{- if $sasl.existingSecret }}

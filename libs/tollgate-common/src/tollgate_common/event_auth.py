@@ -13,7 +13,8 @@ and costs half of an HMAC-SHA256 here (one C object instead of HMAC's two hashes
 accepts a record only when
 
 1. its ``ce_type`` may be produced by the service its ``ce_source`` names (:data:`PRODUCERS`: only metering
-   emits ``UsageRated``, only ingress ``UsageRecorded``, …), and
+   emits ``UsageRated``, only ingress ``UsageRecorded``, …; :data:`CO_PRODUCERS` names the few types a second
+   service may produce too: ingress records ``PolicyDecided`` when it decides DLP in process), and
 2. the signature verifies under that producer's key (current secret, or ``TOLLGATE_INTERNAL_SECRET_PREVIOUS``
    while rotating).
 
@@ -44,6 +45,7 @@ from .events import EVENT_TYPES, Envelope
 from .internal_auth import InternalKeys, derive_key
 
 __all__ = [
+    "CO_PRODUCERS",
     "PRODUCERS",
     "SIGNATURE_HEADER",
     "EventSigner",
@@ -65,6 +67,11 @@ PRODUCERS: dict[str, str] = {
     "tollgate.billing.v1.": "billing",
     "tollgate.policy.v1.": "policy",
     "tollgate.attempts.v1.": "router",
+}
+#: ce_type → services allowed to produce it besides its owner in :data:`PRODUCERS`: ingress decides DLP in process
+#: with policy's engine and records the same ``PolicyDecided`` policy would (services/ingress/README.md).
+CO_PRODUCERS: dict[str, frozenset[str]] = {
+    "tollgate.policy.v1.policy.decided": frozenset({"ingress"}),
 }
 
 
@@ -90,6 +97,9 @@ def wrong_producer(ce_type: str, source: str) -> str | None:
     if producer is None:
         return "no service may produce this event type"
     if source != _SOURCE_PREFIX + producer:
+        also = CO_PRODUCERS.get(ce_type)
+        if also is not None and source.removeprefix(_SOURCE_PREFIX) in also and source.startswith(_SOURCE_PREFIX):
+            return None
         return f"event type may only be produced by {producer}, not by source {source[:80]!r}"
     return None
 

@@ -67,8 +67,10 @@ def decided_event(
     hasher: Callable[[str], str],
     *,
     shadow: bool,
+    service: str = "policy",
 ) -> Envelope:
-    """One PolicyDecided envelope (id: request_id:direction[:shadow][:sequence], see policy.proto)."""
+    """One PolicyDecided envelope (id: request_id:direction[:shadow][:sequence], see policy.proto), produced by
+    ``service`` (policy, or ingress when it decides in process; both may produce this type, event_auth)."""
     hashes: dict[str, list[str]] = {}
     for f in result.findings:
         hashes.setdefault(f.type, []).append(hasher(identity(f.type, texts[f.text_index][f.start : f.end])))
@@ -98,4 +100,4 @@ def decided_event(
         event_id += ":shadow"
     if decision.sequence:
         event_id += f":{decision.sequence}"
-    return envelope_for(message, id=event_id, service="policy", subject=decision.account_id, at_unix_ms=now)
+    return envelope_for(message, id=event_id, service=service, subject=decision.account_id, at_unix_ms=now)

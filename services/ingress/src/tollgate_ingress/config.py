@@ -53,6 +53,15 @@ class Settings:
     #: Requests (and, among them, streams) one API key may have in flight on this replica; more are 429 (0: no cap).
     max_concurrent_requests_per_key: int = 256
     max_concurrent_streams_per_key: int = 64
+    #: Decide DLP in this process with policy's engine (local_policy.py), policy's documents held current by its
+    #: watch (policy_state.py); false: every prompt and answer goes to policy's Inspect as before.
+    policy_in_process: bool = True
+    #: Policy's POLICY_HASH_KEY (the HMAC key of match hashes in PolicyDecided), so a decision made here hashes as
+    #: policy's would. Empty: the public development key, with a warning; required outside development.
+    policy_hash_key: str = field(default="", repr=False)
+    #: An account's policy is re-read from policy at least this often, whatever the watch says (the bound for a
+    #: change written on another policy replica).
+    policy_max_age_seconds: float = 30.0
 
     #: The internal-plane secret (TOLLGATE_INTERNAL_SECRET); empty: internal calls unauthenticated, which
     #: only development allows (see tollgate_common.internal_auth).
@@ -93,7 +102,14 @@ class Settings:
             auth_failures_per_minute=env.int("AUTH_FAILURES_PER_MINUTE", 30, minimum=0),
             max_concurrent_requests_per_key=env.int("MAX_CONCURRENT_REQUESTS_PER_KEY", 256, minimum=0),
             max_concurrent_streams_per_key=env.int("MAX_CONCURRENT_STREAMS_PER_KEY", 64, minimum=0),
+            policy_in_process=env.bool("POLICY_IN_PROCESS", True),
+            policy_hash_key=env.str("POLICY_HASH_KEY", ""),
+            policy_max_age_seconds=env.float("POLICY_MAX_AGE_SECONDS", 30.0, minimum=0.0),
         )
+        if settings.policy_in_process and not settings.policy_hash_key and not in_development(env.environ):
+            # The development key is public: match hashes made with it identify a card number to anyone.
+            env.problems.append(f"{env.name('POLICY_HASH_KEY')} (= policy's POLICY_HASH_KEY) is required outside "
+                                "development while INGRESS_POLICY_IN_PROCESS is on")
         if settings.admin_token and len(settings.admin_token) < MIN_ADMIN_TOKEN_LENGTH and not in_development(
             env.environ
         ):

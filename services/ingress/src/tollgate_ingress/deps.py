@@ -4,10 +4,13 @@ Tests build :class:`Deps` against their own servers and inject it."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from tollgate_common.event_auth import EventSigner
+from tollgate_dlp.decisions import DEV_HASH_KEY
 
 from .admission import ConcurrencyLimits, FailureThrottle, KeyGate
 from .billing_client import BillingClient
@@ -15,15 +18,19 @@ from .channels import Channels
 from .chat import ChatCompletions
 from .config import Settings
 from .keys import Keys
+from .local_policy import LocalPolicy
 from .metering_client import MeteringClient
 from .metrics import Metrics
 from .operators import OperatorBook
 from .policy_client import PolicyClient
+from .policy_state import PolicyStates
 from .publisher import UsagePublisher
 from .router_client import RouterClient
 from .tokens import PromptTokenCounter
 
 __all__ = ["Deps", "Services", "services"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -79,6 +86,8 @@ class Services:
         timeout = settings.rpc_timeout_seconds
         billing = BillingClient(channels.billing, channels.metadata, timeout, metrics)
         policy = PolicyClient(channels.policy, channels.metadata, timeout, metrics)
+        if settings.policy_in_process:
+            in_process(policy, settings, deps)
         router = RouterClient(
             channels.router, channels.metadata, timeout=settings.router_timeout_seconds, catalogue_timeout=timeout,
             metrics=metrics,
@@ -103,7 +112,25 @@ class Services:
         """After the HTTP server stopped taking requests: let streams finish and bill, flush, close."""
         await self.chat.drain(self.settings.shutdown_grace_seconds if grace is None else grace)
         self.chat.counter.close()
+        if self.policy.states is not None:
+            await self.policy.states.close()
+        if self.policy.local is not None:
+            await self.policy.local.close()  # its last decisions reach Kafka or the outbox before the publisher closes
         await self.deps.close()
+
+
+def in_process(policy: PolicyClient, settings: Settings, deps: Deps) -> None:
+    """Let ``policy`` decide in this process (local_policy.py) with the states policy pushes (policy_state.py)."""
+    if not settings.policy_hash_key:
+        log.warning("INGRESS_POLICY_HASH_KEY is not set: match hashes use the public development key")
+    hash_key = settings.policy_hash_key.encode() if settings.policy_hash_key else DEV_HASH_KEY
+    policy.states = PolicyStates(
+        deps.channels.policy, deps.channels.metadata, timeout=settings.rpc_timeout_seconds,
+        max_age=settings.policy_max_age_seconds,
+    )
+    policy.local = LocalPolicy(deps.publisher, hash_key=hash_key)
+    with contextlib.suppress(RuntimeError):  # no running loop (a synchronous test): the first request starts it
+        policy.states.start()
 
 
 def services(request: Request) -> Services:

@@ -1,7 +1,9 @@
 """Ingress's typed client of policy (DLP): inspections of prompts and answers, and the policy admin API's calls.
 
 :meth:`PolicyClient.inspect` answers an :class:`Inspection`; a verdict ingress does not know is refused here, once,
-as a 503 (fail closed: text policy has not judged must not leave).
+as a 503 (fail closed: text policy has not judged must not leave). With ``local`` (INGRESS_POLICY_IN_PROCESS, the
+default) it decides in this process when :mod:`.policy_state` holds the account's current policy, and asks
+policy's ``Inspect`` otherwise (first the watch must be open; policy away: 503 from that call).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from tollgate.policy.v1 import policy_service_pb2 as ppb
@@ -18,6 +21,10 @@ from tollgate.policy.v1 import policy_service_pb2_grpc
 from .channels import CallMetadata, UnaryCaller
 from .errors import ServiceUnavailable
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .local_policy import LocalPolicy
+    from .policy_state import PolicyStates
 
 __all__ = ["Action", "Finding", "Inspection", "PolicyClient", "RoutingConstraints", "Verdict"]
 
@@ -107,6 +114,9 @@ class PolicyClient:
         self._stub = policy_service_pb2_grpc.PolicyServiceStub(channel)
         self._call = UnaryCaller("policy", metadata, timeout)
         self._inspect_seconds = metrics.upstream_seconds.labels("policy", "Inspect")
+        #: Set by Services.build when ingress decides in process: the held policies and the local decider.
+        self.states: PolicyStates | None = None
+        self.local: LocalPolicy | None = None
 
     async def inspect(
         self,
@@ -122,6 +132,13 @@ class PolicyClient:
     ) -> Inspection:
         """Policy's verdict on ``texts`` (a prompt's, or with ``response`` a window of the answer), and the routing
         constraints for the key. Without texts and model: only the constraints (what ``/v1/models`` lists)."""
+        if self.states is not None and self.local is not None:
+            state = await self.states.get(account_id)
+            if state is not None:
+                return await self.local.inspect(
+                    state, request_id, key_id, team=team, model=model, texts=texts, response=response,
+                    sequence=sequence,
+                )
         started = time.perf_counter()
         try:
             reply = await self._call(
@@ -154,8 +171,14 @@ class PolicyClient:
         )
 
     # --- the policy admin API -----------------------------------------------------------------------------------
+    # Each change also drops the account's held state (policy_state.py): the next request here re-reads it.
+    def _changed(self, account_id: str) -> None:
+        if self.states is not None:
+            self.states.forget(account_id)
+
     async def set_rules(self, account_id: str, rules: list[ppb.PolicyRule]) -> ppb.PolicySet:
         reply = await self._call(self._stub.SetPolicy, ppb.SetPolicyRequest(account_id=account_id, rules=rules))
+        self._changed(account_id)
         return reply.policy
 
     async def get_policy(self, account_id: str, *, team: str = "", key_id: str = "") -> ppb.GetPolicyResponse:
@@ -164,16 +187,22 @@ class PolicyClient:
         )
 
     async def put_scope(self, account_id: str, scope: str, document_json: str, *, shadow: bool) -> ppb.PolicyVersion:
-        return await self._call(
+        reply = await self._call(
             self._stub.PutScopePolicy,
             ppb.PutScopePolicyRequest(account_id=account_id, scope=scope, document_json=document_json, shadow=shadow),
         )
+        self._changed(account_id)
+        return reply
 
     async def promote_shadow(self, account_id: str) -> ppb.PolicyVersion:
-        return await self._call(self._stub.PromoteShadow, ppb.ShadowRequest(account_id=account_id))
+        reply = await self._call(self._stub.PromoteShadow, ppb.ShadowRequest(account_id=account_id))
+        self._changed(account_id)
+        return reply
 
     async def discard_shadow(self, account_id: str) -> ppb.PolicyVersion:
-        return await self._call(self._stub.DiscardShadow, ppb.ShadowRequest(account_id=account_id))
+        reply = await self._call(self._stub.DiscardShadow, ppb.ShadowRequest(account_id=account_id))
+        self._changed(account_id)
+        return reply
 
     async def list_versions(self, account_id: str, limit: int) -> ppb.ListPolicyVersionsResponse:
         return await self._call(

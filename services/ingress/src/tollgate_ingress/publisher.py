@@ -35,6 +35,8 @@ __all__ = ["SERVICE", "UsagePublisher"]
 log = logging.getLogger(__name__)
 
 SERVICE = "ingress"
+#: What ingress produces: usage, and the DLP decisions it makes in process (local_policy.py).
+_TOPICS = [Topics.USAGE, Topics.POLICY]
 _OUTCOME_LABEL = {
     usage_pb2.REQUEST_OUTCOME_SUCCEEDED: "succeeded",
     usage_pb2.REQUEST_OUTCOME_FAILED: "failed",
@@ -63,6 +65,8 @@ class UsagePublisher:
         self.relay_poll_seconds = relay_poll_seconds
         self.engine = create_engine(outbox_url, schema=SCHEMA, pool_size=2)
         self.sessions = session_maker(self.engine)
+        #: The outbox's tables (usage events, and the DLP decisions of local_policy.py, which shares the relay).
+        self.tables = tables
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         #: False while Kafka is known to be failing: events then go to the outbox directly, in order.
@@ -82,6 +86,15 @@ class UsagePublisher:
         """Create the outbox table and start connecting to Kafka in the background (Kafka may be down)."""
         await migrate(self.engine, "tollgate_ingress", schema=SCHEMA)
         self._supervisor = asyncio.create_task(self._supervise(), name="usage-publisher")
+
+    @property
+    def connected_producer(self) -> AIOKafkaProducer | None:
+        """The producer while Kafka takes events (None while it is known to fail: the outbox is the path then)."""
+        return self.producer if self._kafka_ok else None
+
+    def wake_relay(self) -> None:
+        """Something was written to the outbox: relay it now rather than at the next poll."""
+        self._wake.set()
 
     @property
     def started(self) -> bool:
@@ -169,7 +182,7 @@ class UsagePublisher:
         with contextlib.suppress(Exception):
             # Creates the topic with the platform's partition count if nobody has yet (else the broker would
             # auto-create it on first produce with its own default).
-            await asyncio.wait_for(ensure_topics(self.bootstrap, [Topics.USAGE], attempts=1, security=self.security),
+            await asyncio.wait_for(ensure_topics(self.bootstrap, _TOPICS, attempts=1, security=self.security),
                                    self.send_timeout)
         self.producer = producer
         self.relay = OutboxRelay(self.sessions, tables, producer, keep=False)
@@ -180,7 +193,7 @@ class UsagePublisher:
         assert self.relay is not None
         if self._check_topic:
             # Raises while Kafka is down.
-            await ensure_topics(self.bootstrap, [Topics.USAGE], attempts=1, security=self.security)
+            await ensure_topics(self.bootstrap, _TOPICS, attempts=1, security=self.security)
             self._check_topic = False
         while True:
             async with asyncio.timeout(self.send_timeout * 2):
