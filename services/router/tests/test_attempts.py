@@ -24,12 +24,12 @@ from tollgate_common.db import create_engine, session_maker
 from tollgate_common.events import Envelope, Topics, decode
 from tollgate_common.grpc import wait_for_health
 from tollgate_common.kafka import ensure_topics, make_producer
-from tollgate_common.migrations import migrate, schema_drift
+from tollgate_common.migrations import migrate, open_database, schema_drift
 from tollgate_dev.broker import EmbeddedBroker
 from tollgate_dev.mock_faults import FaultRule
 from tollgate_dev.mock_upstream import MockUpstream, start_mock_upstream
 from tollgate_dev.ports import free_port
-from tollgate_router.attempts import Attempt, AttemptLog, now_ms, open_database
+from tollgate_router.attempts import Attempt, AttemptLog, now_ms
 from tollgate_router.config import Settings
 from tollgate_router.domain import Provider, Route
 from tollgate_router.server import RouterServer
@@ -268,7 +268,7 @@ def _attempt(request_id: str) -> Attempt:
 
 
 async def _log(tmp_path: Path) -> tuple[AttemptLog, AsyncEngine]:
-    engine = await open_database(f"sqlite:///{tmp_path}/direct.db")
+    engine = await open_database(f"sqlite:///{tmp_path}/direct.db", "tollgate_router", schema="router")
     return AttemptLog(session_maker(engine)), engine
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import create_engine, is_postgres
 
-__all__ = ["migrate", "run_env", "schema_drift"]
+__all__ = ["migrate", "open_database", "run_env", "schema_drift"]
 
 
 def _config(package: str, connection: Connection | None = None) -> Config:
@@ -53,6 +53,19 @@ async def migrate(engine: AsyncEngine, package: str, *, schema: str | None = Non
             command.upgrade(_config(package, sync_conn), revision)
 
         await conn.run_sync(upgrade)
+
+
+async def open_database(url: str, package: str, *, schema: str | None = None, pool_size: int = 10) -> AsyncEngine:
+    """An engine on a service's database (``package`` e.g. ``"tollgate_billing"``), migrated to the newest
+    revision: what every service does first at start, written once. The engine is disposed if migrating fails, so
+    a service that cannot start leaves no pool (nor SQLite file handle) behind."""
+    engine = create_engine(url, schema=schema, pool_size=pool_size)
+    try:
+        await migrate(engine, package, schema=schema)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
 
 
 def run_env(metadata: MetaData) -> None:

@@ -17,14 +17,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tollgate.billing.v1 import billing_service_pb2_grpc
-from tollgate_common.db import create_engine, session_maker
+from tollgate_common.db import session_maker
 from tollgate_common.event_auth import EventSigner, EventVerifier
 from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import NOTIFIED_POLL_SECONDS, DbOffsetConsumer, OutboxRelay, ensure_topics, make_producer
 from tollgate_common.kafka_security import KafkaSecurity
-from tollgate_common.migrations import migrate
+from tollgate_common.migrations import open_database
 from tollgate_common.runtime import serve_until
 
 from . import repository
@@ -101,8 +101,7 @@ class BillingApp:
 
     async def start(self) -> int:
         s = self.settings
-        self.engine = create_engine(s.database_url, schema=s.database_schema)
-        await migrate(self.engine, "tollgate_billing", schema=s.database_schema)
+        self.engine = await open_database(s.database_url, "tollgate_billing", schema=s.database_schema)
         self.sessions = session_maker(self.engine)
         if isinstance(self.prices, MeteringPriceBook):
             await self.prices.refresh()

@@ -30,7 +30,7 @@ from tollgate_common.events import Envelope, Topics
 from tollgate_common.kafka import BatchHandler, RecordCheck, RefusedRecord, replay_topics
 from tollgate_common.kafka_security import KafkaSecurity
 from tollgate_common.log_access import log_access_from_env
-from tollgate_common.migrations import migrate
+from tollgate_common.migrations import open_database
 
 from . import projections
 from .config import DEFAULT_SCHEMA
@@ -409,9 +409,8 @@ async def rebuild(
 ) -> RebuildResult:
     """Replay the log into a fresh schema at ``into_url``; with ``compare_with``, reconcile against it.
     ``security`` and ``verify``: the live consumer's Kafka settings and producer check (see :func:`main`)."""
-    target = create_engine(into_url, schema=into_schema)
+    target = await open_database(into_url, "tollgate_billing", schema=into_schema)
     try:
-        await migrate(target, "tollgate_billing", schema=into_schema)
         async with target.connect() as conn:
             for table in (accounts, messaging.processed_events):
                 if (await conn.execute(select(func.count()).select_from(table))).scalar_one():

@@ -15,9 +15,8 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tollgate_common.bulk import insert_rows
-from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope
-from tollgate_common.migrations import migrate
+from tollgate_common.migrations import open_database as _open_database
 
 from .domain import ArchivedEvent, PriceBook, RatedUsage
 from .tables import aggregates, archive, archive_heads, messaging, price_books, rated_usage
@@ -286,6 +285,4 @@ class MeteringRepository:
 
 async def open_database(url: str, schema: str) -> AsyncEngine:
     """An engine on metering's database, migrated to the newest schema (on PostgreSQL inside ``schema``)."""
-    engine = create_engine(url, schema=schema)
-    await migrate(engine, "tollgate_metering", schema=schema)
-    return engine
+    return await _open_database(url, "tollgate_metering", schema=schema)

@@ -24,13 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tollgate.events.v1 import attempts_pb2 as apb
 from tollgate.events.v1 import usage_pb2 as upb
-from tollgate_common.db import create_engine
 from tollgate_common.events import Envelope, Topics, envelope_for
 from tollgate_common.kafka import DIRECT_RETRY_SECONDS, PUBLISH_TIMEOUT, AcknowledgedPublisher
-from tollgate_common.migrations import migrate
 
 from .domain import Route, Usage
 from .errors import (
@@ -42,7 +40,7 @@ from .errors import (
 )
 from .tables import messaging
 
-__all__ = ["DIRECT_RETRY_SECONDS", "PUBLISH_TIMEOUT", "Attempt", "AttemptLog", "now_ms", "open_database", "outcome_of"]
+__all__ = ["DIRECT_RETRY_SECONDS", "PUBLISH_TIMEOUT", "Attempt", "AttemptLog", "now_ms", "outcome_of"]
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +199,3 @@ class AttemptLog:
                 for hook in self.after_commit:
                     hook()
 
-
-async def open_database(url: str, schema: str = "router") -> AsyncEngine:
-    """An engine on the router's database, migrated to the newest schema."""
-    engine = create_engine(url, schema=schema)
-    await migrate(engine, "tollgate_router", schema=schema)
-    return engine

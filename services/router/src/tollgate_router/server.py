@@ -20,10 +20,11 @@ from tollgate_common.events import Topics
 from tollgate_common.grpc import GrpcServer
 from tollgate_common.internal_auth import InternalAuth
 from tollgate_common.kafka import NOTIFIED_POLL_SECONDS, OutboxRelay, run_with_producer
+from tollgate_common.migrations import open_database
 from tollgate_common.runtime import serve_until
 
 from .application import Router
-from .attempts import AttemptLog, open_database
+from .attempts import AttemptLog
 from .config import Settings
 from .embeddings import Embedder, OpenAIEmbeddingsAdapter
 from .gemini_embeddings import GeminiEmbeddingsAdapter
@@ -57,7 +58,7 @@ class RouterServer:
     async def start(self) -> int:
         """Listen (port 0 picks a free one) and return the port."""
         settings = self.settings
-        self._engine = await open_database(settings.database_url, settings.database_schema)
+        self._engine = await open_database(settings.database_url, "tollgate_router", schema=settings.database_schema)
         self._attempts = AttemptLog(session_maker(self._engine))
         self._attempts.start()
         self._session = create_session(settings.upstream_max_connections)
