@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from tollgate.events.v1 import billing_pb2, usage_pb2
+from tollgate_common import hold_sizing
+from tollgate_common.hold_sizing import INT64_MAX, CandidateHold, ModelPrice, output_cap
 
 from .budgets import check_time_zone
 from .errors import ExpiredApiKey, InvalidArgument, ModelNotAllowed, ModelNotPriced, RevokedApiKey
@@ -26,9 +28,11 @@ from .key_lifecycle import check_expiry, check_label, clean_models
 
 __all__ = [
     "FUNDING_EXTERNAL",
+    "INT64_MAX",
     "NANOS",
     "REVENUE_USAGE",
     "ApiKeyGrant",
+    "CandidateHold",
     "HoldStatus",
     "HoldView",
     "LedgerKind",
@@ -45,6 +49,7 @@ __all__ = [
     "hold_for_candidates",
     "hold_placed",
     "ledger_transaction",
+    "output_cap",
     "new_api_key",
     "settle_usage",
     "unheld_capture",
@@ -55,7 +60,6 @@ __all__ = [
 NANOS = 10**9
 REVENUE_USAGE = "revenue:usage"
 FUNDING_EXTERNAL = "funding:external"
-INT64_MAX = 2**63 - 1
 #: "tg-" + 43 url-safe characters (32 random bytes); the prefix is what a user sees in a key list.
 KEY_PREFIX = "tg-"
 KEY_PREFIX_LENGTH = 12
@@ -130,16 +134,6 @@ class ApiKeyGrant:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """Per-token resale prices (nano-units, already rounded up by metering) and the output cap for holds."""
-
-    model: str
-    resale_input_price_nanos: int
-    resale_output_price_nanos: int
-    max_output_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
 class PriceBook:
     """Billing's cached copy of metering's price book (only what a hold needs)."""
 
@@ -154,51 +148,32 @@ class PriceBook:
         return price
 
 
-def output_cap(price: ModelPrice, max_output_tokens: int) -> int:
-    """The output tokens a hold is sized for: the request's cap, else the model's."""
-    return max_output_tokens or price.max_output_tokens
-
-
 def hold_amount(price: ModelPrice, prompt_tokens: int, max_output_tokens: int) -> int:
-    """The most the request can cost: prompt × resale input + (max_tokens or the model's cap) × resale output.
-
-    Because metering rounds the per-token resale prices up, this is never below the rated price of the same
-    request when the prompt estimate is an upper bound and the output stays within the cap.
-    """
-    if prompt_tokens < 0 or max_output_tokens < 0:
-        raise InvalidArgument("token counts must not be negative")
-    output = output_cap(price, max_output_tokens)
-    amount = prompt_tokens * price.resale_input_price_nanos + output * price.resale_output_price_nanos
-    if amount > INT64_MAX:
-        raise InvalidArgument("the request's maximum cost does not fit in 64 bits")
-    return amount
-
-
-@dataclass(frozen=True, slots=True)
-class CandidateHold:
-    """The hold for a request that may be served by several models: sized for the most expensive of them."""
-
-    model: str
-    amount_nanos: int
-    output_tokens: int
+    """The most the request can cost (the shared rule: :mod:`tollgate_common.hold_sizing`)."""
+    try:
+        return hold_sizing.hold_amount(price, prompt_tokens, max_output_tokens)
+    except hold_sizing.SizingError as exc:
+        raise _refusal(exc) from None
 
 
 def hold_for_candidates(
     grant: ApiKeyGrant, book: PriceBook, models: Iterable[str], prompt_tokens: int, max_output_tokens: int
 ) -> CandidateHold:
     """Check every model a request may reach against the key and the price book, and size the hold for the most
-    expensive. A request whose ``models`` fallback list names a model the key may not use is refused as a whole:
-    the router could otherwise serve (and the upstream bill) a model nobody checked or held for."""
-    best: CandidateHold | None = None
-    for model in dict.fromkeys(models):
-        grant.check_model(model)
-        price = book.price_for(model)
-        amount = hold_amount(price, prompt_tokens, max_output_tokens)
-        if best is None or amount > best.amount_nanos:
-            best = CandidateHold(model, amount, output_cap(price, max_output_tokens))
-    if best is None:
-        raise InvalidArgument("model is required")
-    return best
+    expensive (the shared rule, so an ingress replica spending a lease sizes each request the same way)."""
+    try:
+        return hold_sizing.size_for_candidates(book.prices, grant.allowed_models, models, prompt_tokens,
+                                               max_output_tokens)
+    except hold_sizing.SizingError as exc:
+        raise _refusal(exc) from None
+
+
+def _refusal(exc: hold_sizing.SizingError) -> Exception:
+    if exc.failure is hold_sizing.SizingFailure.MODEL_NOT_ALLOWED:
+        return ModelNotAllowed(str(exc))
+    if exc.failure is hold_sizing.SizingFailure.MODEL_NOT_PRICED:
+        return ModelNotPriced(str(exc))
+    return InvalidArgument(str(exc))
 
 
 # --- ledger -----------------------------------------------------------------------------------------------------
