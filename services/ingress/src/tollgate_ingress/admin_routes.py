@@ -149,13 +149,19 @@ async def add_credits(account_id: str, request: Request) -> Response:
     amount = parse_amount(body["amount"], param="amount")
     idempotency_key = _str(body, "idempotency_key", required=True)
     description = _str(body, "description")
-    reply = await services(request).billing.add_credits(account_id, amount, idempotency_key, description)
+    from .credit_routes import credit_terms  # kind and expires_at of a promotional credit
+
+    kind, expires_at = credit_terms(body)
+    reply = await services(request).billing.add_credits(account_id, amount, idempotency_key, description, kind,
+                                                        expires_at)
     return _json(
         {
             "object": "credit",
             "account_id": account_id,
             "transaction_id": reply.transaction_id,
             **_amounts(amount=amount, balance=reply.balance_nanos),
+            "kind": kind or "paid",
+            "expires_at": expires_at // 1000 if expires_at else None,
             "replayed": reply.replayed,
         }
     )

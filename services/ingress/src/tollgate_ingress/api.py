@@ -27,11 +27,13 @@ from . import (
     anthropic_routes,
     budget_routes,
     completions_routes,
+    credit_routes,
     embeddings_routes,
     group_routes,
     key_routes,
     openai_routes,
     responses_routes,
+    statement_routes,
     usage_routes,
 )
 from .config import Settings
@@ -210,6 +212,8 @@ def create_app(settings: Settings, deps: Deps) -> IngressApp:
     app.include_router(budget_routes.router)
     app.include_router(alert_routes.router)
     app.include_router(usage_routes.router)
+    app.include_router(credit_routes.router)
+    app.include_router(statement_routes.router)
 
     @app.get("/healthz")
     async def healthz() -> Response:

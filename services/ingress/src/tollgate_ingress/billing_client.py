@@ -12,8 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from tollgate.billing.v1 import alerts_pb2, billing_service_pb2_grpc, budgets_pb2, key_admin_pb2, tenancy_pb2
+from tollgate.billing.v1 import (
+    alerts_pb2,
+    billing_service_pb2_grpc,
+    budgets_pb2,
+    key_admin_pb2,
+    statements_pb2,
+    tenancy_pb2,
+)
 from tollgate.billing.v1 import billing_service_pb2 as bpb
+from tollgate.events.v1 import billing_pb2
 
 from .channels import CallMetadata, UnaryCaller
 from .metrics import Metrics
@@ -86,13 +94,14 @@ class BillingClient:
         return reply.account
 
     async def add_credits(
-        self, account_id: str, amount_nanos: int, idempotency_key: str, description: str
+        self, account_id: str, amount_nanos: int, idempotency_key: str, description: str, credit_kind: str = "",
+        expires_at_unix_ms: int = 0,
     ) -> bpb.AddCreditsResponse:
         return await self._call(
             self._stub.AddCredits,
             bpb.AddCreditsRequest(
                 account_id=account_id, amount_nanos=amount_nanos, idempotency_key=idempotency_key,
-                description=description,
+                description=description, credit_kind=credit_kind, expires_at_unix_ms=expires_at_unix_ms,
             ),
         )
 
@@ -160,3 +169,16 @@ class BillingClient:
     async def set_balance_alert(self, account_id: str, threshold_nanos: int) -> alerts_pb2.BalanceAlert:
         return await self._call(self._stub.SetBalanceAlert, alerts_pb2.SetBalanceAlertRequest(
             account_id=account_id, threshold_nanos=threshold_nanos))
+
+    # --- refunds, credit notes, statements (statements.proto) ---------------------------------------------------
+    async def refund_charge(self, request: statements_pb2.RefundChargeRequest) -> statements_pb2.RefundChargeResponse:
+        return await self._call(self._stub.RefundCharge, request)
+
+    async def issue_credit_note(
+        self, request: statements_pb2.IssueCreditNoteRequest
+    ) -> statements_pb2.IssueCreditNoteResponse:
+        return await self._call(self._stub.IssueCreditNote, request)
+
+    async def statement(self, account_id: str, period: str) -> billing_pb2.Statement:
+        return await self._call(self._stub.GetStatement,
+                                statements_pb2.GetStatementRequest(account_id=account_id, period=period))

@@ -47,6 +47,45 @@ def _obj(required: tuple[str, ...] = (), **properties: Schema) -> Schema:
     return {"type": "object", "required": list(required), "properties": properties}
 
 
+def _money_line(name: str) -> Schema:
+    return _obj((name, "amount", "amount_nanos"), **{name: _STR}, entries=_INT, amount=_AMOUNT, amount_nanos=_INT)
+
+
+_ADJUSTMENT_IN = {"amount": _AMOUNT_IN, "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                  "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 100}}
+#: Refunds, credit notes and monthly statements (credit_routes.py, statement_routes.py, statement_format.py).
+_MONEY_SCHEMAS: dict[str, Schema] = {
+    "RefundCreate": {"type": "object", "required": ["request_id", "amount", "reason", "idempotency_key"],
+                     "additionalProperties": False,
+                     "properties": {"request_id": {"type": "string", "minLength": 1}, **_ADJUSTMENT_IN}},
+    "CreditNoteCreate": {"type": "object", "required": ["period", "amount", "reason", "idempotency_key"],
+                         "additionalProperties": False,
+                         "properties": {"period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                                        **_ADJUSTMENT_IN}},
+    "Adjustment": _obj(
+        ("object", "id", "account_id", "transaction_id", "amount", "amount_nanos", "balance", "balance_nanos",
+         "reason", "replayed"),
+        object={"enum": ["refund", "credit_note"]}, id=_STR, account_id=_STR, request_id=_STR, period=_STR,
+        transaction_id=_STR, amount=_AMOUNT, amount_nanos=_INT, balance=_AMOUNT, balance_nanos=_INT, reason=_STR,
+        replayed=_BOOL, created_at=_INT),
+    "Statement": _obj(
+        ("object", "account_id", "period", "currency", "status", "closed", "opening_balance", "closing_balance",
+         "charges", "events_sha256"),
+        object={"const": "statement"}, account_id=_STR, account_name=_STR, period=_STR, currency=_STR,
+        time_zone=_STR, status={"enum": ["draft", "closed"]}, closed=_BOOL, period_start=_NULL_INT,
+        period_end=_NULL_INT,
+        **{f"{item}{suffix}": (_AMOUNT if suffix == "" else _INT)
+           for item in ("opening_balance", "paid_credits", "promotional_credits", "refunds", "credit_notes",
+                        "charges", "expired_promotional", "closing_balance") for suffix in ("", "_nanos")},
+        charges_by_model={"type": "array", "items": _money_line("model")},
+        charges_by_project={"type": "array", "items": _money_line("project")},
+        adjustments={"type": "array", "items": _obj(
+            ("kind", "id", "amount", "amount_nanos"), kind={"enum": ["refund", "credit_note"]}, id=_STR,
+            reference=_STR, reason=_STR, at=_NULL_INT, amount=_AMOUNT, amount_nanos=_INT)},
+        events_sha256=_STR, event_count=_INT, generated_at=_NULL_INT),
+}
+
+
 _SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         ("error",),
@@ -204,7 +243,9 @@ _SCHEMAS: dict[str, Schema] = {
     "Credit": _obj(("object", "account_id", "transaction_id", "amount", "amount_nanos", "balance",
                     "balance_nanos", "replayed"),
                    object={"const": "credit"}, account_id=_STR, transaction_id=_STR, amount=_AMOUNT,
-                   amount_nanos=_INT, balance=_AMOUNT, balance_nanos=_INT, replayed=_BOOL),
+                   amount_nanos=_INT, balance=_AMOUNT, balance_nanos=_INT, replayed=_BOOL,
+                   kind={"enum": ["paid", "promotional"]}, expires_at=_NULL_INT),
+    **_MONEY_SCHEMAS,
     "Balance": _obj(("object", "account_id", "currency", "balance", "balance_nanos", "held", "held_nanos",
                      "available", "available_nanos"),
                     object={"const": "balance"}, account_id=_STR, currency=_STR, balance=_AMOUNT,
@@ -231,7 +272,9 @@ _SCHEMAS: dict[str, Schema] = {
                                      "time_zone": {"type": "string", "description": "IANA zone, default UTC"}}},
     "CreditCreate": {"type": "object", "required": ["amount", "idempotency_key"],
                      "properties": {"amount": _AMOUNT_IN, "idempotency_key": {"type": "string", "minLength": 1},
-                                    "description": _STR}},
+                                    "description": _STR, "kind": {"enum": ["paid", "promotional"]},
+                                    "expires_at": {"type": ["integer", "string", "null"],
+                                                   "description": "promotional only: unix seconds or ISO 8601"}}},
     "ApiKey": _obj(
         ("object", "id", "account_id", "prefix", "status"), object={"const": "api_key"}, id=_STR,
         account_id=_STR, prefix=_STR, label=_STR, status=_STR, key=_STR, limit=_NULL_AMOUNT,
@@ -352,6 +395,16 @@ def _usage_answers() -> dict[str, Any]:
     return answers
 
 
+def _statement_answers() -> dict[str, Any]:
+    answers = _answers(200, _ref("Statement"), _ADMIN)
+    answers["200"]["content"]["text/csv"] = {"schema": _STR}
+    answers["200"]["content"]["application/pdf"] = {"schema": {"type": "string", "format": "binary"}}
+    return answers
+
+
+_STATEMENT_QUERY = [_query("format", {"type": "string", "enum": ["json", "csv", "pdf"]})]
+
+
 def _op(summary: str, security: list[Any], responses: dict[str, Any], *, body: str | None = None,
         parameters: list[Schema] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "security": security, "responses": responses}
@@ -424,6 +477,18 @@ def _paths() -> dict[str, Any]:
         "/admin/v1/accounts/{account_id}/credits": {"post": _op(
             "Add credits (idempotent on idempotency_key)", _OPERATOR, _answers(200, _ref("Credit"), _ADMIN),
             body="CreditCreate", parameters=acct)},
+        "/admin/v1/accounts/{account_id}/refunds": {"post": _op(
+            "Refund (part of) one request's charge (idempotent on idempotency_key)", _OPERATOR,
+            _answers(200, _ref("Adjustment"), _ADMIN), body="RefundCreate", parameters=acct)},
+        "/admin/v1/accounts/{account_id}/credit_notes": {"post": _op(
+            "A goodwill credit against a month (idempotent on idempotency_key)", _OPERATOR,
+            _answers(200, _ref("Adjustment"), _ADMIN), body="CreditNoteCreate", parameters=acct)},
+        "/admin/v1/accounts/{account_id}/statements/{period}": {"get": _op(
+            "The account's statement for a month (YYYY-MM, its time zone): JSON, CSV or PDF", _OPERATOR,
+            _statement_answers(), parameters=[*_path("account_id", "period"), *_STATEMENT_QUERY])},
+        "/v1/statements/{period}": {"get": _op(
+            "The calling account admin key's account statement for a month: JSON, CSV or PDF", _API_KEY,
+            _statement_answers(), parameters=[*_path("period"), *_STATEMENT_QUERY])},
         "/admin/v1/accounts/{account_id}/balance": {"get": _op(
             "The account's balance", _OPERATOR, _answers(200, _ref("Balance"), _ADMIN), parameters=acct)},
         "/v1/usage": {"get": _op(
