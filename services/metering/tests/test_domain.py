@@ -21,11 +21,13 @@ from tollgate_metering.domain import (
     utc_day,
     verify_chain,
 )
-from tollgate_metering.errors import InvalidUsage
+from tollgate_metering.errors import InvalidPriceBook, InvalidUsage
 
 prices = st.integers(min_value=0, max_value=10**12)
 tokens = st.integers(min_value=0, max_value=10**7)
 markups = st.integers(min_value=0, max_value=1_000_000)
+#: Low enough that 10^7 tokens at a 100x markup stay within int64 (the rating refuses amounts beyond it).
+small_prices = st.integers(min_value=0, max_value=10**9)
 
 
 def _book(markup_bps: int = 2000, input_price: int = 150, output_price: int = 600, **extra: object):
@@ -246,3 +248,59 @@ class TestChain:
         forged = chain_from("acc", (1, events[0].hash), [(*self.ITEMS[1][:5], b"forged")])[0]
         events[1] = forged
         assert [(p.seq, p.kind) for p in verify_chain("acc", events)] == [(3, "broken_link")]
+
+
+class TestPerModelMarkup:
+    """A model entry may carry its own ``markup_bps``; the book's applies to the others."""
+
+    def _book(self, model_markup: int | None) -> object:
+        mine: dict[str, object] = {"input_price_nanos": 100, "output_price_nanos": 400, "max_output_tokens": 8}
+        if model_markup is not None:
+            mine["markup_bps"] = model_markup
+        return parse_price_book({"version": "pm", "currency": "USD", "markup_bps": 2000, "models": {
+            "cheap": mine,
+            "plain": {"input_price_nanos": 100, "output_price_nanos": 400, "max_output_tokens": 8}}})
+
+    def test_a_models_own_markup_rates_it_and_the_book_markup_rates_the_rest(self) -> None:
+        book = self._book(5000)
+        cheap = rate(book, "cheap", UsageFacts(10, 10))  # type: ignore[arg-type]
+        plain = rate(book, "plain", UsageFacts(10, 10))  # type: ignore[arg-type]
+        assert (cheap.upstream_cost_nanos, cheap.resale_price_nanos, cheap.markup_bps) == (5000, 7500, 5000)
+        assert (plain.upstream_cost_nanos, plain.resale_price_nanos, plain.markup_bps) == (5000, 6000, 2000)
+
+    def test_the_per_token_resale_prices_follow_the_models_markup(self) -> None:
+        book = self._book(5000)
+        m = book.models["cheap"]  # type: ignore[attr-defined]
+        assert (book.resale_input_price(m), book.resale_output_price(m)) == (150, 600)  # type: ignore[attr-defined]
+
+    def test_a_book_without_model_markups_keeps_its_content_hash(self) -> None:
+        """Old books stored by version must keep meaning what they meant: no new key appears in their content
+        (the demo book's hash is the one it had before per-model markups existed)."""
+        assert "markup_bps" not in self._book(None).content()["models"]["cheap"]  # type: ignore[attr-defined]
+        assert DEMO_PRICE_BOOK.content_sha256() == "52c5e7161c69cf8758c9c57f974a8b94a77b18cc02ba0124f5ca990f1c9eb3b0"
+
+    def test_the_model_markup_round_trips_through_stored_content(self) -> None:
+        book = self._book(750)
+        again = type(book).from_content(book.content())  # type: ignore[attr-defined]
+        assert again == book and again.models["cheap"].markup_bps == 750
+
+    @pytest.mark.parametrize("bad", [-1, 1_000_001, 1.5, True])
+    def test_a_bad_model_markup_is_refused(self, bad: object) -> None:
+        with pytest.raises(InvalidPriceBook, match=r"models\.cheap\.markup_bps"):
+            self._book(bad)  # type: ignore[arg-type]
+
+    @given(prompt=tokens, cached=tokens, written=tokens, completion=tokens, reasoning=tokens,
+           input_price=small_prices, write_price=small_prices, output_price=small_prices, book_markup=markups,
+           model_markup=markups)
+    def test_the_hold_stays_an_upper_bound_with_a_model_markup(
+        self, prompt: int, cached: int, written: int, completion: int, reasoning: int, input_price: int,
+        write_price: int, output_price: int, book_markup: int, model_markup: int,
+    ) -> None:
+        book = parse_price_book({"version": "h", "currency": "USD", "markup_bps": book_markup, "models": {"m": {
+            "input_price_nanos": input_price, "output_price_nanos": output_price, "max_output_tokens": 9,
+            "cache_write_price_nanos": write_price, "markup_bps": model_markup}}})
+        m = book.models["m"]
+        hold = prompt * max(book.resale_input_price(m), book.resale_cache_read_price(m),
+                            book.resale_cache_write_price(m)) + completion * max(
+            book.resale_output_price(m), book.resale_reasoning_price(m))
+        assert rate(book, "m", UsageFacts(prompt, completion, cached, reasoning, written)).resale_price_nanos <= hold

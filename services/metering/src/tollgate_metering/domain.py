@@ -56,6 +56,8 @@ _BOOK_KEYS = {"version", "currency", "markup_bps", "effective_from", "models"}
 _MODEL_KEYS = {"input_price_nanos", "output_price_nanos", "max_output_tokens"}
 #: Optional per model: absent = the input price (cache reads and writes) or the output price (reasoning).
 _OPTIONAL_PRICE_KEYS = ("cached_input_price_nanos", "cache_write_price_nanos", "reasoning_price_nanos")
+#: Optional per model: this model's own resale markup; absent = the book's ``markup_bps``.
+_MODEL_MARKUP_KEY = "markup_bps"
 
 
 def apply_markup(amount_nanos: int, markup_bps: int) -> int:
@@ -65,7 +67,7 @@ def apply_markup(amount_nanos: int, markup_bps: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Upstream per-token prices for one model; the resale prices follow from the book's markup.
+    """Upstream per-token prices for one model; the resale prices follow from its markup (its own or the book's).
 
     Providers bill prompt-cache reads and writes apart from ordinary input (Anthropic: reads ≈ 0.1×, writes
     ≈ 1.25× the input price; OpenAI and Gemini: cached input ≈ 0.25–0.5×), and some bill reasoning apart from
@@ -81,6 +83,9 @@ class ModelPrice:
     cached_input_price_nanos: int | None = None
     cache_write_price_nanos: int | None = None
     reasoning_price_nanos: int | None = None
+    #: This model's own markup (a reseller sells a cheap model at +50 % and a dear one at +10 %); ``None`` = the
+    #: book's. Kept as ``None`` when absent for the same reason as the optional prices: unchanged content hashes.
+    markup_bps: int | None = None
 
     @property
     def cache_read_price(self) -> int:
@@ -107,6 +112,8 @@ class ModelPrice:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.markup_bps is not None:
+            out[_MODEL_MARKUP_KEY] = self.markup_bps
         return out
 
 
@@ -124,20 +131,24 @@ class PriceBook:
     def price_of(self, model: str) -> ModelPrice | None:
         return self.models.get(model)
 
+    def markup_of(self, model: ModelPrice) -> int:
+        """The markup that applies to ``model``: its own when the book gives one, else the book's."""
+        return self.markup_bps if model.markup_bps is None else model.markup_bps
+
     def resale_input_price(self, model: ModelPrice) -> int:
-        return apply_markup(model.input_price_nanos, self.markup_bps)
+        return apply_markup(model.input_price_nanos, self.markup_of(model))
 
     def resale_output_price(self, model: ModelPrice) -> int:
-        return apply_markup(model.output_price_nanos, self.markup_bps)
+        return apply_markup(model.output_price_nanos, self.markup_of(model))
 
     def resale_cache_read_price(self, model: ModelPrice) -> int:
-        return apply_markup(model.cache_read_price, self.markup_bps)
+        return apply_markup(model.cache_read_price, self.markup_of(model))
 
     def resale_cache_write_price(self, model: ModelPrice) -> int:
-        return apply_markup(model.cache_write_price, self.markup_bps)
+        return apply_markup(model.cache_write_price, self.markup_of(model))
 
     def resale_reasoning_price(self, model: ModelPrice) -> int:
-        return apply_markup(model.reasoning_price, self.markup_bps)
+        return apply_markup(model.reasoning_price, self.markup_of(model))
 
     def content(self) -> dict[str, Any]:
         """A plain, ordered form of everything that affects rating: what is stored and hashed per version."""
@@ -170,6 +181,7 @@ class PriceBook:
                     output_price_nanos=int(m["output_price_nanos"]),
                     max_output_tokens=int(m["max_output_tokens"]),
                     **{key: int(m[key]) for key in _OPTIONAL_PRICE_KEYS if m.get(key) is not None},
+                    markup_bps=None if m.get(_MODEL_MARKUP_KEY) is None else int(m[_MODEL_MARKUP_KEY]),
                 )
                 for name, m in content["models"].items()
             },
@@ -242,7 +254,7 @@ def parse_price_book(data: Any) -> PriceBook:
             if not isinstance(prices, Mapping):
                 problems.append(f"{where} must be a mapping with {', '.join(sorted(_MODEL_KEYS))}")
                 continue
-            extra = sorted(set(map(str, prices)) - _MODEL_KEYS - set(_OPTIONAL_PRICE_KEYS))
+            extra = sorted(set(map(str, prices)) - _MODEL_KEYS - set(_OPTIONAL_PRICE_KEYS) - {_MODEL_MARKUP_KEY})
             if extra:
                 problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
             missing = sorted(_MODEL_KEYS - set(prices))
@@ -268,6 +280,10 @@ def parse_price_book(data: Any) -> PriceBook:
                     for key in _OPTIONAL_PRICE_KEYS
                     if prices.get(key) is not None
                 },
+                markup_bps=None if prices.get(_MODEL_MARKUP_KEY) is None else _int_field(
+                    problems, f"{where}.{_MODEL_MARKUP_KEY}", prices[_MODEL_MARKUP_KEY],
+                    minimum=0, maximum=MAX_MARKUP_BPS,
+                ),
             )
     if problems:
         raise InvalidPriceBook(problems)
@@ -368,8 +384,10 @@ def rate(book: PriceBook, model: str, usage: UsageFacts) -> Rating:
     book without cache prices rates exactly as before). Cache reads and writes are part of ``prompt_tokens``: a
     provider reporting more of them than prompt tokens is read as "every prompt token was a cache read, then a
     write", never as a negative uncached count (the charge stays within the prompt). Likewise reasoning is capped
-    at ``completion_tokens``. A model missing from the book is rated at zero and marked unpriced: the caller logs
-    it, billing still closes the hold (billing refuses such models at Authorize, so this is a safety net).
+    at ``completion_tokens``. The markup is the model's own when the book gives one, else the book's (the
+    rating's ``markup_bps`` says which was applied). A model missing from the book is rated at zero and marked
+    unpriced: the caller logs it, billing still closes the hold (billing refuses such models at Authorize, so this
+    is a safety net).
     """
     if min(usage) < 0:
         raise InvalidUsage(
@@ -392,10 +410,11 @@ def rate(book: PriceBook, model: str, usage: UsageFacts) -> Rating:
         + (completion - reasoning) * price.output_price_nanos
         + reasoning * reasoning_price
     )
-    resale = apply_markup(cost, book.markup_bps)
+    markup = book.markup_of(price)
+    resale = apply_markup(cost, markup)
     if resale > INT64_MAX:
         raise InvalidUsage(f"rated amount {resale} does not fit a 64-bit integer")
-    return Rating(book.version, book.currency, book.markup_bps, price.input_price_nanos, price.output_price_nanos,
+    return Rating(book.version, book.currency, markup, price.input_price_nanos, price.output_price_nanos,
                   cost, resale, True, read_price, write_price, reasoning_price)
 
 

@@ -53,6 +53,7 @@ def price_book_response(book: PriceBook) -> pb.GetPriceBookResponse:
                 resale_cached_input_price_nanos=book.resale_cache_read_price(m),
                 resale_cache_write_price_nanos=book.resale_cache_write_price(m),
                 resale_reasoning_price_nanos=book.resale_reasoning_price(m),
+                markup_bps=book.markup_of(m),
             )
             for name, m in sorted(book.models.items())
         ],
