@@ -62,6 +62,9 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "tollgate.billing.v1.charge.refunded": billing_pb2.ChargeRefunded,
     "tollgate.billing.v1.credit_note.issued": billing_pb2.CreditNoteIssued,
     "tollgate.billing.v1.statement.closed": billing_pb2.StatementClosed,
+    "tollgate.billing.v1.webhook.set": billing_pb2.WebhookSet,
+    "tollgate.billing.v1.webhook.secret_rotated": billing_pb2.WebhookSecretRotated,
+    "tollgate.billing.v1.webhook.deleted": billing_pb2.WebhookDeleted,
     "tollgate.policy.v1.policy.decided": policy_pb2.PolicyDecided,
     "tollgate.attempts.v1.attempt.recorded": attempts_pb2.AttemptRecorded,
     # Metering's usage event for a request whose UsageRecorded never came, built from the router's attempts

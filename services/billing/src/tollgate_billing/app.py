@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from tollgate.billing.v1 import billing_service_pb2_grpc
+from tollgate.billing.v1 import billing_service_pb2_grpc, webhooks_pb2_grpc
 from tollgate_common.db import session_maker
 from tollgate_common.event_auth import EventSigner, EventVerifier
 from tollgate_common.events import Topics
@@ -34,9 +34,13 @@ from .consumer import GROUP_ID as CONSUMER_GROUP
 from .consumer import UsageConsumer
 from .credit_admin import CreditAdmin
 from .grpc_server import SERVICE_NAME, BillingServicer
+from .grpc_webhooks import SERVICE_NAME as WEBHOOK_SERVICE_NAME
+from .grpc_webhooks import WebhookServicer
 from .price_book import MeteringPriceBook
 from .tables import messaging
 from .usage_lag import KafkaEndOffsets, UsageLag
+from .webhook_admin import WebhookAdmin
+from .webhooks import WebhookWorker
 
 __all__ = ["BillingApp", "serve"]
 
@@ -89,6 +93,7 @@ class BillingApp:
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: DbOffsetConsumer | None = None
+        self.webhooks: WebhookWorker | None = None
         self.port = 0
         self._stopping = asyncio.Event()
         self._consumer_stop = asyncio.Event()
@@ -120,11 +125,20 @@ class BillingApp:
         if s.kafka_bootstrap_servers:
             self._spawn("kafka", self._run_kafka)
         self._spawn("hold-sweeper", self._sweep)
+        if s.webhooks.enabled:
+            self.webhooks = WebhookWorker(self.billing, s.webhooks)
+            worker = self.webhooks
+            self._spawn("webhooks", lambda: worker.run(self._stopping))
         self.server = GrpcServer(s.grpc_host, s.grpc_port)
         self.server.add(
             billing_service_pb2_grpc.add_BillingServiceServicer_to_server,  # type: ignore[arg-type]
             BillingServicer(self.billing, self.internal_auth),
             SERVICE_NAME,
+        )
+        self.server.add(
+            webhooks_pb2_grpc.add_WebhookServiceServicer_to_server,  # type: ignore[arg-type]
+            WebhookServicer(WebhookAdmin(self.billing, s.webhooks.allowed_networks), self.internal_auth),
+            WEBHOOK_SERVICE_NAME,
         )
         self.port = await self.server.start()
         log.info("billing serving", extra={"port": self.port, "kafka": s.kafka_bootstrap_servers or "off"})
@@ -138,6 +152,9 @@ class BillingApp:
         self._consumer_stop.set()
         await self._join("consumer", 15.0)
         await self._join("hold-sweeper", 15.0)
+        await self._join("webhooks", self.settings.webhooks.timeout_seconds + 5.0)
+        if self.webhooks is not None:
+            await self.webhooks.close()
         if self.billing is not None and self.billing.usage_lag is not None:
             await self.billing.usage_lag.close()
         await self._join("price-book", 5.0)

@@ -12,6 +12,7 @@ from tollgate_common.internal_auth import InternalKeys, internal_keys_from_env
 from tollgate_common.kafka_security import KafkaSecurity, kafka_security_from_env
 
 from .domain import UnknownUsageCharge
+from .webhook_config import WebhookSettings, webhook_settings_from_env
 
 __all__ = ["DEFAULT_SCHEMA", "Settings"]
 
@@ -54,6 +55,8 @@ class Settings:
     internal_keys: InternalKeys = field(default_factory=InternalKeys)
     #: TLS/SASL for every Kafka client (``<PREFIX>_KAFKA_SECURITY_PROTOCOL`` etc., see kafka_security.py).
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: Alert webhooks (``BILLING_WEBHOOK_*``, webhook_config.py).
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -68,6 +71,7 @@ class Settings:
         settings = cls(
             internal_keys=internal_keys_from_env(env),
             kafka_security=kafka_security_from_env(env),
+            webhooks=webhook_settings_from_env(env),
             database_url=database_url,
             database_schema=env.str("DATABASE_SCHEMA", DEFAULT_SCHEMA),
             grpc_host=env.str("GRPC_HOST", cls.grpc_host),

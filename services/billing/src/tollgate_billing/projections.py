@@ -11,7 +11,7 @@ Events are applied in batches, one statement per table and kind (a Kafka batch o
 equivalent to applying them one by one in order: kinds are applied in causal order (account → teams/projects →
 key → key changes, in their own order → budget changes, in theirs → credits → placed → captured → expired →
 reconciled → promo expiries, refunds and credit notes → closed statements (credit_changes.py); the budgets'
-money, see budget_changes.py; alerts last, in their own order, see alert_changes.py), a hold only ever moves
+money, see budget_changes.py; alerts, in their own order, see alert_changes.py; webhook settings last, webhook_changes.py), a hold only ever moves
 forward along that order, and money moves are additive. A single event (Authorize, an admin call) is a batch
 of one.
 """
@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from tollgate.events.v1 import billing_pb2
 from tollgate_common.bulk import insert_rows, select_rows, update_rows
 
-from . import alert_changes, budget_changes, credit_changes, group_changes, key_changes
+from . import alert_changes, budget_changes, credit_changes, group_changes, key_changes, webhook_changes
 from .domain import HoldStatus
 from .errors import ConcurrentUpdate, InconsistentEvent, InsufficientBalance, KeyLimitExceeded
 from .tables import accounts, api_keys, credit_grants, holds, ledger_postings, ledger_transactions, wallets
@@ -55,6 +55,7 @@ _KINDS: tuple[type[Message], ...] = (
     *credit_changes.MONEY_KINDS,
     billing_pb2.StatementClosed,
     *alert_changes.KINDS,
+    *webhook_changes.KINDS,
 )
 _CHUNK = 500
 
@@ -131,6 +132,8 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
     by_kind.update({kind: budget_admin for kind in budget_changes.ADMIN_KINDS})
     alerts: list[Any] = []  # every kind of alert event, in their order (a BalanceLow, then its BalanceRestored)
     by_kind.update({kind: alerts for kind in alert_changes.KINDS})
+    webhook_events: list[Any] = []  # set / rotated / deleted, in their order
+    by_kind.update({kind: webhook_events for kind in webhook_changes.KINDS})
     adjustments: list[Any] = []  # promo expiries, refunds, credit notes, in their order
     by_kind.update({kind: adjustments for kind in credit_changes.MONEY_KINDS})
     for event in events:
@@ -165,6 +168,7 @@ async def apply_batch(conn: Executor, events: Sequence[Message], *, strict: bool
                                      by_kind[billing_pb2.HoldExpired], by_kind[billing_pb2.HoldReconciled])
     await credit_changes.apply_statements(conn, by_kind[billing_pb2.StatementClosed])
     await alert_changes.apply(conn, alerts, strict=strict)
+    await webhook_changes.apply(conn, webhook_events, strict=strict)
 
 
 # --- plumbing ---------------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from .tables import (
     promo_grants,
     statements,
     wallets,
+    webhooks,
 )
 
 __all__ = [
@@ -339,6 +340,7 @@ _COMPARED: tuple[tuple[str, Table], ...] = (
     ("promo_grants", promo_grants),
     ("adjustments", adjustments),
     ("statements", statements),
+    ("webhooks", webhooks),
 )
 
 

@@ -83,6 +83,9 @@ _EVENT_IDS: dict[type[Message], Callable[[Any], str]] = {
     billing_pb2.ChargeRefunded: lambda e: f"charge.refunded:{e.account_id}:{e.refund_id}",
     billing_pb2.CreditNoteIssued: lambda e: f"credit_note.issued:{e.account_id}:{e.credit_note_id}",
     billing_pb2.StatementClosed: lambda e: f"statement.closed:{e.account_id}:{e.period}",
+    billing_pb2.WebhookSet: lambda e: f"webhook.set:{e.account_id}:{e.revision}",
+    billing_pb2.WebhookSecretRotated: lambda e: f"webhook.secret_rotated:{e.account_id}:{e.revision}",
+    billing_pb2.WebhookDeleted: lambda e: f"webhook.deleted:{e.account_id}:{e.revision}",
 }
 
 

@@ -39,6 +39,11 @@ __all__ = [
     "promo_grants",
     "statements",
     "wallets",
+    "webhook_attempts",
+    "webhook_cursor",
+    "webhook_deliveries",
+    "webhook_secrets",
+    "webhooks",
 ]
 
 metadata = MetaData()
@@ -262,6 +267,78 @@ statements = Table(
     Column("closing_balance_nanos", BigInteger, nullable=False),
     Column("document", LargeBinary, nullable=False),
     PrimaryKeyConstraint("account_id", "period"),
+)
+
+#: An account's alert webhook (webhook_admin.py), from WebhookSet / WebhookSecretRotated / WebhookDeleted. A deleted
+#: one keeps its row (url "", deleted_at set) so the revision, which numbers its events, keeps counting.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), primary_key=True),
+    Column("url", String(2048), nullable=False),
+    #: Comma-separated event types (webhook_rules.EVENT_TYPES).
+    Column("events", String(200), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("secret_version", BigInteger, nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+    Column("updated_at_unix_ms", BigInteger, nullable=False),
+    Column("deleted_at_unix_ms", BigInteger, nullable=True),
+)
+
+# --- webhook delivery: operational state, like the outbox (not derived from the log, not compared by rebuild) ----
+
+#: The signing secret of each account's webhook. It cannot be a hash (billing signs with it), and it is never on
+#: the log, so a database rebuilt from the log has none: the operator rotates the secret after such a restore.
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("account_id", String(100), ForeignKey("accounts.account_id"), primary_key=True),
+    Column("secret_version", BigInteger, nullable=False),
+    Column("secret", String(100), nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+)
+
+#: How far the webhook queue has read billing's outbox (its ``id``), per reader (one: "alerts").
+webhook_cursor = Table(
+    "webhook_cursor",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("last_outbox_id", BigInteger, nullable=False),
+)
+
+#: One row per (account, alert event): the body sent (signed afresh per attempt) and where its delivery stands.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("delivery_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("account_id", String(100), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("body", Text, nullable=False),
+    #: pending | delivered | failed
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at_unix_ms", BigInteger, nullable=False),
+    #: A worker that claimed it holds it until then (a killed worker's claim runs out; the delivery is retried).
+    Column("claimed_until_unix_ms", BigInteger, nullable=False),
+    Column("last_status_code", Integer, nullable=False),
+    Column("last_error", String(500), nullable=False),
+    Column("created_at_unix_ms", BigInteger, nullable=False),
+    Column("delivered_at_unix_ms", BigInteger, nullable=True),
+)
+Index("ux_webhook_deliveries_event", webhook_deliveries.c.account_id, webhook_deliveries.c.event_id, unique=True)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at_unix_ms)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at_unix_ms", BigInteger, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("error", String(500), nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("delivery_id", "attempt"),
 )
 
 #: A closing statement reads the events it covers from the outbox (billing's log) by id.
