@@ -77,7 +77,7 @@ class WebhookServicer(wpb_grpc.WebhookServiceServicer):  # type: ignore[misc]
                                                  next_page_token=token)
 
 
-class _mapped:  # noqa: N801 - used as ``async with _mapped(context)``
+class _mapped:
     """A :class:`BillingError` → its gRPC status and ``tollgate-reason`` (as grpc_server's ``_mapped``)."""
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:

@@ -11,9 +11,9 @@ Events are applied in batches, one statement per table and kind (a Kafka batch o
 equivalent to applying them one by one in order: kinds are applied in causal order (account → teams/projects →
 key → key changes, in their own order → budget changes, in theirs → credits → placed → captured → expired →
 reconciled → promo expiries, refunds and credit notes → closed statements (credit_changes.py); the budgets'
-money, see budget_changes.py; alerts, in their own order, see alert_changes.py; webhook settings last, webhook_changes.py), a hold only ever moves
-forward along that order, and money moves are additive. A single event (Authorize, an admin call) is a batch
-of one.
+money, see budget_changes.py; alerts, in their own order, see alert_changes.py; webhook settings last,
+webhook_changes.py), a hold only ever moves forward along that order, and money moves are additive. A single
+event (Authorize, an admin call) is a batch of one.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ async def _apply_one(conn: Executor, event: Any, *, strict: bool) -> None:
     row = (await conn.execute(
         select(webhooks.c.revision, webhooks.c.deleted_at_unix_ms).where(webhooks.c.account_id == event.account_id)
     )).first()
-    if row is not None and event.revision != row.revision + 1 or row is None and event.revision != 1:
+    if event.revision != (row.revision + 1 if row is not None else 1):
         message = f"webhook of {event.account_id}: revision {event.revision} does not follow the stored one"
         if strict:
             raise ConcurrentUpdate(message)
