@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.events.v1 import usage_pb2
 from tollgate.metering.v1 import metering_service_pb2 as mpb
 from tollgate.metering.v1 import metering_service_pb2_grpc as mpb_grpc
@@ -17,6 +18,9 @@ from tollgate_billing.app import BillingApp
 from tollgate_billing.config import Settings
 from tollgate_billing.domain import PriceBook
 from tollgate_billing.price_book import price_book_from_proto
+from tollgate_billing.rebuild import Reconciliation, ReplayStats, compare, replay_outbox
+from tollgate_billing.tables import metadata
+from tollgate_common.db import create_engine, create_schema
 from tollgate_dev.testing import local_postgres_url, postgres_schema, postgres_unavailable_reason
 
 #: gpt-4o-mini-like prices (nano-units per token, already marked up) and a cap of 1000 output tokens.
@@ -153,3 +157,18 @@ def rated(hold_id: str, account_id: str, key_id: str, price: int) -> usage_pb2.U
         request_id=hold_id, hold_id=hold_id, account_id=account_id, key_id=key_id, model=MODEL,
         currency="USD", resale_price_nanos=price, upstream_cost_nanos=price * 5 // 6,
     )
+
+
+async def assert_rebuild_equals_live(live: AsyncEngine, tmp_path: Path) -> tuple[ReplayStats, Reconciliation]:
+    """Replay billing's log into a fresh SQLite database and assert every read model equals the live one; the
+    replay's stats and the comparison come back for a test's own further checks."""
+    fresh = create_engine(f"sqlite:///{tmp_path}/replayed.db")
+    await create_schema(fresh, metadata)
+    try:
+        stats = await replay_outbox(live, fresh)
+        assert not stats.problems, stats.problems
+        report = await compare(live, fresh)
+        assert report.equal, report.render()
+        return stats, report
+    finally:
+        await fresh.dispose()

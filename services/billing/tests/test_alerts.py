@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from billing_support import MODEL, Database, FakeClock, hold_for, rated, static_prices
+from billing_support import MODEL, Database, FakeClock, assert_rebuild_equals_live, hold_for, rated, static_prices
 from sqlalchemy import select
 from tollgate.events.v1 import billing_pb2
 from tollgate.events.v1.billing_pb2 import (
@@ -28,7 +28,6 @@ from tollgate_billing.alerts import check_thresholds, crossed
 from tollgate_billing.application import Billing
 from tollgate_billing.budget_admin import BudgetAdmin
 from tollgate_billing.budgets import period_bounds
-from tollgate_billing.rebuild import compare, replay_outbox
 from tollgate_billing.tables import messaging, metadata
 from tollgate_common.db import create_engine, create_schema, session_maker
 from tollgate_common.events import decode
@@ -90,15 +89,7 @@ class TestAlerts:
                 session, [(rated(hold_id, account, key_id, price), hold_id) for hold_id, price in captures])
 
     async def _replay_equals_live(self, billing: Billing, tmp_path: Path) -> None:
-        fresh = create_engine(f"sqlite:///{tmp_path}/replayed.db")
-        await create_schema(fresh, metadata)
-        try:
-            stats = await replay_outbox(billing.engine, fresh)
-            assert not stats.problems, stats.problems
-            report = await compare(billing.engine, fresh)
-            assert report.equal, report.render()
-        finally:
-            await fresh.dispose()
+        await assert_rebuild_equals_live(billing.engine, tmp_path)
 
     async def test_budget_thresholds_cross_once_per_period_and_revision(self, billing: Billing,
                                                                         tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from billing_support import (
     MODEL,
     Database,
     FakeClock,
+    assert_rebuild_equals_live,
     hold_for,
     rated,
     static_prices,
@@ -39,7 +40,6 @@ from tollgate_billing.budgets import period_bounds
 from tollgate_billing.group_admin import GroupAdmin
 from tollgate_billing.grpc_budgets import budget_message
 from tollgate_billing.key_admin import KeyAdmin
-from tollgate_billing.rebuild import compare, replay_outbox
 from tollgate_billing.tables import metadata
 from tollgate_common.db import create_engine, create_schema, session_maker
 
@@ -248,16 +248,8 @@ class TestBudgets:
         await self._usage(billing, "c", account, key_id, 200)
         await budgets.delete_budget(account, gone.budget_id)
         await billing.authorize(api_key, "f", MODEL, 10, 10)
-        fresh = create_engine(f"sqlite:///{tmp_path}/replayed.db")
-        await create_schema(fresh, metadata)
-        try:
-            stats = await replay_outbox(billing.engine, fresh)
-            assert not stats.problems, stats.problems
-            report = await compare(billing.engine, fresh)
-            assert report.equal, report.render()
-            assert {t.name: t.live_rows for t in report.tables}["budgets"] == 2
-        finally:
-            await fresh.dispose()
+        _, report = await assert_rebuild_equals_live(billing.engine, tmp_path)
+        assert {t.name: t.live_rows for t in report.tables}["budgets"] == 2
         after = await budgets.get_budget(account, team.budget_id)
         # day 2: b 300 + c expired in full (HOLD) then refunded to 200; a's 700 was day 1's; e expired (HOLD)
         assert after.spent_nanos == 300 + 200 + HOLD

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from billing_support import MODEL, Database, FakeClock, static_prices
+from billing_support import MODEL, Database, FakeClock, assert_rebuild_equals_live, static_prices
 from tollgate.events.v1.billing_pb2 import GROUP_KIND_PROJECT, GROUP_KIND_TEAM
 from tollgate_billing import errors
 from tollgate_billing.application import Billing
 from tollgate_billing.group_admin import GroupAdmin
 from tollgate_billing.key_admin import KeyAdmin
-from tollgate_billing.rebuild import compare, replay_outbox
 from tollgate_billing.tables import metadata
 from tollgate_common.db import create_engine, create_schema
 
@@ -124,13 +123,5 @@ class TestGroups:
         key = await billing.create_api_key(account, team="ml", project="bot")
         await groups.update_group(account, GROUP_KIND_TEAM, "ml", name="Machine learning", archived=True)
         await keys.update_key(account, key.key_id, team="ops")
-        fresh = create_engine(f"sqlite:///{tmp_path}/replayed.db")
-        await create_schema(fresh, metadata)
-        try:
-            stats = await replay_outbox(billing.engine, fresh)
-            assert not stats.problems, stats.problems
-            report = await compare(billing.engine, fresh)
-            assert report.equal, report.render()
-            assert {t.name: t.live_rows for t in report.tables}["groups"] == 3
-        finally:
-            await fresh.dispose()
+        _, report = await assert_rebuild_equals_live(billing.engine, tmp_path)
+        assert {t.name: t.live_rows for t in report.tables}["groups"] == 3

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from billing_support import MODEL, OTHER_MODEL, Database, FakeClock, rated, static_prices
+from billing_support import MODEL, OTHER_MODEL, Database, FakeClock, assert_rebuild_equals_live, rated, static_prices
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate.events.v1 import billing_pb2
@@ -17,7 +17,6 @@ from tollgate_billing import errors
 from tollgate_billing.application import Billing
 from tollgate_billing.credit_admin import CreditAdmin
 from tollgate_billing.group_admin import GroupAdmin
-from tollgate_billing.rebuild import compare, replay_outbox
 from tollgate_billing.statement_admin import StatementAdmin
 from tollgate_billing.statements import adds_up
 from tollgate_billing.tables import messaging, metadata
@@ -66,15 +65,7 @@ class World:
             return [(r[0], bytes(r[1])) for r in rows]
 
     async def assert_rebuild_equal(self, tmp_path: Path) -> None:
-        fresh = create_engine(f"sqlite:///{tmp_path}/replayed.db")
-        await create_schema(fresh, metadata)
-        try:
-            stats = await replay_outbox(self.engine, fresh)
-            assert not stats.problems, stats.problems
-            report = await compare(self.engine, fresh)
-            assert report.equal, report.render()
-        finally:
-            await fresh.dispose()
+        await assert_rebuild_equals_live(self.engine, tmp_path)
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from billing_support import Database, FakeClock, static_prices
+from billing_support import Database, FakeClock, assert_rebuild_equals_live, static_prices
 from sqlalchemy import select
-from tollgate_billing import errors
+from tollgate_billing import errors, webhook_queue
 from tollgate_billing.alert_admin import AlertAdmin
 from tollgate_billing.application import Billing
-from tollgate_billing.rebuild import compare, replay_outbox
 from tollgate_billing.tables import messaging, metadata, webhook_deliveries
 from tollgate_billing.webhook_admin import WebhookAdmin, WebhookNotFound
 from tollgate_billing.webhook_config import WebhookSettings
@@ -115,15 +114,15 @@ class TestWebhooks:
         assert f"webhook.set:{account}:1" in [r.event_id for r in rows]
         assert not any(secret.encode() in r.value or secret in r.headers for r in rows)
         await admin.set_webhook(account, receiver.url, ["balance.restored"])  # a change: revision 2, same secret
-        fresh = create_engine(f"sqlite:///{tmp_path}/replayed.db")
-        await create_schema(fresh, metadata)
-        try:
-            stats = await replay_outbox(billing.engine, fresh)
-            assert not stats.problems, stats.problems
-            report = await compare(billing.engine, fresh)
-            assert report.equal, report.render()
-        finally:
-            await fresh.dispose()
+        await assert_rebuild_equals_live(billing.engine, tmp_path)
+
+    async def test_one_step_reads_the_log_until_caught_up_not_one_batch_per_poll(
+            self, billing: Billing, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(webhook_queue, "_BATCH", 2)  # the account, credits, webhook and alert are > 2 events
+        account, _ = await self._account(billing, receiver)
+        await AlertAdmin(billing).set_balance_alert(account, 2 * 10**9)
+        assert await self._worker(billing).step() == 1
+        assert [b["type"] for b in receiver.accepted] == ["balance.low"]
 
     async def test_a_receiver_that_fails_first_gets_it_later_with_backoff(self, billing: Billing,
                                                                           receiver: Receiver) -> None:

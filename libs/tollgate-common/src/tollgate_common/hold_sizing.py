@@ -17,8 +17,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["INT64_MAX", "CandidateHold", "ModelPrice", "SizingError", "SizingFailure", "hold_amount",
-           "output_cap", "size_for_candidates"]
+__all__ = ["INT64_MAX", "CandidateHold", "ModelPrice", "SizingError", "SizingFailure", "check_allowed",
+           "hold_amount", "output_cap", "price_of", "size_for_candidates"]
 
 INT64_MAX = 2**63 - 1
 
@@ -59,6 +59,21 @@ class CandidateHold:
     output_tokens: int
 
 
+def check_allowed(allowed_models: Collection[str], model: str) -> None:
+    """A key's allow-list (empty = every model) admits ``model``, else MODEL_NOT_ALLOWED."""
+    if allowed_models and model not in allowed_models:
+        raise SizingError(SizingFailure.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed for this API key", model)
+
+
+def price_of(prices: Mapping[str, ModelPrice], model: str) -> ModelPrice:
+    """The model's price, else MODEL_NOT_PRICED: an unpriced model is refused, never served free."""
+    price = prices.get(model)
+    if price is None:
+        raise SizingError(SizingFailure.MODEL_NOT_PRICED,
+                          f"The model '{model}' has no price, so this gateway cannot serve it.", model)
+    return price
+
+
 def output_cap(price: ModelPrice, max_output_tokens: int) -> int:
     """The output tokens a hold is sized for: the request's cap, else the model's."""
     return max_output_tokens or price.max_output_tokens
@@ -84,13 +99,8 @@ def size_for_candidates(
     whole: the router could otherwise serve (and the upstream bill) a model nobody checked or held for."""
     best: CandidateHold | None = None
     for model in dict.fromkeys(models):
-        if allowed_models and model not in allowed_models:
-            raise SizingError(SizingFailure.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed for this API key",
-                              model)
-        price = prices.get(model)
-        if price is None:
-            raise SizingError(SizingFailure.MODEL_NOT_PRICED,
-                              f"The model '{model}' has no price, so this gateway cannot serve it.", model)
+        check_allowed(allowed_models, model)
+        price = price_of(prices, model)
         amount = hold_amount(price, prompt_tokens, max_output_tokens)
         if best is None or amount > best.amount_nanos:
             best = CandidateHold(model, amount, output_cap(price, max_output_tokens))

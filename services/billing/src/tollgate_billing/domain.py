@@ -126,8 +126,10 @@ class ApiKeyGrant:
             raise ExpiredApiKey("this API key has expired")
 
     def check_model(self, model: str) -> None:
-        if self.allowed_models and model not in self.allowed_models:
-            raise ModelNotAllowed(f"model {model!r} is not allowed for this API key")
+        try:
+            hold_sizing.check_allowed(self.allowed_models, model)
+        except hold_sizing.SizingError as exc:
+            raise _refusal(exc) from None
 
 
 # --- prices -----------------------------------------------------------------------------------------------------
@@ -142,10 +144,10 @@ class PriceBook:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
 
     def price_for(self, model: str) -> ModelPrice:
-        price = self.prices.get(model)
-        if price is None:
-            raise ModelNotPriced(f"The model '{model}' has no price, so this gateway cannot serve it.")
-        return price
+        try:
+            return hold_sizing.price_of(self.prices, model)
+        except hold_sizing.SizingError as exc:
+            raise _refusal(exc) from None
 
 
 def hold_amount(price: ModelPrice, prompt_tokens: int, max_output_tokens: int) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 from google.protobuf.message import Message
 from sqlalchemy import insert, select, update
 from tollgate.events.v1 import billing_pb2
+from tollgate_common.money import amounts
 
 from .budgets import period_name, scope_name
 from .projections import Executor
@@ -44,32 +45,18 @@ _MESSAGES: dict[str, type[Message]] = {
 }
 
 
-def _nanos_text(nanos: int) -> str:
-    whole, frac = divmod(abs(nanos), 10**9)
-    text = f"{whole}" if frac == 0 else f"{whole}.{frac:09d}".rstrip("0")
-    return ("-" if nanos < 0 else "") + text
-
-
-def _amounts(**nanos: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in nanos.items():
-        out[name] = _nanos_text(value)
-        out[f"{name}_nanos"] = value
-    return out
-
-
 def _data(short: str, event: Any) -> tuple[dict[str, Any], int]:
     """The event as the receiver sees it (the admin API's names and amounts) and when it happened (unix ms)."""
     if short == "budget.threshold_crossed":
         return {
             "budget_id": event.budget_id, "scope": scope_name(event.scope), "scope_id": event.scope_id,
             "period": period_name(event.period), "period_start": event.period_start_unix_ms // 1000,
-            "threshold_percent": event.threshold_percent, **_amounts(limit=event.limit_nanos, spent=event.spent_nanos),
+            "threshold_percent": event.threshold_percent, **amounts(limit=event.limit_nanos, spent=event.spent_nanos),
         }, event.crossed_at_unix_ms
     if short == "balance.low":
-        return {"currency": event.currency, **_amounts(threshold=event.threshold_nanos,
+        return {"currency": event.currency, **amounts(threshold=event.threshold_nanos,
                                                        balance=event.balance_nanos)}, event.crossed_at_unix_ms
-    return {**_amounts(threshold=event.threshold_nanos, balance=event.balance_nanos)}, event.restored_at_unix_ms
+    return {**amounts(threshold=event.threshold_nanos, balance=event.balance_nanos)}, event.restored_at_unix_ms
 
 
 def event_body(event_id: str, short: str, account_id: str, event: Message) -> tuple[str, int]:
@@ -85,6 +72,8 @@ class QueuePass:
     read: int
     queued: int
     cursor: int
+    #: The pass read a whole batch without stopping at a gap: more rows may be waiting right now.
+    more: bool = False
 
 
 class WebhookQueue:
@@ -121,7 +110,8 @@ class WebhookQueue:
         if last != cursor:
             await conn.execute(update(webhook_cursor).where(webhook_cursor.c.name == CURSOR)
                                .values(last_outbox_id=last))
-        return QueuePass(read=last - cursor if rows else 0, queued=queued, cursor=last)
+        more = len(rows) == _BATCH and last == rows[-1].id
+        return QueuePass(read=last - cursor if rows else 0, queued=queued, cursor=last, more=more)
 
     def _gap_passed(self, missing: int) -> bool:
         now = self.monotonic()

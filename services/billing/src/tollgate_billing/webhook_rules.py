@@ -30,6 +30,7 @@ __all__ = [
     "IpNetwork",
     "RetryPolicy",
     "address_allowed",
+    "ip_literal",
     "new_secret",
     "parse_events",
     "parse_networks",
@@ -85,7 +86,8 @@ def address_allowed(address: str, allowed: Sequence[IpNetwork]) -> bool:
     return in_networks(ip, allowed) or (ip.is_global and not ip.is_multicast)
 
 
-def _literal(host: str) -> IpAddress | None:
+def ip_literal(host: str) -> IpAddress | None:
+    """The host as an IP address when it is one (no name to resolve), else None."""
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -112,7 +114,7 @@ def url_problem(url: str, allowed: Sequence[IpNetwork]) -> str | None:
     if port == 0:
         return "url has an invalid port"
     host = parts.hostname
-    literal = _literal(host)
+    literal = ip_literal(host)
     if literal is not None and not address_allowed(host, allowed):
         return "url points at a loopback, private or reserved address"
     if literal is None and (host == "localhost" or host.endswith((".localhost", ".local", ".internal"))) \

@@ -3,7 +3,7 @@
 Each step (every ``BILLING_WEBHOOK_POLL_SECONDS``):
 
 1. **Queue** (webhook_queue.py): read billing's outbox past the stored cursor, one delivery row per alert event an
-   account's webhook wants, in the cursor's transaction.
+   account's webhook wants, in the cursor's transaction; a batch per transaction until caught up.
 2. **Claim** up to ``concurrency`` due deliveries (pending, retry time reached, not claimed): the claim is a time
    (now + twice the timeout), so a worker killed mid-send (kill -9) leaves a claim that runs out and the delivery is
    sent again — at-least-once; the receiver dedupes on the event ``id`` (also in ``Tollgate-Event-Id``).
@@ -38,7 +38,7 @@ from .application import Billing
 from .tables import webhook_attempts, webhook_deliveries, webhook_secrets, webhooks
 from .webhook_config import WebhookSettings
 from .webhook_queue import WebhookQueue
-from .webhook_rules import IpNetwork, address_allowed, signature_header
+from .webhook_rules import IpNetwork, address_allowed, ip_literal, signature_header
 
 __all__ = ["AddressRefused", "CheckedResolver", "WebhookWorker"]
 
@@ -125,8 +125,10 @@ class WebhookWorker:
 
     async def step(self) -> int:
         """Queue new alerts, then send what is due; returns how many attempts were made."""
-        async with self.billing._write() as conn:
-            await self.queue.run_pass(conn, self._now_ms())
+        more = True
+        while more:  # a batch per transaction, until caught up: the log can grow faster than a batch per poll
+            async with self.billing._write() as conn:
+                more = (await self.queue.run_pass(conn, self._now_ms())).more
         due = await self._claim()
         if not due:
             return 0
@@ -182,7 +184,7 @@ class WebhookWorker:
     async def _send(self, due: _Due) -> _Outcome:
         started = time.perf_counter()
         host = urlsplit(due.url).hostname or ""
-        if _is_ip(host) and not address_allowed(host, self.settings.allowed_networks):
+        if ip_literal(host) is not None and not address_allowed(host, self.settings.allowed_networks):
             return _Outcome(0, "address refused: loopback, private or reserved", 0)
         body = due.body.encode()
         headers = {
@@ -235,13 +237,3 @@ class WebhookWorker:
             log.info("webhook attempt", extra={"account_id": due.account_id, "event_id": due.event_id,
                                                "attempt": due.attempts + 1, "status_code": outcome.status_code,
                                                "error": outcome.error, "duration_ms": outcome.duration_ms})
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

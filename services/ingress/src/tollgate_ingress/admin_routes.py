@@ -34,7 +34,7 @@ from tollgate.policy.v1 import policy_service_pb2
 from .deps import services
 from .errors import InvalidRequest, NotFound
 from .json_depth import TOO_DEEP, nests_too_deep
-from .money import nanos_to_text, parse_amount
+from .money import amounts, parse_amount
 from .openai_routes import read_body
 from .operators import Area, account_admin_gate, admin_credential, operator_gate
 
@@ -110,14 +110,6 @@ def _json(payload: object, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON)
 
 
-def _amounts(**nanos: int) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name, value in nanos.items():
-        out[name] = nanos_to_text(value)
-        out[f"{name}_nanos"] = value
-    return out
-
-
 @operator_router.post("/accounts")
 async def create_account(request: Request) -> Response:
     body = await _body(request)
@@ -159,7 +151,7 @@ async def add_credits(account_id: str, request: Request) -> Response:
             "object": "credit",
             "account_id": account_id,
             "transaction_id": reply.transaction_id,
-            **_amounts(amount=amount, balance=reply.balance_nanos),
+            **amounts(amount=amount, balance=reply.balance_nanos),
             "kind": kind or "paid",
             "expires_at": expires_at // 1000 if expires_at else None,
             "replayed": reply.replayed,
@@ -175,7 +167,7 @@ async def get_balance(account_id: str, request: Request) -> Response:
             "object": "balance",
             "account_id": reply.account_id or account_id,
             "currency": reply.currency,
-            **_amounts(balance=reply.balance_nanos, held=reply.held_nanos, available=reply.available_nanos),
+            **amounts(balance=reply.balance_nanos, held=reply.held_nanos, available=reply.available_nanos),
         }
     )
 
@@ -194,7 +186,7 @@ async def get_ledger(account_id: str, request: Request) -> Response:
             "transaction_id": e.transaction_id,
             "kind": e.kind,
             "ledger_account": e.ledger_account,
-            **_amounts(amount=e.amount_nanos),
+            **amounts(amount=e.amount_nanos),
             "reference": e.reference,
             "created_at_unix_ms": e.created_at_unix_ms,
         }

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 from tollgate.billing.v1 import alerts_pb2
 
-from .admin_routes import _amounts, _body, _json, require_account_admin
+from .admin_routes import _body, _json, require_account_admin
 from .deps import services
 from .errors import InvalidRequest
-from .money import parse_amount
+from .money import amounts, parse_amount
 
 __all__ = ["balance_alert_json", "router"]
 
@@ -33,7 +33,7 @@ def balance_alert_json(alert: alerts_pb2.BalanceAlert) -> dict[str, Any]:
         "object": "balance_alert",
         "account_id": alert.account_id,
         "currency": alert.currency,
-        **_amounts(threshold=alert.threshold_nanos),
+        **amounts(threshold=alert.threshold_nanos),
         "low": alert.low,
         "last_low_at": _seconds(alert.last_low_at_unix_ms),
         "updated_at": _seconds(alert.updated_at_unix_ms),

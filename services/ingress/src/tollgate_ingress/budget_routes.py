@@ -20,10 +20,10 @@ from starlette.responses import Response
 from tollgate.billing.v1 import budgets_pb2
 from tollgate.events.v1 import billing_pb2
 
-from .admin_routes import _amounts, _body, _json, _str, require_account_admin
+from .admin_routes import _body, _json, _str, require_account_admin
 from .deps import services
 from .errors import InvalidRequest
-from .money import parse_amount
+from .money import amounts, parse_amount
 
 __all__ = ["budget_json", "router"]
 
@@ -52,7 +52,7 @@ def budget_json(budget: budgets_pb2.Budget) -> dict[str, Any]:
         "scope": _SCOPE_NAMES.get(budget.scope, ""),
         "scope_id": budget.scope_id,
         "period": _PERIOD_NAMES.get(budget.period, ""),
-        **_amounts(limit=budget.limit_nanos, spent=budget.spent_nanos, held=budget.held_nanos,
+        **amounts(limit=budget.limit_nanos, spent=budget.spent_nanos, held=budget.held_nanos,
                    remaining=budget.remaining_nanos),
         "time_zone": budget.time_zone,
         "period_start": _seconds(budget.period_start_unix_ms),

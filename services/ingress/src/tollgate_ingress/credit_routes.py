@@ -26,10 +26,10 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 from tollgate.billing.v1 import statements_pb2
 
-from .admin_routes import _amounts, _body, _json, _str, require_operator
+from .admin_routes import _body, _json, _str, require_operator
 from .deps import services
 from .errors import InvalidRequest
-from .money import parse_amount
+from .money import amounts, parse_amount
 
 __all__ = ["credit_terms", "router"]
 
@@ -74,7 +74,7 @@ def _adjustment(kind: str, account_id: str, reply: Any, reason: str, **extra: st
         "account_id": account_id,
         **extra,
         "transaction_id": reply.transaction_id,
-        **_amounts(amount=reply.amount_nanos, balance=reply.balance_nanos),
+        **amounts(amount=reply.amount_nanos, balance=reply.balance_nanos),
         "reason": reason.strip(),
         "replayed": reply.replayed,
         "created_at": reply.created_at_unix_ms // 1000,

@@ -12,26 +12,14 @@ import re
 from decimal import Decimal, InvalidOperation, localcontext
 
 import orjson
+from tollgate_common.money import NANOS_PER_UNIT, amounts, nanos_to_text
 
 from .errors import InvalidRequest
 
-__all__ = ["NANOS_PER_UNIT", "ExactNumber", "dumps_exact", "nanos_to_text", "parse_amount"]
+__all__ = ["NANOS_PER_UNIT", "ExactNumber", "amounts", "dumps_exact", "nanos_to_text", "parse_amount"]
 
-NANOS_PER_UNIT = 10**9
 _MAX_NANOS = 2**63 - 1
 _DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
-
-
-def nanos_to_text(nanos: int) -> str:
-    """``1_500_000_000`` → ``"1.5"``, ``10 * 10**9`` → ``"10"``, ``1`` → ``"0.000000001"``, ``-5`` → ``"-0.000000005"``.
-
-    The shortest exact form: trailing zeros dropped, no exponent, so it is valid JSON number text as well.
-    """
-    sign = "-" if nanos < 0 else ""
-    whole, frac = divmod(abs(nanos), NANOS_PER_UNIT)
-    if frac == 0:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:09d}".rstrip("0")
 
 
 class ExactNumber(str):

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fpdf import FPDF
 from tollgate.events.v1 import billing_pb2
 
-from .money import nanos_to_text
+from .money import amounts, nanos_to_text
 
 __all__ = ["CSV_COLUMNS", "SUMMARY_ITEMS", "display_amount", "statement_csv", "statement_json", "statement_pdf"]
 
@@ -65,10 +65,6 @@ def _seconds(ms: int) -> int | None:
     return ms // 1000 if ms else None
 
 
-def _money(nanos: int) -> dict[str, Any]:
-    return {"amount": nanos_to_text(nanos), "amount_nanos": nanos}
-
-
 def statement_json(statement: billing_pb2.Statement) -> dict[str, Any]:
     """The API's JSON: every amount twice, as exact decimal text and as ``*_nanos``; times in unix seconds."""
     out: dict[str, Any] = {
@@ -83,17 +79,14 @@ def statement_json(statement: billing_pb2.Statement) -> dict[str, Any]:
         "period_start": _seconds(statement.period_start_unix_ms),
         "period_end": _seconds(statement.period_end_unix_ms),
     }
-    for item in SUMMARY_ITEMS:
-        nanos = _nanos(statement, item)
-        out[item] = nanos_to_text(nanos)
-        out[f"{item}_nanos"] = nanos
-    out["charges_by_model"] = [{"model": line.name, "entries": line.entries, **_money(line.amount_nanos)}
+    out.update(amounts(**{item: _nanos(statement, item) for item in SUMMARY_ITEMS}))
+    out["charges_by_model"] = [{"model": line.name, "entries": line.entries, **amounts(amount=line.amount_nanos)}
                                for line in statement.charges_by_model]
-    out["charges_by_project"] = [{"project": line.name, "entries": line.entries, **_money(line.amount_nanos)}
+    out["charges_by_project"] = [{"project": line.name, "entries": line.entries, **amounts(amount=line.amount_nanos)}
                                  for line in statement.charges_by_project]
     out["adjustments"] = [
         {"kind": a.kind, "id": a.id, "reference": a.reference, "reason": a.reason, "at": _seconds(a.at_unix_ms),
-         **_money(a.amount_nanos)}
+         **amounts(amount=a.amount_nanos)}
         for a in statement.adjustments
     ]
     out["events_sha256"] = statement.events_sha256
