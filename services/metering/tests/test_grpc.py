@@ -75,15 +75,20 @@ async def test_get_price_book_returns_upstream_and_rounded_up_resale_prices(
     assert (ds.resale_input_price_nanos, ds.resale_output_price_nanos, ds.max_output_tokens) == (324, 1320, 8192)
 
 
-async def test_a_configured_book_is_served_with_its_markup(tmp_path: Path) -> None:
-    (tmp_path / "book.yaml").write_text(BOOK)
+async def _served_book(tmp_path: Path, book: str) -> pb.GetPriceBookResponse:
+    """The price book a metering process started with ``book`` as its file serves over gRPC."""
+    (tmp_path / "book.yaml").write_text(book)
     app = MeteringApp(Settings.from_env(_env(tmp_path, METERING_PRICE_BOOK_FILE=str(tmp_path / "book.yaml"))))
     await app.start()
     try:
         async with grpc.aio.insecure_channel(app.address) as channel:
-            reply = await pb_grpc.MeteringServiceStub(channel).GetPriceBook(pb.GetPriceBookRequest())
+            return await pb_grpc.MeteringServiceStub(channel).GetPriceBook(pb.GetPriceBookRequest())
     finally:
         await app.stop()
+
+
+async def test_a_configured_book_is_served_with_its_markup(tmp_path: Path) -> None:
+    reply = await _served_book(tmp_path, BOOK)
     prices = {p.model: (p.resale_input_price_nanos, p.resale_output_price_nanos) for p in reply.prices}
     assert (reply.version, reply.markup_bps) == ("acme-1", 2500)
     assert prices == {"small": (4, 9), "big": (3750, 18750)}  # 3.75 → 4, 8.75 → 9
@@ -91,16 +96,9 @@ async def test_a_configured_book_is_served_with_its_markup(tmp_path: Path) -> No
 
 async def test_a_models_own_markup_sets_its_resale_prices(tmp_path: Path) -> None:
     """Billing sizes holds from these resale prices, so a per-model markup reaches the hold too."""
-    (tmp_path / "book.yaml").write_text(BOOK.replace(
+    reply = await _served_book(tmp_path, BOOK.replace(
         "small: {input_price_nanos: 3, output_price_nanos: 7, max_output_tokens: 1024}",
         "small: {input_price_nanos: 3, output_price_nanos: 7, max_output_tokens: 1024, markup_bps: 10000}"))
-    app = MeteringApp(Settings.from_env(_env(tmp_path, METERING_PRICE_BOOK_FILE=str(tmp_path / "book.yaml"))))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(app.address) as channel:
-            reply = await pb_grpc.MeteringServiceStub(channel).GetPriceBook(pb.GetPriceBookRequest())
-    finally:
-        await app.stop()
     prices = {p.model: (p.resale_input_price_nanos, p.resale_output_price_nanos, p.markup_bps) for p in reply.prices}
     assert prices == {"small": (6, 14, 10000), "big": (3750, 18750, 2500)}
 
