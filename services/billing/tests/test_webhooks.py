@@ -137,14 +137,14 @@ class TestWebhooks:
         wait1 = d1.next_attempt_at_unix_ms - int(clock() * 1000)
         assert d1.status == "pending" and 8_000 <= wait1 <= 12_000  # 10 s ± 20 %
         assert await worker.step() == 0  # not due yet
-        clock.advance(wait1 / 1000)
+        clock.advance((wait1 + 1) / 1000)  # + 1 ms: the worker truncates the float clock to whole ms
         # a restart: a new worker (and Billing) on the same database picks the retry up
         restarted = self._worker(Billing(billing.engine, static_prices(), clock=clock, key_cache_seconds=0))
         assert await restarted.step() == 1  # 500 again
         [d2] = await self._deliveries(billing, account)
         wait2 = d2.next_attempt_at_unix_ms - int(clock() * 1000)
         assert 16_000 <= wait2 <= 24_000  # doubled
-        clock.advance(wait2 / 1000)
+        clock.advance((wait2 + 1) / 1000)
         assert await restarted.step() == 1
         [done] = await self._deliveries(billing, account)
         assert done.status == "delivered" and [a.status_code for a in done.attempt_log] == [500, 500, 200]
